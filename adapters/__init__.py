@@ -1,0 +1,1 @@
+"""Adapters: everything that touches the world. Each module confines one library."""

@@ -1,0 +1,1 @@
+"""Command-line driving adapters: argument parsing, output, exit codes."""

@@ -1,0 +1,1 @@
+"""Key stores: OS keyring, encrypted file, in-memory."""

@@ -1,0 +1,65 @@
+"""Quality gates. Every session runs in the project environment that tools/setup.sh builds
+(`.venv`, installed from the hash-pinned lock), so gates run offline and identically in CI.
+
+    nox -s ci          every gate that runs offline: lint, typecheck, arch, tests
+    nox -s audit       pip-audit against requirements.lock + CycloneDX SBOM (needs the network;
+                       `nox -s audit -- --strict` fails when the advisory service is unreachable)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["ci"]
+nox.options.default_venv_backend = "none"
+
+ROOT = Path(__file__).parent
+CODE = ["src", "adapters", "tests", "tools", "noxfile.py"]
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check + ruff format --check."""
+    session.run("ruff", "check", *CODE)
+    session.run("ruff", "format", "--check", *CODE)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the installed package, then on the tests and gate tools."""
+    session.run("mypy", "-p", "rustynet")
+    session.run("mypy", "tests", "tools")
+
+
+@nox.session
+def arch(session: nox.Session) -> None:
+    """Hexagon contracts, WireGuard vocabulary outside the adapter, denied crypto APIs."""
+    session.run("lint-imports", "--no-cache")
+    session.run("python", "-m", "tools.gates.vocabulary", "src/rustynet")
+    session.run("python", "-m", "tools.gates.crypto_scan", "src", "adapters")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (unit, property, contract, integration, e2e)."""
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session
+def audit(session: nox.Session) -> None:
+    """Known-vulnerability audit of the locked dependencies, and an SBOM."""
+    strict = "--strict" in session.posargs
+    session.run("python", "-m", "tools.audit", *(["--strict"] if strict else []))
+
+
+@nox.session
+def ci(session: nox.Session) -> None:
+    """Every gate that runs offline, in order of cost."""
+    os.environ.setdefault("HYPOTHESIS_PROFILE", "ci")
+    lint(session)
+    typecheck(session)
+    arch(session)
+    tests(session)

@@ -1,0 +1,1 @@
+"""Use cases: drive the domain through ports; no technology imports."""

@@ -1,0 +1,1 @@
+"""Development tools: quality gates and release helpers (not shipped in the package)."""

@@ -1,0 +1,1 @@
+"""Architecture and crypto gates run by `nox -s arch`."""
