@@ -23,8 +23,12 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade --disable-pip-version-check pip >/dev/null
-.venv/bin/python -m pip install -q --require-hashes -r requirements.lock 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -m pip install -q --no-deps -e . --config-settings editable_mode=strict 2>&1 | grep -v "is ignored" || true
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+quiet() { "$@" >"$log" 2>&1 || { cat "$log" >&2; echo "setup: failed: $*" >&2; exit 1; }; }
+quiet .venv/bin/python -m pip install -q --upgrade pip
+quiet .venv/bin/python -m pip install -q --require-hashes -r requirements.lock
+# strict editable: the installed package is exactly the listed packages of src/ + adapters/
+quiet .venv/bin/python -m pip install -q --no-deps -e . --config-settings editable_mode=strict
 .venv/bin/python -c "import rustynet.domain.keys, rustynet.adapters" || { echo "setup: install failed" >&2; exit 1; }
 echo "setup: environment ready in .venv"
