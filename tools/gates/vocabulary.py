@@ -34,8 +34,13 @@ Escape hatch: a line ending in `# vocab: allow - <reason>` is not reported. The 
 required (a bare `# vocab: allow` is itself a finding); use it only where the word names
 something outside our model, such as a quoted third-party error text.
 
-CLI: `python -m tools.gates.vocabulary PATH...` prints `file:line: word (where)` for every
-finding and exits 1, or exits 0 when clean; 2 when a path does not exist.
+Scope: `DEFAULT_PATHS` (domain, ports, application; add the policy and control-API schema files
+when they exist). The composition root (bootstrap) and the adapters name the WireGuard adapter
+and are not scanned.
+
+CLI: `python -m tools.gates.vocabulary [PATH...]` (default `DEFAULT_PATHS`) prints
+`file:line: word (where)` for every finding and exits 1, or exits 0 when clean; 2 when a path
+does not exist.
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+ROOT: Final = Path(__file__).resolve().parents[2]
+DEFAULT_PATHS: Final = tuple(
+    ROOT / "src" / "rustynet" / layer for layer in ("domain", "ports", "application")
+)
 PYTHON_SUFFIXES: Final = frozenset({".py", ".pyi"})
 DATA_SUFFIXES: Final = frozenset({".json", ".yaml", ".yml", ".toml"})
 
@@ -281,13 +290,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m tools.gates.vocabulary",
         description="Fail on WireGuard vocabulary in the core and its schemas.",
     )
-    parser.add_argument("paths", nargs="+", type=Path, help="files or directories to scan")
+    parser.add_argument(
+        "paths", nargs="*", type=Path, help="files or directories (default: the core layers)"
+    )
     args = parser.parse_args(argv)
-    missing = [p for p in args.paths if not p.exists()]
+    cwd = Path.cwd()
+    paths: list[Path] = args.paths or [
+        p.relative_to(cwd) if p.is_relative_to(cwd) else p for p in DEFAULT_PATHS
+    ]
+    missing = [p for p in paths if not p.exists()]
     if missing:
         print(f"vocabulary: no such path: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2
-    findings = scan_paths(args.paths)
+    findings = scan_paths(paths)
     for finding in findings:
         print(finding)
     if findings:
