@@ -1,0 +1,41 @@
+"""Console-script entry points: wire concrete adapters to use cases and hand them to the CLI.
+
+The one rule: nothing runs at import time; each entry point builds what its command needs,
+only when that command runs (so `rustynet doctor` never imports the network stack).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from rustynet.adapters.cli import main as cli
+from rustynet.adapters.clock import SystemClock
+from rustynet.application.doctor import DoctorReport, run_doctor
+from rustynet.bootstrap.crypto_policy import load_crypto_policy
+from rustynet.bootstrap.keystores import KeystoreSettings, choose_keystore
+
+
+class _Commands:
+    """The `Commands` the CLI adapter calls; each method composes one use case."""
+
+    def doctor(self, request: cli.DoctorRequest) -> DoctorReport:
+        opts = request.keystore
+        settings = KeystoreSettings(
+            state_dir=opts.state_dir,
+            kind="file" if opts.keystore == "file" else "os" if opts.keystore == "os" else "auto",
+            passphrase_fd=opts.passphrase_fd,
+            passphrase_file=opts.passphrase_file,
+        )
+        choice = choose_keystore(settings, environ=os.environ, interactive=sys.stdin.isatty())
+        return run_doctor(
+            now=SystemClock().now(),
+            load_crypto_policy=load_crypto_policy,
+            keystore=choice,
+        )
+
+
+def rustynet_main(argv: Sequence[str] | None = None) -> int:
+    """`rustynet` console script."""
+    return cli.main(argv, _Commands())
