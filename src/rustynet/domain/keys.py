@@ -128,6 +128,9 @@ class KeyFingerprint:
     def __str__(self) -> str:
         return self.to_text()
 
+    def __repr__(self) -> str:
+        return f"KeyFingerprint({self.to_text()!r})"
+
 
 @attrs.frozen
 class VerifyKey:
@@ -169,6 +172,9 @@ class VerifyKey:
 
     def __str__(self) -> str:
         return self.to_text()
+
+    def __repr__(self) -> str:
+        return f"VerifyKey({self.to_text()!r})"
 
 
 @attrs.frozen(eq=False)
@@ -288,6 +294,9 @@ class TunnelKey:
 
     def __str__(self) -> str:
         return self.to_text()
+
+    def __repr__(self) -> str:
+        return f"TunnelKey({self.to_text()!r})"
 
 
 @attrs.frozen(eq=False)
