@@ -226,7 +226,13 @@ class FileKeystore:
         try:
             pst = parent.stat()
         except FileNotFoundError:
-            return (KeystoreFinding(str(parent), "state directory does not exist"),)
+            return (
+                KeystoreFinding(
+                    str(parent),
+                    "state directory does not exist yet (create it, e.g. systemd StateDirectory=)",
+                    severity="warning",
+                ),
+            )
         if pst.st_mode & 0o022 and not pst.st_mode & 0o1000:
             findings.append(
                 KeystoreFinding(
