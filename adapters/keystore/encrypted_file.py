@@ -314,6 +314,15 @@ class FileKeystore:
         key = self._key_for(header)
         ciphertext = ChaCha20Poly1305(key).encrypt(header.nonce, secret, header.raw)
         with self._dir() as dir_fd:
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            else:
+                # Replacing a loose or planted file would silently hide the problem: refuse.
+                problems = files.file_findings(self._directory / name, st, uid=self._uid)
+                if problems:
+                    raise KeystorePermissionError(problems[0])
             files.atomic_write(dir_fd, name, header.raw + ciphertext)
 
     def get(self, name: str) -> bytearray:

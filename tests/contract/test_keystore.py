@@ -34,7 +34,9 @@ from rustynet.ports.keystore import (
 class DictKeyring(KeyringBackend):
     """A real keyring backend holding entries in a dict (stands in for Secret Service)."""
 
-    priority = 1
+    # Negative: keyring's automatic selection never picks this class (defining a subclass
+    # registers it); tests install an instance explicitly with keyring.set_keyring.
+    priority = -1
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]

@@ -20,6 +20,7 @@ import keyring.backends.fail
 import keyring.backends.null
 import pytest
 from keyring.backend import KeyringBackend
+from rustynet.adapters.keystore import files
 from rustynet.adapters.keystore.encrypted_file import (
     FIXED_HEADER_SIZE,
     FLOOR,
@@ -33,6 +34,7 @@ from rustynet.adapters.keystore.passphrase import (
     PassphraseSource,
 )
 
+from rustynet.bootstrap.keystores import KeystoreSettings, build_keystore, choose_keystore
 from rustynet.ports.keystore import (
     KeystoreError,
     KeystoreIntegrityError,
@@ -249,8 +251,14 @@ def test_atomic_write_leaves_no_temp_files(setup: Setup) -> None:
     """After writes (and one that fails at rename) only key files remain, all 0600."""
     setup.store.put("node-tunnel", b"t" * 32)
     (setup.keys / "blocked").mkdir(mode=0o700)  # a directory where a key file would go
-    with pytest.raises(OSError, match="directory"):
+    with pytest.raises(KeystorePermissionError, match="not a regular file"):
         setup.store.put("blocked", b"x")
+    fd = files.open_private_dir(setup.keys, uid=0)
+    try:  # the helper alone: rename onto a directory fails after the temp file was written
+        with pytest.raises(OSError, match="directory"):
+            files.atomic_write(fd, "blocked", b"x")
+    finally:
+        os.close(fd)
     (setup.keys / "blocked").rmdir()
     names = sorted(p.name for p in setup.keys.iterdir())
     assert names == ["node-identity", "node-tunnel"]
@@ -371,3 +379,54 @@ def test_empty_passphrase_is_refused(tmp_path: Path) -> None:
         PassphraseSource.from_file(path).read()
     with pytest.raises(KeystoreError):
         FileKeystore(tmp_path, bytearray())
+
+
+def test_put_refuses_to_replace_a_loose_key_file(setup: Setup) -> None:
+    """Writing over a 0644 key file would hide the problem: refused, file left as found."""
+    setup.key_file.chmod(0o644)
+    before = setup.key_file.read_bytes()
+    with pytest.raises(KeystorePermissionError, match="found 0644"):
+        setup.store.put(NAME, b"replacement")
+    assert (setup.key_file.read_bytes(), _mode(setup.key_file)) == (before, 0o644)
+
+
+# -- composition root ------------------------------------------------------------------------
+
+
+def test_build_keystore_opens_the_file_store_with_a_passphrase_file(tmp_path: Path) -> None:
+    """auto on this host (no real keyring) or file: an opened FileKeystore that works."""
+    tmp_path.chmod(0o700)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    passfile = tmp_path / "pass"
+    passfile.write_bytes(PASSPHRASE)
+    passfile.chmod(0o600)
+    settings = KeystoreSettings(state_dir=state, kind="file", passphrase_file=passfile)
+    store = build_keystore(settings, environ={}, interactive=False)
+    try:
+        store.put(NAME, SECRET)
+        assert store.get(NAME) == bytearray(SECRET)
+    finally:
+        store.close()
+    assert _mode(state / "keys") == 0o700
+
+
+def test_build_keystore_refuses_env_passphrase_and_missing_source(tmp_path: Path) -> None:
+    """A passphrase variable in the environment is refused; no source at all is unavailable."""
+    tmp_path.chmod(0o700)
+    settings = KeystoreSettings(state_dir=tmp_path, kind="file")
+    with pytest.raises(PassphraseRefused):
+        build_keystore(settings, environ={"RUSTYNET_KEYSTORE_PASSPHRASE": "x"}, interactive=False)
+    with pytest.raises(KeystoreUnavailable, match="no passphrase source"):
+        build_keystore(settings, environ={}, interactive=False)
+    assert not (tmp_path / "keys").exists()
+
+
+def test_auto_keeps_an_existing_key_directory(tmp_path: Path) -> None:
+    """auto uses the file store whenever the key directory exists (keys are never hidden)."""
+    (tmp_path / "keys").mkdir(mode=0o700)
+    choice = choose_keystore(
+        KeystoreSettings(state_dir=tmp_path, kind="auto"), environ={}, interactive=False
+    )
+    assert isinstance(choice.keystore, FileKeystore)
+    assert "exists" in choice.reason
