@@ -164,9 +164,8 @@ def render_report(report: DoctorReport) -> str:
         lines.append(f"[{_MARK[check.status]}] {check.name}: {check.summary}")
         lines.extend(f"         - {p}" for p in check.problems)
         for key, value in check.details:
-            if key in ("protects_against", "does_not_protect_against") and value:
+            if key in ("protects_against", "does_not_protect_against") and isinstance(value, tuple):
                 label = "protects against" if key == "protects_against" else "does NOT protect"
-                assert isinstance(value, tuple)
                 lines.extend(f"         {label}: {v}" for v in value)
             elif key == "reason" and value:
                 lines.append(f"         why: {value}")
