@@ -469,8 +469,8 @@ class EnrollmentClient:
         """Feed a server message; a challenge returns the proof to send back."""
         next_state = CLIENT_TRANSITIONS.get((self.state, type(message)))
         if next_state is None or self._request is None:
-            self.state = ClientState.FAILED
-            raise UnexpectedMessageError(f"{type(message).__name__} while {self.state.value}")
+            was, self.state = self.state, ClientState.FAILED
+            raise UnexpectedMessageError(f"{type(message).__name__} while {was.value}")
         if isinstance(message, IssueChallenge):
             proof = self._prove(message, self._request)
             self.state = next_state
