@@ -181,6 +181,12 @@ def test_root_pins_by_fingerprint() -> None:
         TrustedRoot.pinned(cert, key(99).public_key.fingerprint(), T0)
 
 
+def test_trusted_root_cannot_be_built_without_pinning() -> None:
+    """Constructing TrustedRoot directly (skipping the pin check) is refused."""
+    with pytest.raises(LocalProtocolError):
+        TrustedRoot(ROOT.certificate)
+
+
 def test_attacker_root_with_its_own_pin_is_not_our_root() -> None:
     """A well-formed root from another key fails against our pin."""
     attacker = issue_root_certificate(key(66), T0, T0 + 730 * DAY)

@@ -370,11 +370,23 @@ def _child_problem(
     return _lifetime_and_scope_problem(role, validity, scope)
 
 
+_PINNED: Final = object()
+
+
 @attrs.frozen
 class TrustedRoot:
-    """A root certificate checked against a pinned fingerprint. Build it with `pinned`."""
+    """A root certificate checked against a pinned fingerprint. Build it with `pinned`.
 
-    certificate: Certificate
+    The constructor refuses to run without the private token `pinned` passes, so a root can
+    not be trusted by accident (`TrustedRoot(cert)` raises).
+    """
+
+    certificate: Certificate = attrs.field(validator=attrs.validators.instance_of(Certificate))
+    _token: object = attrs.field(repr=False, eq=False, alias="_token", default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if self._token is not _PINNED:
+            raise LocalProtocolError("build a TrustedRoot with TrustedRoot.pinned(cert, pin, now)")
 
     @classmethod
     def pinned(cls, certificate: Certificate, pin: KeyFingerprint, now: datetime) -> TrustedRoot:
@@ -388,7 +400,7 @@ class TrustedRoot:
         if problem:
             raise CertificateRejectedError(problem)
         certificate.validity.check(now, "root certificate")
-        return cls(certificate)
+        return cls(certificate, _token=_PINNED)
 
     @property
     def key(self) -> VerifyKey:
