@@ -21,6 +21,7 @@ Token shape (`v4.public.<payload+sig>.<footer>`):
 
 Limits: lifetime (`exp - iat`) <= 300 s for access tokens and <= 120 s for relay tokens (whose
 audience is the relay id); `iat` at most 90 s in the future; `exp` strictly after `now`.
+The verified `jti` is returned so a caller that needs single use can remember it (replay guard).
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def issue_token(
         "aud": audience,
         "iat": issued_at.strftime(_TIME_FORMAT),
         "exp": (issued_at + lifetime).strftime(_TIME_FORMAT),
-        "jti": b64encode(entropy.token_bytes(JTI_BYTES)),
+        "jti": b64encode(_jti_bytes(entropy)),
         "kind": kind.value,
         "scope": kind.scope,
     }
@@ -274,6 +275,13 @@ def _check_time_claims(
     if now >= expires_at:
         _reject("expired")
     return issued_at, expires_at
+
+
+def _jti_bytes(entropy: Entropy) -> bytes:
+    jti = entropy.token_bytes(JTI_BYTES)
+    if len(jti) != JTI_BYTES:
+        raise LocalProtocolError("entropy returned the wrong number of bytes")
+    return jti
 
 
 def _reject(reason: str) -> NoReturn:
