@@ -139,10 +139,11 @@ def run_pip_audit(
         if any(marker in done.stderr for marker in _NETWORK_ERRORS):
             return AuditResult(service, reachable=False, detail=last[0])
         raise AuditToolError(f"pip-audit failed (exit {done.returncode}):\n{done.stderr.strip()}")
-    return _classify(service, json.loads(report.read_text(encoding="utf-8")))
+    return classify_report(service, json.loads(report.read_text(encoding="utf-8")))
 
 
-def _classify(service: str, data: dict[str, Any]) -> AuditResult:
+def classify_report(service: str, data: dict[str, Any]) -> AuditResult:
+    """What a pip-audit JSON report establishes: audited, skipped, advisories, reachable."""
     result = AuditResult(service, reachable=True)
     for dep in data.get("dependencies", []):
         name = f"{dep.get('name')}=={dep.get('version', '?')}"

@@ -472,3 +472,18 @@ def test_audit_fails_on_a_known_vulnerability_even_without_strict(
     assert done.returncode == audit.EXIT_VULNERABLE, done.stdout + done.stderr
     assert "PYSEC-0000-TEST" in done.stdout
     assert "attrs==" in done.stdout
+
+
+def test_audit_counts_an_all_not_found_answer_as_no_audit() -> None:
+    """A report where every package was skipped (a mirror without the JSON API) is no audit."""
+    skipped = {"name": "attrs", "skip_reason": "Dependency not found on PyPI"}
+    result = audit.classify_report(
+        "pypi", {"dependencies": [skipped, {**skipped, "name": "cattrs"}]}
+    )
+    assert not result.reachable
+    partial = audit.classify_report(
+        "pypi", {"dependencies": [skipped, {"name": "cattrs", "version": "25.1", "vulns": []}]}
+    )
+    assert partial.reachable
+    assert partial.skipped
+    assert partial.audited == ["cattrs==25.1"]
