@@ -161,5 +161,6 @@ def test_redaction_helpers_cut_only_the_secret() -> None:
         "Private-Key": REDACTED,
         "ok": [1, {"API_KEY": REDACTED}],
     }
+    assert redact_text("stored rnks1:q83v+/Zm9v== ok") == f"stored {REDACTED} ok"
     assert redact_value(API_KEY.encode()) == REDACTED
     assert redact_value(b"plain") == b"plain"

@@ -55,8 +55,16 @@ _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**63 - 1
 
 # Text that marks a Rustynet secret wherever it appears: signing and tunnel private keys, join
-# tokens, PASETO tokens, admin API keys. The logging redactor uses the same list.
-SECRET_MARKERS: Final = ("rnsk_", "rntsk_", "rnjoin1_", "v4.public.", "v4.local.", "rnk_")
+# tokens, PASETO tokens, admin API keys, OS-keyring entries. The logging redactor uses this list.
+SECRET_MARKERS: Final = (
+    "rnsk_",
+    "rntsk_",
+    "rnjoin1_",
+    "v4.public.",
+    "v4.local.",
+    "rnk_",
+    "rnks1:",
+)
 # Field names (lower-cased, without "_" and "-", matched as substrings) that hold secrets.
 SECRET_NAME_WORDS: Final = (
     "token",
