@@ -15,6 +15,7 @@ from rustynet.adapters.clock import SystemClock
 from rustynet.application.doctor import DoctorReport, run_doctor
 from rustynet.bootstrap.crypto_policy import load_crypto_policy
 from rustynet.bootstrap.keystores import KeystoreSettings, choose_keystore
+from rustynet.bootstrap.process import disable_core_dumps
 
 
 class _Commands:
@@ -38,4 +39,5 @@ class _Commands:
 
 def rustynet_main(argv: Sequence[str] | None = None) -> int:
     """`rustynet` console script."""
+    disable_core_dumps()
     return cli.main(argv, _Commands())
