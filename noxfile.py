@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import nox
@@ -17,6 +18,8 @@ nox.options.sessions = ["ci"]
 nox.options.default_venv_backend = "none"
 
 ROOT = Path(__file__).parent
+# Sessions use the interpreter that runs nox (.venv/bin/nox): put its tools first on PATH.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 CODE = ["src", "adapters", "tests", "tools", "noxfile.py"]
 
 
