@@ -336,3 +336,37 @@ def test_compute_entry_hash_matches_the_chain_writer() -> None:
         details_json=entry.details_json,
         prev_hash=GENESIS_HASH,
     )
+
+
+def test_entry_and_checkpoint_byte_formats_are_pinned() -> None:
+    """The hashed and signed bytes never change: stored logs from older builds still verify."""
+    when = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    entry_hash = compute_entry_hash(
+        index=7,
+        time=when,
+        actor="node:é",
+        action="key.rotated",
+        target="n1",
+        details_json='{"a":[1,true,null],"z":"ü"}',
+        prev_hash=bytes(range(32)),
+    )
+    assert entry_hash.hex() == "5df284410e1531d5cd8450c68638fffe93fa1b69a802f6c744ac72c5d97597c7"
+    assert Checkpoint.message(7, bytes(range(32)), when) == (
+        b'rustynet:audit-checkpoint:v1\x00{"head":"000102030405060708090a0b0c0d0e0f101112131415'
+        b'161718191a1b1c1d1e1f","index":7,"time":"2026-01-02T03:04:05.678901+00:00","v":1}'
+    )
+    entry = (
+        AuditChain()
+        .append(
+            now=when,
+            actor="a",
+            action="x.done",
+            target="t",
+            details={"z": "ü", "a": [1, (2, 3), {"k": None}], "n": -(2**63)},
+        )
+        .entry
+    )
+    assert entry.details_json == '{"a":[1,[2,3],{"k":null}],"n":-9223372036854775808,"z":"ü"}'
+    assert entry.entry_hash.hex() == (
+        "f07f2867c4c0e4451502f13b22c07adc08c9e94bbc8c8321b14f9faf0ff7a927"
+    )

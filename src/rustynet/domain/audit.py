@@ -6,15 +6,15 @@ every hash) is found by `verify_chain`, which reports the FIRST index it can no 
 
 Theory of operation. Entry *i* records its index, time, actor, action, target and details, the
 hash of entry *i-1* (`prev_hash`; 32 zero bytes for entry 0) and its own `entry_hash` =
-SHA-256 over a domain tag and the canonical JSON of all those fields (sorted keys, compact
-separators, UTF-8; written here rather than shared so the audit format never changes behind its
-back). The hash chain alone catches edits, deletions and reorders, but someone with write access
-can recompute every hash. Checkpoints stop that: every ≤ 1000 entries and ≤ 60 s after the
-oldest unsigned entry, the audit key signs (index, head hash, time) with
-`Purpose.AUDIT_CHECKPOINT`. A re-chained log no longer matches the signed head at a checkpoint,
-and the attacker cannot sign a new one; a checkpoint saved elsewhere (`saved_checkpoint`)
-catches a re-chain that also deleted the stored checkpoints. Entries after the last checkpoint
-are protected by the chain only; the cadence bounds that window.
+SHA-256 over a domain tag and the canonical JSON of all those fields (`signed.canonical_json`:
+sorted keys, compact separators, UTF-8, integers only; the byte format is pinned by a known-answer
+test so it never changes behind the audit log's back). The hash chain alone catches edits,
+deletions and reorders, but someone with write access can recompute every hash. Checkpoints stop
+that: every ≤ 1000 entries and ≤ 60 s after the oldest unsigned entry, the audit key signs
+(index, head hash, time) with `Purpose.AUDIT_CHECKPOINT`. A re-chained log no longer matches the
+signed head at a checkpoint, and the attacker cannot sign a new one; a checkpoint saved elsewhere
+(`saved_checkpoint`) catches a re-chain that also deleted the stored checkpoints. Entries after
+the last checkpoint are protected by the chain only; the cadence bounds that window.
 
 `AuditChain` is the writer. `append(...)` refuses details that look like secrets
 (`SecretInAuditDetails`), returns the entry and whether a checkpoint is due; the driver then
@@ -31,7 +31,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
 
 import attrs
 
@@ -44,6 +44,7 @@ from rustynet.domain.keys import (
     b64encode,
     constant_time_equal,
 )
+from rustynet.domain.signed import INT_MAX, JsonObject, JsonValue, canonical_json
 
 HASH_SIZE: Final = 32
 GENESIS_HASH: Final = bytes(HASH_SIZE)
@@ -51,8 +52,6 @@ MAX_ENTRIES_PER_CHECKPOINT: Final = 1000
 MAX_CHECKPOINT_INTERVAL: Final = timedelta(seconds=60)
 _ENTRY_TAG: Final = b"rustynet:audit-entry:v1\x00"
 _CHECKPOINT_TAG: Final = b"rustynet:audit-checkpoint:v1\x00"
-_INT_MIN: Final = -(2**63)
-_INT_MAX: Final = 2**63 - 1
 
 # Text that marks a Rustynet secret wherever it appears: signing and tunnel private keys, join
 # tokens, PASETO tokens, admin API keys, OS-keyring entries. The logging redactor uses this list.
@@ -82,8 +81,6 @@ SECRET_NAME_WORDS: Final = (
 # Identifiers of secrets are not secrets: `token_id`, `key_fingerprint` may be audited.
 _IDENTIFIER: Final = re.compile(r".*[_-](id|ids|fingerprint)")
 
-JsonValue: TypeAlias = "bool | int | str | Sequence[JsonValue] | Mapping[str, JsonValue] | None"
-
 
 def is_secret_name(name: str) -> bool:
     """True when a field called `name` would hold a secret (case-insensitive substring)."""
@@ -106,39 +103,6 @@ class CheckpointOverdue(LocalProtocolError):  # noqa: N818 - names the refusal
 
 class AuditRecordError(DecodeError):
     """A stored entry or checkpoint record is malformed."""
-
-
-def canonical_json(value: object) -> bytes:
-    """Sorted-key compact UTF-8 JSON of a checked JSON value (no floats: one byte form)."""
-    return json.dumps(
-        _plain(value, "value", 0),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    ).encode("utf-8")
-
-
-def _plain(value: object, path: str, depth: int) -> object:
-    """A plain dict/list copy of a JSON value; anything non-canonical raises."""
-    if depth > 32:
-        raise LocalProtocolError(f"{path}: nests deeper than 32 levels")
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, int):
-        if not _INT_MIN <= value <= _INT_MAX:
-            raise LocalProtocolError(f"{path}: integer outside the signed 64-bit range")
-        return int(value)
-    if isinstance(value, Mapping):
-        out: dict[str, object] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise LocalProtocolError(f"{path}: keys must be strings")
-            out[key] = _plain(item, f"{path}.{key}", depth + 1)
-        return out
-    if isinstance(value, list | tuple):
-        return [_plain(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
-    raise LocalProtocolError(f"{path}: {type(value).__name__} is not a canonical JSON value")
 
 
 def _refuse_secrets(value: object, path: str) -> None:
@@ -186,7 +150,7 @@ def _hash_bytes(_instance: object, attribute: attrs.Attribute[bytes], value: obj
 
 
 def _index(_instance: object, attribute: attrs.Attribute[int], value: object) -> None:
-    if type(value) is not int or not 0 <= value <= _INT_MAX:
+    if type(value) is not int or not 0 <= value <= INT_MAX:
         raise AuditRecordError(f"{attribute.name} must be a non-negative integer")
 
 
@@ -289,7 +253,7 @@ def compute_entry_hash(
     prev_hash: bytes,
 ) -> bytes:
     """The hash an entry with these fields must carry (chained through `prev_hash`)."""
-    body = {
+    body: JsonObject = {
         "v": 1,
         "index": index,
         "time": _time_text(time),
@@ -314,7 +278,12 @@ class Checkpoint:
     @staticmethod
     def message(index: int, head_hash: bytes, time: datetime) -> bytes:
         """The signed bytes (the purpose context is added by `keys.py`)."""
-        body = {"v": 1, "index": index, "head": head_hash.hex(), "time": _time_text(time)}
+        body: JsonObject = {
+            "v": 1,
+            "index": index,
+            "head": head_hash.hex(),
+            "time": _time_text(time),
+        }
         return _CHECKPOINT_TAG + canonical_json(body)
 
     @classmethod

@@ -71,36 +71,39 @@ class Verifier(Protocol):
         ...
 
 
-def _check_json(value: object, depth: int = 0) -> None:
-    if depth > 64:
-        raise LocalProtocolError("payload nests deeper than 64 levels")
+MAX_JSON_DEPTH: Final = 64
+
+
+def _plain(value: object, path: str, depth: int) -> object:
+    """A plain dict/list copy of a JSON value; anything without one canonical form raises."""
+    if depth > MAX_JSON_DEPTH:
+        raise LocalProtocolError(f"{path}: nests deeper than {MAX_JSON_DEPTH} levels")
     if value is None or isinstance(value, bool | str):
-        return
+        return value
     if isinstance(value, int):
         if not INT_MIN <= value <= INT_MAX:
-            raise LocalProtocolError("payload integers must fit in a signed 64-bit integer")
-        return
-    if isinstance(value, list | tuple):
-        for item in value:
-            _check_json(item, depth + 1)
-        return
+            raise LocalProtocolError(f"{path}: integer outside the signed 64-bit range")
+        return int(value)
     if isinstance(value, Mapping):
+        out: dict[str, object] = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise LocalProtocolError("payload object keys must be strings")
-            _check_json(item, depth + 1)
-        return
-    raise LocalProtocolError(f"payload values must be JSON without floats, not {type(value)!r}")
+                raise LocalProtocolError(f"{path}: object keys must be strings")
+            out[key] = _plain(item, f"{path}.{key}", depth + 1)
+        return out
+    if isinstance(value, list | tuple):
+        return [_plain(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+    raise LocalProtocolError(f"{path}: {type(value).__name__} is not a canonical JSON value")
 
 
 def canonical_json(payload: Mapping[str, JsonValue]) -> bytes:
     """The one byte form of a JSON object: sorted keys, compact, UTF-8, integers only."""
     if not isinstance(payload, Mapping):
         raise LocalProtocolError("a signed payload is a JSON object")
-    _check_json(payload)
+    plain = _plain(payload, "payload", 0)
     try:
         text = json.dumps(
-            payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         )
         return text.encode("utf-8")
     except (UnicodeEncodeError, ValueError) as exc:
