@@ -10,6 +10,8 @@ followed by `::symbol`:
   form `path.py::Class::method` walks into classes; a pytest parameter suffix `[...]` is ignored;
 - `path.toml::a.b` - the dotted key path must exist in the TOML document.
 
+Relative markdown links between the pages must point at files that exist.
+
 A markdown table whose header has a `test` (or `tests`) column is a control table: each row
 must cite, in that column, at least one test (a reference whose last symbol starts with
 `test`/`Test`), or say `planned (issue N)` for a control that is not built yet. When the table
@@ -47,6 +49,7 @@ _REF_PREFIXES = ("src/", "adapters/", "tests/", "tools/", ".ci/", "noxfile.py", 
 _BACKTICKED = re.compile(r"`([^`\n]+)`")
 _PLANNED = re.compile(r"planned \(issue \d+\)")
 _SEPARATOR_CELL = re.compile(r":?-{3,}:?")
+_LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)\s]*)?\)")
 
 
 def _is_reference(span: str) -> bool:
@@ -206,6 +209,11 @@ def check_docs(docs: Iterable[Path], root: Path) -> list[str]:
                 problem = reference_problem(ref, root)
                 if problem is not None:
                     problems.append(f"{doc.name}:{line_no}: {problem}")
+            problems.extend(
+                f"{doc.name}:{line_no}: link to {target}: no such file"
+                for target in _LINK.findall(line)
+                if "://" not in target and not (doc.parent / target).exists()
+            )
         problems.extend(table_problems(doc.name, text))
     return problems
 
@@ -293,6 +301,13 @@ def test_checker_rejects_a_planted_dangling_reference(
         assert len(problems) == 1
         assert reason in problems[0]
         assert problems[0].startswith("doc.md:1:")
+
+
+def test_checker_rejects_a_broken_relative_link(tree: Path) -> None:
+    """A markdown link to a page that does not exist fails; existing pages and URLs pass."""
+    (tree / "other.md").write_text("# other\n")
+    text = "See [a](other.md#top), [b](https://example.org/x) and [c](missing.md).\n"
+    assert _check(tree, text) == ["doc.md:1: link to missing.md: no such file"]
 
 
 def test_checker_rejects_a_control_row_without_a_test(tree: Path) -> None:
