@@ -17,8 +17,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import pytest
-from hypothesis import HealthCheck, Phase, event, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -26,7 +25,6 @@ from hypothesis.stateful import (
     initialize,
     invariant,
     rule,
-    run_state_machine_as_test,
 )
 
 from rustynet.domain.credentials import (
@@ -38,6 +36,7 @@ from rustynet.domain.credentials import (
     Redemption,
 )
 from rustynet.domain.scope import Scope
+from tests.property.broken import assert_machine_catches
 
 START = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 HASH = bytes(32)
@@ -247,25 +246,11 @@ CredentialMachine.TestCase.settings = settings(
 TestCredentialMachine = CredentialMachine.TestCase
 
 
-# Detection is the point, not a minimal example: skip shrinking and stop at the first bug.
-BROKEN_SETTINGS = settings(
-    max_examples=300,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    print_blob=False,
-    phases=[Phase.generate],
-    report_multiple_bugs=False,
-)
-
-
 def test_machine_catches_a_credential_that_forgets_redemptions() -> None:
     """Negative control: a redemption that is never recorded lets a one-time credential reuse."""
-    with pytest.raises(AssertionError, match=r"redeemed twice|use count"):
-        run_state_machine_as_test(ForgetfulMachine, settings=BROKEN_SETTINGS)
+    assert_machine_catches(ForgetfulMachine, match=r"redeemed twice|use count")
 
 
 def test_machine_catches_a_redemption_race() -> None:
     """Negative control: without the state/uses precondition, two racing requests both win."""
-    with pytest.raises(AssertionError, match=r"redeemed twice|use count|redeemed \d+ >"):
-        run_state_machine_as_test(RacyMachine, settings=BROKEN_SETTINGS)
+    assert_machine_catches(RacyMachine, match=r"redeemed twice|use count|redeemed \d+ >")

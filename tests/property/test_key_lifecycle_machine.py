@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -25,7 +25,6 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 
 from rustynet.domain.errors import InvalidSignature, RemoteProtocolError
@@ -48,6 +47,7 @@ from rustynet.domain.signed import (
     canonical_json,
     parse_canonical_json,
 )
+from tests.property.broken import assert_machine_catches
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 ROOT_SEED = bytes([1]) * 32
@@ -356,18 +356,6 @@ class OldestKeySignsMachine(KeyLifecycleMachine):
 TestKeyLifecycle = KeyLifecycleMachine.TestCase
 TestKeyLifecycle.settings = settings(settings.default, stateful_step_count=30, deadline=None)
 
-BROKEN_SETTINGS = settings(
-    max_examples=300,
-    stateful_step_count=30,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    report_multiple_bugs=False,
-    phases=(Phase.explicit, Phase.generate),  # no shrinking: we only need to see it fail
-    suppress_health_check=list(HealthCheck),
-    print_blob=False,
-)
-
 
 @pytest.mark.parametrize(
     "broken",
@@ -381,5 +369,4 @@ BROKEN_SETTINGS = settings(
 )
 def test_broken_key_lifecycle_variant_is_caught(broken: type[KeyLifecycleMachine]) -> None:
     """Each variant missing one control fails the machine (the property test has teeth)."""
-    with pytest.raises(AssertionError):
-        run_state_machine_as_test(broken, settings=BROKEN_SETTINGS)
+    assert_machine_catches(broken, stateful_step_count=30)
