@@ -8,7 +8,6 @@ for an unused challenge is authorized (so a server that refuses everything fails
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -42,6 +41,7 @@ from rustynet.domain.enrollment import (
 )
 from rustynet.domain.keys import Purpose, SigningKey, TunnelKey, TunnelKeyScheme
 from rustynet.domain.scope import Scope, Tag
+from tests.doubles import CountingEntropy
 from tests.property.broken import assert_machine_catches
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -62,18 +62,6 @@ FORGERIES = [
     "other-scope",
     "garbage",
 ]
-
-
-class CountingEntropy:
-    """Deterministic, never-repeating bytes (a test double satisfying the Entropy port)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def token_bytes(self, n: int) -> bytes:
-        """SHA-256 of a counter, cut to n bytes."""
-        self.calls += 1
-        return hashlib.sha256(self.calls.to_bytes(8, "big")).digest()[:n]
 
 
 @attrs.frozen

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,21 +30,10 @@ from rustynet.domain.enrollment import (
 from rustynet.domain.errors import DecodeError, LocalProtocolError, RemoteProtocolError
 from rustynet.domain.keys import Purpose, SigningKey, TunnelKey, TunnelKeyScheme
 from rustynet.domain.scope import Scope
+from tests.doubles import CountingEntropy
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 TOKEN_SCOPE = Scope.of(["tag:server", "tag:web"])
-
-
-class CountingEntropy:
-    """Deterministic, never-repeating bytes (a test double satisfying the Entropy port)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def token_bytes(self, n: int) -> bytes:
-        """SHA-256 of a counter, cut to n bytes."""
-        self.calls += 1
-        return hashlib.sha256(self.calls.to_bytes(8, "big")).digest()[:n]
 
 
 def key(i: int) -> SigningKey:

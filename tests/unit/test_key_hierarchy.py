@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import string
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -48,11 +47,11 @@ from rustynet.domain.keys import (
     TunnelPrivateKey,
 )
 from rustynet.domain.signed import JsonValue, SignedEnvelope, UnknownSigner
+from tests.tamper import flipped_texts
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
 SECOND = timedelta(seconds=1)
-B64_ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
 SIGNING_SCOPE = frozenset({Purpose.PEER_MAP})
 
 
@@ -112,23 +111,6 @@ def forged_certificate(signer: SigningKey, **overrides: JsonValue) -> Certificat
     }
     payload.update(overrides)
     return Certificate(SignedEnvelope.seal(signer, Purpose.CERTIFICATE, payload))
-
-
-def flipped_texts(text: str) -> Iterator[tuple[str, str]]:
-    """Each position: next base64url character and inverted bits; all bits of three positions."""
-    data = text.encode("ascii")
-    for i, byte in enumerate(data):
-        char = chr(byte)
-        if char in B64_ALPHABET:
-            replacement = B64_ALPHABET[(B64_ALPHABET.index(char) + 1) % len(B64_ALPHABET)]
-        else:
-            replacement = chr(byte ^ 0x01)
-        yield f"next-char@{i}", text[:i] + replacement + text[i + 1 :]
-        yield f"invert@{i}", (data[:i] + bytes([byte ^ 0xFF]) + data[i + 1 :]).decode("latin-1")
-    for i in (0, len(data) // 2, len(data) - 1):
-        for bit in range(8):
-            flipped = data[:i] + bytes([data[i] ^ (1 << bit)]) + data[i + 1 :]
-            yield f"bit{bit}@{i}", flipped.decode("latin-1")
 
 
 def assert_every_flip_rejected(text: str, accept: Callable[[str], object]) -> None:

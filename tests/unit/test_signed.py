@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import string
 from collections.abc import Iterator
 
 import pytest
@@ -24,6 +23,7 @@ from rustynet.domain.signed import (
     canonical_json,
     parse_canonical_json,
 )
+from tests.tamper import flipped_texts
 
 KEY = SigningKey.from_seed(bytes(range(32)))
 OTHER = SigningKey.from_seed(bytes(range(1, 33)))
@@ -33,29 +33,6 @@ PAYLOAD: dict[str, JsonValue] = {
     "peers": [{"name": "é", "ok": True}, None],
     "neg": -(2**63),
 }
-B64_ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
-
-
-def flipped_texts(text: str) -> Iterator[tuple[str, str]]:
-    """Every single-byte corruption worth trying: each position, plus every bit of a few bytes.
-
-    Each position gets (a) the next character of the base64url alphabet, the most plausible
-    corruption, and (b) its bits inverted. Positions 0, the middle and the end get all 8 bit
-    flips. Bytes are mapped back to text through latin-1 so any byte value reaches the parser.
-    """
-    data = text.encode("ascii")
-    for i, byte in enumerate(data):
-        char = chr(byte)
-        if char in B64_ALPHABET:
-            replacement = B64_ALPHABET[(B64_ALPHABET.index(char) + 1) % len(B64_ALPHABET)]
-        else:
-            replacement = chr(byte ^ 0x01)
-        yield f"next-char@{i}", text[:i] + replacement + text[i + 1 :]
-        yield f"invert@{i}", (data[:i] + bytes([byte ^ 0xFF]) + data[i + 1 :]).decode("latin-1")
-    for i in (0, len(data) // 2, len(data) - 1):
-        for bit in range(8):
-            flipped = data[:i] + bytes([data[i] ^ (1 << bit)]) + data[i + 1 :]
-            yield f"bit{bit}@{i}", flipped.decode("latin-1")
 
 
 def _open_text(text: str) -> None:

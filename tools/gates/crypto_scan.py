@@ -45,10 +45,12 @@ import argparse
 import ast
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from tools.gates.common import run_gate, source_files
 
 MIN_ASYMMETRIC_BITS: Final = 3072
 TOKEN_WRAPPER: Final = ("rustynet", "domain", "tokens.py")
@@ -298,20 +300,11 @@ def scan_source(source: str, path: Path) -> list[Finding]:
     return sorted(set(scanner.findings + bad))
 
 
-def _files(root: Path) -> Iterator[Path]:
-    if root.is_file():
-        yield root
-        return
-    for path in sorted(root.rglob("*.py")):
-        if not any(part == "__pycache__" or part.startswith(".") for part in path.parts):
-            yield path
-
-
 def scan_paths(paths: Iterable[Path]) -> list[Finding]:
     """Findings in every Python file under `paths` (files or directories)."""
     found: list[Finding] = []
     for root in paths:
-        for path in _files(root):
+        for path in source_files(root, {".py"}):
             found += scan_source(path.read_text(encoding="utf-8"), path)
     return found
 
@@ -324,17 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("paths", nargs="+", type=Path, help="files or directories to scan")
     args = parser.parse_args(argv)
-    missing = [p for p in args.paths if not p.exists()]
-    if missing:
-        print(f"crypto_scan: no such path: {', '.join(map(str, missing))}", file=sys.stderr)
-        return 2
-    findings = scan_paths(args.paths)
-    for finding in findings:
-        print(finding)
-    if findings:
-        print(f"crypto_scan: {len(findings)} denied crypto use(s)", file=sys.stderr)
-        return 1
-    return 0
+    return run_gate("crypto_scan", args.paths, scan_paths, "denied crypto use(s)")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from tools.gates.common import run_gate, source_files
+
 ROOT: Final = Path(__file__).resolve().parents[2]
 DEFAULT_PATHS: Final = tuple(
     ROOT / "src" / "rustynet" / layer for layer in ("domain", "ports", "application")
@@ -260,22 +262,11 @@ def scan_text(text: str, path: Path) -> list[Finding]:
     return sorted(set(found))
 
 
-def _files(root: Path) -> Iterator[Path]:
-    if root.is_file():
-        yield root
-        return
-    for path in sorted(root.rglob("*")):
-        if any(part == "__pycache__" or part.startswith(".") for part in path.parts):
-            continue
-        if path.is_file() and path.suffix in PYTHON_SUFFIXES | DATA_SUFFIXES:
-            yield path
-
-
 def scan_paths(paths: Iterable[Path]) -> list[Finding]:
     """Findings in every Python and data file under `paths` (files or directories)."""
     found: list[Finding] = []
     for root in paths:
-        for path in _files(root):
+        for path in source_files(root, PYTHON_SUFFIXES | DATA_SUFFIXES):
             text = path.read_text(encoding="utf-8")
             if path.suffix in PYTHON_SUFFIXES:
                 found += scan_python(text, path)
@@ -298,17 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths: list[Path] = args.paths or [
         p.relative_to(cwd) if p.is_relative_to(cwd) else p for p in DEFAULT_PATHS
     ]
-    missing = [p for p in paths if not p.exists()]
-    if missing:
-        print(f"vocabulary: no such path: {', '.join(map(str, missing))}", file=sys.stderr)
-        return 2
-    findings = scan_paths(paths)
-    for finding in findings:
-        print(finding)
-    if findings:
-        print(f"vocabulary: {len(findings)} WireGuard word(s) outside the adapter", file=sys.stderr)
-        return 1
-    return 0
+    return run_gate("vocabulary", paths, scan_paths, "WireGuard word(s) outside the adapter")
 
 
 if __name__ == "__main__":
