@@ -275,6 +275,7 @@ def test_secrets_are_refused_in_details(details: dict[str, object]) -> None:
     """Fields named like secrets, and values carrying secret markers, are refused."""
     chain = AuditChain()
     with pytest.raises(SecretInAuditDetails):
+        # Wrong type on purpose, hence the ignore below.
         chain.append(now=T0, actor="a", action="x.done", target="t", details=details)  # type: ignore[arg-type]
     assert chain.next_index == 0
 
@@ -298,12 +299,14 @@ def test_secret_identifiers_may_be_audited_but_not_secrets_in_other_fields() -> 
 def test_non_canonical_details_are_refused(bad: dict[object, object]) -> None:
     """Floats, huge ints, bytes and non-string keys have no single canonical encoding."""
     with pytest.raises(LocalProtocolError):
+        # Wrong type on purpose, hence the ignore below.
         AuditChain().append(now=T0, actor="a", action="x.done", target="t", details=bad)  # type: ignore[arg-type]
 
 
 def test_naive_time_is_refused() -> None:
     """Audit times are timezone-aware."""
     with pytest.raises(LocalProtocolError):
+        # A naive time on purpose, hence the ignore below.
         AuditChain().append(now=datetime(2025, 1, 1), actor="a", action="b", target="c")  # noqa: DTZ001
 
 

@@ -235,6 +235,7 @@ def test_override_can_tighten_and_add_exceptions_but_never_widen() -> None:
 def test_check_use_needs_an_aware_time() -> None:
     """A naive datetime is our bug, not a policy decision."""
     with pytest.raises(LocalProtocolError):
+        # A naive time on purpose, hence the ignore below.
         SHIPPED.check_use("SHA-256", Use.HASH, datetime(2025, 1, 1))  # noqa: DTZ001
 
 

@@ -48,6 +48,7 @@ def tunnel(i: int) -> TunnelKey:
 
 def server(**policy: object) -> EnrollmentServer:
     """A server with deterministic entropy."""
+    # Policy fields are checked at run time, hence the ignore below.
     return EnrollmentServer(CountingEntropy(), EnrollmentPolicy(**policy))  # type: ignore[arg-type]
 
 
@@ -266,7 +267,7 @@ def test_non_inputs_and_naive_times_are_local_errors() -> None:
     """Driving the server with a wrong type or a naive clock is a bug, not a rejection."""
     srv = server()
     with pytest.raises(LocalProtocolError):
-        srv.handle("hello", T0)  # type: ignore[arg-type]
+        srv.handle("hello", T0)  # type: ignore[arg-type]  # wrong type on purpose
     with pytest.raises(LocalProtocolError):
         srv.handle(Tick(), datetime(2025, 1, 1))  # noqa: DTZ001 - the point
 

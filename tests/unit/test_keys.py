@@ -135,6 +135,7 @@ def test_verify_rejects_changed_message_and_malformed_signature() -> None:
     with pytest.raises(InvalidSignature):
         key.public_key.verify(Purpose.PEER_MAP, b"map", signature[:-1])
     with pytest.raises(InvalidSignature):
+        # Wrong type on purpose, hence the ignore below.
         key.public_key.verify(Purpose.PEER_MAP, b"map", bytearray(signature))  # type: ignore[arg-type]
 
 
@@ -142,7 +143,7 @@ def test_signing_needs_a_purpose() -> None:
     """Signing without a Purpose member is a local error, not an unframed signature."""
     key = SigningKey.from_seed(SEED)
     with pytest.raises(LocalProtocolError):
-        key.sign("peer-map", b"x")  # type: ignore[arg-type]
+        key.sign("peer-map", b"x")  # type: ignore[arg-type]  # wrong type on purpose
 
 
 def test_rfc7748_x25519_private_keys_give_the_published_public_keys() -> None:
@@ -285,7 +286,7 @@ def test_tunnel_private_key_wipe_zeroes_the_secret() -> None:
 def test_signing_key_rejects_immutable_or_short_seed() -> None:
     """The seed must be an owned 32-byte bytearray (bytes could not be wiped)."""
     with pytest.raises(DecodeError):
-        SigningKey(seed=SEED)  # type: ignore[arg-type]
+        SigningKey(seed=SEED)  # type: ignore[arg-type]  # wrong type on purpose
     with pytest.raises(DecodeError):
         SigningKey(seed=bytearray(31))
 

@@ -254,7 +254,7 @@ def test_decide_or_deny_denies_on_a_non_decision() -> None:
 def test_corrupt_state_refuses_to_restore(state: object) -> None:
     """Each malformed persisted state raises LimiterStateError (never a fresh, permissive state)."""
     with pytest.raises(LimiterStateError):
-        Limiter.restore(state)  # type: ignore[arg-type]
+        Limiter.restore(state)  # type: ignore[arg-type]  # wrong type on purpose
 
 
 def test_state_round_trips_through_json() -> None:
@@ -282,6 +282,7 @@ def test_full_buckets_are_evicted_to_bound_memory() -> None:
         DenyReason.UNAVAILABLE, timedelta(seconds=30)
     )
     assert limiter.check(at(6), ip="198.51.100.3").allowed
+    # export_state() is plain data typed as object, hence the ignore below.
     assert set(limiter.export_state()["ip"]) == {  # type: ignore[call-overload]
         "198.51.100.1/32",
         "198.51.100.3/32",
@@ -330,4 +331,4 @@ def test_naive_now_is_a_local_error() -> None:
 def test_invalid_policies_are_refused(kwargs: dict[str, object]) -> None:
     """Nonsense policy numbers raise at construction."""
     with pytest.raises(LocalProtocolError):
-        LimitPolicy(**kwargs)  # type: ignore[arg-type]
+        LimitPolicy(**kwargs)  # type: ignore[arg-type]  # bad values on purpose

@@ -79,7 +79,7 @@ def test_nonce_of_15_bytes_is_rejected() -> None:
 def test_malformed_nonces_are_rejected(bad: object) -> None:
     """Empty, oversize or non-bytes nonces are refused before anything is stored."""
     with pytest.raises(NonceMalformedError):
-        ReplayGuard().accept(bad, T0, T0)  # type: ignore[arg-type]
+        ReplayGuard().accept(bad, T0, T0)  # type: ignore[arg-type]  # wrong type on purpose
 
 
 def test_a_nonce_is_accepted_only_once() -> None:

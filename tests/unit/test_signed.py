@@ -73,13 +73,13 @@ def test_canonical_json_is_independent_of_insertion_order() -> None:
 def test_canonical_json_refuses_what_has_no_single_byte_form(bad: dict[object, object]) -> None:
     """Floats, NaN, out-of-range integers, non-string keys, sets, bytes and surrogates raise."""
     with pytest.raises(LocalProtocolError):
-        canonical_json(bad)  # type: ignore[arg-type]
+        canonical_json(bad)  # type: ignore[arg-type]  # wrong type on purpose
 
 
 def test_canonical_json_refuses_a_non_object_and_deep_nesting() -> None:
     """The top level is an object; absurd nesting is refused rather than recursing."""
     with pytest.raises(LocalProtocolError):
-        canonical_json([1, 2])  # type: ignore[arg-type]
+        canonical_json([1, 2])  # type: ignore[arg-type]  # wrong type on purpose
     deep: JsonValue = []
     for _ in range(100):
         deep = [deep]
@@ -227,7 +227,7 @@ def test_open_requires_a_purpose_member() -> None:
     """Passing a string instead of a Purpose is our bug, not a silent pass."""
     envelope = SignedEnvelope.seal(KEY, Purpose.PEER_MAP, PAYLOAD)
     with pytest.raises(LocalProtocolError):
-        envelope.open(KEY.public_key, "peer-map")  # type: ignore[arg-type]
+        envelope.open(KEY.public_key, "peer-map")  # type: ignore[arg-type]  # wrong type on purpose
 
 
 @pytest.mark.parametrize(

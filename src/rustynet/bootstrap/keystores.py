@@ -24,7 +24,6 @@ from rustynet.application.doctor import KeystoreChoice
 from rustynet.ports.keystore import Keystore, KeystoreError, KeystoreUnavailable
 
 KeystoreKind = Literal["auto", "os", "file", "memory"]
-KEYSTORE_KINDS: Final[tuple[KeystoreKind, ...]] = ("auto", "os", "file", "memory")
 DEFAULT_STATE_DIR: Final = Path("/var/lib/rustynet")
 
 
