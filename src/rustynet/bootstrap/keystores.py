@@ -46,7 +46,7 @@ class KeystoreSettings:
 def _os_store(settings: KeystoreSettings) -> tuple[OsKeyringKeystore, str | None]:
     store = OsKeyringKeystore(service=settings.service)
     try:
-        store.backend()
+        store.open()
     except KeystoreUnavailable as exc:
         return store, str(exc)
     return store, None
