@@ -6,6 +6,9 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# A real throwaway PostgreSQL cluster (fixtures postgres_cluster, postgres_dsn) for store tests.
+pytest_plugins = ["tests.postgres"]
+
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.register_profile(
     "ci",

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(python3-venv iproute2)
+DEBIAN_PACKAGES=(python3-venv iproute2 postgresql)  # postgresql: real PostgreSQL 15 for the store tests
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()

@@ -18,6 +18,12 @@ and `...postgres.PostgresStore` (several control instances on one database). Eve
 async (the control plane is asyncio). Repositories take and return domain values only; driver
 errors surface as `StoreError` subclasses.
 
+A repository call that raises `AlreadyExists`, `StoreConflict` or `StoreUnavailable` spoils
+its unit of work (PostgreSQL aborts the transaction at a failed statement; every adapter keeps
+that rule): the unit of work rolls back, and if the caller caught the error and left the block
+normally, the exit raises `UnitOfWorkAborted`. Rejections that change nothing by design
+(`CredentialRejected`, `ReplayError`, `NotFound`, lifecycle errors) do not spoil it.
+
 "Not found": `get`-style reads return None; a change to something that is not there raises
 `NotFound` (never a silent no-op). Times are timezone-aware UTC `datetime`s, stored with
 microsecond precision.
@@ -59,6 +65,11 @@ class StoreUnavailable(StoreError):  # noqa: N818 - names the state, like Keysto
 class StoreConflict(StoreError):  # noqa: N818 - names the outcome, like CredentialRejected
     """A concurrent unit of work won (serialization failure, deadlock, lost race): the whole
     unit of work was rolled back and may be retried from the start."""
+
+
+class UnitOfWorkAborted(StoreError):  # noqa: N818 - names the outcome
+    """The block ended normally although a repository call in it had failed (and the
+    exception was caught): nothing was committed."""
 
 
 class NotFound(StoreError):  # noqa: N818 - reads as the fact it reports, like KeyError
