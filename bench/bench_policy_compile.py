@@ -1,0 +1,206 @@
+"""Policy compile benchmark: full compile and one-node changes at 1k and 10k nodes, 1k rules.
+
+Run standalone (not part of the test suite):
+
+    .venv/bin/python bench/bench_policy_compile.py                # 1k and 10k nodes
+    .venv/bin/python bench/bench_policy_compile.py --nodes 10000 --profile full
+
+Targets (ARCHITECTURE §8): 10,000 nodes x 1,000 rules <= 1 s full, <= 10 ms per one-node change.
+
+Workload: a segmentation policy of the shape a large tailnet has. N/20 tags (each node 1-2),
+100 groups (10 node names + 1 tag each), 50 hosts; 1,000 rules, most tag/group -> tag with
+ports, a few host/CIDR and node-name selectors, plus the usual infrastructure rules that touch
+every node (admins -> *:22, * -> tag:dns:53/udp, tag:monitoring -> *:9100). An all-to-all
+rule (`* -> *:*`) makes every view hold every node: that output is N^2 and is measured
+separately (`--all-to-all`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import ipaddress
+import pstats
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rustynet.domain.policy import Policy, PolicyNode
+from rustynet.domain.policy_compile import PolicyIndex, compile_policy
+from rustynet.domain.scope import Tag
+
+BASE = int(ipaddress.ip_address("100.64.0.0"))
+
+
+def address(i: int) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network(BASE + 1 + i)
+
+
+def make_workload(
+    n_nodes: int, n_rules: int, *, seed: int = 7, all_to_all: bool = False
+) -> tuple[dict[str, Any], list[PolicyNode]]:
+    rng = random.Random(seed)
+    n_tags = max(50, n_nodes // 20)
+    tags = [f"tag:t{i}" for i in range(n_tags)] + ["tag:dns", "tag:monitoring"]
+    nodes = []
+    for i in range(n_nodes):
+        mine = {rng.choice(tags[:n_tags]) for _ in range(rng.choice((1, 1, 2)))}
+        if i < 3:
+            mine.add("tag:dns")
+        elif i < 8:
+            mine.add("tag:monitoring")
+        nodes.append(
+            PolicyNode(
+                f"n{i}",
+                f"node-{i}",
+                frozenset(Tag(t) for t in mine),
+                (address(i),),
+            )
+        )
+    groups = {
+        f"group:g{g}": [f"node-{rng.randrange(n_nodes)}" for _ in range(10)] + [rng.choice(tags)]
+        for g in range(100)
+    }
+    groups["group:admins"] = [f"node-{i}" for i in range(10, 30)]
+    hosts = {f"h{i}": f"{address(rng.randrange(n_nodes)).network_address}/32" for i in range(40)}
+    hosts.update({f"net{i}": f"100.64.{i}.0/24" for i in range(10)})
+
+    def src_sel() -> str:
+        x = rng.random()
+        if x < 0.6:
+            return rng.choice(tags[:n_tags])
+        if x < 0.9:
+            return f"group:g{rng.randrange(100)}"
+        return rng.choice(list(hosts))
+
+    def dst_sel() -> str:
+        x = rng.random()
+        if x < 0.8:
+            sel = rng.choice(tags[:n_tags])
+        elif x < 0.9:
+            sel = rng.choice(list(hosts))
+        else:
+            sel = f"node-{rng.randrange(n_nodes)}"
+        ports = rng.choice(("22", "80,443", "5432", "8000-8100", "*"))
+        return f"{sel}:{ports}"
+
+    acls: list[dict[str, Any]] = [
+        {"action": "accept", "src": ["group:admins"], "dst": ["*:22"], "proto": "tcp"},
+        {"action": "accept", "src": ["*"], "dst": ["tag:dns:53"], "proto": "udp"},
+        {"action": "accept", "src": ["tag:monitoring"], "dst": ["*:9100"], "proto": "tcp"},
+    ]
+    if all_to_all:
+        acls.append({"action": "accept", "src": ["*"], "dst": ["*:*"]})
+    while len(acls) < n_rules:
+        acls.append(
+            {
+                "action": "accept",
+                "src": [src_sel() for _ in range(rng.choice((1, 2)))],
+                "dst": [dst_sel() for _ in range(rng.choice((1, 2)))],
+                "proto": rng.choice(("tcp", "tcp", "udp", "any")),
+            }
+        )
+    document = {
+        "groups": groups,
+        "tagOwners": {t: ["group:admins"] for t in tags},
+        "hosts": hosts,
+        "acls": acls,
+    }
+    return document, nodes
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.2f} ms"
+
+
+def summary(samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p95 = ordered[int(0.95 * (len(ordered) - 1))]
+    return f"median {ms(statistics.median(ordered))}  p95 {ms(p95)}  max {ms(ordered[-1])}"
+
+
+def one_node_changes(index: PolicyIndex, nodes: list[PolicyNode], rng: random.Random) -> None:
+    tags = sorted({t for n in nodes for t in n.tags})
+    results: dict[str, tuple[list[float], list[float], list[int]]] = {}
+
+    def record(kind: str, change: Callable[[], frozenset[str]]) -> None:
+        spent, woken = timed(change)
+        build, _ = timed(lambda: [index.view(i) for i in woken if i in index])
+        bucket = results.setdefault(kind, ([], [], []))
+        bucket[0].append(spent)
+        bucket[1].append(spent + build)
+        bucket[2].append(len(woken))
+
+    next_id = len(nodes)
+    for _ in range(50):
+        victim = index.node(f"n{rng.randrange(8, len(nodes))}")
+        retagged = PolicyNode(
+            victim.id, victim.name, frozenset({rng.choice(tags)}), victim.addresses
+        )
+        record("retag", lambda node=retagged: index.put(node))
+        moved = PolicyNode(victim.id, victim.name, retagged.tags, (address(next_id),))
+        next_id += 1
+        record("readdress", lambda node=moved: index.put(node))
+        fresh = PolicyNode(
+            f"n{next_id}", f"node-{next_id}", frozenset({rng.choice(tags)}), (address(next_id),)
+        )
+        next_id += 1
+        record("add", lambda node=fresh: index.put(node))
+        record("remove", lambda node_id=fresh.id: index.remove(node_id))
+    for kind, (compile_only, with_views, woken) in results.items():
+        print(f"  one-node {kind:9s} index update: {summary(compile_only)}")
+        print(f"  one-node {kind:9s} + woken views: {summary(with_views)}")
+        print(f"  one-node {kind:9s} woken nodes:   median {statistics.median(woken):.0f}")
+
+
+def run(n_nodes: int, n_rules: int, *, all_to_all: bool, profile: str | None) -> None:
+    document, nodes = make_workload(n_nodes, n_rules, all_to_all=all_to_all)
+    print(f"{n_nodes} nodes, {n_rules} rules{' (+ all-to-all)' if all_to_all else ''}:")
+    spent, policy = timed(lambda: Policy.parse(document))
+    print(f"  parse + validate document:      {ms(spent)}  ({len(policy.grants)} grants)")
+    if profile == "full":
+        profiler = cProfile.Profile()
+        profiler.enable()
+        compile_policy(policy, nodes).views()
+        profiler.disable()
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(15)
+    spent, index = timed(lambda: compile_policy(policy, nodes))
+    print(f"  full compile (index):           {ms(spent)}")
+    built, views = timed(index.views)
+    peers = statistics.mean(len(v.visible_peers) for v in views.values())
+    rules = statistics.mean(len(v.inbound) for v in views.values())
+    print(f"  + build every view:             {ms(built)}  total {ms(spent + built)}")
+    print(f"  views: mean {peers:.0f} visible peers, {rules:.1f} inbound rules")
+    rng = random.Random(11)
+    if profile == "change":
+        profiler = cProfile.Profile()
+        profiler.enable()
+        one_node_changes(index, nodes, rng)
+        profiler.disable()
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(15)
+    else:
+        one_node_changes(index, nodes, rng)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, action="append")
+    parser.add_argument("--rules", type=int, default=1000)
+    parser.add_argument("--all-to-all", action="store_true")
+    parser.add_argument("--profile", choices=("full", "change"))
+    args = parser.parse_args()
+    for n in args.nodes or [1000, 10000]:
+        run(n, args.rules, all_to_all=args.all_to_all, profile=args.profile)
+
+
+if __name__ == "__main__":
+    main()
