@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import ipaddress
 import pstats
 import random
@@ -162,9 +163,13 @@ def one_node_changes(index: PolicyIndex, nodes: list[PolicyNode], rng: random.Ra
         print(f"  one-node {kind:9s} woken nodes:   median {statistics.median(woken):.0f}")
 
 
-def run(n_nodes: int, n_rules: int, *, all_to_all: bool, profile: str | None) -> None:
+def run(n_nodes: int, n_rules: int, *, all_to_all: bool, profile: str | None, freeze: bool) -> None:
     document, nodes = make_workload(n_nodes, n_rules, all_to_all=all_to_all)
-    print(f"{n_nodes} nodes, {n_rules} rules{' (+ all-to-all)' if all_to_all else ''}:")
+    if freeze:  # what the control plane does after start-up (ARCHITECTURE §8): no gen-2 pauses
+        gc.collect()
+        gc.freeze()
+    extra = (" + all-to-all" if all_to_all else "") + ("" if freeze else ", no gc.freeze")
+    print(f"{n_nodes} nodes, {n_rules} rules{extra}:")
     spent, policy = timed(lambda: Policy.parse(document))
     print(f"  parse + validate document:      {ms(spent)}  ({len(policy.grants)} grants)")
     if profile == "full":
@@ -197,9 +202,16 @@ def main() -> None:
     parser.add_argument("--rules", type=int, default=1000)
     parser.add_argument("--all-to-all", action="store_true")
     parser.add_argument("--profile", choices=("full", "change"))
+    parser.add_argument("--no-gc-freeze", action="store_true", help="leave the inventory to gc")
     args = parser.parse_args()
     for n in args.nodes or [1000, 10000]:
-        run(n, args.rules, all_to_all=args.all_to_all, profile=args.profile)
+        run(
+            n,
+            args.rules,
+            all_to_all=args.all_to_all,
+            profile=args.profile,
+            freeze=not args.no_gc_freeze,
+        )
 
 
 if __name__ == "__main__":

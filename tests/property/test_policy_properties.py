@@ -238,9 +238,9 @@ class StaleCacheIndex(PolicyIndex):
     def _wake_visibility_changes(
         self, node_id: str, old: _Placement, new: _Placement, woken: set[str]
     ) -> None:
-        kept = dict(self._seen)
+        kept = {k: dict(v) for k, v in self._pending.items()}
         super()._wake_visibility_changes(node_id, old, new, woken)
-        self._seen.update(kept)
+        self._pending = kept
 
 
 def test_broken_one_way_visibility_is_caught() -> None:

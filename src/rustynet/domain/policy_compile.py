@@ -46,7 +46,7 @@ from rustynet.domain.scope import Tag
 _EMPTY: frozenset[int] = frozenset()
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class FilterRule:
     """Accept flows from `src_prefixes` with `proto` to `port_ranges` (ICMP ignores ports)."""
 
@@ -112,12 +112,17 @@ class _Selectors:
     def address(self, node: PolicyNode) -> set[int]:
         """Grants with a prefix containing one of the node's addresses."""
         found: set[int] = set()
+        if not self.by_prefix or not node.addresses:
+            return found
+        hosts = [(a.version, int(a.network_address)) for a in node.addresses]
         for (version, length), table in self.by_prefix.items():
             bits = 32 if version == 4 else 128
             mask = ((1 << length) - 1) << (bits - length)
-            for a in node.addresses:
-                if a.version == version:
-                    found |= table.get(int(a.network_address) & mask, _EMPTY)
+            for host_version, value in hosts:
+                if host_version == version:
+                    hit = table.get(value & mask)
+                    if hit:
+                        found |= hit
         return found
 
 
@@ -158,6 +163,8 @@ class PolicyIndex:
         self._views: dict[NodeId, NodeView] = {}
         self._seen: dict[NodeId, frozenset[NodeId]] = {}
         self._inbound: dict[NodeId, tuple[FilterRule, ...]] = {}
+        # peers that came (True) or went (False) since `_seen` was cached, applied on read
+        self._pending: dict[NodeId, dict[NodeId, bool]] = {}
         self._unions: dict[tuple[frozenset[int], frozenset[int]], frozenset[NodeId]] = {}
         for node in nodes:
             self._check_unique(node)
@@ -196,8 +203,15 @@ class PolicyIndex:
             return cached
         placed = self._placed[node_id]
         seen = self._seen.get(node_id)
+        pending = self._pending.pop(node_id, None)
+        if seen is not None and pending:
+            came = {peer for peer, present in pending.items() if present}
+            seen = (seen | came) - {peer for peer, present in pending.items() if not present}
+            self._seen[node_id] = seen
         if seen is None:
-            seen = self._union(placed) - {node_id}
+            seen = self._union(placed)
+            if node_id in seen:
+                seen = seen - {node_id}
             self._seen[node_id] = seen
         inbound = self._inbound.get(node_id)
         if inbound is None:
@@ -283,12 +297,10 @@ class PolicyIndex:
         key = (placed.src, placed.dst)
         cached = self._unions.get(key)
         if cached is None:
-            seen: set[NodeId] = set()
-            for r in placed.dst:
-                seen.update(self._sources[r])
-            for r in placed.src:
-                seen.update(self._targets[r])
-            cached = frozenset(seen)
+            sources, targets = self._sources, self._targets
+            cached = frozenset().union(
+                *[sources[r] for r in placed.dst], *[targets[r] for r in placed.src]
+            )
             self._unions[key] = cached
         return cached
 
@@ -318,7 +330,7 @@ class PolicyIndex:
                     self._inbound.pop(target, None)
                     self._views.pop(target, None)
                 woken |= self._targets[r]
-        for cache in (self._seen, self._inbound, self._views):
+        for cache in (self._seen, self._pending, self._inbound, self._views):
             cache.pop(node_id, None)
         self._unions.clear()
         self._wake_visibility_changes(node_id, old, new, woken)
@@ -341,9 +353,8 @@ class PolicyIndex:
             if before != after:
                 woken.add(other)
                 self._views.pop(other, None)
-                seen = self._seen.get(other)
-                if seen is not None:  # patch the cached set: only `node_id` came or went
-                    self._seen[other] = seen | {node_id} if after else seen - {node_id}
+                if other in self._seen:  # only `node_id` came or went: note it, patch on read
+                    self._pending.setdefault(other, {})[node_id] = after
         if new is _NOWHERE:
             placed.pop(node_id, None)
         else:
