@@ -23,11 +23,15 @@ nothing). A destination is `selector:ports`, ports `*` or `22,80-90`; `proto` is
 or any (the default); ICMP carries no port, so an icmp rule must say `*`, and a port list on an
 `any` rule does not restrict ICMP.
 
-Sources are matched by address: a CIDR or host selector matches every node with an overlay
-address inside it. Destinations are matched per node: a node selected by a destination accepts
-the flow on all of its overlay addresses. Policy tests are evaluated against the node inventory
-given at check time; an `accept` assertion that matches no node fails (it cannot hold), a `deny`
-assertion that matches nothing holds.
+Sources are matched by address: a CIDR or host selector admits exactly the source addresses
+inside it (`allows_from`, what the inbound filter enforces), and a node with any overlay address
+inside it counts as a source for visibility (`allows`, `reaches`). Tags, groups and names admit
+all of a node's addresses. Destinations are matched per node: a node selected by a destination
+accepts the flow on all of its overlay addresses.
+
+Policy tests are evaluated against the node inventory given at check time; an `accept`
+assertion that matches no node fails (it cannot hold), a `deny` assertion that matches nothing
+holds.
 """
 
 from __future__ import annotations

@@ -345,16 +345,18 @@ class PolicyIndex:
         for r in old.dst ^ new.dst:
             candidates |= self._sources[r]
         candidates.discard(node_id)
-        placed = self._placed
+        placed, seen, pending, views = self._placed, self._seen, self._pending, self._views
+        old_src, old_dst, new_src, new_dst = old.src, old.dst, new.src, new.dst
         for other in candidates:
             there = placed[other]
-            before = not old.src.isdisjoint(there.dst) or not old.dst.isdisjoint(there.src)
-            after = not new.src.isdisjoint(there.dst) or not new.dst.isdisjoint(there.src)
+            its_src, its_dst = there.src, there.dst
+            before = not old_src.isdisjoint(its_dst) or not old_dst.isdisjoint(its_src)
+            after = not new_src.isdisjoint(its_dst) or not new_dst.isdisjoint(its_src)
             if before != after:
                 woken.add(other)
-                self._views.pop(other, None)
-                if other in self._seen:  # only `node_id` came or went: note it, patch on read
-                    self._pending.setdefault(other, {})[node_id] = after
+                views.pop(other, None)
+                if other in seen:  # only `node_id` came or went: note it, patch on read
+                    pending.setdefault(other, {})[node_id] = after
         if new is _NOWHERE:
             placed.pop(node_id, None)
         else:
