@@ -6,8 +6,10 @@ request handed to a `Commands` object that the composition root
 is printed here, human or `--json`. Later subcommands (`up`, `status`, `admin ...`) add a
 subparser, a request type and a `Commands` method.
 
-Exit codes (the only table): 0 everything passed, 1 a check or the command failed,
-2 usage error (argparse's convention).
+Exit codes of `rustynet doctor` (and later node commands): 0 everything passed, 1 a check or
+the command failed, 2 usage error (argparse's convention). The `rustynet admin` group follows
+issue 3's table instead — 0 ok, 1 usage, 2 rejected by the server, 3 cannot reach or trust the
+server — documented and implemented once in `rustynet.adapters.cli.admin`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Protocol, TextIO
 
 import attrs
+from rustynet.adapters.cli import admin as admin_cli
 
 from rustynet.application.doctor import CheckResult, DoctorReport
 from rustynet.domain.errors import RustynetError
@@ -127,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.set_defaults(run=_run_doctor)
+    # Listed for --help only: main() hands `admin ...` to its own parser (other exit codes).
+    sub.add_parser(
+        "admin",
+        add_help=False,
+        help="administer a control plane (see `rustynet admin --help`)",
+    )
     return parser
 
 
@@ -182,13 +191,20 @@ def main(
     *,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    admin: admin_cli.AdminConnector | None = None,
 ) -> int:
     """Parse `argv`, run the subcommand through `commands`, print, return the exit code."""
     out = sys.stdout if stdout is None else stdout
     err = sys.stderr if stderr is None else stderr
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["admin"]:
+        if admin is None:
+            err.write("rustynet admin: not available in this build\n")
+            return int(admin_cli.AdminExit.USAGE)
+        return admin_cli.main(args[1:], admin, stdout=out, stderr=err)
     parser = build_parser()
     try:
-        ns = parser.parse_args(argv)
+        ns = parser.parse_args(args)
     except SystemExit as exc:  # argparse exits 2 on usage errors and 0 on --help
         return int(exc.code) if isinstance(exc.code, int) else int(ExitCode.USAGE)
     run: Runner = ns.run

@@ -9,13 +9,17 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from rustynet.adapters.cli import admin as admin_cli
 from rustynet.adapters.cli import main as cli
 from rustynet.adapters.clock import SystemClock
+from rustynet.adapters.keystore.files import read_private_path
 from rustynet.application.doctor import DoctorReport, run_doctor
 from rustynet.bootstrap.crypto_policy import load_crypto_policy
 from rustynet.bootstrap.keystores import KeystoreSettings, choose_keystore
 from rustynet.bootstrap.process import disable_core_dumps
+from rustynet.ports.control_api import AdminApi
 
 
 class _Commands:
@@ -37,7 +41,30 @@ class _Commands:
         )
 
 
+class _AdminConnector:
+    """`AdminConnector`: admin.toml → pinned HTTPS client with the API key from its key file."""
+
+    def admin_api(self, config: Path) -> AdminApi:
+        from rustynet.adapters.config import load_admin_config  # noqa: PLC0415 - admin only
+        from rustynet.adapters.control_client import ControlClient  # noqa: PLC0415
+
+        settings = load_admin_config(config)
+        try:
+            raw = bytearray(read_private_path(settings.key_file, uid=os.geteuid()))
+        except FileNotFoundError:
+            raise admin_cli.UsageError(f"{settings.key_file}: API key file not found") from None
+        except OSError as exc:
+            raise admin_cli.UsageError(f"{settings.key_file}: cannot read: {exc}") from exc
+        try:
+            key = raw.strip()
+            if not key.startswith(b"rnk_"):
+                raise admin_cli.UsageError(f"{settings.key_file}: not an API key (rnk_...)")
+            return ControlClient(settings.url, settings.spki_pin, api_key=key)
+        finally:
+            raw[:] = bytes(len(raw))
+
+
 def rustynet_main(argv: Sequence[str] | None = None) -> int:
     """`rustynet` console script."""
     disable_core_dumps()
-    return cli.main(argv, _Commands())
+    return cli.main(argv, _Commands(), admin=_AdminConnector())

@@ -1,0 +1,182 @@
+"""`rustynet-control`: argument parsing and output of the control-plane server's command line.
+
+The one rule: this module parses and formats; `init` and `serve` are composed in
+`rustynet.bootstrap.control`, which receives typed requests through `ControlCommands`.
+
+    rustynet-control init  --data-dir DIR --url https://HOST:PORT [--listen ADDR:PORT]
+                           [--database URL] [--keystore auto|file|os]
+    rustynet-control serve --data-dir DIR [--database URL] [--log-level LEVEL]
+
+Exit codes: 0 ok (serve: stopped cleanly by SIGTERM/SIGINT), 1 the command failed (the
+message says why; nothing half-made is left by init), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, Protocol, TextIO
+
+import attrs
+
+from rustynet.domain.errors import RustynetError
+
+InitKeystore = Literal["auto", "file", "os"]
+
+
+class ControlExit(enum.IntEnum):
+    """Exit codes of `rustynet-control`."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+
+
+@attrs.frozen
+class InitRequest:
+    """`rustynet-control init`."""
+
+    data_dir: Path
+    url: str
+    listen: str | None
+    database: str | None = attrs.field(default=None, repr=False)  # may hold a password
+    keystore: InitKeystore = "auto"
+
+
+@attrs.frozen
+class InitReport:
+    """What init made, for the operator."""
+
+    data_dir: Path
+    url: str
+    listen: str
+    database: str
+    spki_pin: str
+    keystore: str
+    created: tuple[Path, ...]
+    admin_config: Path
+    notes: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ServeRequest:
+    """`rustynet-control serve`."""
+
+    data_dir: Path
+    database: str | None = attrs.field(default=None, repr=False)
+    log_level: str = "info"
+    log_json: bool = True
+
+
+class ControlCommands(Protocol):
+    """What the composition root provides."""
+
+    def init(self, request: InitRequest) -> InitReport:
+        """Create a data directory; raise a `RustynetError` (and leave nothing) on failure."""
+        ...
+
+    def serve(self, request: ServeRequest) -> int:
+        """Run until SIGTERM/SIGINT; return the exit code."""
+        ...
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `rustynet-control` parser."""
+    parser = argparse.ArgumentParser(
+        prog="rustynet-control",
+        description="Rustynet control plane. Exit codes: 0 ok, 1 failed, 2 usage.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    init = sub.add_parser(
+        "init",
+        help="create config, keys, TLS certificate, database and the first admin key",
+        description="Create everything a first start needs in DIR. Refuses to run twice.",
+    )
+    init.add_argument("--data-dir", type=Path, required=True, metavar="DIR")
+    init.add_argument(
+        "--url", required=True, help="public URL nodes and admins use, https://HOST:PORT"
+    )
+    init.add_argument("--listen", metavar="ADDR:PORT", help="bind address (default 0.0.0.0:PORT)")
+    init.add_argument(
+        "--database", metavar="URL", help="postgresql://... (default: SQLite DIR/control.db)"
+    )
+    init.add_argument(
+        "--keystore",
+        choices=("auto", "file", "os"),
+        default="auto",
+        help="auto: the OS key store when a real backend exists, else encrypted files",
+    )
+    init.set_defaults(run=_run_init)
+    serve = sub.add_parser("serve", help="run the control plane until SIGTERM")
+    serve.add_argument("--data-dir", type=Path, required=True, metavar="DIR")
+    serve.add_argument("--database", metavar="URL", help="override control.toml's database")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+    serve.add_argument(
+        "--log-format", choices=("json", "console"), default="json", help="log line format"
+    )
+    serve.set_defaults(run=_run_serve)
+    return parser
+
+
+def render_init(report: InitReport) -> str:
+    """Human summary of init: files, pin, and what the key store protects."""
+    lines = [f"initialised {report.data_dir}", f"  url        {report.url}"]
+    lines += [f"  listen     {report.listen}", f"  database   {report.database}"]
+    lines += [f"  key store  {report.keystore}", f"  TLS pin    {report.spki_pin}", "created:"]
+    lines += [f"  {p}" for p in report.created]
+    lines += [f"notes:\n  - {n}" if i == 0 else f"  - {n}" for i, n in enumerate(report.notes)]
+    lines += [
+        "next:",
+        f"  rustynet-control serve --data-dir {report.data_dir}",
+        f"  rustynet admin --config {report.admin_config} keys create",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _run_init(commands: ControlCommands, ns: argparse.Namespace, out: TextIO) -> int:
+    report = commands.init(
+        InitRequest(
+            data_dir=ns.data_dir,
+            url=ns.url,
+            listen=ns.listen,
+            database=ns.database,
+            keystore=ns.keystore,
+        )
+    )
+    out.write(render_init(report))
+    return int(ControlExit.OK)
+
+
+def _run_serve(commands: ControlCommands, ns: argparse.Namespace, _out: TextIO) -> int:
+    return commands.serve(
+        ServeRequest(
+            data_dir=ns.data_dir,
+            database=ns.database,
+            log_level=ns.log_level,
+            log_json=ns.log_format == "json",
+        )
+    )
+
+
+def main(
+    argv: Sequence[str] | None,
+    commands: ControlCommands,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Parse `argv`, run the command, return the exit code."""
+    out = sys.stdout if stdout is None else stdout
+    err = sys.stderr if stderr is None else stderr
+    try:
+        ns = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: 2 on usage errors, 0 on --help
+        return int(exc.code) if isinstance(exc.code, int) else int(ControlExit.USAGE)
+    try:
+        return int(ns.run(commands, ns, out))
+    except RustynetError as exc:
+        err.write(f"rustynet-control {ns.command}: {exc}\n")
+        return int(ControlExit.FAILED)

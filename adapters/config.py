@@ -1,0 +1,317 @@
+"""TOML configuration files: `control.toml` (the server) and `admin.toml` (the admin CLI).
+
+The one rule: parsing is strict — an unknown table or key, a wrong type or a malformed value
+is an error that names the file and the key (`control.toml: [tls].certificate: ...`), never a
+silently ignored setting. Relative paths are relative to the directory of the file, so a data
+directory can be moved as a whole. Rendering writes the same keys back (init uses it).
+
+control.toml:
+
+    [control]
+    url = "https://ctl.example.org:8443"   # the public URL nodes and admins use
+    listen = "0.0.0.0:8443"                # ADDR:PORT ([v6]:PORT) to bind
+    backlog = 4096                         # optional, listen(2) backlog
+
+    [database]
+    url = "sqlite:control.db"              # sqlite:PATH or postgresql://...
+
+    [tls]
+    certificate = "tls/control.crt"
+    private_key = "tls/control.key"
+
+    [keystore]
+    kind = "file"                          # file | os
+    passphrase_file = "keystore.pass"      # optional (file kind); see docs/control-plane.md
+
+admin.toml (top-level keys): `url`, `spki_pin` (`sha256//...`), `key_file`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Final, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+
+from rustynet.domain.errors import DecodeError, RustynetError
+from rustynet.domain.tls_pin import SpkiPin
+
+DEFAULT_BACKLOG: Final = 4096
+MAX_CONFIG_SIZE: Final = 64 * 1024
+KeystoreKind = Literal["file", "os"]
+T = TypeVar("T")
+
+
+class ConfigError(RustynetError):
+    """A configuration file is missing, unreadable or invalid; the message names file and key."""
+
+
+@attrs.frozen
+class DatabaseUrl:
+    """`sqlite:PATH` (resolved against the data directory) or `postgresql://...`."""
+
+    kind: Literal["sqlite", "postgresql"]
+    sqlite_path: Path | None = None
+    conninfo: str | None = attrs.field(default=None, repr=False)  # may hold a password
+
+    @classmethod
+    def parse(cls, text: str, base: Path) -> DatabaseUrl:
+        """Parse `text`; relative SQLite paths are taken relative to `base`."""
+        if text.startswith(("postgresql://", "postgres://")):
+            return cls("postgresql", conninfo=text)
+        if text.startswith("sqlite:"):
+            rest = text.removeprefix("sqlite:")
+            rest = "/" + rest.lstrip("/") if rest.startswith("///") else rest
+            if not rest:
+                raise ValueError("sqlite: needs a file path")
+            path = Path(rest)
+            return cls("sqlite", sqlite_path=path if path.is_absolute() else base / path)
+        raise ValueError("expected sqlite:PATH or postgresql://...")
+
+    def render(self) -> str:
+        """The text form (absolute SQLite path)."""
+        if self.kind == "postgresql" and self.conninfo is not None:
+            return self.conninfo
+        return f"sqlite:{self.sqlite_path}"
+
+    def describe(self) -> str:
+        """For logs and output: never the password of a PostgreSQL URL."""
+        if self.kind == "sqlite":
+            return f"SQLite {self.sqlite_path}"
+        parts = urlsplit(self.conninfo or "")
+        return f"PostgreSQL {parts.hostname or 'local'}:{parts.port or 5432}{parts.path}"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`ADDR:PORT` or `[V6]:PORT` → (address, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError("expected ADDR:PORT (IPv6 as [ADDR]:PORT)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    ipaddress.ip_address(host)  # listen on an address, not a name
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError("port must be 1-65535")
+    return host, port
+
+
+def parse_control_url(text: str) -> str:
+    """An `https://HOST[:PORT]` URL without path, query or user info."""
+    parts = urlsplit(text)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError("expected https://HOST[:PORT]")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError("the control URL has no path, query or user part")
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise ValueError(f"bad port: {exc}") from None
+    return f"https://{parts.netloc}"
+
+
+@attrs.frozen
+class ControlConfig:
+    """The parsed `control.toml` (paths absolute)."""
+
+    url: str
+    listen: tuple[str, int]
+    database: DatabaseUrl
+    certificate: Path
+    private_key: Path
+    keystore: KeystoreKind = "file"
+    passphrase_file: Path | None = None
+    backlog: int = DEFAULT_BACKLOG
+
+
+@attrs.frozen
+class AdminConfig:
+    """The parsed `admin.toml`."""
+
+    url: str
+    spki_pin: SpkiPin
+    key_file: Path
+
+
+class _Reader:
+    """Strict typed access to a TOML table, naming `file: [table].key` in every error."""
+
+    def __init__(self, source: str, table: Mapping[str, object], prefix: str) -> None:
+        self.source, self.table, self.prefix = source, table, prefix
+        self.used: set[str] = set()
+
+    def _where(self, key: str) -> str:
+        return f"{self.source}: {self.prefix}{key}"
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self._where(key)}: {problem}")
+
+    def get(self, key: str, kind: type, *, required: bool = True) -> object:
+        self.used.add(key)
+        if key not in self.table:
+            if required:
+                raise ConfigError(f"{self._where(key)}: missing (required)")
+            return None
+        value = self.table[key]
+        if kind is int and isinstance(value, bool):
+            raise self.fail(key, "expected an integer, got a boolean")
+        if not isinstance(value, kind):
+            raise self.fail(key, f"expected {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    def text(self, key: str, *, required: bool = True) -> str | None:
+        value = self.get(key, str, required=required)
+        return value if isinstance(value, str) else None
+
+    def sub(self, key: str) -> _Reader:
+        value = self.get(key, dict)
+        assert isinstance(value, dict)
+        return _Reader(self.source, value, f"[{key}].")
+
+    def finish(self) -> None:
+        extra = sorted(set(self.table) - self.used)
+        if extra:
+            raise ConfigError(f"{self._where(extra[0])}: unknown setting")
+
+    def convert(self, key: str, value: str, parse: Callable[[str], T]) -> T:
+        try:
+            return parse(value)
+        except (ValueError, DecodeError) as exc:
+            raise self.fail(key, str(exc)) from None
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    if len(raw) > MAX_CONFIG_SIZE:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_SIZE} bytes")
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def _resolve(base: Path, text: str) -> Path:
+    path = Path(text)
+    return path if path.is_absolute() else base / path
+
+
+def load_control_config(path: Path) -> ControlConfig:
+    """Parse `control.toml` strictly; raise `ConfigError` naming the bad key."""
+    path = Path(path)
+    base = path.parent.resolve()
+    top = _Reader(str(path), _read_toml(path), "")
+    control, database, tls, keystore = (
+        top.sub("control"),
+        top.sub("database"),
+        top.sub("tls"),
+        top.sub("keystore"),
+    )
+    top.finish()
+    url = control.convert("url", control.text("url") or "", parse_control_url)
+    listen = control.convert("listen", control.text("listen") or "", parse_listen)
+    backlog_value = control.get("backlog", int, required=False)
+    backlog = DEFAULT_BACKLOG if backlog_value is None else int(str(backlog_value))
+    if not 1 <= backlog <= 65535:
+        raise control.fail("backlog", "must be 1-65535")
+    control.finish()
+    db = database.convert("url", database.text("url") or "", lambda t: DatabaseUrl.parse(t, base))
+    database.finish()
+    certificate = _resolve(base, tls.text("certificate") or "")
+    private_key = _resolve(base, tls.text("private_key") or "")
+    tls.finish()
+    kind_text = keystore.text("kind")
+    if kind_text not in ("file", "os"):
+        raise keystore.fail("kind", "expected 'file' or 'os'")
+    kind: KeystoreKind = "file" if kind_text == "file" else "os"
+    passphrase = keystore.text("passphrase_file", required=False)
+    if passphrase is not None and kind != "file":
+        raise keystore.fail("passphrase_file", "only the file key store takes a passphrase")
+    keystore.finish()
+    return ControlConfig(
+        url=url,
+        listen=listen,
+        database=db,
+        certificate=certificate,
+        private_key=private_key,
+        keystore=kind,
+        passphrase_file=_resolve(base, passphrase) if passphrase is not None else None,
+        backlog=backlog,
+    )
+
+
+def _q(text: str) -> str:
+    # JSON string escapes are valid TOML basic-string escapes for everything json.dumps emits.
+    return json.dumps(text, ensure_ascii=True)
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def render_control_config(config: ControlConfig, base: Path) -> str:
+    """`control.toml` text for `config`; paths under `base` are written relative to it."""
+    host, port = config.listen
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    db = config.database
+    db_text = (
+        f"sqlite:{_relative(db.sqlite_path, base)}"
+        if db.kind == "sqlite" and db.sqlite_path is not None
+        else db.render()
+    )
+    lines = [
+        "# Rustynet control plane. Written by `rustynet-control init`; paths are relative",
+        "# to this file's directory. Unknown keys are errors.",
+        "[control]",
+        f"url = {_q(config.url)}",
+        f"listen = {_q(listen)}",
+        f"backlog = {config.backlog}",
+        "",
+        "[database]",
+        f"url = {_q(db_text)}",
+        "",
+        "[tls]",
+        f"certificate = {_q(_relative(config.certificate, base))}",
+        f"private_key = {_q(_relative(config.private_key, base))}",
+        "",
+        "[keystore]",
+        f"kind = {_q(config.keystore)}",
+    ]
+    if config.passphrase_file is not None:
+        lines.append(f"passphrase_file = {_q(_relative(config.passphrase_file, base))}")
+    return "\n".join(lines) + "\n"
+
+
+def load_admin_config(path: Path) -> AdminConfig:
+    """Parse `admin.toml` strictly; raise `ConfigError` naming the bad key."""
+    path = Path(path)
+    base = path.parent.resolve()
+    top = _Reader(str(path), _read_toml(path), "")
+    url = top.convert("url", top.text("url") or "", parse_control_url)
+    pin = top.convert("spki_pin", top.text("spki_pin") or "", SpkiPin.from_text)
+    key_file = _resolve(base, top.text("key_file") or "")
+    top.finish()
+    return AdminConfig(url=url, spki_pin=pin, key_file=key_file)
+
+
+def render_admin_config(config: AdminConfig) -> str:
+    """`admin.toml` text for `config` (the key file path is written as given)."""
+    return (
+        "# Rustynet admin CLI: which control plane, its TLS key pin (checked on every\n"
+        "# connection) and the file holding the admin API key.\n"
+        f"url = {_q(config.url)}\n"
+        f"spki_pin = {_q(config.spki_pin.to_text())}\n"
+        f"key_file = {_q(str(config.key_file))}\n"
+    )
