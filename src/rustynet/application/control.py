@@ -1,17 +1,39 @@
 """Control-plane use cases: one async method per route of docs/control-api.md.
 
 The one rule: every decision about a request is made here (or in the domain it drives), never in
-the HTTP handler; each state change and its audit entry commit in ONE unit of work, and success
-is returned only after that commit.
+the HTTP handler; each state change, the serial bumps it causes and its audit entry commit in
+ONE unit of work, and success is returned (and waiters are woken) only after that commit.
 
-(Skeleton: signatures are final; bodies land in the next commits.)
+Theory of operation.
+
+* Abuse controls run before any secret is looked at: a per-IP bucket (and a per-identity bucket
+  for enrollment and token renewal) is taken in its own unit of work, then the failure record
+  of the presented credential (join key id, node id, API key id) is checked for backoff and
+  lockout. Unknown and wrong credentials fail the same way after the same hash compare, and
+  every failure is counted and audited.
+* Enrollment drives `EnrollmentServer` (challenges live in this process for ≤ 60 s; several
+  control instances need sticky routing or a shared challenge table, issue 6). A valid proof
+  redeems the credential with the store's atomic conditional update, leases the address, adds
+  the node, bumps the serials of every node whose map changes and writes the audit entry, all
+  in one unit of work.
+* Peer maps come from a compiled `PolicyIndex` cached in memory with the active nodes. Every
+  change updates it one node at a time (`put`/`remove` return the nodes to wake); a policy
+  change recompiles and wakes `changed_views`. A unit of work that fails after touching the
+  cache drops it, and it is rebuilt from the store on next use; it is also rebuilt when the
+  stored policy version moved (another instance changed it).
+* Long polls subscribe to `PeerMapWaiters` before reading their serial, so no wake-up is lost.
+
+Node underlay endpoints are kept in memory only (nodes re-report them; not in the store yet).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import timedelta
-from typing import Final
+import asyncio
+import contextlib
+import ipaddress
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Final, TypeVar
 
 import attrs
 
@@ -42,18 +64,95 @@ from rustynet.application.control_types import (
     TokenChallenge,
     TokenChallengeRequest,
     TokenRenewRequest,
+    Trust,
     UpdateNodeRequest,
 )
-from rustynet.application.waiters import PeerMapWaiters
-from rustynet.domain.limits import LimitPolicy
-from rustynet.domain.signed import JsonValue
+from rustynet.application.errors import (
+    Conflict,
+    FieldProblem,
+    Forbidden,
+    Gone,
+    NotFoundError,
+    RateLimited,
+    Unauthorized,
+    ValidationError,
+)
+from rustynet.application.waiters import PeerMapWaiters, TooManyWaiters
+from rustynet.domain import api_keys
+from rustynet.domain.api_keys import AdminAction, ApiKey, ApiKeyMismatch
+from rustynet.domain.audit import AuditChain, AuditEntry, verify_chain
+from rustynet.domain.credentials import (
+    Credential,
+    CredentialId,
+    CredentialParameterError,
+    CredentialRejected,
+    CredentialTransitionError,
+)
+from rustynet.domain.enrollment import (
+    CHALLENGE_BYTES,
+    Authorize,
+    EnrollmentRequest,
+    EnrollmentServer,
+    ForgetChallenges,
+    IssueChallenge,
+    ProofPresented,
+    Reject,
+    RejectReason,
+    Tick,
+)
+from rustynet.domain.errors import DecodeError, LocalProtocolError, RemoteProtocolError
+from rustynet.domain.join_tokens import JoinSecretMismatch, JoinToken
+from rustynet.domain.key_hierarchy import TunnelKeyBinding, verify_tunnel_key_binding
+from rustynet.domain.keys import (
+    Purpose,
+    TunnelKey,
+    VerifyKey,
+    b64decode,
+    b64encode,
+    constant_time_equal,
+)
+from rustynet.domain.limits import BucketPolicy, LimitPolicy, ip_key
+from rustynet.domain.netmap import PeerEntry, SelfEntry, build_peer_map, seal_peer_map
+from rustynet.domain.policy import Policy, PolicyError, PolicyNode
+from rustynet.domain.policy_compile import PolicyIndex, changed_views, compile_policy
+from rustynet.domain.replay import DEFAULT_CAPACITY, NONCE_RETENTION, NonceRecord, ReplayError
+from rustynet.domain.scope import Scope, Tag
+from rustynet.domain.signed import JsonValue, canonical_json, parse_canonical_json
+from rustynet.domain.tokens import InvalidToken, TokenKind, issue_token, key_allowlist, verify_token
 from rustynet.ports.clock import Clock
 from rustynet.ports.entropy import Entropy
-from rustynet.ports.store import Store
+from rustynet.ports.store import (
+    MAX_NAME_LENGTH,
+    AlreadyExists,
+    ApiKeyRecord,
+    ApiKeyScope,
+    BucketTable,
+    NodeRecord,
+    NodeState,
+    NotFound,
+    Store,
+    StoreConflict,
+    StoreError,
+    UnitOfWork,
+    UnknownCredential,
+)
 
 ACCESS_TOKEN_LIFETIME: Final = timedelta(seconds=300)
 DEFAULT_PEER_MAP_TTL: Final = timedelta(hours=24)
 DEFAULT_LONG_POLL: Final = timedelta(seconds=60)
+RENEWAL_CHALLENGE_TTL: Final = timedelta(seconds=60)
+MAX_RENEWAL_CHALLENGES: Final = 10_000
+MAX_ENDPOINTS: Final = 16
+MAX_AUDIT_PAGE: Final = 1000
+_T = TypeVar("_T")
+DEFAULT_ADMIN_PER_IP: Final = BucketPolicy(burst=120, refill=60, per=timedelta(minutes=1))
+_DUMMY_HASH: Final = bytes(32)
+_HOSTNAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def token_renewal_message(challenge_id: bytes, node_id: str) -> bytes:
+    """What a node signs (identity key, `Purpose.TOKEN_RENEWAL`) to renew its access token."""
+    return bytes(challenge_id) + node_id.encode("utf-8")
 
 
 @attrs.frozen
@@ -64,10 +163,145 @@ class ControlSettings:
     tls_spki_sha256: bytes = attrs.field(repr=bytes.hex)
     relays: tuple[str, ...] = ()
     limits: LimitPolicy = attrs.field(factory=LimitPolicy)
+    admin_per_ip: BucketPolicy = DEFAULT_ADMIN_PER_IP
     peer_map_ttl: timedelta = DEFAULT_PEER_MAP_TTL
     long_poll_timeout: timedelta = DEFAULT_LONG_POLL
     access_token_lifetime: timedelta = ACCESS_TOKEN_LIFETIME
-    max_waiters: int = 50_000
+    nonce_capacity: int = DEFAULT_CAPACITY
+
+
+@attrs.define
+class _Net:
+    """The cached compiled policy and the active nodes it was compiled over."""
+
+    policy: Policy
+    version: int
+    index: PolicyIndex
+    nodes: dict[str, NodeRecord]
+
+
+@attrs.frozen
+class _PendingEnrollment:
+    credential_id: CredentialId
+    binding_expires_at: datetime
+    credential_key: str
+
+
+def _policy_node(node: NodeRecord) -> PolicyNode:
+    return PolicyNode(
+        id=node.id,
+        name=node.name,
+        tags=node.tags,
+        addresses=tuple(ipaddress.ip_network(f"{a}/32") for a in node.overlay_addresses),
+    )
+
+
+def _addresses(node: NodeRecord) -> tuple[str, ...]:
+    return tuple(f"{a}/32" for a in node.overlay_addresses)
+
+
+def _node_info(node: NodeRecord) -> NodeInfo:
+    return NodeInfo(
+        id=node.id,
+        name=node.name,
+        state=node.state.value,
+        overlay_addresses=_addresses(node),
+        tags=tuple(sorted(t.value for t in node.tags)),
+        identity_key=node.identity_key.to_text(),
+        tunnel_key=node.tunnel_key.to_text(),
+        tunnel_key_expires_at=node.tunnel_key_expires_at,
+        created_at=node.created_at,
+        last_seen_at=node.last_seen_at,
+        revoked_at=node.revoked_at,
+    )
+
+
+def _join_key_info(credential: Credential) -> JoinKeyInfo:
+    return JoinKeyInfo(
+        id=credential.id.to_text(),
+        kind=credential.kind.value,
+        state=credential.state.value,
+        tags=tuple(credential.scope.as_strings()),
+        uses=credential.uses,
+        max_uses=credential.max_uses,
+        created_at=credential.created_at,
+        expires_at=credential.expires_at,
+        last_used_at=credential.last_used_at,
+        ended_at=credential.ended_at,
+    )
+
+
+def _api_key_info(record: ApiKeyRecord) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        id=record.id,
+        scope=record.scope.value,
+        description=record.description,
+        created_at=record.created_at,
+        expires_at=record.expires_at,
+        revoked_at=record.revoked_at,
+        last_used_at=record.last_used_at,
+    )
+
+
+def _audit_info(entry: AuditEntry) -> AuditEntryInfo:
+    return AuditEntryInfo(
+        index=entry.index,
+        time=entry.time,
+        actor=entry.actor,
+        action=entry.action,
+        target=entry.target,
+        details=entry.details,
+        entry_hash=entry.entry_hash.hex(),
+    )
+
+
+def _tags(values: Iterable[str], where: str) -> frozenset[Tag]:
+    problems = []
+    tags = set()
+    for i, value in enumerate(values):
+        try:
+            tags.add(Tag(value))
+        except (DecodeError, TypeError):
+            problems.append(FieldProblem(f"{where}/{i}", "not a tag (tag:lowercase-name)"))
+    if problems:
+        raise ValidationError(problems)
+    return frozenset(tags)
+
+
+def _parse(parse: Callable[[str], _T], text: str, where: str, what: str) -> _T:
+    try:
+        return parse(text)
+    except (DecodeError, TypeError, ValueError) as exc:
+        raise ValidationError.at(where, f"not a valid {what}") from exc
+
+
+def _endpoint(text: str, where: str) -> str:
+    host, sep, port = text.rpartition(":")
+    ok = bool(sep) and port.isdigit() and 0 < int(port) <= 65535
+    try:
+        if ok and host.startswith("[") and host.endswith("]"):
+            ipaddress.IPv6Address(host[1:-1])
+        elif ok:
+            ipaddress.IPv4Address(host)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValidationError.at(where, "expected 198.51.100.2:41641 or [2001:db8::1]:41641")
+    return text
+
+
+def _b64(text: str, where: str) -> bytes:
+    try:
+        return b64decode(text)
+    except DecodeError as exc:
+        raise ValidationError.at(where, "not unpadded base64url") from exc
+
+
+def _policy_from(document: object) -> Policy:
+    try:
+        return Policy.parse(document)
+    except PolicyError as exc:
+        raise ValidationError([FieldProblem(p.pointer, p.message) for p in exc.problems]) from exc
 
 
 class ControlService:
@@ -89,120 +323,1055 @@ class ControlService:
         self.entropy = entropy
         self.settings = settings
         self.waiters = waiters if waiters is not None else PeerMapWaiters()
+        self._enrollment = EnrollmentServer(entropy)
+        self._pending: dict[bytes, _PendingEnrollment] = {}
+        self._renewals: dict[bytes, tuple[str, datetime]] = {}
+        self._endpoints: dict[str, tuple[str, ...]] = {}
+        self._token_keys = key_allowlist([keys.token_key.public_key])
+        self._lock = asyncio.Lock()
+        self._net: _Net | None = None
+        self._net_touched = False
+        self._chain: AuditChain | None = None
+        self._enrollments = 0
+        self._rate_limited = 0
+        self._auth_failures = 0
 
-    # node routes
+    # --- plumbing ------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[UnitOfWork]:
+        """One serialized unit of work that may touch the cached index and the audit chain."""
+        async with self._lock:
+            self._net_touched = False
+            try:
+                async with self.store.unit_of_work() as uow:
+                    yield uow
+            except BaseException:
+                if self._net_touched:
+                    self._net = None  # the cache may hold an uncommitted change
+                raise
+
+    async def _net_state(self, uow: UnitOfWork) -> _Net:
+        current = await uow.policies.current()
+        version = 0 if current is None else current.version
+        if self._net is not None and self._net.version == version:
+            return self._net
+        policy = (
+            Policy.deny_all()
+            if current is None
+            else Policy.parse(parse_canonical_json(current.document.encode("utf-8")))
+        )
+        nodes = {n.id: n for n in await uow.nodes.list_all() if n.state is NodeState.ACTIVE}
+        index = compile_policy(policy, [_policy_node(n) for n in nodes.values()])
+        self._net = _Net(policy, version, index, nodes)
+        return self._net
+
+    async def _net_put(self, uow: UnitOfWork, node: NodeRecord) -> frozenset[str]:
+        net = await self._net_state(uow)
+        self._net_touched = True
+        net.nodes[node.id] = node
+        return net.index.put(_policy_node(node)) | {node.id}
+
+    async def _net_remove(self, uow: UnitOfWork, node_id: str) -> frozenset[str]:
+        net = await self._net_state(uow)
+        if node_id not in net.index:
+            return frozenset({node_id})
+        self._net_touched = True
+        net.nodes.pop(node_id, None)
+        return net.index.remove(node_id) | {node_id}
+
+    async def _audit(  # noqa: PLR0917 - the audit fields, in entry order
+        self,
+        uow: UnitOfWork,
+        now: datetime,
+        actor: str,
+        action: str,
+        target: str,
+        details: Mapping[str, JsonValue] | None = None,
+    ) -> None:
+        """Append one audit entry (and a checkpoint when due) in `uow`; call under `_write`."""
+        last = await uow.audit.last_entry()
+        chain = self._chain
+        in_step = chain is not None and (
+            (last is None and chain.next_index == 0)
+            or (
+                last is not None
+                and chain.next_index == last.index + 1
+                and constant_time_equal(chain.head_hash, last.entry_hash)
+            )
+        )
+        if chain is None or not in_step:
+            chain = AuditChain.resume(last, await uow.audit.last_checkpoint())
+        appended = chain.append(
+            now=now,
+            actor=actor,
+            action=action,
+            target=target,
+            details=details,
+            signer=self.keys.audit_key,
+        )
+        self._chain = chain
+        await uow.audit.append(appended.entry)
+        if appended.checkpoint is not None:
+            await uow.audit.add_checkpoint(appended.checkpoint)
+
+    async def _limit(
+        self,
+        *,
+        ip: str | None = None,
+        ip_bucket: BucketPolicy | None = None,
+        identity: str | None = None,
+        credential: str | None = None,
+    ) -> None:
+        """Take from the buckets and check the credential's backoff; RateLimited on a deny."""
+        policy = self.settings.limits
+        now = self.clock.now()
+        try:
+            async with self.store.unit_of_work() as uow:
+                retry = await self._decide(uow, now, ip, ip_bucket, identity, credential)
+        except (StoreError, LocalProtocolError):
+            retry = policy.unavailable_retry_after  # cannot decide: deny
+        if retry is not None:
+            self._rate_limited += 1
+            raise RateLimited(int(-(-retry.total_seconds() // 1)))
+
+    async def _decide(  # noqa: PLR0917 - one argument per limiter key
+        self,
+        uow: UnitOfWork,
+        now: datetime,
+        ip: str | None,
+        ip_bucket: BucketPolicy | None,
+        identity: str | None,
+        credential: str | None,
+    ) -> timedelta | None:
+        """How long to wait, or None to allow; a bucket earlier in line keeps its take."""
+        policy = self.settings.limits
+        if credential is not None:
+            record = await uow.limiter.failures(credential)
+            if record.disabled:
+                return policy.backoff_max
+            if record.blocked_until is not None and now < record.blocked_until:
+                return record.blocked_until - now
+        takes = []
+        if ip is not None:
+            takes.append((BucketTable.IP, ip_key(ip, policy), ip_bucket or policy.per_ip))
+        if identity is not None:
+            takes.append((BucketTable.IDENTITY, identity, policy.per_identity))
+        for table, key, bucket in takes:
+            outcome = await uow.limiter.take(table, key, now, bucket)
+            if not outcome.allowed:
+                return outcome.retry_after or policy.unavailable_retry_after
+        return None
+
+    async def _failed(
+        self,
+        *,
+        credential: str | None,
+        actor: str,
+        action: str,
+        target: str,
+        details: Mapping[str, JsonValue] | None = None,
+    ) -> None:
+        """Count an authentication failure against `credential` and audit it."""
+        self._auth_failures += 1
+        now = self.clock.now()
+        async with self._write() as uow:
+            if credential is not None:
+                await uow.limiter.record_failure(credential, now, self.settings.limits)
+            await self._audit(uow, now, actor, action, target, details)
+
+    def _issue_token(self, node: NodeRecord, now: datetime) -> tuple[str, datetime]:
+        lifetime = self.settings.access_token_lifetime
+        token = issue_token(
+            self.keys.token_key,
+            kind=TokenKind.ACCESS,
+            issuer=self.settings.control_url,
+            subject=node.id,
+            audience=self.settings.control_url,
+            bound_identity=node.identity_key,
+            now=now,
+            lifetime=lifetime,
+            entropy=self.entropy,
+        )
+        return token, now.replace(microsecond=0) + lifetime
+
+    def _trust(self) -> Trust:
+        return Trust(
+            root_certificate=self.keys.root_certificate_text,
+            signing_certificates=self.keys.signing_certificate_texts(),
+        )
+
+    async def _node(self, auth: NodeAuth) -> NodeRecord:
+        """The authenticated, active node of a node request (revocation bites at once)."""
+        now = self.clock.now()
+        node: NodeRecord | None = None
+        if isinstance(auth.node_id, str) and 0 < len(auth.node_id) <= 128:
+            async with self.store.unit_of_work() as uow:
+                node = await uow.nodes.get(auth.node_id)
+        try:
+            self._verify_node_token(auth, node, now)
+        except InvalidToken as exc:
+            target = auth.node_id if node is not None else "unknown-node"
+            await self._failed(
+                credential=None,
+                actor=f"ip:{auth.client_ip}",
+                action="node.auth_failed",
+                target=target,
+                details={"reason": exc.reason[:80]},
+            )
+            raise Unauthorized from None
+        if node is None:  # unreachable: the token check refused it
+            raise Unauthorized
+        return node
+
+    def _verify_node_token(self, auth: NodeAuth, node: NodeRecord | None, now: datetime) -> None:
+        if node is None or node.state is not NodeState.ACTIVE:
+            raise InvalidToken("unknown or revoked node")
+        claims = verify_token(
+            auth.access_token,
+            keys=self._token_keys,
+            audience=self.settings.control_url,
+            issuer=self.settings.control_url,
+            bound_identity=node.identity_key,
+            now=now,
+            kind=TokenKind.ACCESS,
+        )
+        if claims.subject != node.id:
+            raise InvalidToken("token issued to another node")
+
+    async def _admin(self, auth: AdminAuth, action: AdminAction) -> ApiKeyRecord:
+        """The API key record of an admin request allowed to perform `action`."""
+        await self._limit(ip=auth.client_ip, ip_bucket=self.settings.admin_per_ip)
+        actor = f"ip:{auth.client_ip}"
+        try:
+            key = ApiKey.parse(auth.api_key)
+        except ApiKeyMismatch:
+            api_keys.burn_compare()
+            await self._failed(credential=None, actor=actor, action="admin.auth_failed", target="-")
+            raise Unauthorized from None
+        credential = f"apikey:{key.key_id}"
+        await self._limit(credential=credential)
+        now = self.clock.now()
+        async with self.store.unit_of_work() as uow:
+            record = await uow.api_keys.get(key.key_id)
+        ok = False
+        try:
+            key.verify(record.secret_hash if record is not None else _DUMMY_HASH)
+            ok = record is not None and record.usable_at(now)
+        except ApiKeyMismatch:
+            ok = False
+        finally:
+            key.wipe()
+        if not ok or record is None:
+            await self._failed(
+                credential=credential,
+                actor=actor,
+                action="admin.auth_failed",
+                target=f"apikey:{key.key_id}",
+            )
+            raise Unauthorized
+        if not api_keys.permits(record.scope.value, action):
+            async with self._write() as uow:
+                await self._audit(
+                    uow,
+                    now,
+                    f"apikey:{record.id}",
+                    "admin.forbidden",
+                    action.value,
+                    {"scope": record.scope.value},
+                )
+            raise Forbidden
+        async with self.store.unit_of_work() as uow:
+            await uow.api_keys.touch(record.id, now)
+            await uow.limiter.record_success(credential)
+        return record
+
+    # --- node routes ---------------------------------------------------------------------------
+
     async def enroll(self, request: EnrollRequest, *, client_ip: str) -> EnrollChallenge:
-        """POST /v1/enroll."""
-        raise NotImplementedError
+        """POST /v1/enroll: check the join secret, answer a single-use challenge (≤ 60 s)."""
+        now = self.clock.now()
+        identity: VerifyKey = _parse(
+            VerifyKey.from_text, request.identity_key, "/identity_key", "identity key"
+        )
+        tunnel_key: TunnelKey = _parse(
+            TunnelKey.from_text, request.tunnel_key, "/tunnel_key", "tunnel key"
+        )
+        binding: TunnelKeyBinding = _parse(
+            TunnelKeyBinding.from_text, request.tunnel_key_binding, "/tunnel_key_binding", "binding"
+        )
+        requested = None
+        if request.requested_tags is not None:
+            requested = Scope(_tags(request.requested_tags, "/requested_tags"))
+        await self._limit(ip=client_ip, identity=f"identity:{identity.to_text()}")
+        credential, existing = await self._join_credential(request.join_secret, identity, client_ip)
+        try:
+            credential.check_redeemable(now)
+        except CredentialRejected:
+            raise Gone from None
+        if existing is not None:
+            raise Conflict("this identity key is already enrolled")
+        try:
+            bound = verify_tunnel_key_binding(binding, identity, now)
+        except RemoteProtocolError as exc:
+            raise ValidationError.at("/tunnel_key_binding", f"binding rejected: {exc}") from exc
+        if bound != tunnel_key:
+            raise ValidationError.at("/tunnel_key_binding", "binds a different tunnel key")
+        try:
+            enrollment = EnrollmentRequest(
+                token_id=credential.id.to_text(),
+                identity_key=identity,
+                tunnel_key=tunnel_key,
+                hostname=request.hostname,
+                requested_scope=requested,
+            )
+        except DecodeError as exc:
+            raise ValidationError.at("/hostname", str(exc)) from exc
+        effect = self._enrollment.handle(enrollment.presented(credential.scope), now)
+        if isinstance(effect, Reject):
+            if effect.reason is RejectReason.SCOPE_NOT_GRANTED:
+                raise Forbidden("requested tags are not granted by the join key")
+            self._rate_limited += 1
+            raise RateLimited(5, "too many enrollments in progress")
+        if not isinstance(effect, IssueChallenge):
+            raise LocalProtocolError(f"unexpected enrollment effect {type(effect).__name__}")
+        self._pending[effect.challenge_id] = _PendingEnrollment(
+            credential.id, binding.validity.not_after, f"join:{credential.id.to_text()}"
+        )
+        return EnrollChallenge(b64encode(effect.challenge_id), effect.expires_at)
+
+    async def _join_credential(
+        self, join_secret: str, identity: VerifyKey, client_ip: str
+    ) -> tuple[Credential, NodeRecord | None]:
+        """The credential the join token names if its secret matches (uniform failure)."""
+        actor = f"ip:{client_ip}"
+        try:
+            token = JoinToken.parse(join_secret)
+        except DecodeError:
+            await self._failed(credential=None, actor=actor, action="enroll.failed", target="-")
+            raise Unauthorized from None
+        token_id = token.token_id.to_text()
+        credential_key = f"join:{token_id}"
+        try:
+            await self._limit(credential=credential_key)
+            async with self.store.unit_of_work() as uow:
+                credential = await uow.credentials.get(token.token_id)
+                existing = await uow.nodes.get_by_identity(identity)
+            ok = credential is not None and token.root_fingerprint == self.keys.root.key_id
+            try:
+                token.verify_secret(credential.secret_hash if credential else _DUMMY_HASH)
+            except JoinSecretMismatch:
+                ok = False
+        finally:
+            token.wipe()
+        if not ok or credential is None:
+            await self._failed(
+                credential=credential_key, actor=actor, action="enroll.failed", target=token_id
+            )
+            raise Unauthorized
+        return credential, existing
 
     async def enroll_complete(
         self, request: EnrollCompleteRequest, *, client_ip: str
     ) -> EnrollResult:
-        """POST /v1/enroll/complete."""
-        raise NotImplementedError
+        """POST /v1/enroll/complete: verify the proof, redeem, register the node, issue a token."""
+        await self._limit(ip=client_ip)
+        now = self.clock.now()
+        actor = f"ip:{client_ip}"
+        challenge_id = _b64(request.challenge_id, "/challenge_id")
+        signature = _b64(request.signature, "/signature")
+        pending = self._pending.get(challenge_id)
+        effect: object
+        try:
+            effect = self._enrollment.handle(ProofPresented(challenge_id, signature), now)
+        except DecodeError:
+            effect = Reject(RejectReason.UNKNOWN_CHALLENGE)
+        if not isinstance(effect, Authorize) or pending is None:
+            reason = effect.reason.value if isinstance(effect, Reject) else "no-pending"
+            await self._failed(
+                credential=pending.credential_key if pending else None,
+                actor=actor,
+                action="enroll.proof_failed",
+                target=pending.credential_id.to_text() if pending else "-",
+                details={"reason": reason},
+            )
+            raise Unauthorized
+        self._pending.pop(challenge_id, None)
+        woken: frozenset[str] = frozenset()
+        try:
+            async with self._write() as uow:
+                credential = await uow.credentials.redeem(pending.credential_id, now)
+                if await uow.nodes.get_by_identity(effect.identity_key) is not None:
+                    raise Conflict("this identity key is already enrolled")
+                node_id = "node_" + b64encode(self.entropy.token_bytes(12))
+                name = await self._free_name(uow, effect.hostname)
+                address = await uow.ipam.allocate(node_id)
+                node = NodeRecord(
+                    id=node_id,
+                    name=name,
+                    identity_key=effect.identity_key,
+                    tunnel_key=effect.tunnel_key,
+                    tunnel_key_expires_at=pending.binding_expires_at,
+                    overlay_ipv4=address,
+                    tags=effect.scope.tags,
+                    created_at=now,
+                )
+                await uow.nodes.add(node)
+                woken = await self._net_put(uow, node)
+                await uow.serials.bump(sorted(woken))
+                await uow.limiter.record_success(pending.credential_key)
+                await self._audit(
+                    uow,
+                    now,
+                    f"node:{node_id}",
+                    "node.enrolled",
+                    node_id,
+                    {
+                        "join_key_id": credential.id.to_text(),
+                        "join_key_state": credential.state.value,
+                        "join_key_uses": credential.uses,
+                        "name": name,
+                        "address": str(address),
+                        "tags": sorted(t.value for t in node.tags),
+                        "identity_fingerprint": node.identity_key.fingerprint().to_text(),
+                    },
+                )
+        except UnknownCredential:
+            raise Unauthorized from None
+        except CredentialRejected:
+            raise Gone from None
+        self.waiters.wake(woken)
+        self._enrollments += 1
+        token, expires_at = self._issue_token(node, now)
+        return EnrollResult(
+            node_id=node.id,
+            name=node.name,
+            overlay_addresses=_addresses(node),
+            tags=tuple(sorted(t.value for t in node.tags)),
+            access_token=token,
+            access_token_expires_at=expires_at,
+            trust=self._trust(),
+        )
+
+    async def _free_name(self, uow: UnitOfWork, hostname: str) -> str:
+        taken = {n.name for n in await uow.nodes.list_all()}
+        if hostname not in taken:
+            return hostname
+        for n in range(2, 10_000):
+            suffix = f"-{n}"
+            candidate = hostname[: MAX_NAME_LENGTH - len(suffix)] + suffix
+            if candidate not in taken:
+                return candidate
+        raise Conflict("no free node name for this hostname")
 
     async def token_challenge(
         self, request: TokenChallengeRequest, *, client_ip: str
     ) -> TokenChallenge:
-        """POST /v1/token/challenge."""
-        raise NotImplementedError
+        """POST /v1/token/challenge: a single-use challenge (answered for any node id alike)."""
+        await self._limit(ip=client_ip)
+        node_id = request.node_id
+        if not isinstance(node_id, str) or not 0 < len(node_id) <= 128 or not node_id.isprintable():
+            raise ValidationError.at("/node_id", "not a node id")
+        now = self.clock.now()
+        self._renewals = {c: v for c, v in self._renewals.items() if now < v[1]}
+        if len(self._renewals) >= MAX_RENEWAL_CHALLENGES:
+            self._rate_limited += 1
+            raise RateLimited(5, "too many renewals in progress")
+        challenge_id = self.entropy.token_bytes(CHALLENGE_BYTES)
+        expires_at = now + RENEWAL_CHALLENGE_TTL
+        self._renewals[challenge_id] = (node_id, expires_at)
+        return TokenChallenge(b64encode(challenge_id), expires_at)
 
     async def renew_token(self, request: TokenRenewRequest, *, client_ip: str) -> AccessToken:
-        """POST /v1/token."""
-        raise NotImplementedError
+        """POST /v1/token: identity-key signature over a single-use challenge → access token."""
+        credential = f"node:{request.node_id}"
+        await self._limit(ip=client_ip, identity=credential, credential=credential)
+        now = self.clock.now()
+        challenge_id = _b64(request.challenge_id, "/challenge_id")
+        signature = _b64(request.signature, "/signature")
+        issued = self._renewals.pop(challenge_id, None)  # single use, whatever happens next
+        node: NodeRecord | None = None
+        if isinstance(request.node_id, str) and 0 < len(request.node_id) <= 128:
+            async with self.store.unit_of_work() as uow:
+                node = await uow.nodes.get(request.node_id)
+        ok = False
+        if node is not None:
+            try:
+                node.identity_key.verify(
+                    Purpose.TOKEN_RENEWAL, token_renewal_message(challenge_id, node.id), signature
+                )
+                ok = True
+            except RemoteProtocolError:
+                ok = False
+        ok = (
+            ok
+            and node is not None
+            and node.state is NodeState.ACTIVE
+            and issued is not None
+            and issued[0] == request.node_id
+            and now < issued[1]
+        )
+        if ok and node is not None:
+            try:
+                async with self._write() as uow:
+                    await uow.nonces.insert(
+                        NonceRecord(challenge_id, now + NONCE_RETENTION),
+                        now,
+                        self.settings.nonce_capacity,
+                    )
+                    await uow.nodes.touch(node.id, now)
+                    await uow.limiter.record_success(credential)
+            except ReplayError:
+                ok = False
+        if not ok or node is None:
+            await self._failed(
+                credential=credential,
+                actor=f"ip:{client_ip}",
+                action="token.renewal_failed",
+                target=request.node_id[:128] or "-",
+            )
+            raise Unauthorized
+        token, expires_at = self._issue_token(node, now)
+        return AccessToken(token, expires_at)
 
     async def rotate_tunnel_key(self, auth: NodeAuth, request: RotateTunnelKeyRequest) -> NodeInfo:
-        """POST /v1/node/tunnel-key."""
-        raise NotImplementedError
+        """POST /v1/node/tunnel-key: a new tunnel key bound by the node's identity key."""
+        node = await self._node(auth)
+        now = self.clock.now()
+        tunnel_key: TunnelKey = _parse(
+            TunnelKey.from_text, request.tunnel_key, "/tunnel_key", "tunnel key"
+        )
+        binding: TunnelKeyBinding = _parse(
+            TunnelKeyBinding.from_text, request.tunnel_key_binding, "/tunnel_key_binding", "binding"
+        )
+        try:
+            bound = verify_tunnel_key_binding(binding, node.identity_key, now)
+        except RemoteProtocolError as exc:
+            raise ValidationError.at("/tunnel_key_binding", f"binding rejected: {exc}") from exc
+        if bound != tunnel_key:
+            raise ValidationError.at("/tunnel_key_binding", "binds a different tunnel key")
+        async with self._write() as uow:
+            updated = await uow.nodes.set_tunnel_key(
+                node.id, tunnel_key, binding.validity.not_after
+            )
+            woken = await self._net_put(uow, updated)
+            woken |= (await self._net_state(uow)).index.view(node.id).visible_peers
+            await uow.serials.bump(sorted(woken))
+            await self._audit(
+                uow,
+                now,
+                f"node:{node.id}",
+                "node.tunnel_key_rotated",
+                node.id,
+                {"tunnel_key_fingerprint": tunnel_key.fingerprint().to_text()},
+            )
+        self.waiters.wake(woken)
+        return _node_info(updated)
 
     async def set_endpoints(self, auth: NodeAuth, request: EndpointsRequest) -> None:
-        """PUT /v1/node/endpoints (204)."""
-        raise NotImplementedError
+        """PUT /v1/node/endpoints: where peers can reach the node (wakes the nodes that see it)."""
+        node = await self._node(auth)
+        endpoints = request.underlay_endpoints
+        if len(endpoints) > MAX_ENDPOINTS:
+            raise ValidationError.at("/underlay_endpoints", f"at most {MAX_ENDPOINTS} endpoints")
+        checked = tuple(
+            dict.fromkeys(_endpoint(e, f"/underlay_endpoints/{i}") for i, e in enumerate(endpoints))
+        )
+        if self._endpoints.get(node.id, ()) == checked:
+            return
+        async with self._write() as uow:
+            net = await self._net_state(uow)
+            woken = net.index.view(node.id).visible_peers if node.id in net.index else frozenset()
+            if woken:
+                await uow.serials.bump(sorted(woken))
+            await uow.nodes.touch(node.id, self.clock.now())
+        self._endpoints[node.id] = checked
+        self.waiters.wake(woken)
 
     async def peer_map(
         self, auth: NodeAuth, after: int, timeout: float | None = None
     ) -> PeerMapResponse | None:
-        """GET /v1/peermap?after=N; None means 204 (nothing newer within the timeout)."""
-        raise NotImplementedError
+        """GET /v1/peermap?after=N: at once if the serial is above N, else wait; None means 204."""
+        if type(after) is not int or after < 0:
+            raise ValidationError.at("/after", "a non-negative integer")
+        node = await self._node(auth)
+        wait = self.settings.long_poll_timeout.total_seconds() if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, wait)
+        try:
+            subscription = self.waiters.subscribe(node.id)
+        except TooManyWaiters:
+            self._rate_limited += 1
+            raise RateLimited(5, "too many peer-map requests are waiting") from None
+        with subscription:
+            while True:
+                response = await self._peer_map_after(node.id, after)
+                if response is not None:
+                    return response
+                remaining = deadline - loop.time()
+                if remaining <= 0 or not await subscription.wait(remaining):
+                    return None
+                subscription.event.clear()
 
-    # admin routes
+    async def _peer_map_after(self, node_id: str, after: int) -> PeerMapResponse | None:
+        now = self.clock.now()
+        async with self._lock:
+            async with self.store.unit_of_work() as uow:
+                node = await uow.nodes.get(node_id)
+                if node is None or node.state is not NodeState.ACTIVE:
+                    raise Unauthorized
+                serial = await uow.serials.get(node_id)
+                if serial <= after:
+                    return None
+                net = await self._net_state(uow)
+            view = net.index.view(node_id)
+            peers = []
+            for peer_id in view.visible_peers:
+                peer = net.nodes.get(peer_id)
+                if peer is None or peer.tunnel_key_expires_at <= now:
+                    continue
+                peers.append(
+                    PeerEntry(
+                        id=peer.id,
+                        name=peer.name,
+                        overlay_addresses=_addresses(peer),
+                        tunnel_key=peer.tunnel_key,
+                        tunnel_key_expires_at=peer.tunnel_key_expires_at,
+                        underlay_endpoints=self._endpoints.get(peer.id, ()),
+                        relays=self.settings.relays,
+                    )
+                )
+            peer_map = build_peer_map(
+                self_entry=SelfEntry(
+                    id=node.id,
+                    name=node.name,
+                    overlay_addresses=_addresses(node),
+                    tunnel_key=node.tunnel_key,
+                    tags=tuple(sorted(t.value for t in node.tags)),
+                ),
+                peers=peers,
+                inbound=view.inbound,
+                serial=serial,
+                policy_version=net.version,
+                now=now,
+                ttl=self.settings.peer_map_ttl,
+            )
+        envelope = seal_peer_map(self.keys.signing, peer_map, now)
+        return PeerMapResponse(envelope.to_text(), self._trust(), serial)
+
+    # --- admin: join keys ----------------------------------------------------------------------
+
     async def create_join_key(
         self, auth: AdminAuth, request: CreateJoinKeyRequest
     ) -> CreatedJoinKey:
-        """POST /v1/admin/join-keys (201)."""
-        raise NotImplementedError
+        """POST /v1/admin/join-keys: the token text is returned once, only its hash is stored."""
+        admin = await self._admin(auth, AdminAction.CREATE_JOIN_KEY)
+        now = self.clock.now()
+        scope = Scope(_tags(request.tags, "/tags"))
+        if type(request.ttl_seconds) is not int or request.ttl_seconds <= 0:
+            raise ValidationError.at("/ttl_seconds", "a positive number of seconds")
+        token = JoinToken.create(
+            control_url=self.settings.control_url,
+            root_fingerprint=self.keys.root.key_id,
+            tls_spki_sha256=self.settings.tls_spki_sha256,
+            entropy=self.entropy,
+        )
+        try:
+            try:
+                credential = Credential.create(
+                    id=token.token_id,
+                    secret_hash=token.secret_hash(),
+                    scope=scope,
+                    now=now,
+                    ttl=timedelta(seconds=request.ttl_seconds),
+                    reusable=request.reusable,
+                    max_uses=request.uses,
+                )
+            except CredentialParameterError as exc:
+                raise ValidationError.at("", str(exc)) from exc
+            async with self._write() as uow:
+                await uow.credentials.add(credential)
+                await self._audit(
+                    uow,
+                    now,
+                    f"apikey:{admin.id}",
+                    "join_key.created",
+                    credential.id.to_text(),
+                    {
+                        "kind": credential.kind.value,
+                        "tags": credential.scope.as_strings(),
+                        "max_uses": credential.max_uses,
+                        "expires_at": credential.expires_at.isoformat(),
+                    },
+                )
+            text = token.to_text()
+        finally:
+            token.wipe()
+        return CreatedJoinKey(
+            credential.id.to_text(), text, credential.expires_at, _join_key_info(credential)
+        )
 
     async def list_join_keys(self, auth: AdminAuth) -> tuple[JoinKeyInfo, ...]:
-        """GET /v1/admin/join-keys."""
-        raise NotImplementedError
+        """GET /v1/admin/join-keys (no secrets)."""
+        await self._admin(auth, AdminAction.READ)
+        async with self.store.unit_of_work() as uow:
+            return tuple(_join_key_info(c) for c in await uow.credentials.list_all())
 
     async def revoke_join_key(self, auth: AdminAuth, key_id: str) -> JoinKeyInfo:
         """DELETE /v1/admin/join-keys/{id}."""
-        raise NotImplementedError
+        admin = await self._admin(auth, AdminAction.WRITE)
+        now = self.clock.now()
+        try:
+            credential_id = CredentialId.from_text(key_id)
+        except DecodeError:
+            raise NotFoundError("no such join key") from None
+        try:
+            async with self._write() as uow:
+                credential = await uow.credentials.revoke(credential_id, now)
+                await self._audit(
+                    uow, now, f"apikey:{admin.id}", "join_key.revoked", credential.id.to_text()
+                )
+        except NotFound:
+            raise NotFoundError("no such join key") from None
+        except CredentialTransitionError:
+            raise Conflict("the join key has already ended") from None
+        return _join_key_info(credential)
+
+    # --- admin: nodes --------------------------------------------------------------------------
 
     async def list_nodes(self, auth: AdminAuth) -> tuple[NodeInfo, ...]:
         """GET /v1/admin/nodes."""
-        raise NotImplementedError
+        await self._admin(auth, AdminAction.READ)
+        async with self.store.unit_of_work() as uow:
+            return tuple(_node_info(n) for n in await uow.nodes.list_all())
 
     async def get_node(self, auth: AdminAuth, node_id: str) -> NodeInfo:
         """GET /v1/admin/nodes/{id}."""
-        raise NotImplementedError
+        await self._admin(auth, AdminAction.READ)
+        async with self.store.unit_of_work() as uow:
+            node = await uow.nodes.get(node_id)
+        if node is None:
+            raise NotFoundError("no such node")
+        return _node_info(node)
 
     async def update_node(
         self, auth: AdminAuth, node_id: str, request: UpdateNodeRequest
     ) -> NodeInfo:
-        """PATCH /v1/admin/nodes/{id}."""
-        raise NotImplementedError
+        """PATCH /v1/admin/nodes/{id}: rename and/or set tags (wakes affected nodes)."""
+        admin = await self._admin(auth, AdminAction.WRITE)
+        now = self.clock.now()
+        tags = None if request.tags is None else _tags(request.tags, "/tags")
+        name = request.name
+        if name is not None and (
+            not 0 < len(name) <= MAX_NAME_LENGTH
+            or not set(name) <= _HOSTNAME_CHARS
+            or name.startswith("-")
+            or name.endswith("-")
+        ):
+            raise ValidationError.at("/name", "one lowercase DNS label (a-z, 0-9, '-', ≤ 63)")
+        woken: frozenset[str] = frozenset()
+        try:
+            async with self._write() as uow:
+                node = await uow.nodes.get(node_id)
+                if node is None:
+                    raise NotFoundError("no such node")
+                if name is not None and name != node.name:
+                    node = await uow.nodes.rename(node_id, name)
+                if tags is not None and tags != node.tags:
+                    node = await uow.nodes.set_tags(node_id, tags)
+                if node.state is NodeState.ACTIVE:
+                    woken = await self._net_put(uow, node)
+                    await uow.serials.bump(sorted(woken))
+                await self._audit(
+                    uow,
+                    now,
+                    f"apikey:{admin.id}",
+                    "node.updated",
+                    node_id,
+                    {"name": node.name, "tags": sorted(t.value for t in node.tags)},
+                )
+        except AlreadyExists:
+            raise Conflict("another node has this name") from None
+        self.waiters.wake(woken)
+        return _node_info(node)
+
+    async def _revoke(
+        self, uow: UnitOfWork, node_id: str, now: datetime
+    ) -> tuple[NodeRecord, frozenset[str]]:
+        node = await uow.nodes.get(node_id)
+        if node is None:
+            raise NotFoundError("no such node")
+        woken: frozenset[str] = frozenset()
+        if node.state is NodeState.ACTIVE:
+            node = await uow.nodes.revoke(node_id, now)
+            woken = await self._net_remove(uow, node_id)
+            others = sorted(woken - {node_id})
+            if others:
+                await uow.serials.bump(others)
+        return node, woken
 
     async def revoke_node(self, auth: AdminAuth, node_id: str) -> NodeInfo:
-        """POST /v1/admin/nodes/{id}/revoke."""
-        raise NotImplementedError
+        """POST /v1/admin/nodes/{id}/revoke: tokens stop working, it leaves every peer map."""
+        admin = await self._admin(auth, AdminAction.WRITE)
+        now = self.clock.now()
+        async with self._write() as uow:
+            node, woken = await self._revoke(uow, node_id, now)
+            await self._audit(uow, now, f"apikey:{admin.id}", "node.revoked", node_id)
+        self._endpoints.pop(node_id, None)
+        self.waiters.wake(woken | {node_id})
+        return _node_info(node)
 
     async def delete_node(self, auth: AdminAuth, node_id: str) -> None:
-        """DELETE /v1/admin/nodes/{id} (204)."""
-        raise NotImplementedError
+        """DELETE /v1/admin/nodes/{id}: revoke if needed, then drop it and release its address."""
+        admin = await self._admin(auth, AdminAction.WRITE)
+        now = self.clock.now()
+        async with self._write() as uow:
+            _, woken = await self._revoke(uow, node_id, now)
+            await uow.nodes.delete(node_id)
+            await self._audit(uow, now, f"apikey:{admin.id}", "node.deleted", node_id)
+        self._endpoints.pop(node_id, None)
+        self.waiters.wake(woken | {node_id})
+
+    # --- admin: API keys -----------------------------------------------------------------------
 
     async def create_api_key(self, auth: AdminAuth, request: CreateApiKeyRequest) -> CreatedApiKey:
-        """POST /v1/admin/api-keys (201)."""
-        raise NotImplementedError
+        """POST /v1/admin/api-keys: the key text is returned once, only its hash is stored."""
+        admin = await self._admin(auth, AdminAction.WRITE)
+        now = self.clock.now()
+        async with self._write() as uow:
+            created = await _add_api_key(uow, request, now, self.entropy)
+            await self._audit(
+                uow,
+                now,
+                f"apikey:{admin.id}",
+                "api_key.created",
+                created.id,
+                {"scope": created.info.scope, "expires_at": created.info.expires_at.isoformat()},
+            )
+        return created
 
     async def list_api_keys(self, auth: AdminAuth) -> tuple[ApiKeyInfo, ...]:
-        """GET /v1/admin/api-keys."""
-        raise NotImplementedError
+        """GET /v1/admin/api-keys (no secrets)."""
+        await self._admin(auth, AdminAction.READ)
+        async with self.store.unit_of_work() as uow:
+            return tuple(_api_key_info(k) for k in await uow.api_keys.list_all())
 
     async def revoke_api_key(self, auth: AdminAuth, key_id: str) -> ApiKeyInfo:
         """DELETE /v1/admin/api-keys/{id}."""
-        raise NotImplementedError
+        admin = await self._admin(auth, AdminAction.WRITE)
+        now = self.clock.now()
+        try:
+            async with self._write() as uow:
+                record = await uow.api_keys.revoke(key_id, now)
+                await self._audit(uow, now, f"apikey:{admin.id}", "api_key.revoked", key_id)
+        except NotFound:
+            raise NotFoundError("no such API key") from None
+        return _api_key_info(record)
+
+    # --- admin: policy -------------------------------------------------------------------------
 
     async def get_policy(self, auth: AdminAuth) -> PolicyInfo:
-        """GET /v1/admin/policy."""
-        raise NotImplementedError
+        """GET /v1/admin/policy (version 0, document None: no policy, deny all)."""
+        await self._admin(auth, AdminAction.READ)
+        async with self.store.unit_of_work() as uow:
+            current = await uow.policies.current()
+        if current is None:
+            return PolicyInfo(0, None, None, None)
+        document = parse_canonical_json(current.document.encode("utf-8"))
+        return PolicyInfo(current.version, document, current.created_at, current.author)
 
     async def put_policy(self, auth: AdminAuth, document: Mapping[str, JsonValue]) -> PolicyInfo:
-        """PUT /v1/admin/policy (decoded JSON/YAML document)."""
-        raise NotImplementedError
+        """PUT /v1/admin/policy: validate (tests against the inventory), store, wake changed."""
+        admin = await self._admin(auth, AdminAction.WRITE)
+        now = self.clock.now()
+        policy = _policy_from(document)
+        try:
+            text = canonical_json(document).decode("utf-8")
+        except LocalProtocolError as exc:
+            raise ValidationError.at("", f"not storable as canonical JSON: {exc}") from exc
+        woken: frozenset[str] = frozenset()
+        try:
+            async with self._write() as uow:
+                net = await self._net_state(uow)
+                try:
+                    policy.check(_policy_node(n) for n in net.nodes.values())
+                except PolicyError as exc:
+                    problems = [FieldProblem(p.pointer, p.message) for p in exc.problems]
+                    raise ValidationError(problems) from exc
+                stored = await uow.policies.put(
+                    text, now, f"apikey:{admin.id}", expected_current=net.version or None
+                )
+                index = compile_policy(policy, [_policy_node(n) for n in net.nodes.values()])
+                woken = changed_views(net.index, index)
+                self._net_touched = True
+                self._net = _Net(policy, stored.version, index, dict(net.nodes))
+                if woken:
+                    await uow.serials.bump(sorted(woken))
+                await self._audit(
+                    uow,
+                    now,
+                    f"apikey:{admin.id}",
+                    "policy.updated",
+                    f"policy:{stored.version}",
+                    {"version": stored.version, "digest": policy.digest, "woken": len(woken)},
+                )
+        except StoreConflict:
+            raise Conflict("the policy changed meanwhile; retry") from None
+        self.waiters.wake(woken)
+        return PolicyInfo(stored.version, document, stored.created_at, stored.author)
 
     async def check_policy(
         self, auth: AdminAuth, document: Mapping[str, JsonValue]
     ) -> PolicyCheckResult:
-        """POST /v1/admin/policy/check."""
-        raise NotImplementedError
+        """POST /v1/admin/policy/check: validate and run its tests; changes nothing."""
+        await self._admin(auth, AdminAction.READ)
+        policy = _policy_from(document)
+        async with self.store.unit_of_work() as uow:
+            nodes = [n for n in await uow.nodes.list_all() if n.state is NodeState.ACTIVE]
+        try:
+            policy.check(_policy_node(n) for n in nodes)
+        except PolicyError as exc:
+            raise ValidationError(
+                [FieldProblem(p.pointer, p.message) for p in exc.problems]
+            ) from exc
+        return PolicyCheckResult(ok=True, digest=policy.digest, nodes_checked=len(nodes))
+
+    # --- admin: audit --------------------------------------------------------------------------
 
     async def list_audit(
         self, auth: AdminAuth, start: int = 0, limit: int = 100
     ) -> tuple[AuditEntryInfo, ...]:
-        """GET /v1/admin/audit?start=&limit=."""
-        raise NotImplementedError
+        """GET /v1/admin/audit?start=&limit= (limit ≤ 1000)."""
+        await self._admin(auth, AdminAction.READ)
+        if type(start) is not int or start < 0:
+            raise ValidationError.at("/start", "a non-negative integer")
+        if type(limit) is not int or not 0 < limit <= MAX_AUDIT_PAGE:
+            raise ValidationError.at("/limit", f"1..{MAX_AUDIT_PAGE}")
+        async with self.store.unit_of_work() as uow:
+            return tuple(_audit_info(e) for e in await uow.audit.entries(start, limit))
 
     async def verify_audit(self, auth: AdminAuth) -> AuditVerifyResult:
-        """POST /v1/admin/audit/verify."""
-        raise NotImplementedError
+        """POST /v1/admin/audit/verify: hash chain and signed checkpoints."""
+        await self._admin(auth, AdminAction.READ)
+        return await self.audit_report()
 
-    # operations
+    async def audit_report(self) -> AuditVerifyResult:
+        """Verify the stored audit chain (also for tests and `serve` start-up checks)."""
+        async with self.store.unit_of_work() as uow:
+            entries = await uow.audit.entries()
+            checkpoints = await uow.audit.checkpoints()
+        report = verify_chain(entries, checkpoints, self.keys.audit_key.public_key)
+        return AuditVerifyResult(
+            ok=report.ok,
+            entries_checked=report.entries_checked,
+            checkpoints_verified=report.checkpoints_verified,
+            problem=None if report.problem is None else report.problem.value,
+            first_bad_index=report.first_bad_index,
+            message=report.message,
+        )
+
+    # --- operations ----------------------------------------------------------------------------
+
     async def tick(self) -> None:
-        """Periodic upkeep (call every few seconds)."""
-        raise NotImplementedError
+        """Periodic upkeep (every few seconds): expire challenges, sign a due audit checkpoint,
+        record lapsed join keys, purge nonces and full rate-limit buckets."""
+        now = self.clock.now()
+        effect = self._enrollment.handle(Tick(), now)
+        if isinstance(effect, ForgetChallenges):
+            for challenge_id in effect.challenge_ids:
+                self._pending.pop(challenge_id, None)
+        self._renewals = {c: v for c, v in self._renewals.items() if now < v[1]}
+        async with self._write() as uow:
+            expired = await uow.credentials.expire_lapsed(now)
+            if expired:
+                await self._audit(
+                    uow, now, "system", "join_key.expired", "join-keys", {"count": expired}
+                )
+            await uow.nonces.purge(now)
+            await uow.limiter.prune(now)
+            last = await uow.audit.last_entry()
+            chain = self._chain
+            if (
+                chain is None
+                or last is None
+                or not constant_time_equal(chain.head_hash, last.entry_hash)
+            ):
+                chain = AuditChain.resume(last, await uow.audit.last_checkpoint())
+                self._chain = chain
+            if last is not None and chain.checkpoint_due(now):
+                await uow.audit.add_checkpoint(chain.checkpoint(self.keys.audit_key, now))
 
     def stats(self) -> ControlStats:
         """Numbers for /metrics."""
-        raise NotImplementedError
+        return ControlStats(
+            policy_version=0 if self._net is None else self._net.version,
+            active_waiters=self.waiters.active,
+            enrollments=self._enrollments,
+            rate_limited=self._rate_limited,
+            auth_failures=self._auth_failures,
+            pending_enrollments=self._enrollment.pending(),
+        )
+
+
+async def _add_api_key(
+    uow: UnitOfWork, request: CreateApiKeyRequest, now: datetime, entropy: Entropy
+) -> CreatedApiKey:
+    try:
+        scope = ApiKeyScope(request.scope)
+    except ValueError:
+        raise ValidationError.at("/scope", "admin, read-only or enroll-only") from None
+    ttl = api_keys.DEFAULT_TTL
+    if request.ttl_seconds is not None:
+        if type(request.ttl_seconds) is not int or request.ttl_seconds <= 0:
+            raise ValidationError.at("/ttl_seconds", "a positive number of seconds")
+        ttl = timedelta(seconds=request.ttl_seconds)
+    if ttl > api_keys.MAX_TTL:
+        raise ValidationError.at("/ttl_seconds", "at most 365 days")
+    if not isinstance(request.description, str) or len(request.description) > 200:
+        raise ValidationError.at("/description", "at most 200 characters")
+    key = ApiKey.generate(entropy)
+    try:
+        record = ApiKeyRecord(
+            id=key.key_id,
+            secret_hash=key.secret_hash(),
+            scope=scope,
+            description=request.description,
+            created_at=now,
+            expires_at=now + ttl,
+        )
+        await uow.api_keys.add(record)
+        text = key.to_text()
+    finally:
+        key.wipe()
+    return CreatedApiKey(record.id, text, _api_key_info(record))
+
+
+async def create_initial_admin_key(
+    store: Store,
+    *,
+    now: datetime,
+    entropy: Entropy,
+    keys: ControlKeys | None = None,
+    description: str = "initial admin key (init)",
+) -> CreatedApiKey:
+    """For `rustynet-control init`: the first admin key (audited when `keys` is given)."""
+    async with store.unit_of_work() as uow:
+        created = await _add_api_key(
+            uow, CreateApiKeyRequest(scope="admin", description=description), now, entropy
+        )
+        if keys is not None:
+            chain = AuditChain.resume(
+                await uow.audit.last_entry(), await uow.audit.last_checkpoint()
+            )
+            appended = chain.append(
+                now=now,
+                actor="init",
+                action="api_key.created",
+                target=created.id,
+                details={"scope": "admin", "expires_at": created.info.expires_at.isoformat()},
+                signer=keys.audit_key,
+            )
+            await uow.audit.append(appended.entry)
+            if appended.checkpoint is not None:
+                await uow.audit.add_checkpoint(appended.checkpoint)
+    return created
