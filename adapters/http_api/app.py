@@ -1,0 +1,102 @@
+"""App factory of the control API: typed keys, middleware order, routes, upkeep lifecycle.
+
+The one rule: the app is built from what bootstrap passes in (`ControlService`, `ApiSettings`)
+and owns no other state than its metrics; serve it with `make_runner(app)` so the access log
+is `RouteAccessLogger` (route templates, never request lines).
+
+Lifecycle (`cleanup_ctx`): while the app runs, a task calls `ControlService.tick()` every
+`settings.tick_interval` seconds (nonce, limiter and join-key upkeep); on shutdown every
+peer-map waiter is woken so long-polls end promptly, then the task is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Final
+
+from aiohttp import web
+from rustynet.adapters.http_api.keys import CONVERTER_KEY, METRICS_KEY, SERVICE_KEY, SETTINGS_KEY
+from rustynet.adapters.http_api.metrics import ApiMetrics
+from rustynet.adapters.http_api.middleware import (
+    ACCESS_LOGGER_NAME,
+    RouteAccessLogger,
+    error_middleware,
+    json_content_type,
+    metrics_middleware,
+    secret_query_guard,
+)
+from rustynet.adapters.http_api.routes import add_routes
+from rustynet.adapters.http_api.schemas import make_converter
+from rustynet.adapters.http_api.settings import ApiSettings
+
+from rustynet.application.control import ControlService
+
+SHUTDOWN_TIMEOUT: Final = 5.0  # seconds a long-poll may take to notice shutdown
+_log = logging.getLogger("rustynet.http")
+
+__all__ = ["ApiSettings", "create_app", "make_runner"]
+
+
+async def _upkeep(app: web.Application) -> AsyncIterator[None]:
+    service = app[SERVICE_KEY]
+    interval = app[SETTINGS_KEY].tick_interval
+
+    async def loop(every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await service.tick()
+            except Exception as exc:  # noqa: BLE001 - upkeep must survive a failed round
+                _log.warning("control.tick_failed", extra={"error_type": type(exc).__name__})
+
+    task = asyncio.create_task(loop(interval)) if interval is not None else None
+    try:
+        yield
+    finally:
+        service.waiters.wake_all()
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _wake_waiters(app: web.Application) -> None:
+    app[SERVICE_KEY].waiters.wake_all()
+
+
+def create_app(service: ControlService, settings: ApiSettings | None = None) -> web.Application:
+    """The control API application for `service`."""
+    settings = settings if settings is not None else ApiSettings()
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware, secret_query_guard, json_content_type],
+        # The server-wide ceiling; each route reads at most its own cap (read_json).
+        client_max_size=max(settings.max_body_bytes, settings.max_document_bytes),
+        # Wins over whatever runner serves the app (run_app, test servers): the default access
+        # logger prints the request line, query string included.
+        handler_args={
+            "access_log_class": RouteAccessLogger,
+            "access_log": logging.getLogger(ACCESS_LOGGER_NAME),
+        },
+    )
+    app[SERVICE_KEY] = service
+    app[SETTINGS_KEY] = settings
+    app[METRICS_KEY] = ApiMetrics()
+    app[CONVERTER_KEY] = make_converter()
+    add_routes(app)
+    app.on_shutdown.append(_wake_waiters)
+    app.cleanup_ctx.append(_upkeep)
+    return app
+
+
+def make_runner(app: web.Application, shutdown_timeout: float = SHUTDOWN_TIMEOUT) -> web.AppRunner:
+    """A runner that logs access through `RouteAccessLogger` (never the request line)."""
+    return web.AppRunner(
+        app,
+        access_log_class=RouteAccessLogger,
+        access_log=logging.getLogger(ACCESS_LOGGER_NAME),
+        shutdown_timeout=shutdown_timeout,
+        handle_signals=False,
+    )

@@ -1,0 +1,270 @@
+"""One handler per route: HTTP in → one `ControlService` call → HTTP out.
+
+The one rule: no decisions here. A handler reads the credentials the request carries (bearer
+text, `Rustynet-Node`, client address) without judging them, structures the body strictly,
+calls exactly one use case and renders its result; every refusal is an exception that the
+error table (errors.py) renders. Missing credentials are passed on as empty strings so the use
+case answers them exactly like wrong ones (one 401, one rate-limit counter).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from functools import cache
+from typing import Any, Final
+
+from aiohttp import web
+from rustynet.adapters.http_api.keys import CONVERTER_KEY, METRICS_KEY, SERVICE_KEY, SETTINGS_KEY
+from rustynet.adapters.http_api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from rustynet.adapters.http_api.middleware import read_json, read_json_object
+from rustynet.adapters.http_api.schemas import dump_json
+
+from rustynet.application.control import ControlService
+from rustynet.application.control_types import (
+    AdminAuth,
+    CreateApiKeyRequest,
+    CreateJoinKeyRequest,
+    EndpointsRequest,
+    EnrollCompleteRequest,
+    EnrollRequest,
+    NodeAuth,
+    RotateTunnelKeyRequest,
+    TokenChallengeRequest,
+    TokenRenewRequest,
+    UpdateNodeRequest,
+)
+from rustynet.application.errors import ValidationError
+
+NODE_HEADER: Final = "Rustynet-Node"
+MAX_QUERY_INT: Final = 2**63 - 1
+OPENAPI_RESOURCE: Final = "openapi.json"
+
+
+# --- request helpers (translation only) -------------------------------------------------------
+
+
+def _service(request: web.Request) -> ControlService:
+    return request.app[SERVICE_KEY]
+
+
+def _client_ip(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+def _bearer(request: web.Request) -> str:
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else ""
+
+
+def _admin(request: web.Request) -> AdminAuth:
+    return AdminAuth(api_key=_bearer(request), client_ip=_client_ip(request))
+
+
+def _node(request: web.Request) -> NodeAuth:
+    return NodeAuth(
+        node_id=request.headers.get(NODE_HEADER, ""),
+        access_token=_bearer(request),
+        client_ip=_client_ip(request),
+    )
+
+
+def _query_int(request: web.Request, name: str, default: int) -> int:
+    """A non-negative decimal integer query parameter (strict: no sign, no spaces)."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > MAX_QUERY_INT:
+        raise ValidationError.at(f"?{name}", "expected a non-negative integer")
+    return int(raw)
+
+
+def _json(request: web.Request, value: object, status: int = 200) -> web.Response:
+    body = dump_json(request.app[CONVERTER_KEY].unstructure(value))
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def _listing(request: web.Request, field: str, items: object) -> web.Response:
+    return _json(request, {field: request.app[CONVERTER_KEY].unstructure(items)})
+
+
+# --- node routes ------------------------------------------------------------------------------
+
+
+async def enroll(request: web.Request) -> web.Response:
+    """POST /v1/enroll."""
+    body = await read_json(request, EnrollRequest)
+    return _json(request, await _service(request).enroll(body, client_ip=_client_ip(request)))
+
+
+async def enroll_complete(request: web.Request) -> web.Response:
+    """POST /v1/enroll/complete."""
+    body = await read_json(request, EnrollCompleteRequest)
+    result = await _service(request).enroll_complete(body, client_ip=_client_ip(request))
+    return _json(request, result)
+
+
+async def token_challenge(request: web.Request) -> web.Response:
+    """POST /v1/token/challenge."""
+    body = await read_json(request, TokenChallengeRequest)
+    result = await _service(request).token_challenge(body, client_ip=_client_ip(request))
+    return _json(request, result)
+
+
+async def renew_token(request: web.Request) -> web.Response:
+    """POST /v1/token."""
+    body = await read_json(request, TokenRenewRequest)
+    result = await _service(request).renew_token(body, client_ip=_client_ip(request))
+    return _json(request, result)
+
+
+async def rotate_tunnel_key(request: web.Request) -> web.Response:
+    """POST /v1/node/tunnel-key."""
+    body = await read_json(request, RotateTunnelKeyRequest)
+    return _json(request, await _service(request).rotate_tunnel_key(_node(request), body))
+
+
+async def set_endpoints(request: web.Request) -> web.Response:
+    """PUT /v1/node/endpoints → 204."""
+    body = await read_json(request, EndpointsRequest)
+    await _service(request).set_endpoints(_node(request), body)
+    return web.Response(status=204)
+
+
+async def peer_map(request: web.Request) -> web.Response:
+    """GET /v1/peermap?after=SERIAL: 200 with a newer map, 204 after the long-poll timeout."""
+    after = _query_int(request, "after", 0)
+    result = await _service(request).peer_map(_node(request), after)
+    if result is None:
+        return web.Response(status=204)
+    return _json(request, {"envelope": result.envelope, "trust": result.trust})
+
+
+# --- admin routes -----------------------------------------------------------------------------
+
+
+async def create_join_key(request: web.Request) -> web.Response:
+    """POST /v1/admin/join-keys → 201 (the token is in this response only)."""
+    body = await read_json(request, CreateJoinKeyRequest)
+    created = await _service(request).create_join_key(_admin(request), body)
+    return _json(request, created, status=201)
+
+
+async def list_join_keys(request: web.Request) -> web.Response:
+    """GET /v1/admin/join-keys."""
+    items = await _service(request).list_join_keys(_admin(request))
+    return _listing(request, "join_keys", items)
+
+
+async def revoke_join_key(request: web.Request) -> web.Response:
+    """DELETE /v1/admin/join-keys/{id}."""
+    key_id = request.match_info["id"]
+    return _json(request, await _service(request).revoke_join_key(_admin(request), key_id))
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    """GET /v1/admin/nodes."""
+    return _listing(request, "nodes", await _service(request).list_nodes(_admin(request)))
+
+
+async def get_node(request: web.Request) -> web.Response:
+    """GET /v1/admin/nodes/{id}."""
+    node_id = request.match_info["id"]
+    return _json(request, await _service(request).get_node(_admin(request), node_id))
+
+
+async def update_node(request: web.Request) -> web.Response:
+    """PATCH /v1/admin/nodes/{id}."""
+    body = await read_json(request, UpdateNodeRequest)
+    node_id = request.match_info["id"]
+    return _json(request, await _service(request).update_node(_admin(request), node_id, body))
+
+
+async def revoke_node(request: web.Request) -> web.Response:
+    """POST /v1/admin/nodes/{id}/revoke."""
+    node_id = request.match_info["id"]
+    return _json(request, await _service(request).revoke_node(_admin(request), node_id))
+
+
+async def delete_node(request: web.Request) -> web.Response:
+    """DELETE /v1/admin/nodes/{id} → 204."""
+    await _service(request).delete_node(_admin(request), request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def create_api_key(request: web.Request) -> web.Response:
+    """POST /v1/admin/api-keys → 201 (the key is in this response only)."""
+    body = await read_json(request, CreateApiKeyRequest)
+    created = await _service(request).create_api_key(_admin(request), body)
+    return _json(request, created, status=201)
+
+
+async def list_api_keys(request: web.Request) -> web.Response:
+    """GET /v1/admin/api-keys."""
+    items = await _service(request).list_api_keys(_admin(request))
+    return _listing(request, "api_keys", items)
+
+
+async def revoke_api_key(request: web.Request) -> web.Response:
+    """DELETE /v1/admin/api-keys/{id}."""
+    key_id = request.match_info["id"]
+    return _json(request, await _service(request).revoke_api_key(_admin(request), key_id))
+
+
+async def _policy_document(request: web.Request) -> dict[str, Any]:
+    return await read_json_object(request, request.app[SETTINGS_KEY].max_document_bytes)
+
+
+async def get_policy(request: web.Request) -> web.Response:
+    """GET /v1/admin/policy."""
+    return _json(request, await _service(request).get_policy(_admin(request)))
+
+
+async def put_policy(request: web.Request) -> web.Response:
+    """PUT /v1/admin/policy (body: the policy document)."""
+    document = await _policy_document(request)
+    return _json(request, await _service(request).put_policy(_admin(request), document))
+
+
+async def check_policy(request: web.Request) -> web.Response:
+    """POST /v1/admin/policy/check (body: the policy document)."""
+    document = await _policy_document(request)
+    return _json(request, await _service(request).check_policy(_admin(request), document))
+
+
+async def list_audit(request: web.Request) -> web.Response:
+    """GET /v1/admin/audit?start=&limit=."""
+    start = _query_int(request, "start", 0)
+    limit = _query_int(request, "limit", 100)
+    entries = await _service(request).list_audit(_admin(request), start=start, limit=limit)
+    return _listing(request, "entries", entries)
+
+
+async def verify_audit(request: web.Request) -> web.Response:
+    """POST /v1/admin/audit/verify."""
+    return _json(request, await _service(request).verify_audit(_admin(request)))
+
+
+# --- operational ------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz: the process serves requests."""
+    return _json(request, {"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text exposition."""
+    text = request.app[METRICS_KEY].render(_service(request).stats())
+    return web.Response(body=text.encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+@cache
+def openapi_document() -> bytes:
+    """The checked-in OpenAPI 3.1 document (package data next to this module)."""
+    package = importlib.resources.files("rustynet.adapters.http_api")
+    return package.joinpath(OPENAPI_RESOURCE).read_bytes()
+
+
+async def openapi(_request: web.Request) -> web.Response:
+    """GET /v1/openapi.json."""
+    return web.Response(body=openapi_document(), content_type="application/json")

@@ -1,0 +1,15 @@
+"""Typed application keys: what the app carries for its handlers and middleware."""
+
+from __future__ import annotations
+
+import cattrs
+from aiohttp import web
+from rustynet.adapters.http_api.metrics import ApiMetrics
+from rustynet.adapters.http_api.settings import ApiSettings
+
+from rustynet.application.control import ControlService
+
+SERVICE_KEY = web.AppKey("service", ControlService)
+SETTINGS_KEY = web.AppKey("settings", ApiSettings)
+METRICS_KEY = web.AppKey("metrics", ApiMetrics)
+CONVERTER_KEY = web.AppKey("converter", cattrs.Converter)

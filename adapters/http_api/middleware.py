@@ -1,0 +1,163 @@
+"""Request pipeline: metrics → error table → secret-query guard → JSON content type.
+
+The one rule: nothing about a request is logged or counted before the secret-query guard ran,
+and what is logged is the route TEMPLATE, method, status and duration — never the request
+line, query string, headers or body. aiohttp's default access log prints the request line
+(`GET /v1/peermap?token=...`), so the app is served with `RouteAccessLogger` instead.
+
+Order (outermost first): `metrics_middleware` times every request and counts it under its
+template with the FINAL status; `error_middleware` turns every exception into the one JSON
+error shape (errors.py); `secret_query_guard` refuses a query parameter named like a secret;
+`json_content_type` refuses a body that is not `application/json`. Body size caps are applied
+where the body is read (`read_json`), per route, before the body is buffered.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any, Final, TypeVar
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Handler
+from rustynet.adapters.http_api.errors import ApiError, error_response, map_exception
+from rustynet.adapters.http_api.keys import CONVERTER_KEY, METRICS_KEY, SETTINGS_KEY
+from rustynet.adapters.http_api.metrics import UNMATCHED_ROUTE
+from rustynet.adapters.http_api.schemas import body_invalid, parse_json_object, structure
+
+T = TypeVar("T")
+
+ACCESS_LOGGER_NAME: Final = "rustynet.http.access"
+ERROR_LOGGER_NAME: Final = "rustynet.http"
+# token, key, secret, password/passwd, passphrase, api_key/api-key, anywhere in the name.
+_SECRET_PARAM: Final = re.compile(r"(?i)token|key|secret|passw(?:or)?d|passphrase")
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+_log = logging.getLogger(ERROR_LOGGER_NAME)
+
+
+def route_template(request: web.BaseRequest) -> str:
+    """The matched route's template (`/v1/admin/nodes/{id}`), or `unmatched`."""
+    match_info = getattr(request, "match_info", None)
+    route = getattr(match_info, "route", None)
+    resource = getattr(route, "resource", None)
+    if resource is None or getattr(match_info, "http_exception", None) is not None:
+        return UNMATCHED_ROUTE
+    return str(resource.canonical)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time every request under its route template and final status."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    else:
+        status = response.status
+        return response
+    finally:
+        request.app[METRICS_KEY].observe_request(
+            request.method, route_template(request), status, time.perf_counter() - started
+        )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as `{"error", "detail"}` JSON; a 500 never carries a trace."""
+    try:
+        return await handler(request)
+    except Exception as exc:  # noqa: BLE001 - the one place every failure becomes a response
+        api_error = map_exception(exc)
+        if api_error.status >= 500:
+            # The class name and route only: the exception text may quote request data.
+            _log.error(
+                "http.request_failed",
+                extra={"route": route_template(request), "error_type": type(exc).__name__},
+            )
+        if api_error.status == 429:
+            request.app[METRICS_KEY].count_rate_limited(route_template(request))
+        return error_response(api_error)
+
+
+@web.middleware
+async def secret_query_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A query parameter named like a secret → 400; its value is never echoed or logged."""
+    for name in request.query:
+        if _SECRET_PARAM.search(name):
+            raise ApiError(
+                400,
+                "bad_request",
+                "credentials are not accepted in the query string; use the Authorization header",
+            )
+    return await handler(request)
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json"
+
+
+@web.middleware
+async def json_content_type(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request that carries a body must say `Content-Type: application/json`."""
+    if (
+        request.method in _BODY_METHODS
+        and request.body_exists
+        and not _is_json(request.content_type)
+    ):
+        raise ApiError(415, "unsupported_media_type", "request body must be application/json")
+    return await handler(request)
+
+
+async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
+    """Read at most `limit` bytes of body and parse it as one strict JSON object.
+
+    Content-Length above the cap → 413 before reading; a chunked body is read up to one byte
+    past the cap and refused the same way, so the cap holds without a Content-Length too.
+    """
+    if not request.body_exists:
+        raise body_invalid("a JSON object body is required")
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes")
+    if not _is_json(request.content_type):
+        raise ApiError(415, "unsupported_media_type", "request body must be application/json")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes")
+    return parse_json_object(body)
+
+
+async def read_json(request: web.Request, cls: type[T]) -> T:
+    """Read a capped JSON body and structure it strictly into `cls` (400 with pointers)."""
+    limit = request.app[SETTINGS_KEY].max_body_bytes
+    return structure(request.app[CONVERTER_KEY], await read_json_object(request, limit), cls)
+
+
+class RouteAccessLogger(AbstractAccessLogger):
+    """Access log line: method, route template, status, duration. No path, query or headers.
+
+    Records go to the stdlib logger `rustynet.http.access` as `extra` fields, so the redacting
+    handler that bootstrap installs (rustynet.adapters.logging) renders them.
+    """
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """Write one access record for a finished request."""
+        self.logger.info(
+            "http.request_served",
+            extra={
+                "method": request.method,
+                "route": route_template(request),
+                "status": response.status,
+                "duration_ms": round(time * 1000, 3),
+            },
+        )
+
+    @property
+    def enabled(self) -> bool:
+        """Only format records someone will see."""
+        return self.logger.isEnabledFor(logging.INFO)

@@ -1,0 +1,264 @@
+"""Strict JSON edge: bytes → JSON value → typed request object, typed response → JSON bytes.
+
+The one rule: nothing is coerced. cattrs' default hooks call `bool(x)`, `int(x)`, `str(x)` and
+`list(x)`, so `"false"` becomes True, `"51820"` becomes 51820 and `"abc"` a list of letters;
+this converter registers hooks that accept exactly the JSON type the annotation names and
+reject everything else, and forbids unknown keys. A rejection becomes the application's
+`ValidationError` carrying every offending field as an RFC 6901 JSON pointer
+(`/requested_tags/0`), which the error table turns into a 400. JSON itself is parsed strictly
+too: duplicate keys, NaN/Infinity and non-object bodies are rejected before cattrs sees them.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
+
+import attrs
+import cattrs
+from cattrs.cols import is_any_set, is_sequence, list_structure_factory
+from cattrs.errors import (
+    AttributeValidationNote,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+
+from rustynet.application.errors import BadRequest, FieldProblem, ValidationError
+from rustynet.domain.errors import RemoteProtocolError
+
+T = TypeVar("T")
+
+MAX_DETAIL_ITEMS: Final = 8  # a hostile body with 10k bad fields gets a bounded answer
+
+
+def body_invalid(detail: str, problems: Sequence[FieldProblem] = ()) -> BadRequest:
+    """The request body is not JSON of the expected shape: 400, with pointers when known."""
+    return ValidationError(problems, detail) if problems else BadRequest(detail)
+
+
+# --- JSON -------------------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise body_invalid(f"JSON constant {name} is not allowed")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise body_invalid("duplicate key in JSON object", [FieldProblem(_pointer([key]), "")])
+        result[key] = value
+    return result
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """Parse a request body that must be one UTF-8 JSON object."""
+    try:
+        text = body.decode("utf-8")
+        value = json.loads(
+            text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant
+        )
+    except UnicodeDecodeError as exc:
+        raise body_invalid("request body is not UTF-8") from exc
+    except json.JSONDecodeError as exc:
+        raise body_invalid(f"request body is not JSON ({exc.msg} at offset {exc.pos})") from exc
+    if not isinstance(value, dict):
+        raise body_invalid("request body must be a JSON object", [FieldProblem("", "object")])
+    return value
+
+
+def dump_json(value: object) -> bytes:
+    """Serialize a response value (already unstructured) to compact UTF-8 JSON."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+# --- strict converter -------------------------------------------------------------------------
+
+
+def _exact(kind: type[T], name: str) -> Callable[[object, type], T]:
+    def hook(value: object, _: type) -> T:
+        # bool is an int subclass in Python; JSON keeps them apart, and so do we.
+        if type(value) is not kind:
+            raise TypeError(f"expected {name}")
+        return value
+
+    return hook
+
+
+def _float(value: object, _: type) -> float:
+    if type(value) not in (int, float):
+        raise TypeError("expected number")
+    return float(typing.cast("float", value))
+
+
+def _datetime(value: object, _: type) -> datetime:
+    """RFC 3339 UTC with `Z` only; no naive or offset times slip in."""
+    if type(value) is not str or not value.endswith("Z"):
+        raise TypeError("expected RFC 3339 UTC time ending in Z")
+    try:
+        parsed = datetime.fromisoformat(value[:-1] + "+00:00")
+    except ValueError as exc:
+        raise ValueError("expected RFC 3339 UTC time ending in Z") from exc
+    return parsed.astimezone(UTC)
+
+
+def _enum(cls: type[enum.Enum]) -> Callable[[object, type], enum.Enum]:
+    def hook(value: object, _: type) -> enum.Enum:
+        for member in cls:
+            if type(value) is type(member.value) and value == member.value:
+                return member
+        raise ValueError("expected one of " + ", ".join(repr(m.value) for m in cls))
+
+    return hook
+
+
+def _is_mapping_type(cls: Any) -> bool:
+    origin = typing.get_origin(cls) or cls
+    return origin in (dict, Mapping) or (isinstance(origin, type) and issubclass(origin, Mapping))
+
+
+def _is_collection_type(cls: Any) -> bool:
+    origin: object = typing.get_origin(cls)
+    return bool(is_sequence(cls) or is_any_set(cls)) or origin is tuple
+
+
+def make_converter() -> cattrs.Converter:
+    """A converter that structures only exact JSON types and forbids unknown keys.
+
+    Callers register hooks for their own text-encoded values (keys, tags) on the result.
+    """
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook(str, _exact(str, "string"))
+    conv.register_structure_hook(bool, _exact(bool, "boolean"))
+    conv.register_structure_hook(int, _exact(int, "integer"))
+    conv.register_structure_hook(float, _float)
+    conv.register_structure_hook(datetime, _datetime)
+    conv.register_unstructure_hook(datetime, format_time)
+    conv.register_structure_hook_factory(
+        lambda cls: isinstance(cls, type) and issubclass(cls, enum.Enum),
+        _enum,
+    )
+
+    def sequence_factory(cls: Any) -> Callable[[object, type], object]:
+        args = typing.get_args(cls)
+        origin = typing.get_origin(cls) or cls
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return _fixed_tuple(args)
+        list_type: Any = list.__class_getitem__(args[0]) if args else list
+        inner = list_structure_factory(list_type, conv)
+
+        def hook(value: object, _: type) -> object:
+            if type(value) is not list:
+                raise TypeError("expected array")
+            items: list[object] = inner(value, list_type)
+            if origin in (tuple, Sequence):
+                return tuple(items)
+            if origin is set:
+                return set(items)
+            if is_any_set(cls):
+                return frozenset(items)
+            return items
+
+        return hook
+
+    def _fixed_tuple(args: tuple[Any, ...]) -> Callable[[object, type], object]:
+        def hook(value: object, _: type) -> object:
+            if type(value) is not list or len(value) != len(args):
+                raise TypeError(f"expected array of {len(args)} items")
+            return tuple(conv.structure(v, t) for v, t in zip(value, args, strict=True))
+
+        return hook
+
+    conv.register_structure_hook_factory(
+        _is_collection_type,
+        sequence_factory,
+    )
+
+    def attrs_factory(cls: Any) -> Callable[[object, type], object]:
+        inner = cattrs.gen.make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
+
+        def hook(value: object, _: type) -> object:
+            if type(value) is not dict:
+                raise TypeError("expected object")
+            return inner(value, cls)
+
+        return hook
+
+    conv.register_structure_hook_factory(attrs.has, attrs_factory)
+
+    def mapping_guard(cls: Any) -> Callable[[object, type], object]:
+        key_type, value_type = typing.get_args(cls) or (str, Any)
+
+        def hook(value: object, _: type) -> object:
+            if type(value) is not dict:
+                raise TypeError("expected object")
+            return {
+                conv.structure(k, key_type): conv.structure(v, value_type) for k, v in value.items()
+            }
+
+        return hook
+
+    conv.register_structure_hook_factory(_is_mapping_type, mapping_guard)
+    return conv
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 UTC with `Z`, whole seconds (the API's one time format)."""
+    return value.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- error paths ------------------------------------------------------------------------------
+
+
+def _escape(part: str | int) -> str:
+    return str(part).replace("~", "~0").replace("/", "~1")
+
+
+def _pointer(parts: Sequence[str | int]) -> str:
+    return "".join("/" + _escape(p) for p in parts)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return "required field is missing"
+    text = str(exc) if isinstance(exc, TypeError | ValueError | RemoteProtocolError) else ""
+    return text or "invalid value"
+
+
+def _problems(exc: BaseException, path: tuple[str | int, ...]) -> Iterator[FieldProblem]:
+    if isinstance(exc, ForbiddenExtraKeysError):
+        for extra in sorted(exc.extra_fields):
+            yield FieldProblem(_pointer([*path, extra]), "unknown field")
+        return
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        for sub in exc.exceptions:
+            step: tuple[str | int, ...] = ()
+            for note in getattr(sub, "__notes__", ()):
+                if isinstance(note, AttributeValidationNote):
+                    step = (note.name,)
+                    break
+                if isinstance(note, IterableValidationNote):
+                    step = (typing.cast("int", note.index),)
+                    break
+            yield from _problems(sub, path + step)
+        return
+    yield FieldProblem(_pointer(path), _message(exc))
+
+
+def structure(conv: cattrs.Converter, body: Mapping[str, Any], cls: type[T]) -> T:
+    """Structure a parsed JSON object into `cls`; any mismatch → `ValidationError` with pointers."""
+    try:
+        return conv.structure(body, cls)
+    except (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as exc:
+        problems = list(_problems(exc, ()))[:MAX_DETAIL_ITEMS]
+        detail = "; ".join(f"{p.pointer or '/'}: {p.message}" for p in problems)
+        raise body_invalid(detail or "invalid request body", problems) from exc
+    except (TypeError, ValueError, RemoteProtocolError) as exc:
+        raise body_invalid(_message(exc), [FieldProblem("", _message(exc))]) from exc
