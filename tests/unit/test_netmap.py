@@ -1,0 +1,159 @@
+"""Peer maps: payload round trip, and the node-side acceptance rules (chain, addressee, expiry,
+serial watermark), each tried as an attack that must fail without changing the watermark."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from rustynet.application.control_keys import create_control_keys
+from rustynet.domain.key_hierarchy import KeyRole, SigningKeyring, issue_certificate
+from rustynet.domain.keys import Purpose, SigningKey, TunnelKey, TunnelKeyScheme
+from rustynet.domain.netmap import (
+    MalformedPeerMap,
+    PeerEntry,
+    PeerMap,
+    PeerMapAcceptor,
+    PeerMapExpired,
+    PeerMapRejected,
+    PeerMapSignatureError,
+    PeerMapTrust,
+    SelfEntry,
+    StaleSerial,
+    WrongAddressee,
+    build_peer_map,
+    seal_peer_map,
+)
+from rustynet.domain.policy import ALL_PORTS, PortRange, Proto
+from rustynet.domain.policy_compile import FilterRule, host
+from tests.doubles import CountingEntropy
+from tests.tamper import flipped_texts
+
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+KEYS, _ = create_control_keys(CountingEntropy(), NOW)
+
+
+def tunnel(n: int) -> TunnelKey:
+    return TunnelKey(TunnelKeyScheme.X25519, bytes([n]) * 32)
+
+
+def make_map(addressee: str = "node_a", serial: int = 3) -> PeerMap:
+    return build_peer_map(
+        self_entry=SelfEntry(addressee, "alpha", ("100.64.0.1/32",), tunnel(1), ("tag:a",)),
+        peers=[
+            PeerEntry(
+                "node_b",
+                "beta",
+                ("100.64.0.2/32",),
+                tunnel(2),
+                NOW + timedelta(days=30),
+                ("198.51.100.2:41641",),
+                ("relay-1",),
+            )
+        ],
+        inbound=[
+            FilterRule(frozenset({host("100.64.0.2")}), Proto.TCP, (PortRange(22, 22),)),
+            FilterRule(frozenset({host("100.64.0.2")}), Proto.ICMP, ALL_PORTS),
+        ],
+        serial=serial,
+        policy_version=7,
+        now=NOW,
+        ttl=timedelta(hours=1),
+    )
+
+
+def trust() -> PeerMapTrust:
+    return PeerMapTrust.from_texts(
+        KEYS.root_certificate_text, KEYS.root.key_id, KEYS.signing_certificate_texts(), NOW
+    )
+
+
+def sealed(peer_map: PeerMap) -> str:
+    return seal_peer_map(KEYS.signing, peer_map, NOW).to_text()
+
+
+def test_payload_round_trips_through_the_acceptor() -> None:
+    """What the control plane builds is exactly what the node accepts."""
+    peer_map = make_map()
+    accepted = PeerMapAcceptor(trust(), "node_a").accept(sealed(peer_map), NOW)
+    assert accepted == peer_map
+    assert accepted.inbound[0].ports == ((22, 22),)
+    assert accepted.inbound[1].ports == ()  # ICMP has no ports
+    assert accepted.peers[0].underlay_endpoints == ("198.51.100.2:41641",)
+
+
+def test_accepting_raises_the_watermark_and_a_replay_is_stale() -> None:
+    """The same map twice: the second is refused as stale; so is an older serial."""
+    acceptor = PeerMapAcceptor(trust(), "node_a")
+    acceptor.accept(sealed(make_map(serial=3)), NOW)
+    assert acceptor.watermark == 3
+    with pytest.raises(StaleSerial):
+        acceptor.accept(sealed(make_map(serial=3)), NOW)
+    with pytest.raises(StaleSerial):
+        acceptor.accept(sealed(make_map(serial=2)), NOW)
+    assert acceptor.watermark == 3
+
+
+def test_map_for_another_node_is_refused() -> None:
+    """A valid map addressed to node_b is not applied by node_a."""
+    acceptor = PeerMapAcceptor(trust(), "node_a")
+    with pytest.raises(WrongAddressee):
+        acceptor.accept(sealed(make_map(addressee="node_b")), NOW)
+    assert acceptor.watermark == 0
+
+
+def test_expired_map_is_refused() -> None:
+    """A map past expires_at is refused."""
+    acceptor = PeerMapAcceptor(trust(), "node_a")
+    with pytest.raises(PeerMapExpired):
+        acceptor.accept(sealed(make_map()), NOW + timedelta(hours=1))
+    assert acceptor.watermark == 0
+
+
+def test_every_byte_flip_of_the_envelope_is_refused() -> None:
+    """Any single corruption of the envelope text is refused and leaves the watermark."""
+    text = sealed(make_map())
+    acceptor = PeerMapAcceptor(trust(), "node_a")
+    for label, corrupted in flipped_texts(text):
+        with pytest.raises(PeerMapRejected):
+            acceptor.accept(corrupted, NOW)
+        assert acceptor.watermark == 0, label
+
+
+def test_map_signed_by_an_uncertified_key_is_refused() -> None:
+    """A key the root never certified cannot sign peer maps, even with a valid signature."""
+    rogue = SigningKey.from_seed(bytes([9]) * 32)
+    rogue_ring = SigningKeyring(KEYS.root, KeyRole.SIGNING)
+    cert = issue_certificate(
+        KEYS.root_key,
+        KEYS.root,
+        subject=rogue.public_key,
+        role=KeyRole.SIGNING,
+        not_before=NOW,
+        not_after=NOW + timedelta(days=1),
+        scope=frozenset({Purpose.PEER_MAP}),
+    )
+    rogue_ring.add(cert, NOW, rogue)
+    text = seal_peer_map(rogue_ring, make_map(), NOW).to_text()
+    with pytest.raises(PeerMapSignatureError):
+        PeerMapAcceptor(trust(), "node_a").accept(text, NOW)  # not in the node's trust
+
+
+def test_a_different_root_is_refused() -> None:
+    """Maps from another control plane (another root) never verify."""
+    entropy = CountingEntropy()
+    entropy.token_bytes(1)  # shift the deterministic stream: different keys
+    other, _ = create_control_keys(entropy, NOW)
+    assert other.root.key_id != KEYS.root.key_id
+    text = seal_peer_map(other.signing, make_map(), NOW).to_text()
+    with pytest.raises(PeerMapSignatureError):
+        PeerMapAcceptor(trust(), "node_a").accept(text, NOW)
+
+
+def test_payload_with_an_extra_field_is_malformed() -> None:
+    """The payload parser is strict: an unknown field is refused."""
+    payload = dict(make_map().to_payload())
+    payload["extra"] = 1
+    with pytest.raises(MalformedPeerMap):
+        PeerMap.from_payload(payload)
