@@ -14,10 +14,10 @@ from functools import cache
 from typing import Any, Final
 
 from aiohttp import web
-from rustynet.adapters.http_api.keys import CONVERTER_KEY, METRICS_KEY, SERVICE_KEY, SETTINGS_KEY
+from rustynet.adapters.http_api.keys import METRICS_KEY, SERVICE_KEY, SETTINGS_KEY
 from rustynet.adapters.http_api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rustynet.adapters.http_api.middleware import read_json, read_json_object
-from rustynet.adapters.http_api.schemas import dump_json
+from rustynet.adapters.http_api.schemas import dump_json, to_json_value
 
 from rustynet.application.control import ControlService
 from rustynet.application.control_types import (
@@ -78,13 +78,13 @@ def _query_int(request: web.Request, name: str, default: int) -> int:
     return int(raw)
 
 
-def _json(request: web.Request, value: object, status: int = 200) -> web.Response:
-    body = dump_json(request.app[CONVERTER_KEY].unstructure(value))
+def _json(value: object, status: int = 200) -> web.Response:
+    body = dump_json(to_json_value(value))
     return web.Response(body=body, status=status, content_type="application/json")
 
 
-def _listing(request: web.Request, field: str, items: object) -> web.Response:
-    return _json(request, {field: request.app[CONVERTER_KEY].unstructure(items)})
+def _listing(field: str, items: object) -> web.Response:
+    return _json({field: items})
 
 
 # --- node routes ------------------------------------------------------------------------------
@@ -93,34 +93,34 @@ def _listing(request: web.Request, field: str, items: object) -> web.Response:
 async def enroll(request: web.Request) -> web.Response:
     """POST /v1/enroll."""
     body = await read_json(request, EnrollRequest)
-    return _json(request, await _service(request).enroll(body, client_ip=_client_ip(request)))
+    return _json(await _service(request).enroll(body, client_ip=_client_ip(request)))
 
 
 async def enroll_complete(request: web.Request) -> web.Response:
     """POST /v1/enroll/complete."""
     body = await read_json(request, EnrollCompleteRequest)
     result = await _service(request).enroll_complete(body, client_ip=_client_ip(request))
-    return _json(request, result)
+    return _json(result)
 
 
 async def token_challenge(request: web.Request) -> web.Response:
     """POST /v1/token/challenge."""
     body = await read_json(request, TokenChallengeRequest)
     result = await _service(request).token_challenge(body, client_ip=_client_ip(request))
-    return _json(request, result)
+    return _json(result)
 
 
 async def renew_token(request: web.Request) -> web.Response:
     """POST /v1/token."""
     body = await read_json(request, TokenRenewRequest)
     result = await _service(request).renew_token(body, client_ip=_client_ip(request))
-    return _json(request, result)
+    return _json(result)
 
 
 async def rotate_tunnel_key(request: web.Request) -> web.Response:
     """POST /v1/node/tunnel-key."""
     body = await read_json(request, RotateTunnelKeyRequest)
-    return _json(request, await _service(request).rotate_tunnel_key(_node(request), body))
+    return _json(await _service(request).rotate_tunnel_key(_node(request), body))
 
 
 async def set_endpoints(request: web.Request) -> web.Response:
@@ -136,7 +136,7 @@ async def peer_map(request: web.Request) -> web.Response:
     result = await _service(request).peer_map(_node(request), after)
     if result is None:
         return web.Response(status=204)
-    return _json(request, {"envelope": result.envelope, "trust": result.trust})
+    return _json({"envelope": result.envelope, "trust": result.trust})
 
 
 # --- admin routes -----------------------------------------------------------------------------
@@ -146,43 +146,43 @@ async def create_join_key(request: web.Request) -> web.Response:
     """POST /v1/admin/join-keys → 201 (the token is in this response only)."""
     body = await read_json(request, CreateJoinKeyRequest)
     created = await _service(request).create_join_key(_admin(request), body)
-    return _json(request, created, status=201)
+    return _json(created, status=201)
 
 
 async def list_join_keys(request: web.Request) -> web.Response:
     """GET /v1/admin/join-keys."""
     items = await _service(request).list_join_keys(_admin(request))
-    return _listing(request, "join_keys", items)
+    return _listing("join_keys", items)
 
 
 async def revoke_join_key(request: web.Request) -> web.Response:
     """DELETE /v1/admin/join-keys/{id}."""
     key_id = request.match_info["id"]
-    return _json(request, await _service(request).revoke_join_key(_admin(request), key_id))
+    return _json(await _service(request).revoke_join_key(_admin(request), key_id))
 
 
 async def list_nodes(request: web.Request) -> web.Response:
     """GET /v1/admin/nodes."""
-    return _listing(request, "nodes", await _service(request).list_nodes(_admin(request)))
+    return _listing("nodes", await _service(request).list_nodes(_admin(request)))
 
 
 async def get_node(request: web.Request) -> web.Response:
     """GET /v1/admin/nodes/{id}."""
     node_id = request.match_info["id"]
-    return _json(request, await _service(request).get_node(_admin(request), node_id))
+    return _json(await _service(request).get_node(_admin(request), node_id))
 
 
 async def update_node(request: web.Request) -> web.Response:
     """PATCH /v1/admin/nodes/{id}."""
     body = await read_json(request, UpdateNodeRequest)
     node_id = request.match_info["id"]
-    return _json(request, await _service(request).update_node(_admin(request), node_id, body))
+    return _json(await _service(request).update_node(_admin(request), node_id, body))
 
 
 async def revoke_node(request: web.Request) -> web.Response:
     """POST /v1/admin/nodes/{id}/revoke."""
     node_id = request.match_info["id"]
-    return _json(request, await _service(request).revoke_node(_admin(request), node_id))
+    return _json(await _service(request).revoke_node(_admin(request), node_id))
 
 
 async def delete_node(request: web.Request) -> web.Response:
@@ -195,19 +195,19 @@ async def create_api_key(request: web.Request) -> web.Response:
     """POST /v1/admin/api-keys → 201 (the key is in this response only)."""
     body = await read_json(request, CreateApiKeyRequest)
     created = await _service(request).create_api_key(_admin(request), body)
-    return _json(request, created, status=201)
+    return _json(created, status=201)
 
 
 async def list_api_keys(request: web.Request) -> web.Response:
     """GET /v1/admin/api-keys."""
     items = await _service(request).list_api_keys(_admin(request))
-    return _listing(request, "api_keys", items)
+    return _listing("api_keys", items)
 
 
 async def revoke_api_key(request: web.Request) -> web.Response:
     """DELETE /v1/admin/api-keys/{id}."""
     key_id = request.match_info["id"]
-    return _json(request, await _service(request).revoke_api_key(_admin(request), key_id))
+    return _json(await _service(request).revoke_api_key(_admin(request), key_id))
 
 
 async def _policy_document(request: web.Request) -> dict[str, Any]:
@@ -216,19 +216,19 @@ async def _policy_document(request: web.Request) -> dict[str, Any]:
 
 async def get_policy(request: web.Request) -> web.Response:
     """GET /v1/admin/policy."""
-    return _json(request, await _service(request).get_policy(_admin(request)))
+    return _json(await _service(request).get_policy(_admin(request)))
 
 
 async def put_policy(request: web.Request) -> web.Response:
     """PUT /v1/admin/policy (body: the policy document)."""
     document = await _policy_document(request)
-    return _json(request, await _service(request).put_policy(_admin(request), document))
+    return _json(await _service(request).put_policy(_admin(request), document))
 
 
 async def check_policy(request: web.Request) -> web.Response:
     """POST /v1/admin/policy/check (body: the policy document)."""
     document = await _policy_document(request)
-    return _json(request, await _service(request).check_policy(_admin(request), document))
+    return _json(await _service(request).check_policy(_admin(request), document))
 
 
 async def list_audit(request: web.Request) -> web.Response:
@@ -236,20 +236,20 @@ async def list_audit(request: web.Request) -> web.Response:
     start = _query_int(request, "start", 0)
     limit = _query_int(request, "limit", 100)
     entries = await _service(request).list_audit(_admin(request), start=start, limit=limit)
-    return _listing(request, "entries", entries)
+    return _listing("entries", entries)
 
 
 async def verify_audit(request: web.Request) -> web.Response:
     """POST /v1/admin/audit/verify."""
-    return _json(request, await _service(request).verify_audit(_admin(request)))
+    return _json(await _service(request).verify_audit(_admin(request)))
 
 
 # --- operational ------------------------------------------------------------------------------
 
 
-async def healthz(request: web.Request) -> web.Response:
+async def healthz(_request: web.Request) -> web.Response:
     """GET /healthz: the process serves requests."""
-    return _json(request, {"status": "ok"})
+    return _json({"status": "ok"})
 
 
 async def metrics(request: web.Request) -> web.Response:

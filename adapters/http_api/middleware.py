@@ -75,10 +75,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception as exc:  # noqa: BLE001 - the one place every failure becomes a response
         api_error = map_exception(exc)
         if api_error.status >= 500:
-            # The class name and route only: the exception text may quote request data.
+            # The client gets a fixed text; the operator gets the trace, which the redacting
+            # handler (rustynet.adapters.logging) scrubs of secret-shaped text.
             _log.error(
                 "http.request_failed",
                 extra={"route": route_template(request), "error_type": type(exc).__name__},
+                exc_info=exc,
             )
         if api_error.status == 429:
             request.app[METRICS_KEY].count_rate_limited(route_template(request))

@@ -214,6 +214,30 @@ def format_time(value: datetime) -> str:
     return value.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# --- responses --------------------------------------------------------------------------------
+
+
+def to_json_value(value: object) -> object:
+    """A response value as plain JSON data, by runtime type (no annotation evaluation):
+    attrs instances → objects, datetimes → RFC 3339 `Z`, enums → their value, tuples → arrays.
+    """
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, datetime):
+        return format_time(value)
+    if isinstance(value, enum.Enum):
+        return to_json_value(value.value)
+    if attrs.has(type(value)):
+        fields = attrs.fields(typing.cast("type[attrs.AttrsInstance]", type(value)))
+        return {f.name: to_json_value(getattr(value, f.name)) for f in fields}
+    if isinstance(value, Mapping):
+        return {str(k): to_json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | frozenset | set):
+        items = sorted(value) if isinstance(value, frozenset | set) else value
+        return [to_json_value(v) for v in items]
+    raise TypeError(f"cannot render {type(value).__name__} as JSON")
+
+
 # --- error paths ------------------------------------------------------------------------------
 
 

@@ -6,9 +6,11 @@ Everything here goes through HTTP; nothing calls a handler directly.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,16 @@ import pytest
 import pytest_asyncio
 from rustynet.adapters.http_api.settings import DEFAULT_BODY_LIMIT
 
-from tests.integration.http_server import LiveApi, running_api
+from tests.integration.http_server import (
+    GENEROUS_LIMITS,
+    EnrollAttempt,
+    LiveApi,
+    enroll_over_http,
+    forged_join_tokens,
+    node_headers,
+    peer_map_acceptor,
+    running_api,
+)
 
 ADMIN = {"Authorization": "Bearer rnk_nobody_nothing"}
 
@@ -255,3 +266,221 @@ async def test_openapi_document_is_served(http: aiohttp.ClientSession) -> None:
     status, _, body = await _call(http, "GET", "/v1/openapi.json")
     assert status == 200
     assert body["openapi"].startswith("3.1")
+
+
+# --- the use cases through HTTP ---------------------------------------------------------------
+
+
+async def _join_key(http: aiohttp.ClientSession, api: LiveApi, **body: Any) -> str:
+    status, _, created = await _call(
+        http, "POST", "/v1/admin/join-keys", json=body, headers=api.admin_headers()
+    )
+    assert status == 201, created
+    token = created["token"]
+    assert isinstance(token, str)
+    assert token.startswith("rnjoin1_")
+    return token
+
+
+@pytest.mark.asyncio
+async def test_node_enrolls_fetches_verified_peer_map_and_is_revoked(
+    api: LiveApi, http: aiohttp.ClientSession
+) -> None:
+    """Admin creates a join key, a node enrolls over HTTPS, verifies its signed peer map, is
+    revoked: its token fails on the next request and the revocation is in the audit log."""
+    join = await _join_key(http, api)
+    attempt = await enroll_over_http(http, join, "laptop")
+    assert attempt.status == 200, attempt.body
+    result = attempt.body
+    assert result["overlay_addresses"][0].startswith("100.")
+    status, _, peer_map = await _call(
+        http, "GET", "/v1/peermap", params={"after": "0"}, headers=node_headers(result)
+    )
+    assert status == 200
+    accepted = peer_map_acceptor(join, result).accept(peer_map["envelope"], datetime.now(UTC))
+    assert accepted.serial >= 1
+    status, _, _ = await _call(
+        http, "POST", f"/v1/admin/nodes/{result['node_id']}/revoke", headers=api.admin_headers()
+    )
+    assert status == 200
+    status, _, body = await _call(
+        http, "GET", "/v1/peermap", params={"after": "0"}, headers=node_headers(result)
+    )
+    assert status == 401
+    _assert_error(body, "unauthorized")
+    status, _, audit = await _call(http, "GET", "/v1/admin/audit", headers=api.admin_headers())
+    assert status == 200
+    actions = [entry["action"] for entry in audit["entries"]]
+    assert "node.enrolled" in actions
+    assert any(action.startswith("node.revoked") for action in actions), actions
+    assert join not in json.dumps(audit)
+
+
+@pytest.mark.asyncio
+async def test_unauthenticated_admin_request_is_401(http: aiohttp.ClientSession) -> None:
+    """No Authorization header, or a non-bearer one: 401."""
+    for headers in ({}, {"Authorization": "Basic YWRtaW46YWRtaW4="}):
+        status, _, body = await _call(http, "GET", "/v1/admin/nodes", headers=headers)
+        assert status == 401
+        _assert_error(body, "unauthorized")
+
+
+@pytest.mark.asyncio
+async def test_read_only_key_may_read_but_not_write(
+    api: LiveApi, http: aiohttp.ClientSession
+) -> None:
+    """A read-only API key lists nodes (200) and is refused on a write (403)."""
+    status, _, created = await _call(
+        http, "POST", "/v1/admin/api-keys", json={"scope": "read-only"}, headers=api.admin_headers()
+    )
+    assert status == 201
+    read_only = {"Authorization": f"Bearer {created['key']}"}
+    status, _, _ = await _call(http, "GET", "/v1/admin/nodes", headers=read_only)
+    assert status == 200
+    status, _, body = await _call(http, "POST", "/v1/admin/join-keys", json={}, headers=read_only)
+    assert status == 403
+    _assert_error(body, "forbidden")
+
+
+@pytest.mark.asyncio
+async def test_unknown_and_wrong_api_keys_answer_identically(
+    api: LiveApi, http: aiohttp.ClientSession
+) -> None:
+    """An unknown key id and a known id with a wrong secret get byte-identical answers."""
+    real = api.admin_key
+    prefix, _, secret = real.rpartition("_")
+    wrong_secret = prefix + "_" + ("A" if secret[0] != "A" else "B") + secret[1:]
+    unknown_id = "rnk_" + "x" * len(real.split("_")[1]) + "_" + secret
+    answers = []
+    for key in (wrong_secret, unknown_id):
+        async with http.get(
+            "/v1/admin/nodes", headers={"Authorization": f"Bearer {key}"}
+        ) as response:
+            answers.append((response.status, await response.read()))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 401
+
+
+@pytest.mark.asyncio
+async def test_unknown_and_wrong_join_secrets_answer_identically(
+    api: LiveApi, http: aiohttp.ClientSession
+) -> None:
+    """A join token for an unknown key and one with a wrong secret are refused alike."""
+    join = await _join_key(http, api)
+    wrong, unknown = forged_join_tokens(join)
+    first = await enroll_over_http(http, wrong, "a")
+    second = await enroll_over_http(http, unknown, "b")
+    assert (first.status, first.body) == (second.status, second.body)
+    assert first.status == 401
+
+
+@pytest.mark.asyncio
+async def test_repeated_bad_enrollments_from_one_ip_are_rate_limited(
+    http: aiohttp.ClientSession,
+) -> None:
+    """21 bad join attempts from one address: the 21st is refused with 429 + Retry-After."""
+    attempts = [await enroll_over_http(http, "rnjoin1_" + "A" * 120, f"bad-{n}") for n in range(21)]
+    assert attempts[0].status == 401
+    last = attempts[-1]
+    assert last.status == 429, [a.status for a in attempts]
+    _assert_error(last.body, "rate_limited")
+    assert last.retry_after is not None
+    assert last.retry_after.isdigit()
+    assert int(last.retry_after) >= 1
+
+
+@pytest.mark.asyncio
+async def test_repeated_wrong_secret_for_one_api_key_backs_off(
+    api: LiveApi, http: aiohttp.ClientSession
+) -> None:
+    """Wrong secrets for one API key id: after a few failures the answer becomes 429 with a
+    Retry-After in whole seconds, and even the right secret must wait."""
+    prefix, _, secret = api.admin_key.rpartition("_")
+    wrong = prefix + "_" + ("A" if secret[0] != "A" else "B") + secret[1:]
+    statuses = []
+    headers: dict[str, str] = {}
+    for _ in range(21):
+        status, headers, body = await _call(
+            http, "GET", "/v1/admin/nodes", headers={"Authorization": f"Bearer {wrong}"}
+        )
+        statuses.append(status)
+        if status == 429:
+            _assert_error(body, "rate_limited")
+            break
+    assert statuses[0] == 401
+    assert statuses[-1] == 429, statuses
+    assert headers["Retry-After"].isdigit()
+    assert int(headers["Retry-After"]) >= 1
+    status, _, _ = await _call(http, "GET", "/v1/admin/nodes", headers=api.admin_headers())
+    assert status == 429
+
+
+@pytest.mark.asyncio
+async def test_metrics_count_routes_by_template_and_enrollments(
+    api: LiveApi, http: aiohttp.ClientSession
+) -> None:
+    """/metrics: per-route counts under templates, enrollments and the policy version."""
+    join = await _join_key(http, api)
+    assert (await enroll_over_http(http, join, "box")).status == 200
+    await _call(http, "GET", "/v1/admin/nodes/some-node-id", headers=api.admin_headers())
+    async with http.get("/metrics") as response:
+        assert response.status == 200
+        assert response.content_type == "text/plain"
+        text = await response.text()
+    assert "rustynet_enrollments_total 1" in text
+    assert 'route="/v1/admin/nodes/{id}"' in text
+    assert "some-node-id" not in text
+    assert "rustynet_policy_version 0" in text
+    assert "rustynet_peer_map_waiters 0" in text
+    assert (
+        'rustynet_http_requests_total{method="POST",route="/v1/enroll/complete",status="200"} 1'
+        in text
+    )
+
+
+# --- redemption races over HTTP ---------------------------------------------------------------
+
+CONCURRENCY = 50
+
+
+@pytest_asyncio.fixture
+async def loaded_api(tmp_path: Path) -> AsyncIterator[LiveApi]:
+    """A live API whose per-IP limits leave room for 50 nodes from 127.0.0.1."""
+    async with running_api(tmp_path, limits=GENEROUS_LIMITS) as live:
+        yield live
+
+
+async def _race(api: LiveApi, join: str) -> list[EnrollAttempt]:
+    connector = aiohttp.TCPConnector(ssl=api.client_ssl, limit=CONCURRENCY)
+    async with aiohttp.ClientSession(base_url=api.base_url, connector=connector) as http:
+        return list(
+            await asyncio.gather(
+                *(enroll_over_http(http, join, f"racer-{n}") for n in range(CONCURRENCY))
+            )
+        )
+
+
+async def _node_count(api: LiveApi) -> int:
+    async with api.store.unit_of_work() as uow:
+        return len(await uow.nodes.list_all())
+
+
+@pytest.mark.asyncio
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("body", "expected"), [({}, 1), ({"reusable": True, "uses": 3, "tags": ["tag:ci"]}, 3)]
+)
+async def test_concurrent_redemptions_over_http_register_exactly_the_allowed_nodes(
+    loaded_api: LiveApi, body: dict[str, Any], expected: int
+) -> None:
+    """50 nodes race one join key over HTTPS: a one-time key yields exactly one node, a
+    `uses: 3` key exactly three; every loser gets 410 and no node record."""
+    connector = aiohttp.TCPConnector(ssl=loaded_api.client_ssl)
+    async with aiohttp.ClientSession(base_url=loaded_api.base_url, connector=connector) as http:
+        join = await _join_key(http, loaded_api, **body)
+    attempts = await _race(loaded_api, join)
+    winners = [a for a in attempts if a.status == 200]
+    assert len(winners) == expected, sorted(a.status for a in attempts)
+    assert {a.status for a in attempts} <= {200, 410}, sorted(a.status for a in attempts)
+    assert await _node_count(loaded_api) == expected
+    assert len({w.body["overlay_addresses"][0] for w in winners}) == expected
