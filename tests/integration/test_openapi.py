@@ -24,7 +24,13 @@ from rustynet.adapters.http_api.app import create_app
 from rustynet.adapters.http_api.handlers import openapi_document
 from rustynet.adapters.storage.memory import MemoryStore
 
-from tests.integration.http_server import LiveApi, build_service, running_api
+from tests.integration.http_server import (
+    LiveApi,
+    build_service,
+    enroll_over_http,
+    node_headers,
+    running_api,
+)
 
 DOC: dict[str, Any] = json.loads(openapi_document())
 HTTP_METHODS = {"get", "put", "post", "delete", "patch"}
@@ -171,3 +177,68 @@ async def test_edge_responses_match_the_document(api: LiveApi) -> None:
         assert status == 413
         assert (await _checked(http, "GET", "/v1/peermap?token=x"))[0] == 400
         assert (await _checked(http, "DELETE", "/v1/admin/policy"))[0] == 405
+
+
+@pytest.mark.asyncio
+async def test_scripted_flow_responses_match_the_document(api: LiveApi) -> None:
+    """A whole admin + node session: every response validates against the document."""
+    admin = api.admin_headers()
+    connector = aiohttp.TCPConnector(ssl=api.client_ssl)
+    async with aiohttp.ClientSession(base_url=api.base_url, connector=connector) as http:
+        status, created = await _checked(
+            http, "POST", "/v1/admin/join-keys", json={"ttl_seconds": 600}, headers=admin
+        )
+        assert status == 201
+        assert (await _checked(http, "GET", "/v1/admin/join-keys", headers=admin))[0] == 200
+        enrolled = await enroll_over_http(http, created["token"], "flow-node")
+        assert enrolled.status == 200
+        errors = list(
+            _validator(DOC["components"]["schemas"]["EnrollResult"]).iter_errors(enrolled.body)
+        )
+        assert not errors
+        node = enrolled.body["node_id"]
+        headers = node_headers(enrolled.body)
+        assert (await _checked(http, "GET", "/v1/peermap?after=0", headers=headers))[0] == 200
+        status, _ = await _checked(
+            http,
+            "PUT",
+            "/v1/node/endpoints",
+            json={"underlay_endpoints": ["198.51.100.2:41641"]},
+            headers=headers,
+        )
+        assert status == 204
+        status, challenge = await _checked(
+            http, "POST", "/v1/token/challenge", json={"node_id": node}
+        )
+        assert status == 200
+        assert (await _checked(http, "GET", "/v1/admin/nodes", headers=admin))[0] == 200
+        assert (await _checked(http, "GET", f"/v1/admin/nodes/{node}", headers=admin))[0] == 200
+        status, _ = await _checked(
+            http, "PATCH", f"/v1/admin/nodes/{node}", json={"name": "renamed"}, headers=admin
+        )
+        assert status == 200
+        status, key = await _checked(
+            http, "POST", "/v1/admin/api-keys", json={"scope": "read-only"}, headers=admin
+        )
+        assert status == 201
+        assert (await _checked(http, "GET", "/v1/admin/api-keys", headers=admin))[0] == 200
+        status, _ = await _checked(http, "DELETE", f"/v1/admin/api-keys/{key['id']}", headers=admin)
+        assert status == 200
+        assert (await _checked(http, "GET", "/v1/admin/policy", headers=admin))[0] == 200
+        status, problem = await _checked(
+            http, "POST", "/v1/admin/policy/check", json={"acls": "nope"}, headers=admin
+        )
+        assert status == 400
+        assert "pointer" in problem
+        assert (await _checked(http, "GET", "/v1/admin/audit?limit=5", headers=admin))[0] == 200
+        assert (await _checked(http, "POST", "/v1/admin/audit/verify", headers=admin))[0] == 200
+        status, _ = await _checked(http, "POST", f"/v1/admin/nodes/{node}/revoke", headers=admin)
+        assert status == 200
+        assert (await _checked(http, "GET", "/v1/peermap?after=0", headers=headers))[0] == 401
+        assert (await _checked(http, "DELETE", f"/v1/admin/nodes/{node}", headers=admin))[0] == 204
+        status, _ = await _checked(
+            http, "DELETE", f"/v1/admin/join-keys/{created['id']}", headers=admin
+        )
+        assert status in {200, 409}
+        assert (await _checked(http, "GET", "/metrics"))[0] == 200
+        assert challenge["challenge_id"]
