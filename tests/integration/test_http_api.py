@@ -18,7 +18,9 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from rustynet.adapters.http_api.settings import DEFAULT_BODY_LIMIT
+from rustynet.adapters.storage.postgres import PostgresStore
 
+from rustynet.ports.store import Store
 from tests.integration.http_server import (
     GENEROUS_LIMITS,
     EnrollAttempt,
@@ -443,10 +445,14 @@ async def test_metrics_count_routes_by_template_and_enrollments(
 CONCURRENCY = 50
 
 
-@pytest_asyncio.fixture
-async def loaded_api(tmp_path: Path) -> AsyncIterator[LiveApi]:
-    """A live API whose per-IP limits leave room for 50 nodes from 127.0.0.1."""
-    async with running_api(tmp_path, limits=GENEROUS_LIMITS) as live:
+@pytest_asyncio.fixture(params=["sqlite", "postgres"])
+async def loaded_api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LiveApi]:
+    """A live API (SQLite, or a real throwaway PostgreSQL 15) whose per-IP limits leave room
+    for 50 nodes from 127.0.0.1."""
+    store: Store | None = None
+    if request.param == "postgres":
+        store = PostgresStore(request.getfixturevalue("postgres_dsn"), min_size=4, max_size=8)
+    async with running_api(tmp_path, store=store, limits=GENEROUS_LIMITS) as live:
         yield live
 
 
