@@ -130,6 +130,9 @@ class _Nodes:
             attrs.evolve(node, tunnel_key=tunnel_key, tunnel_key_expires_at=expires_at)
         )
 
+    async def set_endpoints(self, node_id: str, endpoints: tuple[str, ...]) -> NodeRecord:
+        return self._put(attrs.evolve(self._require(node_id), underlay_endpoints=endpoints))
+
     async def touch(self, node_id: str, now: datetime) -> None:
         node = self._require(node_id)
         if node.last_seen_at is None or node.last_seen_at < now:

@@ -208,7 +208,7 @@ async def migrate(ex: Executor, now: datetime) -> list[int]:
 
 _NODE_COLUMNS: Final = (
     "id, name, identity_key, tunnel_key, tunnel_key_expires_at, overlay_ipv4, tags, state,"
-    " created_at, last_seen_at, revoked_at"
+    " created_at, last_seen_at, revoked_at, underlay_endpoints"
 )
 
 
@@ -225,6 +225,7 @@ def _node(row: Row) -> NodeRecord:
         created_at=from_micros(row[8]),
         last_seen_at=_opt_time(row[9]),
         revoked_at=_opt_time(row[10]),
+        underlay_endpoints=tuple(json.loads(row[11])),
     )
 
 
@@ -251,7 +252,8 @@ class SqlNodes:
         await self._ex.execute(
             self._d.sql(
                 f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (:id, :name, :identity_key,"
-                " :tunnel_key, :tke, :ip, :tags, :state, :created_at, :last_seen_at, :revoked_at)"
+                " :tunnel_key, :tke, :ip, :tags, :state, :created_at, :last_seen_at, :revoked_at,"
+                " :endpoints)"
             ),
             {
                 "id": node.id,
@@ -265,6 +267,7 @@ class SqlNodes:
                 "created_at": to_micros(node.created_at),
                 "last_seen_at": _opt_micros(node.last_seen_at),
                 "revoked_at": _opt_micros(node.revoked_at),
+                "endpoints": json.dumps(list(node.underlay_endpoints)),
             },
         )
 
@@ -317,6 +320,12 @@ class SqlNodes:
             node_id,
             "tunnel_key = :k, tunnel_key_expires_at = :e",
             {"k": tunnel_key.to_text(), "e": to_micros(expires_at)},
+        )
+
+    async def set_endpoints(self, node_id: str, endpoints: tuple[str, ...]) -> NodeRecord:
+        """See `NodeRepository.set_endpoints`."""
+        return await self._update(
+            node_id, "underlay_endpoints = :e", {"e": json.dumps(list(endpoints))}
         )
 
     async def touch(self, node_id: str, now: datetime) -> None:

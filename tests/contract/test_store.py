@@ -6,7 +6,9 @@ and strictly increasing serials."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 import pytest_asyncio
 from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.storage.postgres import PostgresStore
+from rustynet.adapters.storage.sql import load_migrations
 from rustynet.adapters.storage.sqlite import SqliteStore
 
 from rustynet.domain.audit import AuditChain, Checkpoint
@@ -240,9 +243,126 @@ async def test_node_updates(store: Store) -> None:
 
 
 @pytest.mark.asyncio
+async def test_node_endpoints_are_replaced_in_order_and_kept(store: Store) -> None:
+    """set_endpoints replaces the list (order kept, empty allowed) and changes nothing else."""
+    node = await enroll(store, 1)
+    endpoints = ("198.51.100.2:41641", "[2001:db8::1]:41641")
+    async with store.unit_of_work() as uow:
+        updated = await uow.nodes.set_endpoints("node-1", endpoints)
+    assert updated == attrs.evolve(node, underlay_endpoints=endpoints)
+    async with store.unit_of_work() as uow:
+        assert await uow.nodes.get("node-1") == updated
+        assert (await uow.nodes.list_all())[0].underlay_endpoints == endpoints
+        assert (await uow.nodes.rename("node-1", "again")).underlay_endpoints == endpoints
+        cleared = await uow.nodes.set_endpoints("node-1", ())
+    assert cleared.underlay_endpoints == ()
+    with pytest.raises(BoomError):
+        async with store.unit_of_work() as uow:
+            await uow.nodes.set_endpoints("node-1", endpoints[:1])
+            raise BoomError
+    async with store.unit_of_work() as uow:
+        found = await uow.nodes.get("node-1")
+    assert found is not None
+    assert found.underlay_endpoints == ()
+
+
+@pytest.mark.asyncio
+async def test_node_endpoints_survive_close_and_reopen(store: Store) -> None:
+    """Endpoints are stored, not cached: a closed and reopened store still has them."""
+    await enroll(store, 1)
+    endpoints = ("203.0.113.7:51820", "[2001:db8::7]:51820")
+    async with store.unit_of_work() as uow:
+        await uow.nodes.set_endpoints("node-1", endpoints)
+    await store.close()
+    await store.open()
+    async with store.unit_of_work() as uow:
+        found = await uow.nodes.get("node-1")
+    assert found is not None
+    assert found.underlay_endpoints == endpoints
+
+
+@pytest.mark.asyncio
+async def test_sqlite_endpoints_survive_a_new_store_on_the_same_file(tmp_path: Path) -> None:
+    """A second SqliteStore on the file (a restarted process) reads the endpoints back."""
+    first = SqliteStore(tmp_path / "restart.db")
+    await first.open()
+    try:
+        await enroll(first, 1)
+        async with first.unit_of_work() as uow:
+            await uow.nodes.set_endpoints("node-1", ("192.0.2.10:41641",))
+    finally:
+        await first.close()
+    second = SqliteStore(tmp_path / "restart.db")
+    await second.open()
+    try:
+        async with second.unit_of_work() as uow:
+            found = await uow.nodes.get("node-1")
+    finally:
+        await second.close()
+    assert found is not None
+    assert found.underlay_endpoints == ("192.0.2.10:41641",)
+
+
+@pytest.mark.asyncio
+async def test_version_1_database_is_migrated_and_its_nodes_have_no_endpoints(
+    tmp_path: Path,
+) -> None:
+    """A database written by schema version 1 opens: migration 2 runs once, old nodes read
+    back with no endpoints and can be given some."""
+    path = tmp_path / "v1.db"
+    first = load_migrations()[0]
+    assert first.version == 1
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "CREATE TABLE schema_migrations ("
+            " version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
+        )
+        for statement in first.statements:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_migrations VALUES (1, 'initial', 0)")
+        conn.execute("INSERT INTO ip_leases VALUES (1684275201, 'node-1')")
+        conn.execute(
+            "INSERT INTO nodes VALUES ('node-1', 'old', ?, ?, 0, 1684275201, '[]', 'active',"
+            " 0, NULL, NULL)",
+            (
+                SigningKey.from_seed(bytes(32)).public_key.to_text(),
+                TunnelKey(TunnelKeyScheme.X25519, bytes(32)).to_text(),
+            ),
+        )
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        async with store.unit_of_work() as uow:
+            old = await uow.nodes.get("node-1")
+            assert old is not None
+            assert old.underlay_endpoints == ()
+            await uow.nodes.set_endpoints("node-1", ("192.0.2.1:41641",))
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
+    assert sorted(versions) == [m.version for m in load_migrations()]
+    assert 2 in versions
+
+
+def test_node_record_refuses_malformed_endpoint_lists() -> None:
+    """The stored value itself refuses a list, duplicates, non-strings and too many entries."""
+    node = make_node(1, ipaddress.IPv4Address("100.64.0.1"))
+    for bad in (
+        ["192.0.2.1:1"],
+        ("192.0.2.1:1", "192.0.2.1:1"),
+        (1,),
+        tuple(f"192.0.2.{i}:1" for i in range(17)),
+        ("x" * 65,),
+    ):
+        with pytest.raises(LocalProtocolError):
+            attrs.evolve(node, underlay_endpoints=bad)  # type: ignore[arg-type]  # on purpose
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize(
     "call",
-    ["rename", "set_tags", "set_tunnel_key", "touch", "revoke", "delete"],
+    ["rename", "set_tags", "set_tunnel_key", "set_endpoints", "touch", "revoke", "delete"],
 )
 async def test_node_changes_to_a_missing_node_raise_not_found(store: Store, call: str) -> None:
     """No silent no-op: changing an unknown node raises NotFound."""
@@ -256,6 +376,8 @@ async def test_node_changes_to_a_missing_node_raise_not_found(store: Store, call
                 await repo.set_tags("ghost", frozenset())
             elif call == "set_tunnel_key":
                 await repo.set_tunnel_key("ghost", key, NOW)
+            elif call == "set_endpoints":
+                await repo.set_endpoints("ghost", ("192.0.2.1:41641",))
             elif call == "touch":
                 await repo.touch("ghost", NOW)
             elif call == "revoke":

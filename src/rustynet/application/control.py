@@ -23,7 +23,8 @@ Theory of operation.
   stored policy version moved (another instance changed it).
 * Long polls subscribe to `PeerMapWaiters` before reading their serial, so no wake-up is lost.
 
-Node underlay endpoints are kept in memory only (nodes re-report them; not in the store yet).
+* Underlay endpoints a node reports are validated here (IP literal and port, at most
+  `MAX_ENDPOINTS`, canonical text) and stored on its node record, so they survive a restart.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ from rustynet.domain.tokens import InvalidToken, TokenKind, issue_token, key_all
 from rustynet.ports.clock import Clock
 from rustynet.ports.entropy import Entropy
 from rustynet.ports.store import (
+    MAX_ENDPOINTS,
     MAX_NAME_LENGTH,
     AlreadyExists,
     ApiKeyRecord,
@@ -142,7 +144,6 @@ DEFAULT_PEER_MAP_TTL: Final = timedelta(hours=24)
 DEFAULT_LONG_POLL: Final = timedelta(seconds=60)
 RENEWAL_CHALLENGE_TTL: Final = timedelta(seconds=60)
 MAX_RENEWAL_CHALLENGES: Final = 10_000
-MAX_ENDPOINTS: Final = 16
 MAX_AUDIT_PAGE: Final = 1000
 _T = TypeVar("_T")
 DEFAULT_ADMIN_PER_IP: Final = BucketPolicy(burst=120, refill=60, per=timedelta(minutes=1))
@@ -275,19 +276,22 @@ def _parse(parse: Callable[[str], _T], text: str, where: str, what: str) -> _T:
         raise ValidationError.at(where, f"not a valid {what}") from exc
 
 
-def _endpoint(text: str, where: str) -> str:
-    host, sep, port = text.rpartition(":")
-    ok = bool(sep) and port.isdigit() and 0 < int(port) <= 65535
-    try:
-        if ok and host.startswith("[") and host.endswith("]"):
-            ipaddress.IPv6Address(host[1:-1])
-        elif ok:
-            ipaddress.IPv4Address(host)
-    except ValueError:
-        ok = False
-    if not ok:
+def _endpoint(text: object, where: str) -> str:
+    """`IPv4:port` or `[IPv6]:port` (port 1-65535, no zone id) in canonical text form."""
+    canonical = None
+    if isinstance(text, str) and text.isascii() and len(text) <= 64:
+        host, sep, port = text.rpartition(":")
+        if sep and port.isdigit() and len(port) <= 5 and 0 < int(port) <= 65535:
+            try:
+                if host.startswith("[") and host.endswith("]") and "%" not in host:
+                    canonical = f"[{ipaddress.IPv6Address(host[1:-1])}]:{int(port)}"
+                else:
+                    canonical = f"{ipaddress.IPv4Address(host)}:{int(port)}"
+            except ValueError:
+                canonical = None
+    if canonical is None:
         raise ValidationError.at(where, "expected 198.51.100.2:41641 or [2001:db8::1]:41641")
-    return text
+    return canonical
 
 
 def _b64(text: str, where: str) -> bytes:
@@ -326,7 +330,6 @@ class ControlService:
         self._enrollment = EnrollmentServer(entropy)
         self._pending: dict[bytes, _PendingEnrollment] = {}
         self._renewals: dict[bytes, tuple[str, datetime]] = {}
-        self._endpoints: dict[str, tuple[str, ...]] = {}
         self._token_keys = key_allowlist([keys.token_key.public_key])
         self._lock = asyncio.Lock()
         self._net: _Net | None = None
@@ -434,6 +437,17 @@ class ControlService:
         if retry is not None:
             self._rate_limited += 1
             raise RateLimited(int(-(-retry.total_seconds() // 1)))
+
+    async def _locked_out(self, credential: str) -> bool:
+        """True when `credential` is disabled after too many failures (until an admin reset);
+        RateLimited when the store cannot tell (fail closed)."""
+        try:
+            async with self.store.unit_of_work() as uow:
+                return (await uow.limiter.failures(credential)).disabled
+        except (StoreError, LocalProtocolError):
+            self._rate_limited += 1
+            retry = self.settings.limits.unavailable_retry_after
+            raise RateLimited(int(-(-retry.total_seconds() // 1))) from None
 
     async def _decide(  # noqa: PLR0917 - one argument per limiter key
         self,
@@ -550,14 +564,18 @@ class ControlService:
             await self._failed(credential=None, actor=actor, action="admin.auth_failed", target="-")
             raise Unauthorized from None
         credential = f"apikey:{key.key_id}"
-        await self._limit(credential=credential)
+        # A locked-out key fails like a wrong one (waiting would not help, so no Retry-After),
+        # after the same hash compare; only the audit entry says why.
+        locked_out = await self._locked_out(credential)
+        if not locked_out:
+            await self._limit(credential=credential)
         now = self.clock.now()
         async with self.store.unit_of_work() as uow:
             record = await uow.api_keys.get(key.key_id)
         ok = False
         try:
             key.verify(record.secret_hash if record is not None else _DUMMY_HASH)
-            ok = record is not None and record.usable_at(now)
+            ok = record is not None and record.usable_at(now) and not locked_out
         except ApiKeyMismatch:
             ok = False
         finally:
@@ -568,6 +586,7 @@ class ControlService:
                 actor=actor,
                 action="admin.auth_failed",
                 target=f"apikey:{key.key_id}",
+                details={"reason": "locked-out"} if locked_out else None,
             )
             raise Unauthorized
         if not api_keys.permits(record.scope.value, action):
@@ -872,20 +891,26 @@ class ControlService:
         """PUT /v1/node/endpoints: where peers can reach the node (wakes the nodes that see it)."""
         node = await self._node(auth)
         endpoints = request.underlay_endpoints
+        if not isinstance(endpoints, tuple | list):
+            raise ValidationError.at("/underlay_endpoints", "a list of endpoints")
         if len(endpoints) > MAX_ENDPOINTS:
             raise ValidationError.at("/underlay_endpoints", f"at most {MAX_ENDPOINTS} endpoints")
         checked = tuple(
             dict.fromkeys(_endpoint(e, f"/underlay_endpoints/{i}") for i, e in enumerate(endpoints))
         )
-        if self._endpoints.get(node.id, ()) == checked:
+        if node.underlay_endpoints == checked:
             return
         async with self._write() as uow:
+            updated = await uow.nodes.set_endpoints(node.id, checked)
+            await uow.nodes.touch(node.id, self.clock.now())
             net = await self._net_state(uow)
-            woken = net.index.view(node.id).visible_peers if node.id in net.index else frozenset()
+            woken: frozenset[str] = frozenset()
+            if node.id in net.index:
+                self._net_touched = True
+                net.nodes[node.id] = updated
+                woken = net.index.view(node.id).visible_peers
             if woken:
                 await uow.serials.bump(sorted(woken))
-            await uow.nodes.touch(node.id, self.clock.now())
-        self._endpoints[node.id] = checked
         self.waiters.wake(woken)
 
     async def peer_map(
@@ -937,7 +962,7 @@ class ControlService:
                         overlay_addresses=_addresses(peer),
                         tunnel_key=peer.tunnel_key,
                         tunnel_key_expires_at=peer.tunnel_key_expires_at,
-                        underlay_endpoints=self._endpoints.get(peer.id, ()),
+                        underlay_endpoints=peer.underlay_endpoints,
                         relays=self.settings.relays,
                     )
                 )
@@ -1117,7 +1142,6 @@ class ControlService:
         async with self._write() as uow:
             node, woken = await self._revoke(uow, node_id, now)
             await self._audit(uow, now, f"apikey:{admin.id}", "node.revoked", node_id)
-        self._endpoints.pop(node_id, None)
         self.waiters.wake(woken | {node_id})
         return _node_info(node)
 
@@ -1129,7 +1153,6 @@ class ControlService:
             _, woken = await self._revoke(uow, node_id, now)
             await uow.nodes.delete(node_id)
             await self._audit(uow, now, f"apikey:{admin.id}", "node.deleted", node_id)
-        self._endpoints.pop(node_id, None)
         self.waiters.wake(woken | {node_id})
 
     # --- admin: API keys -----------------------------------------------------------------------

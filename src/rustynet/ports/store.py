@@ -49,6 +49,8 @@ from rustynet.domain.replay import NonceRecord
 from rustynet.domain.scope import Tag
 
 MAX_NAME_LENGTH: Final = 63  # a DNS label
+MAX_ENDPOINTS: Final = 16  # underlay endpoints one node may report
+MAX_ENDPOINT_LENGTH: Final = 64  # "[full IPv6 literal]:65535" fits
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -116,6 +118,21 @@ def _tags(_: object, attribute: attrs.Attribute[frozenset[Tag]], value: object) 
         raise LocalProtocolError(f"{attribute.name} must be a frozenset of Tag")
 
 
+def _endpoints(_: object, attribute: attrs.Attribute[tuple[str, ...]], value: object) -> None:
+    if (
+        not isinstance(value, tuple)
+        or len(value) > MAX_ENDPOINTS
+        or len(set(value)) != len(value)
+        or not all(
+            isinstance(e, str) and 0 < len(e) <= MAX_ENDPOINT_LENGTH and e.isascii() for e in value
+        )
+    ):
+        raise LocalProtocolError(
+            f"{attribute.name} must be a tuple of at most {MAX_ENDPOINTS} distinct short ASCII"
+            " strings"
+        )
+
+
 class NodeState(enum.Enum):
     """A node is active until revoked; revoked nodes stay listed (and keep their address)
     until an admin deletes them."""
@@ -143,6 +160,9 @@ class NodeRecord:
     )
     last_seen_at: datetime | None = attrs.field(default=None, validator=_optional_aware)
     revoked_at: datetime | None = attrs.field(default=None, validator=_optional_aware)
+    underlay_endpoints: tuple[str, ...] = attrs.field(default=(), validator=_endpoints)
+    """Where peers can reach the node (`host:port`, validated by the use case), as it last
+    reported them; kept across restarts."""
 
     def __attrs_post_init__(self) -> None:
         if (self.state is NodeState.REVOKED) != (self.revoked_at is not None):
@@ -233,6 +253,10 @@ class NodeRepository(Protocol):
         self, node_id: str, tunnel_key: TunnelKey, expires_at: datetime
     ) -> NodeRecord:
         """Replace the tunnel key and its binding expiry; `NotFound`."""
+        ...
+
+    async def set_endpoints(self, node_id: str, endpoints: tuple[str, ...]) -> NodeRecord:
+        """Replace the node's underlay endpoints (order kept); `NotFound`."""
         ...
 
     async def touch(self, node_id: str, now: datetime) -> None:
