@@ -99,7 +99,9 @@ class ControlClient:
     """`AdminApi` (and the node routes) over HTTPS with SPKI pinning.
 
     The constructor does no I/O; the aiohttp session is made on first use inside the running
-    loop. `api_key` (the `rnk_...` text, as bytes) authenticates the admin routes.
+    loop. `api_key` (the `rnk_...` text, as bytes) authenticates the admin routes;
+    `local_addr` (host, port) binds the client's source address (benchmarks spread simulated
+    nodes over loopback addresses).
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class ControlClient:
         *,
         api_key: bytes | bytearray | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        local_addr: tuple[str, int] | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
@@ -117,6 +120,7 @@ class ControlClient:
         self._pin = pin
         self._api_key = bytearray(api_key) if api_key is not None else None
         self._timeout = timeout
+        self._local_addr = local_addr
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -126,7 +130,9 @@ class ControlClient:
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=pinned_ssl_context(self._pin), limit=16)
+            connector = aiohttp.TCPConnector(
+                ssl=pinned_ssl_context(self._pin), limit=16, local_addr=self._local_addr
+            )
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=self._timeout),

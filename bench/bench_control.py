@@ -1,0 +1,772 @@
+"""Control-plane benchmark over real HTTPS: enrollment rate and peer-map propagation.
+
+Run standalone (not part of the test suite):
+
+    .venv/bin/python bench/bench_control.py                     # N = 1000, SQLite
+    .venv/bin/python bench/bench_control.py --nodes 200 --output bench/results/control-200.json
+    .venv/bin/python bench/bench_control.py --database postgresql://user@host/db
+
+What it does: `rustynet-control init` into a temporary directory, `serve` as a subprocess
+(only that process is stopped at the end; the directory is removed), then through the pinned
+TLS 1.3 client (`rustynet.adapters.control_client`):
+
+1. The admin sets policy A (nodes in blocks of 50 names: each block may reach itself on
+   tcp/22, so every node sees ~49 peers, ~10 KB maps) and creates ONE reusable join key
+   (`uses` = N, tag:bench, TTL 1 h).
+2. Baseline: N operations, each a new TLS connection + 2 x `GET /healthz` (the shape of an
+   enrollment: one handshake, two requests), at the given concurrency.
+   Enrollment: N simulated nodes enroll (enroll + proof of possession) at the same concurrency.
+   Keys and tunnel-key bindings are made before the clock starts. The per-IP limit (burst 20,
+   two takes per enrollment) is real: clients bind distinct loopback source addresses
+   (127.1.x.y), 8 nodes per address.
+3. Propagation: every node fetches its map, then holds `GET /v1/peermap?after=SERIAL` on its
+   own connection (start jittered). Once /metrics shows N waiters, the admin PUTs policy B
+   (the blocks shifted by 25: every node's peer set changes). Latency per node = PUT start →
+   that node's response with a newer serial. Every map is then verified with
+   `PeerMapAcceptor` (signature chain, addressee, serial) and its peer set checked against B.
+   Baseline: the same N open connections fire `GET /healthz` at once (the transport fan-out
+   floor for tiny responses).
+   Revocation: all nodes wait again, the admin revokes one node; latency until every node
+   that had it as a peer holds a (verified) map without it.
+4. Server RSS before the long-polls and with N waiting (→ KB per connected node), server CPU
+   seconds per phase; JSON to bench/results/control.json and a table on stdout.
+
+Targets (ARCHITECTURE §8): policy change / revocation applied on every node p95 ≤ 0.3 s at
+1,000 nodes; enrollment ≥ 200 nodes/s (SQLite, 2 cores); ≤ 100 KB per connected node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+import attrs
+import uvloop
+from rustynet.adapters.control_client import ControlClient, NodeAuth, pinned_ssl_context
+from rustynet.adapters.entropy import OsEntropy
+
+from rustynet.domain.enrollment import EnrollmentClient, IssueChallenge
+from rustynet.domain.join_tokens import JoinToken
+from rustynet.domain.key_hierarchy import TunnelKeyBinding, issue_tunnel_key_binding
+from rustynet.domain.keys import (
+    SigningKey,
+    TunnelKey,
+    TunnelKeyScheme,
+    TunnelPrivateKey,
+    b64decode,
+    b64encode,
+)
+from rustynet.domain.netmap import PeerMap, PeerMapAcceptor, PeerMapTrust
+from rustynet.domain.tls_pin import SpkiPin
+from rustynet.ports.control_api import ControlRejected
+
+BIN: Final = Path(sys.executable).parent
+CONTROL: Final = str(BIN / "rustynet-control")
+BLOCK: Final = 50  # nodes per policy block: ~49 peers per map
+NODES_PER_IP: Final = 8  # 2 per-IP takes per enrollment, burst 20
+TAG: Final = "tag:bench"
+START_TIMEOUT: Final = 60.0
+PHASE_TIMEOUT: Final = 120.0
+RESULTS: Final = Path(__file__).resolve().parent / "results" / "control.json"
+
+# --- small helpers -------------------------------------------------------------------------------
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sample."""
+    ordered = sorted(samples)
+    rank = max(1, -(-len(ordered) * q // 100))
+    return ordered[int(rank) - 1]
+
+
+def dist(samples: Sequence[float]) -> dict[str, float]:
+    """p50 / p95 / max in milliseconds."""
+    if not samples:
+        return {"count": 0}
+    return {
+        "count": len(samples),
+        "p50_ms": round(percentile(samples, 50) * 1000, 2),
+        "p95_ms": round(percentile(samples, 95) * 1000, 2),
+        "max_ms": round(max(samples) * 1000, 2),
+    }
+
+
+def source_ip(index: int) -> str:
+    """Loopback source address of node `index` (8 nodes per address, never 127.0.0.1)."""
+    k = index // NODES_PER_IP
+    return f"127.1.{k // 250}.{k % 250 + 1}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def raise_fd_limit() -> None:
+    """Server and client each hold > N sockets; the child inherits the raised soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < min(hard, 65536):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+
+def hostname(index: int) -> str:
+    return f"bench-{index:05d}"
+
+
+# --- the server ----------------------------------------------------------------------------------
+
+
+@attrs.define
+class Server:
+    """`rustynet-control serve` as a subprocess (stderr pumped into `log`)."""
+
+    proc: subprocess.Popen[str]
+    log: list[str]
+    reader: threading.Thread
+
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+    def stop(self) -> int | None:
+        """SIGTERM this PID only (SIGKILL after 15 s)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.reader.join(5)
+        return self.proc.returncode
+
+
+def server_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    env["HOME"] = "/nonexistent"
+    return env
+
+
+def init_server(data_dir: Path, url: str, database: str) -> None:
+    cmd = [CONTROL, "init", "--data-dir", str(data_dir), "--url", url, "--keystore", "file"]
+    if database != "sqlite":
+        cmd += ["--database", database]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=server_env(), check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"rustynet-control init failed:\n{done.stderr}")
+
+
+def start_server(data_dir: Path) -> Server:
+    proc = subprocess.Popen(
+        [CONTROL, "serve", "--data-dir", str(data_dir), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=server_env(),
+    )
+    log: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if len(log) < 10_000:
+                log.append(line)
+            if "ready;" in line:
+                ready.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    server = Server(proc, log, reader)
+    if not ready.wait(START_TIMEOUT):
+        server.stop()
+        raise RuntimeError("server did not start:\n" + "".join(log[-50:]))
+    return server
+
+
+# --- policies ------------------------------------------------------------------------------------
+
+
+def blocks(names: Sequence[str], offset: int) -> list[list[str]]:
+    """Names rotated by `offset`, cut into blocks of BLOCK."""
+    rotated = list(names[offset:]) + list(names[:offset])
+    return [rotated[i : i + BLOCK] for i in range(0, len(rotated), BLOCK)]
+
+
+def policy_document(names: Sequence[str], offset: int) -> dict[str, Any]:
+    """Each block may reach itself on tcp/22 (visibility: the block mates)."""
+    groups = {f"group:b{i}": block for i, block in enumerate(blocks(names, offset))}
+    return {
+        "groups": groups,
+        "tagOwners": {TAG: []},
+        "acls": [
+            {"action": "accept", "src": [g], "dst": [f"{g}:22"], "proto": "tcp"} for g in groups
+        ],
+    }
+
+
+def expected_peers(names: Sequence[str], offset: int) -> dict[str, frozenset[str]]:
+    """Name → the names it must see under the policy with this offset."""
+    out: dict[str, frozenset[str]] = {}
+    for block in blocks(names, offset):
+        members = frozenset(block)
+        for name in block:
+            out[name] = members - {name}
+    return out
+
+
+# --- simulated nodes -----------------------------------------------------------------------------
+
+
+@attrs.define
+class SimNode:
+    """One simulated node: pre-made keys, then its enrollment result and peer-map state."""
+
+    index: int
+    ip: str
+    identity: SigningKey
+    tunnel: TunnelKey
+    binding: TunnelKeyBinding
+    auth: NodeAuth | None = None
+    acceptor: PeerMapAcceptor | None = None
+    client: ControlClient | None = None
+    received: tuple[float, str] | None = None  # (perf_counter, envelope) of the phase
+    last_map: PeerMap | None = None
+
+    @property
+    def name(self) -> str:
+        return hostname(self.index)
+
+
+def make_nodes(count: int) -> list[SimNode]:
+    entropy = OsEntropy()
+    now = datetime.now(UTC)
+    nodes = []
+    for i in range(count):
+        identity = SigningKey.generate(entropy)
+        tunnel = TunnelPrivateKey.generate(entropy, TunnelKeyScheme.X25519).public_key
+        binding = issue_tunnel_key_binding(identity, tunnel, now)
+        nodes.append(SimNode(i, source_ip(i), identity, tunnel, binding))
+    return nodes
+
+
+async def bounded(
+    concurrency: int, jobs: Sequence[Callable[[], Awaitable[float]]]
+) -> tuple[float, list[float]]:
+    """Run jobs at most `concurrency` at a time; (wall seconds, each job's returned latency)."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def run(job: Callable[[], Awaitable[float]]) -> float:
+        async with gate:
+            return await job()
+
+    started = time.perf_counter()
+    latencies = await asyncio.gather(*(run(j) for j in jobs))
+    return time.perf_counter() - started, list(latencies)
+
+
+@attrs.frozen
+class Target:
+    url: str
+    pin: SpkiPin
+
+
+async def healthz_op(target: Target, ip: str) -> float:
+    """One baseline operation: a new TLS connection and two GET /healthz."""
+    started = time.perf_counter()
+    async with ControlClient(target.url, target.pin, local_addr=(ip, 0)) as client:
+        await client.healthz()
+        await client.healthz()
+    return time.perf_counter() - started
+
+
+async def enroll_op(target: Target, join_text: str, node: SimNode, trust: list[Any]) -> float:
+    """Enroll one node (challenge + proof) on one new connection; returns its latency."""
+    token = JoinToken.parse(join_text)
+    started = time.perf_counter()
+    machine = EnrollmentClient(node.identity, node.tunnel, node.name)
+    machine.start(token.token_id.to_text())
+    async with ControlClient(target.url, target.pin, local_addr=(node.ip, 0)) as client:
+        challenge = await client.enroll(
+            join_secret=join_text,
+            identity_key=node.identity.public_key.to_text(),
+            tunnel_key=node.tunnel.to_text(),
+            tunnel_key_binding=node.binding.to_text(),
+            hostname=node.name,
+        )
+        challenge_id, expires_at = str(challenge["challenge_id"]), str(challenge["expires_at"])
+        proof = machine.receive(
+            IssueChallenge(b64decode(challenge_id), datetime.fromisoformat(expires_at))
+        )
+        assert proof is not None
+        result = await client.complete_enrollment(
+            challenge_id=challenge_id, signature=b64encode(proof.signature)
+        )
+    elapsed = time.perf_counter() - started
+    node_id, access = str(result["node_id"]), str(result["access_token"])
+    node.auth = NodeAuth(node_id, access)
+    if not trust:
+        raw = result["trust"]
+        assert isinstance(raw, dict)
+        signing = raw["signing_certificates"]
+        assert isinstance(signing, list)
+        trust.append(
+            PeerMapTrust.from_texts(
+                str(raw["root_certificate"]),
+                token.root_fingerprint,
+                [str(s) for s in signing],
+                datetime.now(UTC),
+            )
+        )
+    return elapsed
+
+
+# --- propagation ---------------------------------------------------------------------------------
+
+
+async def waiters(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.get(url + "/metrics") as response:
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith("rustynet_peer_map_waiters "):
+            return int(float(line.split()[1]))
+    raise RuntimeError("no rustynet_peer_map_waiters in /metrics")
+
+
+async def wait_for_waiters(session: aiohttp.ClientSession, url: str, count: int) -> float:
+    """Poll /metrics until `count` long-polls wait; returns how long that took."""
+    started = time.perf_counter()
+    while (now := await waiters(session, url)) < count:
+        if time.perf_counter() - started > PHASE_TIMEOUT:
+            raise RuntimeError(f"only {now} of {count} long-polls are waiting")
+        await asyncio.sleep(0.1)
+    return time.perf_counter() - started
+
+
+async def wait_until_idle(server: Server, window: float = 0.25, busy: float = 0.05) -> float:
+    """Wait until the server uses < `busy` of a core over a `window`; returns the time waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < PHASE_TIMEOUT:
+        before = server.cpu_seconds()
+        await asyncio.sleep(window)
+        if server.cpu_seconds() - before < busy * window:
+            return time.perf_counter() - started
+    raise RuntimeError("the server did not go idle")
+
+
+async def hold_poll(node: SimNode, jitter: float) -> None:
+    """Long-poll until a newer map arrives; record its arrival time and text (verify later)."""
+    assert node.client is not None
+    assert node.auth is not None
+    assert node.acceptor is not None
+    await asyncio.sleep(random.uniform(0, jitter))
+    while True:
+        try:
+            response = await node.client.peer_map(node.auth, after=node.acceptor.watermark)
+        except ControlRejected as exc:
+            node.received = (time.perf_counter(), f"rejected:{exc.status}")
+            return
+        if response is not None:
+            node.received = (time.perf_counter(), str(response["envelope"]))
+            return
+
+
+async def first_map(node: SimNode) -> float:
+    """The node's current map (answered at once), verified; sets its watermark."""
+    assert node.client is not None
+    assert node.auth is not None
+    assert node.acceptor is not None
+    started = time.perf_counter()
+    response = await node.client.peer_map(node.auth, after=0, timeout=30)
+    assert response is not None, f"{node.name}: no map at serial 0"
+    node.last_map = node.acceptor.accept(str(response["envelope"]), datetime.now(UTC))
+    return time.perf_counter() - started
+
+
+def accept_received(nodes: Sequence[SimNode]) -> int:
+    """Verify every received envelope with the node's acceptor; returns how many verified."""
+    now = datetime.now(UTC)
+    verified = 0
+    for node in nodes:
+        assert node.acceptor is not None
+        if node.received is None or node.received[1].startswith("rejected:"):
+            continue
+        node.last_map = node.acceptor.accept(node.received[1], now)
+        verified += 1
+    return verified
+
+
+async def start_polls(
+    nodes: Sequence[SimNode], session: aiohttp.ClientSession, url: str, jitter: float
+) -> list[asyncio.Task[None]]:
+    for node in nodes:
+        node.received = None
+    tasks = [asyncio.create_task(hold_poll(n, jitter)) for n in nodes]
+    await wait_for_waiters(session, url, len(nodes))
+    await asyncio.sleep(0.3)  # settle: the last subscribers are parked in wait()
+    return tasks
+
+
+async def fanout_baseline(nodes: Sequence[SimNode]) -> list[float]:
+    """The same N open connections fire GET /healthz at once: latency from the common start."""
+    started = time.perf_counter()
+
+    async def one(node: SimNode) -> float:
+        assert node.client is not None
+        await node.client.healthz()
+        return time.perf_counter() - started
+
+    return list(await asyncio.gather(*(one(n) for n in nodes)))
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+@attrs.define
+class Bench:
+    """One run: the server, the admin client, the simulated nodes and the results so far."""
+
+    args: argparse.Namespace
+    server: Server
+    target: Target
+    admin: ControlClient
+    metrics: aiohttp.ClientSession
+    names: list[str]
+    results: dict[str, Any]
+    nodes: list[SimNode] = attrs.field(factory=list)
+    trust: list[PeerMapTrust] = attrs.field(factory=list)
+    by_id: dict[str, SimNode] = attrs.field(factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.names)
+
+    def peer_names(self, node: SimNode) -> frozenset[str]:
+        assert node.last_map is not None
+        return frozenset(self.by_id[p.id].name for p in node.last_map.peers)
+
+    async def enrollment(self) -> None:
+        """Policy A, the join key, then the healthz baseline and the enrollment."""
+        n, server, target = self.n, self.server, self.target
+        await self.admin.put_policy(policy_document(self.names, 0))
+        created = await self.admin.create_join_key(
+            reusable=True, uses=n, tags=[TAG], ttl_seconds=3600
+        )
+        join_text = str(created["token"])
+        self.nodes = make_nodes(n)
+        print(f"server pid {server.proc.pid}; {n} nodes' keys made", file=sys.stderr)
+        # Warm-up (imports, first handshakes), then the baseline and the enrollment.
+        await bounded(8, [partial(healthz_op, target, "127.0.0.1") for _ in range(16)])
+        gc.collect()
+        gc.freeze()
+        cpu0 = server.cpu_seconds()
+        wall, lat = await bounded(
+            self.args.concurrency, [partial(healthz_op, target, nd.ip) for nd in self.nodes]
+        )
+        cpu1 = server.cpu_seconds()
+        baseline = n / wall
+        self.results["healthz_baseline"] = {
+            "what": "per op: new TLS 1.3 connection + 2 x GET /healthz",
+            "ops_per_s": round(baseline, 1),
+            "wall_s": round(wall, 3),
+            "latency": dist(lat),
+            "server_cpu_s": round(cpu1 - cpu0, 2),
+        }
+        print(f"healthz baseline: {baseline:.1f} ops/s", file=sys.stderr)
+        wall, lat = await bounded(
+            self.args.concurrency,
+            [partial(enroll_op, target, join_text, nd, self.trust) for nd in self.nodes],
+        )
+        cpu2 = server.cpu_seconds()
+        self.results["enrollment"] = {
+            "what": "per node: new TLS 1.3 connection, POST /v1/enroll + /v1/enroll/complete",
+            "nodes_per_s": round(n / wall, 1),
+            "wall_s": round(wall, 3),
+            "latency": dist(lat),
+            "server_cpu_s": round(cpu2 - cpu1, 2),
+            "server_cpu_ms_per_node": round((cpu2 - cpu1) / n * 1000, 2),
+            "vs_healthz_baseline": round((n / wall) / baseline, 3),
+            "target_nodes_per_s": 200,
+        }
+        print(f"enrollment: {n / wall:.1f} nodes/s", file=sys.stderr)
+        self.by_id = {nd.auth.node_id: nd for nd in self.nodes if nd.auth is not None}
+
+    async def connect(self) -> int:
+        """One client (one connection) per node from its own source address; first maps.
+
+        Returns the server's RSS (KB) before any node connected."""
+        await asyncio.sleep(1.0)
+        rss_before = self.server.rss_kb()
+        for node in self.nodes:
+            assert node.auth is not None
+            node.acceptor = PeerMapAcceptor(self.trust[0], node.auth.node_id)
+            node.client = ControlClient(
+                self.target.url, self.target.pin, local_addr=(node.ip, 0), timeout=120
+            )
+        await bounded(self.args.concurrency, [partial(first_map, nd) for nd in self.nodes])
+        return rss_before
+
+    async def start_polls(self) -> list[asyncio.Task[None]]:
+        """Every node holds a long-poll; returns once /metrics shows all N waiting."""
+        for node in self.nodes:
+            node.received = None
+        tasks = [asyncio.create_task(hold_poll(nd, self.args.jitter)) for nd in self.nodes]
+        await wait_for_waiters(self.metrics, self.target.url, self.n)
+        # The waiter gauge counts a request from its subscription, i.e. BEFORE it has read its
+        # serial (under the service lock); wait until the server is idle, so every request
+        # is parked in wait() and no admin request queues behind the last serial reads.
+        await wait_until_idle(self.server)
+        return tasks
+
+    async def policy_change(self) -> None:
+        """All N wait; PUT policy B; time until each node holds a newer (verified) map."""
+        n, nodes = self.n, self.nodes
+        rss_before = await self.connect()
+        want_a = expected_peers(self.names, 0)
+        wrong_a = sum(self.peer_names(nd) != want_a[nd.name] for nd in nodes)
+        tasks = await self.start_polls()
+        rss_waiting = self.server.rss_kb()
+        serial_before = {nd.name: nd.acceptor.watermark for nd in nodes if nd.acceptor}
+        cpu0 = self.server.cpu_seconds()
+        started = time.perf_counter()
+        await self.admin.put_policy(policy_document(self.names, BLOCK // 2))
+        put_done = time.perf_counter() - started
+        await asyncio.wait_for(asyncio.gather(*tasks), PHASE_TIMEOUT)
+        cpu1 = self.server.cpu_seconds()
+        lat = [nd.received[0] - started for nd in nodes if nd.received is not None]
+        verified = accept_received(nodes)
+        want_b = expected_peers(self.names, BLOCK // 2)
+        wrong_b = sum(self.peer_names(nd) != want_b[nd.name] for nd in nodes)
+        newer = sum(
+            nd.acceptor is not None and nd.acceptor.watermark > serial_before[nd.name]
+            for nd in nodes
+        )
+        self.results["memory"] = {
+            "server_rss_before_kb": rss_before,
+            "server_rss_with_n_waiting_kb": rss_waiting,
+            "kb_per_connected_node": round((rss_waiting - rss_before) / n, 1),
+            "target_kb_per_node": 100,
+        }
+        self.results["policy_change"] = {
+            "what": "PUT start -> node holds a map with a newer serial (all N nodes' views change)",
+            "latency": dist(lat),
+            "put_request_ms": round(put_done * 1000, 1),
+            "nodes_with_newer_serial": newer,
+            "verified_with_acceptor": verified,
+            "peer_sets_wrong_before": wrong_a,
+            "peer_sets_wrong_after": wrong_b,
+            "server_cpu_s": round(cpu1 - cpu0, 2),
+            "server_cpu_ms_per_map": round((cpu1 - cpu0) / n * 1000, 2),
+            "target_p95_ms": 300,
+        }
+        print(f"policy change: {dist(lat)}", file=sys.stderr)
+        # Baseline: the same open connections answer a tiny request each, all at once.
+        base = await fanout_baseline(nodes)
+        self.results["fanout_baseline"] = {
+            "what": "the same N open connections fire GET /healthz at once (tiny responses)",
+            "latency": dist(base),
+        }
+        self.results["policy_change"]["p95_vs_fanout_baseline"] = round(
+            percentile(lat, 95) / percentile(base, 95), 2
+        )
+
+    async def revocation(self) -> None:
+        """All N wait; revoke one node; time until every node that saw it has a map without it."""
+        nodes = self.nodes
+        victim = nodes[self.n // 2]
+        assert victim.auth is not None
+        affected = [nd for nd in nodes if nd is not victim and victim.name in self.peer_names(nd)]
+        tasks = await self.start_polls()
+        cpu0 = self.server.cpu_seconds()
+        started = time.perf_counter()
+        await self.admin.revoke_node(victim.auth.node_id)
+        revoke_done = time.perf_counter() - started
+        pending = [t for nd, t in zip(nodes, tasks, strict=True) if nd in affected]
+        await asyncio.wait_for(asyncio.gather(*pending), PHASE_TIMEOUT)
+        await asyncio.sleep(1.0)  # is anyone else sent a map?
+        cpu1 = self.server.cpu_seconds()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        lat = [nd.received[0] - started for nd in affected if nd.received is not None]
+        others = [nd for nd in nodes if nd is not victim and nd not in affected]
+        victim_answer = victim.received[1] if victim.received else "none"
+        verified = accept_received(affected)
+        still_listed = sum(victim.name in self.peer_names(nd) for nd in affected)
+        self.results["revocation"] = {
+            "what": "revoke start -> every node that saw the revoked node holds a map without it",
+            "affected_nodes": len(affected),
+            "latency": dist(lat),
+            "revoke_request_ms": round(revoke_done * 1000, 1),
+            "verified_with_acceptor": verified,
+            "maps_still_listing_revoked": still_listed,
+            "unaffected_nodes_sent_a_map": sum(nd.received is not None for nd in others),
+            "revoked_node_poll_answer": victim_answer[:20],
+            "server_cpu_s": round(cpu1 - cpu0, 2),
+            "target_p95_ms": 300,
+        }
+        print(f"revocation: {dist(lat)}", file=sys.stderr)
+
+    async def close(self) -> None:
+        for node in self.nodes:
+            if node.client is not None:
+                await node.client.close()
+        await self.admin.close()
+        await self.metrics.close()
+
+
+def start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy (pip install py-spy, not in the lock) sampling the server; raw collapsed stacks."""
+    spy = shutil.which("py-spy") or str(BIN / "py-spy")
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def run(args: argparse.Namespace, data_dir: Path, port: int) -> dict[str, Any]:
+    """Start the server, run the three phases, stop the server (this PID only)."""
+    url = f"https://127.0.0.1:{port}"
+    admin_config = tomllib.loads((data_dir / "admin.toml").read_text())
+    target = Target(url, SpkiPin.from_text(admin_config["spki_pin"]))
+    api_key = (data_dir / "admin.key").read_bytes().strip()
+    server = start_server(data_dir)
+    results: dict[str, Any] = {
+        "nodes": args.nodes,
+        "concurrency": args.concurrency,
+        "database": "sqlite" if args.database == "sqlite" else "postgresql",
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "policy": f"blocks of {BLOCK} node names, each block reaches itself on tcp/22",
+    }
+    bench = Bench(
+        args=args,
+        server=server,
+        target=target,
+        admin=ControlClient(url, target.pin, api_key=api_key, timeout=120),
+        metrics=aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=pinned_ssl_context(target.pin))
+        ),
+        names=[hostname(i) for i in range(args.nodes)],
+        results=results,
+    )
+    try:
+        for phase in (bench.enrollment, bench.policy_change, bench.revocation):
+            spy = None
+            if args.py_spy is not None:
+                out = args.py_spy.with_name(f"{args.py_spy.name}.{phase.__name__}.txt")
+                spy = start_py_spy(server.proc.pid, out)
+                await asyncio.sleep(1.0)  # py-spy attaches
+            try:
+                await phase()
+            finally:
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait(30)
+    except BaseException:
+        sys.stderr.write("server log (tail):\n" + "".join(server.log[-40:]))
+        raise
+    finally:
+        await bench.close()
+        results["server_exit"] = server.stop()
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    def lat(d: dict[str, Any]) -> str:
+        return f"p50 {d['p50_ms']:8.1f} ms  p95 {d['p95_ms']:8.1f} ms  max {d['max_ms']:8.1f} ms"
+
+    h, e = results["healthz_baseline"], results["enrollment"]
+    p, r, f, m = (
+        results["policy_change"],
+        results["revocation"],
+        results["fanout_baseline"],
+        results["memory"],
+    )
+    rows = [
+        f"control-plane bench: N={results['nodes']} concurrency={results['concurrency']} "
+        f"db={results['database']} cpus={results['cpus']}",
+        f"  healthz baseline  {h['ops_per_s']:8.1f} ops/s    {lat(h['latency'])}",
+        f"  enrollment        {e['nodes_per_s']:8.1f} nodes/s  {lat(e['latency'])}"
+        f"  ({e['vs_healthz_baseline']:.2f} x baseline; target >= 200/s)",
+        f"  policy change     {lat(p['latency'])}  (target p95 <= 300 ms; "
+        f"{p['nodes_with_newer_serial']}/{results['nodes']} newer, "
+        f"{p['verified_with_acceptor']} verified, {p['peer_sets_wrong_after']} wrong)",
+        f"  fan-out baseline  {lat(f['latency'])}  (policy p95 = "
+        f"{p['p95_vs_fanout_baseline']:.1f} x)",
+        f"  revocation        {lat(r['latency'])}  ({r['affected_nodes']} affected, "
+        f"{r['maps_still_listing_revoked']} still list it)",
+        f"  memory            {m['server_rss_before_kb'] / 1024:.1f} MB -> "
+        f"{m['server_rss_with_n_waiting_kb'] / 1024:.1f} MB with N waiting = "
+        f"{m['kb_per_connected_node']:.1f} KB/node (target <= 100)",
+    ]
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--database", default="sqlite", help="sqlite or postgresql://...")
+    parser.add_argument("--jitter", type=float, default=2.0, help="long-poll start jitter, s")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="PREFIX",
+        help="sample the server per phase with py-spy into PREFIX.<phase>.txt (collapsed stacks)",
+    )
+    args = parser.parse_args(argv)
+    if args.database != "sqlite" and not args.database.startswith("postgresql://"):
+        parser.error("--database is sqlite or postgresql://...")
+    if args.nodes < 2 or args.nodes > 250 * 250 * NODES_PER_IP:
+        parser.error("--nodes out of range")
+    raise_fd_limit()
+    tmp = Path(tempfile.mkdtemp(prefix="rustynet-bench-"))
+    try:
+        port = free_port()
+        init_server(tmp / "data", f"https://127.0.0.1:{port}", args.database)
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            results = runner.run(run(args, tmp / "data", port))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    results["command"] = " ".join(["bench/bench_control.py", *(argv or sys.argv[1:])])
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"(JSON: {args.output})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
