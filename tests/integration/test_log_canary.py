@@ -390,6 +390,11 @@ def test_no_secret_reaches_any_log_through_enrollment_failures_and_a_crash(tmp_p
     ]:
         assert expected in served, (expected, sorted(map(str, served)))
 
+    # Security events reach the operator's log too (with context, never the secret).
+    events = {r.get("event") for s in (first, second) for r in s.lines()}
+    for event in ["node.enrolled", "enroll.failed", "admin.auth_failed", "node.auth_failed"]:
+        assert event in events, (event, sorted(map(str, events)))
+
 
 def _config_with_key(data_dir: Path, key: str, where: Path) -> Path:
     """A copy of admin.toml that uses `key` (written 0600 next to it) instead of admin.key."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Final, TypeVar
@@ -138,6 +139,8 @@ from rustynet.ports.store import (
     UnitOfWork,
     UnknownCredential,
 )
+
+_security_log = logging.getLogger("rustynet.control.events")
 
 ACCESS_TOKEN_LIFETIME: Final = timedelta(seconds=300)
 DEFAULT_PEER_MAP_TTL: Final = timedelta(hours=24)
@@ -417,6 +420,12 @@ class ControlService:
         await uow.audit.append(appended.entry)
         if appended.checkpoint is not None:
             await uow.audit.add_checkpoint(appended.checkpoint)
+        # Every audited fact (enrollments, auth failures, revocations, policy changes) is also a
+        # log event for operators; the audit chain already refused secret-bearing details.
+        _security_log.info(
+            action,
+            extra={"actor": actor, "target": target, "details": dict(details or {})},
+        )
 
     async def _limit(
         self,
