@@ -82,7 +82,7 @@ from rustynet.ports.control_api import ControlRejected
 
 BIN: Final = Path(sys.executable).parent
 CONTROL: Final = str(BIN / "rustynet-control")
-BLOCK: Final = 50  # nodes per policy block: ~49 peers per map
+BLOCK: Final = 50  # nodes per policy block: ~49 peers per map (N/2 when N < 100)
 NODES_PER_IP: Final = 8  # 2 per-IP takes per enrollment, burst 20
 TAG: Final = "tag:bench"
 START_TIMEOUT: Final = 60.0
@@ -177,7 +177,9 @@ def server_env() -> dict[str, str]:
 
 
 def init_server(data_dir: Path, url: str, database: str) -> None:
-    cmd = [CONTROL, "init", "--data-dir", str(data_dir), "--url", url, "--keystore", "file"]
+    listen = "127.0.0.1:" + url.rsplit(":", 1)[1]
+    cmd = [CONTROL, "init", "--data-dir", str(data_dir), "--url", url, "--listen", listen]
+    cmd += ["--keystore", "file"]
     if database != "sqlite":
         cmd += ["--database", database]
     done = subprocess.run(cmd, capture_output=True, text=True, env=server_env(), check=False)
@@ -217,9 +219,15 @@ def start_server(data_dir: Path) -> Server:
 
 
 def blocks(names: Sequence[str], offset: int) -> list[list[str]]:
-    """Names rotated by `offset`, cut into blocks of BLOCK."""
+    """Names rotated by `offset`, cut into blocks of BLOCK (of N/2 for N < 2 x BLOCK, so the
+    shift by half a block changes every view)."""
+    size = block_size(len(names))
     rotated = list(names[offset:]) + list(names[:offset])
-    return [rotated[i : i + BLOCK] for i in range(0, len(rotated), BLOCK)]
+    return [rotated[i : i + size] for i in range(0, len(rotated), size)]
+
+
+def block_size(n: int) -> int:
+    return max(2, min(BLOCK, n // 2))
 
 
 def policy_document(names: Sequence[str], offset: int) -> dict[str, Any]:
@@ -558,13 +566,13 @@ class Bench:
         serial_before = {nd.name: nd.acceptor.watermark for nd in nodes if nd.acceptor}
         cpu0 = self.server.cpu_seconds()
         started = time.perf_counter()
-        await self.admin.put_policy(policy_document(self.names, BLOCK // 2))
+        await self.admin.put_policy(policy_document(self.names, block_size(self.n) // 2))
         put_done = time.perf_counter() - started
         await asyncio.wait_for(asyncio.gather(*tasks), PHASE_TIMEOUT)
         cpu1 = self.server.cpu_seconds()
         lat = [nd.received[0] - started for nd in nodes if nd.received is not None]
         verified = accept_received(nodes)
-        want_b = expected_peers(self.names, BLOCK // 2)
+        want_b = expected_peers(self.names, block_size(self.n) // 2)
         wrong_b = sum(self.peer_names(nd) != want_b[nd.name] for nd in nodes)
         newer = sum(
             nd.acceptor is not None and nd.acceptor.watermark > serial_before[nd.name]
@@ -667,7 +675,7 @@ async def run(args: argparse.Namespace, data_dir: Path, port: int) -> dict[str, 
         "database": "sqlite" if args.database == "sqlite" else "postgresql",
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
-        "policy": f"blocks of {BLOCK} node names, each block reaches itself on tcp/22",
+        "policy": f"blocks of {block_size(args.nodes)} node names, each reaches itself on tcp/22",
     }
     bench = Bench(
         args=args,
@@ -694,7 +702,8 @@ async def run(args: argparse.Namespace, data_dir: Path, port: int) -> dict[str, 
                     spy.send_signal(signal.SIGINT)
                     spy.wait(30)
     except BaseException:
-        sys.stderr.write("server log (tail):\n" + "".join(server.log[-40:]))
+        state = "running" if server.proc.poll() is None else f"exited {server.proc.returncode}"
+        sys.stderr.write(f"server ({state}) log tail:\n" + "".join(server.log[-40:]))
         raise
     finally:
         await bench.close()
@@ -749,7 +758,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.database != "sqlite" and not args.database.startswith("postgresql://"):
         parser.error("--database is sqlite or postgresql://...")
-    if args.nodes < 2 or args.nodes > 250 * 250 * NODES_PER_IP:
+    if args.nodes < 4 or args.nodes > 250 * 250 * NODES_PER_IP:
         parser.error("--nodes out of range")
     raise_fd_limit()
     tmp = Path(tempfile.mkdtemp(prefix="rustynet-bench-"))
