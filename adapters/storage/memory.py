@@ -100,6 +100,9 @@ class _Nodes:
     async def get_by_identity(self, identity_key: VerifyKey) -> NodeRecord | None:
         return next((n for n in self._s.nodes.values() if n.identity_key == identity_key), None)
 
+    async def names_starting_with(self, prefix: str) -> frozenset[str]:
+        return frozenset(n.name for n in self._s.nodes.values() if n.name.startswith(prefix))
+
     async def list_all(self) -> list[NodeRecord]:
         return sorted(self._s.nodes.values(), key=lambda n: (n.created_at, n.id))
 

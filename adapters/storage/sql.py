@@ -289,6 +289,15 @@ class SqlNodes:
         )
         return None if row is None else _node(row)
 
+    async def names_starting_with(self, prefix: str) -> frozenset[str]:
+        """See `NodeRepository.names_starting_with` (reads names only, not whole rows)."""
+        rows = await _rows(
+            self._ex,
+            self._d.sql("SELECT name FROM nodes WHERE substr(name, 1, :n) = :prefix"),
+            {"n": len(prefix), "prefix": prefix},
+        )
+        return frozenset(str(r[0]) for r in rows)
+
     async def list_all(self) -> list[NodeRecord]:
         """See `NodeRepository.list_all`."""
         rows = await _rows(self._ex, f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY created_at, id")

@@ -192,6 +192,20 @@ async def test_node_round_trip_and_lookups(store: Store) -> None:
 
 
 @pytest.mark.asyncio
+async def test_node_names_starting_with_matches_exact_prefixes(store: Store) -> None:
+    """Names-only prefix lookup: case-sensitive, no wildcard meaning for % or _."""
+    for n in (1, 2, 11):
+        await enroll(store, n)
+    async with store.unit_of_work() as uow:
+        await uow.nodes.rename("node-11", "host_%x")
+        assert await uow.nodes.names_starting_with("host-1") == {"host-1"}
+        assert await uow.nodes.names_starting_with("host-") == {"host-1", "host-2"}
+        assert await uow.nodes.names_starting_with("host_%") == {"host_%x"}
+        assert await uow.nodes.names_starting_with("HOST") == frozenset()
+        assert await uow.nodes.names_starting_with("") == {"host-1", "host-2", "host_%x"}
+
+
+@pytest.mark.asyncio
 async def test_node_add_refuses_duplicates_and_foreign_addresses(store: Store) -> None:
     """Unique id, name and identity key; the address must be the node's own lease."""
     node = await enroll(store, 1)

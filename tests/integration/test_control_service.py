@@ -211,6 +211,17 @@ async def test_peer_map_long_poll_answers_none_when_nothing_is_newer(world: Worl
 
 
 @pytest.mark.asyncio
+async def test_nodes_with_one_hostname_get_distinct_names(world: World) -> None:
+    """A taken hostname gets the first free numeric suffix; names never collide."""
+    names = [
+        (await enroll(world, "laptop", ip=f"198.51.100.{30 + i}")).result.name for i in range(3)
+    ]
+    other = await enroll(world, "laptop-x", ip="198.51.100.40")
+    assert names == ["laptop", "laptop-2", "laptop-3"]
+    assert other.result.name == "laptop-x"
+
+
+@pytest.mark.asyncio
 async def test_one_time_join_key_second_use_is_gone(world: World) -> None:
     """The second enrollment with a one-time join key is refused with Gone (410)."""
     node = await enroll(world, "first")

@@ -237,6 +237,10 @@ class NodeRepository(Protocol):
         """The node enrolled with this identity key, or None."""
         ...
 
+    async def names_starting_with(self, prefix: str) -> frozenset[str]:
+        """Names of all nodes whose name starts with `prefix` (exact, case-sensitive)."""
+        ...
+
     async def list_all(self) -> list[NodeRecord]:
         """Every node (active and revoked), ordered by creation time then id."""
         ...
