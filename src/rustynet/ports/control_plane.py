@@ -1,0 +1,152 @@
+"""Control-plane client port: what the node agent asks of the control plane.
+
+The one rule: the agent sees typed values and three kinds of failure, never a transport
+library: `ControlRejected` (the server answered no; status 401 after enrollment means the node
+is revoked or its token is void), `ControlUnreachable` (no answer; the agent keeps its last good
+state and retries) and `ControlUntrusted` (the server is not the pinned one: nothing was sent).
+These are the same errors as the admin side (`rustynet.ports.control_api`), so one CLI
+exit-code table covers both.
+
+Adapters: `rustynet.adapters.control_plane_local.LocalControlPlane` (calls the use cases in
+process: tests and simulated nodes); an HTTPS adapter wraps `ControlClient`'s node routes.
+Binary values (challenge ids, signatures) are bytes here; adapters encode them for the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+import attrs
+
+from rustynet.ports.control_api import ControlRejected, ControlUnreachable, ControlUntrusted
+
+__all__ = [
+    "AccessGrant",
+    "Challenge",
+    "ControlPlaneClient",
+    "ControlRejected",
+    "ControlUnreachable",
+    "ControlUntrusted",
+    "EnrollmentGrant",
+    "EnrollmentOffer",
+    "NodeCredentials",
+    "PeerMapDelivery",
+    "TrustTexts",
+    "is_revocation",
+]
+
+
+def is_revocation(error: BaseException) -> bool:
+    """True when a node route's refusal means the node may no longer take part (401)."""
+    return isinstance(error, ControlRejected) and error.status == 401
+
+
+@attrs.frozen
+class NodeCredentials:
+    """What authenticates a node request: its id and current access token."""
+
+    node_id: str
+    access_token: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class EnrollmentOffer:
+    """The first enrollment message (`POST /v1/enroll`); keys in their typed text forms."""
+
+    join_secret: str = attrs.field(repr=False)  # the whole join token text
+    identity_key: str
+    tunnel_key: str
+    tunnel_key_binding: str
+    hostname: str
+    requested_tags: tuple[str, ...] | None = None
+
+
+@attrs.frozen
+class Challenge:
+    """A single-use challenge to sign before `expires_at`."""
+
+    challenge_id: bytes
+    expires_at: datetime
+
+
+@attrs.frozen
+class TrustTexts:
+    """The root certificate and peer-map signing certificates, as control sent them."""
+
+    root_certificate: str
+    signing_certificates: tuple[str, ...]
+
+
+@attrs.frozen
+class EnrollmentGrant:
+    """What a completed enrollment returns."""
+
+    node_id: str
+    name: str
+    overlay_addresses: tuple[str, ...]
+    access_token: str = attrs.field(repr=False)
+    access_token_expires_at: datetime
+    trust: TrustTexts
+
+
+@attrs.frozen
+class AccessGrant:
+    """A fresh access token."""
+
+    access_token: str = attrs.field(repr=False)
+    expires_at: datetime
+
+
+@attrs.frozen
+class PeerMapDelivery:
+    """A signed peer map (not yet verified: the agent's acceptor decides) and its trust."""
+
+    envelope: str
+    trust: TrustTexts
+
+
+class ControlPlaneClient(Protocol):
+    """The node routes of control API v1.
+
+    Contract: every method either returns the documented value or raises `ControlRejected`,
+    `ControlUnreachable` or `ControlUntrusted`; nothing else escapes (adapters translate their
+    library errors). Nothing the server returns is trusted: peer maps are verified by the agent.
+    """
+
+    async def enroll(self, offer: EnrollmentOffer) -> Challenge:
+        """Present the join secret and keys; get the proof challenge."""
+        ...
+
+    async def complete_enrollment(self, challenge_id: bytes, signature: bytes) -> EnrollmentGrant:
+        """Send the identity key's proof (Purpose.ENROLLMENT_PROOF); get the node record."""
+        ...
+
+    async def token_challenge(self, node_id: str) -> Challenge:
+        """Ask for a token-renewal challenge."""
+        ...
+
+    async def renew_token(self, node_id: str, challenge_id: bytes, signature: bytes) -> AccessGrant:
+        """Exchange a signature (Purpose.TOKEN_RENEWAL) over the challenge for a token."""
+        ...
+
+    async def peer_map(
+        self, auth: NodeCredentials, after: int, timeout: float
+    ) -> PeerMapDelivery | None:
+        """Long-poll for a map with a serial above `after`; None when `timeout` s passed."""
+        ...
+
+    async def rotate_tunnel_key(
+        self, auth: NodeCredentials, tunnel_key: str, tunnel_key_binding: str
+    ) -> datetime:
+        """Publish a new tunnel key bound by the identity key; returns its expiry."""
+        ...
+
+    async def put_endpoints(self, auth: NodeCredentials, endpoints: Sequence[str]) -> None:
+        """Report the underlay endpoints (`IP:port`) peers may reach this node at."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; idempotent."""
+        ...
