@@ -90,24 +90,21 @@ def parse_tags(text: str) -> list[str]:
     return tags
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+def _int_at_least(minimum: int, hint: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(hint)
+        return value
+
+    return parse
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
+_positive = _int_at_least(1, "must be at least 1")
+_non_negative = _int_at_least(0, "must be 0 or more")
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -204,21 +201,27 @@ class _Io:
 Handler = Callable[[AdminApi, argparse.Namespace, _Io], Coroutine[Any, Any, AdminExit]]
 
 
+def _print_secret(io: _Io, created: JsonObject, field: str, what: str, note: str) -> AdminExit:
+    """The new secret alone on stdout (the note on stderr), or the whole answer with --json."""
+    if io.as_json:
+        io.json(created)
+        return AdminExit.OK
+    secret = created.get(field)
+    if not isinstance(secret, str):
+        raise ControlUnreachable(f"the server's answer has no {what}")
+    io.err.write(note + "\n")
+    io.out.write(secret + "\n")
+    return AdminExit.OK
+
+
 async def _keys_create(api: AdminApi, ns: argparse.Namespace, io: _Io) -> AdminExit:
     if ns.uses is not None and not ns.reusable and ns.uses != 1:
         raise UsageError("--uses N needs --reusable (a one-time key has exactly one use)")
     created = await api.create_join_key(
         reusable=ns.reusable, uses=ns.uses, tags=ns.tags or [], ttl_seconds=ns.ttl
     )
-    if io.as_json:
-        io.json(created)
-        return AdminExit.OK
-    token = created.get("token")
-    if not isinstance(token, str):
-        raise ControlUnreachable("the server's answer has no join token")
-    io.err.write(f"join key {created.get('id')} expires {created.get('expires_at')}\n")
-    io.out.write(token + "\n")
-    return AdminExit.OK
+    note = f"join key {created.get('id')} expires {created.get('expires_at')}"
+    return _print_secret(io, created, "token", "join token", note)
 
 
 async def _keys_list(api: AdminApi, _ns: argparse.Namespace, io: _Io) -> AdminExit:
@@ -360,15 +363,8 @@ async def _audit_verify(api: AdminApi, _ns: argparse.Namespace, io: _Io) -> Admi
 
 async def _apikeys_create(api: AdminApi, ns: argparse.Namespace, io: _Io) -> AdminExit:
     created = await api.create_api_key(scope=ns.scope, ttl_seconds=ns.ttl)
-    if io.as_json:
-        io.json(created)
-        return AdminExit.OK
-    key = created.get("key")
-    if not isinstance(key, str):
-        raise ControlUnreachable("the server's answer has no API key")
-    io.err.write(f"API key {created.get('id')} ({ns.scope}); it is shown only now\n")
-    io.out.write(key + "\n")
-    return AdminExit.OK
+    note = f"API key {created.get('id')} ({ns.scope}); it is shown only now"
+    return _print_secret(io, created, "key", "API key", note)
 
 
 async def _apikeys_list(api: AdminApi, _ns: argparse.Namespace, io: _Io) -> AdminExit:

@@ -1,9 +1,9 @@
 """The ONE table from failures to HTTP: status, `{"error", "detail"}` JSON, `Retry-After`.
 
 The one rule: every failure leaves through `map_exception` and nothing else decides a status.
-Use-case errors (rustynet.application.errors) carry their API code; the table below gives
-each class its status, walking the class hierarchy, so a new subclass inherits its base's
-answer. aiohttp's own HTTP exceptions (404 for an unknown route, 405, 413 from the server's
+Use-case errors (rustynet.application.errors) carry their API code and, through
+`status_of`, their status (walking the class hierarchy, so a new subclass inherits its base's
+answer). aiohttp's own HTTP exceptions (404 for an unknown route, 405, 413 from the server's
 body cap) get the same JSON shape. Anything else is a bug or an outage: 500 `internal` (503
 when the store is unreachable) with a fixed detail — never the exception text or a trace.
 """
@@ -16,14 +16,9 @@ from aiohttp import web
 
 from rustynet.application.errors import (
     ApplicationError,
-    BadRequest,
-    Conflict,
-    Forbidden,
-    Gone,
-    NotFoundError,
     RateLimited,
-    Unauthorized,
     ValidationError,
+    status_of,
 )
 from rustynet.ports.store import StoreConflict, StoreUnavailable, UnitOfWorkAborted
 
@@ -52,19 +47,6 @@ class ApiError(Exception):
         self.allow = allow
 
 
-# Use-case error class → HTTP status. The code is the class's own `code`.
-APPLICATION_STATUS: Final[dict[type[ApplicationError], int]] = {
-    BadRequest: 400,
-    ValidationError: 400,
-    Unauthorized: 401,
-    Forbidden: 403,
-    NotFoundError: 404,
-    Conflict: 409,
-    Gone: 410,
-    RateLimited: 429,
-    ApplicationError: 500,
-}
-
 # aiohttp's HTTP exceptions (router and server caps) → API error code.
 HTTP_EXCEPTION_CODES: Final[dict[int, str]] = {
     400: "bad_request",
@@ -88,19 +70,12 @@ INFRASTRUCTURE: Final[dict[type[Exception], ApiError]] = {
 INTERNAL: Final = ApiError(500, "internal", "internal error")
 
 
-def _application_status(exc: ApplicationError) -> int:
-    for klass in type(exc).__mro__:
-        if klass in APPLICATION_STATUS:
-            return APPLICATION_STATUS[klass]
-    return 500
-
-
 def map_exception(exc: BaseException) -> ApiError:  # noqa: PLR0911 - one branch per kind of failure
     """The API answer for any exception raised while handling a request."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, ApplicationError):
-        status = _application_status(exc)
+        status = status_of(exc)
         if status >= 500:
             return INTERNAL
         pointer = exc.problems[0].pointer if isinstance(exc, ValidationError) else None

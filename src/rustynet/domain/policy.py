@@ -162,8 +162,10 @@ class PolicyNode:
             raise LocalProtocolError("node tags are a frozenset of Tag")
 
 
-def _inside(address: Network, prefixes: Iterable[Network]) -> bool:
+def inside_any(address: Network, prefixes: Iterable[Network]) -> bool:
+    """True when `address` lies in one of `prefixes` (of its own IP version)."""
     return any(
+        # typeshed types subnet_of for one version; the version test just before narrows it
         address.version == p.version and address.subnet_of(p)  # type: ignore[arg-type]
         for p in prefixes
     )
@@ -192,7 +194,7 @@ class Match:
 
     def by_address(self, node: PolicyNode) -> bool:
         """Matched because an overlay address lies inside one of the prefixes."""
-        return any(_inside(a, self.prefixes) for a in node.addresses)
+        return any(inside_any(a, self.prefixes) for a in node.addresses)
 
     def covers(self, node: PolicyNode) -> bool:
         """True when this selector list selects `node`."""
@@ -294,7 +296,7 @@ class Policy:
         return any(
             g.applies(proto, port)
             and g.dst.covers(dst)
-            and (g.src.everything or g.src.by_identity(src) or _inside(address, g.src.prefixes))
+            and (g.src.everything or g.src.by_identity(src) or inside_any(address, g.src.prefixes))
             for g in self.grants
         )
 

@@ -40,6 +40,7 @@ from rustynet.domain.policy import (
     PolicyNode,
     PortRange,
     Proto,
+    inside_any,
 )
 from rustynet.domain.scope import Tag
 
@@ -60,10 +61,7 @@ class FilterRule:
             return False
         if proto is not Proto.ICMP and not any(port in r for r in self.port_ranges):
             return False
-        return any(
-            p.version == source.version and source.subnet_of(p)  # type: ignore[arg-type]
-            for p in self.src_prefixes
-        )
+        return inside_any(source, self.src_prefixes)
 
 
 @attrs.frozen
