@@ -143,7 +143,7 @@ class PostgresStore:
     ) -> None:
         self.plan = plan if plan is not None else AddressPlan()
         self._conninfo = conninfo
-        self._pool_args = {"min_size": min_size, "max_size": max_size, "timeout": timeout}
+        self._min_size, self._max_size, self._timeout = min_size, max_size, timeout
         self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
 
     def pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
@@ -158,12 +158,12 @@ class PostgresStore:
             self._conninfo,
             kwargs={"autocommit": True},
             open=False,
-            min_size=int(self._pool_args["min_size"]),
-            max_size=int(self._pool_args["max_size"]),
-            timeout=float(self._pool_args["timeout"]),
+            min_size=self._min_size,
+            max_size=self._max_size,
+            timeout=self._timeout,
         )
         try:
-            await pool.open(wait=True, timeout=float(self._pool_args["timeout"]))
+            await pool.open(wait=True, timeout=self._timeout)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             await pool.close()
             raise _translate(exc) from exc
