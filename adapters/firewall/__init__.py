@@ -1,0 +1,1 @@
+"""Firewall adapters: nftables (the real one) and in-memory (tests, platforms without nftables)."""
