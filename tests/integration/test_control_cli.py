@@ -110,13 +110,12 @@ class Plane:
         raise AssertionError("no pin in admin.toml")
 
 
-def _start(data_dir: Path, port: int) -> Plane:
+def spawn_until_ready(
+    argv: list[str],
+) -> tuple[subprocess.Popen[str], list[str], threading.Thread]:
+    """Start a server whose stderr is collected by a thread; return once it logs `ready;`."""
     proc = subprocess.Popen(
-        [CONTROL, "serve", "--data-dir", str(data_dir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env()
     )
     log: list[str] = []
     ready = threading.Event()
@@ -134,21 +133,31 @@ def _start(data_dir: Path, port: int) -> Plane:
         proc.kill()
         proc.wait()
         raise AssertionError("server did not start:\n" + "".join(log))
+    return proc, log, reader
+
+
+def terminate(proc: subprocess.Popen[str], reader: threading.Thread) -> int | None:
+    """SIGTERM (SIGKILL after 10 s) unless it already exited; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    reader.join(5)
+    if proc.stderr is not None:
+        proc.stderr.close()
+    return proc.returncode
+
+
+def _start(data_dir: Path, port: int) -> Plane:
+    proc, log, reader = spawn_until_ready([CONTROL, "serve", "--data-dir", str(data_dir)])
     return Plane(data_dir, port, proc, log, reader)
 
 
 def _stop(plane: Plane) -> int | None:
-    if plane.proc.poll() is None:
-        plane.proc.send_signal(signal.SIGTERM)
-        try:
-            plane.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            plane.proc.kill()
-            plane.proc.wait()
-    plane.reader.join(5)
-    if plane.proc.stderr is not None:
-        plane.proc.stderr.close()
-    return plane.proc.returncode
+    return terminate(plane.proc, plane.reader)
 
 
 @pytest.fixture(scope="module")

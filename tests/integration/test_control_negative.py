@@ -16,7 +16,6 @@ import logging
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -69,7 +68,13 @@ from tests.integration.http_server import (
     node_headers,
     running_api,
 )
-from tests.integration.test_control_cli import CONTROL, _env, _free_port, run
+from tests.integration.test_control_cli import (
+    CONTROL,
+    _free_port,
+    run,
+    spawn_until_ready,
+    terminate,
+)
 from tests.integration.test_control_service import URL, World, enroll, make_world, start_enroll
 
 CANARY = "canary-internal-detail"
@@ -552,38 +557,11 @@ def _mem_probe(pid: int) -> str:
 
 @contextlib.contextmanager
 def _serving(data_dir: Path) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        _wrapped(CONTROL, "serve", "--data-dir", str(data_dir)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-    )
-    ready = threading.Event()
-    log: list[str] = []
-
-    def pump() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            log.append(line)
-            if "ready;" in line:
-                ready.set()
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
+    proc, _log, reader = spawn_until_ready(_wrapped(CONTROL, "serve", "--data-dir", str(data_dir)))
     try:
-        assert ready.wait(START_TIMEOUT), "".join(log)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        reader.join(5)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        terminate(proc, reader)
 
 
 @pytest.mark.slow
