@@ -92,15 +92,6 @@ def spki_pin_of_pem_file(path: Path) -> SpkiPin:
     return spki_pin_of_der(cert.public_bytes(serialization.Encoding.DER))
 
 
-def certificate_not_after(path: Path) -> datetime:
-    """When the PEM certificate at `path` expires (UTC)."""
-    try:
-        cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise TlsCertificateError(f"{path}: cannot read the certificate: {exc}") from exc
-    return cert.not_valid_after_utc
-
-
 def _write_exclusive(path: Path, data: bytes | bytearray, mode: int) -> None:
     # O_EXCL: never replace a key or certificate that already exists (init refuses twice).
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)

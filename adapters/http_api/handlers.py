@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any, Final
 
 from aiohttp import web
+from rustynet.adapters.http_api.errors import JSON_CONTENT_TYPE
 from rustynet.adapters.http_api.keys import METRICS_KEY, SERVICE_KEY, SETTINGS_KEY
 from rustynet.adapters.http_api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rustynet.adapters.http_api.middleware import read_json, read_json_object
@@ -80,7 +81,7 @@ def _query_int(request: web.Request, name: str, default: int) -> int:
 
 def _json(value: object, status: int = 200) -> web.Response:
     body = dump_json(to_json_value(value))
-    return web.Response(body=body, status=status, content_type="application/json")
+    return web.Response(body=body, status=status, content_type=JSON_CONTENT_TYPE)
 
 
 def _listing(field: str, items: object) -> web.Response:
@@ -267,4 +268,4 @@ def openapi_document() -> bytes:
 
 async def openapi(_request: web.Request) -> web.Response:
     """GET /v1/openapi.json."""
-    return web.Response(body=openapi_document(), content_type="application/json")
+    return web.Response(body=openapi_document(), content_type=JSON_CONTENT_TYPE)

@@ -22,7 +22,12 @@ from typing import Any, Final, TypeVar
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
-from rustynet.adapters.http_api.errors import ApiError, error_response, map_exception
+from rustynet.adapters.http_api.errors import (
+    JSON_CONTENT_TYPE,
+    ApiError,
+    error_response,
+    map_exception,
+)
 from rustynet.adapters.http_api.keys import CONVERTER_KEY, METRICS_KEY, SETTINGS_KEY
 from rustynet.adapters.http_api.metrics import UNMATCHED_ROUTE
 from rustynet.adapters.http_api.schemas import body_invalid, parse_json_object, structure
@@ -101,7 +106,7 @@ async def secret_query_guard(request: web.Request, handler: Handler) -> web.Stre
 
 
 def _is_json(content_type: str) -> bool:
-    return content_type == "application/json"
+    return content_type == JSON_CONTENT_TYPE
 
 
 @web.middleware
