@@ -1,0 +1,399 @@
+"""WireGuard in userspace: supervises `wireguard-go -f IFNAME` and drives its UAPI socket.
+
+The one rule: peers change by diffs, one `public_key=` block per touched peer in one `set=1`
+request; an empty diff sends nothing. The private key only ever travels over the UAPI socket
+(mode 0700, root): never in argv, the environment or a log line.
+
+The UAPI is wireguard-go's documented cross-platform text protocol on
+`/var/run/wireguard/IFNAME.sock`: `set=1` / `get=1` requests of `key=value` lines ended by an
+empty line, keys in hex, answered by `errno=N` and an empty line. Links, addresses and routes
+go through rtnetlink (`links.Links`); the TUN device vanishes with the process.
+
+Quirks met here: wireguard-go prints a banner claiming kernel support even when the module is
+missing (ignored); SIGKILL leaves the socket behind (removed at `stop` and, if stale, at
+`start`); `ip netns exec` execs without forking, so the PID we hold is wireguard-go's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import shutil
+import signal
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+from rustynet.adapters.tunnel.links import Links
+
+from rustynet.domain.errors import DecodeError
+from rustynet.domain.keys import TunnelKey, TunnelKeyScheme, TunnelPrivateKey
+from rustynet.domain.tunnel import (
+    Capability,
+    InterfaceConfig,
+    IPInterface,
+    IPNetwork,
+    PeerConfig,
+    PeerDiff,
+    PeerStats,
+    UnderlayEndpoint,
+    canonical_interfaces,
+    canonical_networks,
+    required_capabilities,
+)
+from rustynet.ports.tunnel import BackendUnavailable, TunnelError, check_capabilities
+
+CAPABILITIES: Final = frozenset({Capability.ROAMING, Capability.IPV6, Capability.EXIT_ROUTING})
+SOCKET_DIR: Final = "/var/run/wireguard"
+_UAPI_TIMEOUT: Final = 5.0
+_REPLY_LIMIT: Final = 64 * 1024 * 1024  # `get=1` with thousands of peers is a few MB
+_STOP_GRACE: Final = 2.0
+
+
+class WireGuardUapiBackend:
+    """One wireguard-go interface, optionally inside a network namespace.
+
+    `change_operations` counts `set=1` requests that changed peers; `peer_blocks` counts the
+    peer blocks they carried (diff minimality is visible on the wire).
+    """
+
+    def __init__(
+        self,
+        *,
+        netns: str | None = None,
+        wireguard_go: str = "wireguard-go",
+        socket_dir: str = SOCKET_DIR,
+        start_timeout: float = 5.0,
+    ) -> None:
+        self._netns = netns
+        self._program = wireguard_go
+        self._socket_dir = Path(socket_dir)
+        self._start_timeout = start_timeout
+        self._links = Links(netns)
+        self._interface: str | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._output: collections.deque[str] = collections.deque(maxlen=20)
+        self._drain: asyncio.Task[None] | None = None
+        self.change_operations = 0
+        self.peer_blocks = 0
+
+    @property
+    def name(self) -> str:
+        """Backend name for `status`."""
+        return "wireguard-userspace"
+
+    @property
+    def interface(self) -> str | None:
+        """Name of the started interface, None when stopped."""
+        return self._interface
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the supervised wireguard-go, None when not running."""
+        return self._proc.pid if self._proc is not None else None
+
+    def socket_path(self, interface: str) -> Path:
+        """Where wireguard-go puts the UAPI socket of `interface`."""
+        return self._socket_dir / f"{interface}.sock"
+
+    def capabilities(self) -> frozenset[Capability]:
+        """Roaming, IPv6 and exit routing; relays are a separate transport."""
+        return CAPABILITIES
+
+    def require(self, *capabilities: Capability) -> None:
+        """Raise `UnsupportedCapability` for any missing capability."""
+        check_capabilities(self.name, CAPABILITIES, capabilities)
+
+    async def check_available(self) -> None:
+        """wireguard-go on PATH, /dev/net/tun present, root, and the namespace exists."""
+        if shutil.which(self._program) is None:
+            raise BackendUnavailable(f"{self._program} not found on PATH")
+        if not Path("/dev/net/tun").exists():
+            raise BackendUnavailable("/dev/net/tun is missing (no TUN support)")
+        if os.geteuid() != 0:
+            raise BackendUnavailable("creating a TUN interface needs root (CAP_NET_ADMIN)")
+        if self._netns is not None:
+            if shutil.which("ip") is None:
+                raise BackendUnavailable("ip(8) is needed to enter a network namespace")
+            if not Path("/var/run/netns", self._netns).exists():
+                raise BackendUnavailable(f"network namespace {self._netns} does not exist")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, config: InterfaceConfig) -> None:
+        """Start wireguard-go (or re-apply to the running one): key, port, addresses, routes."""
+        self.require(*required_capabilities(addresses=config.addresses, routes=config.routes))
+        if self._interface is not None and self._interface != config.name:
+            raise TunnelError(f"backend already runs interface {self._interface}")
+        if self._proc is not None and self._proc.returncode is not None:
+            await self.stop()  # it died: start afresh
+        fresh = self._proc is None
+        if fresh:
+            await self._spawn(config.name)
+        try:
+            await self._set_device(config.private_key, config.underlay_port, fresh=fresh)
+            await self._links.set_addresses(config.name, config.addresses)
+            await self._links.up(config.name)
+            await self._links.set_routes(config.name, config.routes)
+        except BaseException:
+            if fresh:
+                await self.stop()
+            raise
+
+    async def _spawn(self, interface: str) -> None:
+        await self.check_available()
+        sock = self.socket_path(interface)
+        if sock.exists():
+            if await _answers(sock):
+                raise TunnelError(f"interface {interface} is already run by another process")
+            sock.unlink(missing_ok=True)  # stale, left by a SIGKILLed wireguard-go
+        if await self._links.exists(interface):
+            raise TunnelError(f"a link called {interface} already exists")
+        argv = [self._program, "-f", interface]
+        if self._netns is not None:
+            argv = ["ip", "netns", "exec", self._netns, *argv]
+        # A minimal environment: nothing secret is ever passed to the child.
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "LOG_LEVEL": "error",
+        }
+        self._output.clear()
+        self._proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        self._interface = interface
+        self._drain = asyncio.create_task(self._keep_output(self._proc))
+        try:
+            await self._wait_for_socket(self._proc, sock)
+        except TunnelError:
+            await self.stop()
+            raise
+
+    async def _wait_for_socket(self, proc: asyncio.subprocess.Process, sock: Path) -> None:
+        try:
+            async with asyncio.timeout(self._start_timeout):
+                while not (sock.exists() and await _answers(sock)):
+                    if proc.returncode is not None:
+                        break
+                    await asyncio.sleep(0.01)
+        except TimeoutError as exc:
+            raise TunnelError(f"{self._program} did not open {sock} in time") from exc
+        if proc.returncode is not None:
+            await asyncio.sleep(0.05)  # let the drain task catch the last words
+            raise TunnelError(
+                f"{self._program} exited with {proc.returncode}: " + " | ".join(self._output)
+            )
+
+    async def _keep_output(self, proc: asyncio.subprocess.Process) -> None:
+        """Keep the last lines wireguard-go printed (for error messages); drains the pipe."""
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            text = line.decode("utf-8", "replace").strip()
+            if text and not text.startswith(("│", "┌", "└")):  # the kernel-support banner
+                self._output.append(text)
+
+    async def _set_device(
+        self, private_key: TunnelPrivateKey, port: int | None, *, fresh: bool
+    ) -> None:
+        secret = private_key.export_secret()
+        try:
+            # The hex string is immutable and cannot be wiped; it lives only for this request.
+            lines = [f"private_key={secret.hex()}", f"listen_port={port or 0}"]
+        finally:
+            secret[:] = bytes(len(secret))
+        if fresh:
+            lines.append("replace_peers=true")
+        await self._set(lines)
+
+    async def stop(self) -> None:
+        """Stop our wireguard-go (our PID only), remove socket, link and routes. Idempotent."""
+        proc, self._proc = self._proc, None
+        interface, self._interface = self._interface, None
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(_STOP_GRACE):
+                    await proc.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if self._drain is not None:
+            self._drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain
+            self._drain = None
+        if interface is not None:
+            self.socket_path(interface).unlink(missing_ok=True)
+            # The TUN device goes with the process; delete it if anything kept it alive.
+            await self._links.delete(interface)
+
+    # -- peers -----------------------------------------------------------------------------
+
+    def _check_running(self) -> str:
+        if self._interface is None or self._proc is None:
+            raise TunnelError("tunnel interface is not started")
+        if self._proc.returncode is not None:
+            raise TunnelError(
+                f"{self._program} for {self._interface} exited with {self._proc.returncode}"
+            )
+        return self._interface
+
+    async def apply(self, diff: PeerDiff) -> None:
+        """One `set=1` request with one block per touched peer; nothing for an empty diff."""
+        self._check_running()
+        self.require(*required_capabilities(diff=diff))
+        if diff.empty:
+            return
+        lines: list[str] = []
+        for peer in (*diff.add, *diff.update):
+            lines += [f"public_key={_hex(peer.key)}", "replace_allowed_ips=true"]
+            lines += [f"allowed_ip={net}" for net in peer.overlay_prefixes]
+            if peer.underlay_endpoint is not None:
+                lines.append(f"endpoint={peer.underlay_endpoint}")
+            lines.append(f"persistent_keepalive_interval={peer.keepalive_seconds or 0}")
+        for key in diff.remove:
+            lines += [f"public_key={_hex(key)}", "remove=true"]
+        await self._set(lines)
+        self.change_operations += 1
+        self.peer_blocks += diff.touched
+
+    async def peers(self) -> Mapping[TunnelKey, PeerConfig]:
+        """Peers read back from wireguard-go (`get=1`)."""
+        return {key: config for key, (config, _) in (await self._get()).items()}
+
+    async def stats(self) -> Mapping[TunnelKey, PeerStats]:
+        """Counters read back from wireguard-go (`get=1`)."""
+        return {key: stats for key, (_, stats) in (await self._get()).items()}
+
+    async def set_addresses(self, addresses: Iterable[IPInterface]) -> None:
+        """Replace the interface's addresses."""
+        interface = self._check_running()
+        wanted = canonical_interfaces(addresses)
+        self.require(*required_capabilities(addresses=wanted))
+        await self._links.set_addresses(interface, wanted)
+
+    async def set_routes(self, routes: Iterable[IPNetwork]) -> None:
+        """Replace the routes this backend installed through the interface."""
+        interface = self._check_running()
+        wanted = canonical_networks(routes)
+        self.require(*required_capabilities(routes=wanted))
+        await self._links.set_routes(interface, wanted)
+
+    # -- UAPI ------------------------------------------------------------------------------
+
+    async def _request(self, text: str) -> list[str]:
+        interface = self._check_running()
+        sock = self.socket_path(interface)
+        try:
+            async with asyncio.timeout(_UAPI_TIMEOUT):
+                reader, writer = await asyncio.open_unix_connection(sock, limit=_REPLY_LIMIT)
+                try:
+                    writer.write(text.encode())
+                    await writer.drain()
+                    reply = await reader.readuntil(b"\n\n")
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+        except (
+            OSError,
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ) as exc:
+            raise TunnelError(f"UAPI request to {sock} failed: {exc!r}") from exc
+        lines = reply.decode("utf-8", "replace").rstrip("\n").split("\n")
+        if not lines or lines[-1] != "errno=0":
+            raise TunnelError(f"UAPI request to {interface} refused: {lines[-1] if lines else ''}")
+        return lines[:-1]
+
+    async def _set(self, lines: list[str]) -> None:
+        await self._request("set=1\n" + "".join(f"{line}\n" for line in lines) + "\n")
+
+    async def _get(self) -> dict[TunnelKey, tuple[PeerConfig, PeerStats]]:
+        return _parse_get(await self._request("get=1\n\n"))
+
+
+async def _answers(sock: Path) -> bool:
+    """True when something accepts connections on `sock` (a live wireguard-go)."""
+    try:
+        _, writer = await asyncio.open_unix_connection(sock)
+    except OSError:
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+def _hex(key: TunnelKey) -> str:
+    if key.scheme is not TunnelKeyScheme.X25519:
+        raise TunnelError(f"WireGuard cannot use {key.scheme.value} tunnel keys")
+    return key.raw.hex()
+
+
+class _PeerFields:
+    """Fields of one `public_key=` block of a `get=1` reply."""
+
+    def __init__(self, key: TunnelKey) -> None:
+        self.key = key
+        self.prefixes: list[str] = []
+        self.endpoint: UnderlayEndpoint | None = None
+        self.keepalive = 0
+        self.handshake_sec = 0
+        self.handshake_nsec = 0
+        self.rx = 0
+        self.tx = 0
+
+    def build(self) -> tuple[PeerConfig, PeerStats]:
+        seen = None
+        if self.handshake_sec or self.handshake_nsec:
+            seen = datetime.fromtimestamp(self.handshake_sec + self.handshake_nsec / 1e9, UTC)
+        config = PeerConfig(self.key, self.prefixes, self.endpoint, self.keepalive or None)
+        return config, PeerStats(self.key, seen, self.rx, self.tx, self.endpoint)
+
+
+_COUNTERS: Final = {
+    "persistent_keepalive_interval": "keepalive",
+    "last_handshake_time_sec": "handshake_sec",
+    "last_handshake_time_nsec": "handshake_nsec",
+    "rx_bytes": "rx",
+    "tx_bytes": "tx",
+}
+
+
+def _parse_get(lines: list[str]) -> dict[TunnelKey, tuple[PeerConfig, PeerStats]]:
+    blocks: list[_PeerFields] = []
+    try:
+        for line in lines:
+            name, _, value = line.partition("=")
+            if name == "public_key":
+                blocks.append(_PeerFields(TunnelKey(TunnelKeyScheme.X25519, bytes.fromhex(value))))
+            elif not blocks:
+                continue  # device fields (private_key among them: never kept, never logged)
+            elif name == "allowed_ip":
+                blocks[-1].prefixes.append(value)
+            elif name == "endpoint":
+                blocks[-1].endpoint = _endpoint(value)
+            elif name in _COUNTERS:
+                setattr(blocks[-1], _COUNTERS[name], int(value))
+        return {block.key: block.build() for block in blocks}
+    except (ValueError, DecodeError) as exc:
+        raise TunnelError(f"unexpected UAPI reply: {exc}") from exc
+
+
+def _endpoint(text: str) -> UnderlayEndpoint:
+    endpoint = UnderlayEndpoint.parse(text)
+    if endpoint.address.version == 6 and endpoint.address.ipv4_mapped is not None:
+        return UnderlayEndpoint(endpoint.address.ipv4_mapped, endpoint.port)
+    return endpoint
