@@ -88,9 +88,10 @@ class NftablesFirewall:
                 if self._fixed_table and self._table is not None
                 else table_name_for(interface)
             )
-            if table == self._table:
+            if self._table in (None, table):  # also after a restart: our table may exist
                 try:
                     if await self._read(table) == (interface, ruleset):
+                        self._table = table  # adopted: remove() must still delete it
                         return
                 except FirewallError:
                     pass  # hand-edited or unreadable: the apply below replaces it

@@ -452,3 +452,16 @@ async def test_nftables_enforces_the_ruleset_on_the_real_data_path(lab: Lab) -> 
 
     await fw.remove()
     assert lab.connect(probes) == ["open", "open", "open"]
+
+
+@pytest.mark.root
+@pytest.mark.asyncio
+async def test_nftables_a_restarted_daemon_adopts_its_table_without_a_change(netns: str) -> None:
+    """A new instance (daemon restart) re-applying the same ruleset leaves the table as it is."""
+    await NftablesFirewall(netns=netns).apply(IFACE, MIXED)
+    before = _tables(netns)
+    restarted = NftablesFirewall(netns=netns)
+    await restarted.apply(IFACE, MIXED)
+    assert _tables(netns) == before
+    await restarted.remove()
+    assert _tables(netns) == []
