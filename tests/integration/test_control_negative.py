@@ -17,7 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -25,9 +25,7 @@ from typing import Any, Self, cast
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from rustynet.adapters.entropy import OsEntropy
-from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.storage.sqlite import SqliteStore
 
 from rustynet.application.control_keys import (
@@ -75,7 +73,16 @@ from tests.integration.test_control_cli import (
     spawn_until_ready,
     terminate,
 )
-from tests.integration.test_control_service import URL, World, enroll, make_world, start_enroll
+from tests.integration.test_control_service import (
+    URL,
+    World,
+    enroll,
+    make_world,
+    start_enroll,
+    world,
+)
+
+__all__ = ["world"]  # the fixture, re-exported for pytest
 
 CANARY = "canary-internal-detail"
 
@@ -172,17 +179,6 @@ class FaultyStore:
 
 
 # --- shared HTTP helpers -----------------------------------------------------------------------
-
-
-@pytest_asyncio.fixture(params=["memory", "sqlite"])
-async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
-    """A fresh control plane (use cases, no HTTP) over each store."""
-    store: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "c.db")
-    made = await make_world(store)
-    try:
-        yield made
-    finally:
-        await store.close()
 
 
 def _session(api: LiveApi) -> aiohttp.ClientSession:
