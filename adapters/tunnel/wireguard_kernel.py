@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
-from pyroute2 import WireGuard
+from pyroute2 import AsyncWireGuard, WireGuard
 from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
 from rustynet.adapters.tunnel.links import Links
 
@@ -84,20 +84,21 @@ class WireGuardKernelBackend:
     async def check_available(self) -> None:
         """Raise `BackendUnavailable` unless the kernel's wireguard genl family resolves."""
 
-        def probe() -> None:
-            try:
-                with WireGuard(netns=self._netns, flags=0):
-                    pass
-            except NetlinkError as exc:
-                reason = "not loaded" if exc.code == errno.ENOENT else f"error {exc.code}"
-                raise BackendUnavailable(
-                    f"kernel WireGuard is unavailable: generic netlink family 'wireguard' {reason}"
-                    " (no wireguard kernel module); use the userspace backend"
-                ) from exc
-            except OSError as exc:
-                raise BackendUnavailable(f"kernel WireGuard is unavailable: {exc}") from exc
-
-        await asyncio.to_thread(probe)
+        # The async class, so the socket can be closed when binding fails: the synchronous
+        # `WireGuard` constructor raises from inside and leaks its transport (pyroute2 0.9.7).
+        wg = AsyncWireGuard(netns=self._netns, flags=0)
+        try:
+            await wg.setup_endpoint()  # binds and resolves the genl family (pyroute2 0.9 needs it)
+        except NetlinkError as exc:
+            reason = "not loaded" if exc.code == errno.ENOENT else f"error {exc.code}"
+            raise BackendUnavailable(
+                f"kernel WireGuard is unavailable: generic netlink family 'wireguard' {reason}"
+                " (no wireguard kernel module); use the userspace backend"
+            ) from exc
+        except OSError as exc:
+            raise BackendUnavailable(f"kernel WireGuard is unavailable: {exc}") from exc
+        finally:
+            wg.close()
 
     async def _genl(self, what: str, work: Callable[[Any], _T]) -> _T:
         def call() -> _T:
