@@ -1,0 +1,532 @@
+"""The end-to-end mesh lab: a control plane and N nodes in network namespaces, real programs.
+
+The one rule: the harness drives the system only the way an operator would — the `rustynet`
+CLI (`up`, `status`, `peers`, `ping`, `admin ...`), the control plane's REST API and plain
+tools (`ping`, `wg show` for cross-checks) — and removes everything it made, even on failure.
+
+Layout (LAB.md address rules: underlay 198.51.100.0/24 inside our namespaces only, overlay
+100.64.0.0/10, never 192.0.2.0/24, no route to the outside)::
+
+    rnb<rand>  bridge namespace, Linux bridge br0
+      ├── veth ── control namespace   198.51.100.1   rustynet-control serve (:8443)
+      ├── veth ── node namespace #0   198.51.100.11  rustynetd --config (interface rn<rand>)
+      ├── veth ── node namespace #1   198.51.100.12  ...
+
+Every program runs as `ip netns exec NS PROGRAM ...` (which execs, so the PID we hold is the
+program's) in a session of its own, so `os.killpg` ends it with everything it spawned
+(wireguard-go) and nothing else. `Mesh.close()` stops our process groups, then `NetLab.close()`
+deletes the namespaces (taking veths, TUN devices and routes with them) and the stale UAPI
+sockets of our interface names. Logs of every program go to files under the work directory;
+`Mesh.logs()` returns their tails for a failing test's report.
+
+Used by `tests/e2e/` (pytest) and by `tools/demo.py` (the newcomer's demo), so it imports no
+pytest itself beyond what `tests.netns` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Final, TypeVar
+
+from tests.netns import Namespace, NetLab, unique_name
+
+BIN: Final = Path(sys.executable).parent
+CONTROL_BIN: Final = str(BIN / "rustynet-control")
+RUSTYNET_BIN: Final = str(BIN / "rustynet")
+RUSTYNETD_BIN: Final = str(BIN / "rustynetd")
+PYTHON: Final = sys.executable
+
+PREFIX_LEN: Final = 24
+CONTROL_IP: Final = "198.51.100.1"
+CONTROL_PORT: Final = 8443
+FIRST_NODE_HOST: Final = 11
+NODE_UNDERLAY_PORT: Final = 41641
+START_TIMEOUT: Final = 30.0
+TOOLS: Final = ("ip", "wireguard-go", "nft", "ping", "wg")
+
+ALLOW_ALL_POLICY: Final[Mapping[str, object]] = {
+    "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],
+}
+
+T = TypeVar("T")
+
+
+class LabError(AssertionError):
+    """The lab could not reach a wanted state; the message says which and shows the logs."""
+
+
+def missing_programs() -> list[str]:
+    """Programs the lab needs that are not installed (system tools and our console scripts)."""
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    missing += [p for p in (CONTROL_BIN, RUSTYNET_BIN, RUSTYNETD_BIN) if not Path(p).exists()]
+    return missing
+
+
+def wait_for(
+    what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.05
+) -> tuple[T, float]:
+    """Call `probe` until it returns something truthy; (its value, seconds waited) or LabError."""
+    start = time.monotonic()
+    while True:
+        value = probe()
+        elapsed = time.monotonic() - start
+        if value:
+            return value, elapsed
+        if elapsed > timeout:
+            raise LabError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    env["HOME"] = "/nonexistent"  # no CLI may fall back to a real ~/.config
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+    return env
+
+
+def run_in(
+    ns: Namespace, *argv: str, timeout: float = 30, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a program inside `ns`; text output captured; the exit status is the caller's call."""
+    return subprocess.run(  # noqa: PLW1510 - callers look at returncode
+        ["ip", "netns", "exec", ns.name, *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=stdin,
+        env=_env(),
+    )
+
+
+class Program:
+    """One long-running program inside a namespace, in its own process group, logging to a file."""
+
+    def __init__(self, ns: Namespace, argv: Sequence[str], log: Path) -> None:
+        self.ns = ns
+        self.argv = list(argv)
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it (appending to its log)."""
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns.name, *self.argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=_env(),
+                start_new_session=True,
+            )
+
+    @property
+    def running(self) -> bool:
+        """Started and not exited."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        """Everything it logged so far."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_log(self, marker: str, timeout: float = START_TIMEOUT) -> float:
+        """Wait until the log contains `marker` (fails early if the program exits)."""
+
+        def probe() -> bool:
+            if marker in self.log_text():
+                return True
+            if not self.running:
+                raise LabError(f"{self.argv[0]} exited before {marker!r}:\n{self.tail()}")
+            return False
+
+        return wait_for(f"{marker!r} from {self.argv[0]}", probe, timeout)[1]
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send `sig` to its whole process group (only ours)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 10) -> int | None:
+        """SIGTERM, SIGKILL after `timeout`; the exit status (None if never started)."""
+        if self.proc is None:
+            return None
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the process group and reap the leader."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+
+    def tail(self, lines: int = 40) -> str:
+        """The last lines of its log."""
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+# Runs inside a namespace: one HTTPS request to the control plane, trusting only its
+# self-signed certificate; the API key (if any) arrives on stdin, never in argv.
+_REST_SNIPPET: Final = r"""
+import json, ssl, sys, urllib.error, urllib.request
+url, cafile, method, body = sys.argv[1:5]
+key = sys.stdin.read().strip()
+ctx = ssl.create_default_context(cafile=cafile)
+headers = {"Content-Type": "application/json"}
+if key:
+    headers["Authorization"] = "Bearer " + key
+data = body.encode() if body else None
+req = urllib.request.Request(url, data=data, method=method, headers=headers)
+try:
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+        status, text = resp.status, resp.read().decode()
+except urllib.error.HTTPError as exc:
+    status, text = exc.code, exc.read().decode()
+print(json.dumps({"status": status, "body": text}))
+"""
+
+
+class ControlPlane:
+    """`rustynet-control` in its namespace: init once, serve (restartable), admin CLI, REST."""
+
+    def __init__(self, ns: Namespace, workdir: Path, port: int = CONTROL_PORT) -> None:
+        self.ns = ns
+        self.port = port
+        self.data_dir = workdir / "control"
+        self.url = f"https://{CONTROL_IP}:{port}"
+        self.program = Program(
+            ns, [CONTROL_BIN, "serve", "--data-dir", str(self.data_dir)], workdir / "control.log"
+        )
+
+    def init(self) -> None:
+        """`rustynet-control init` (file key store, SQLite)."""
+        done = run_in(
+            self.ns,
+            CONTROL_BIN,
+            "init",
+            "--data-dir",
+            str(self.data_dir),
+            "--url",
+            self.url,
+            "--listen",
+            f"{CONTROL_IP}:{self.port}",
+            "--keystore",
+            "file",
+        )
+        if done.returncode != 0:
+            raise LabError(f"rustynet-control init failed:\n{done.stderr}")
+
+    def start(self) -> float:
+        """`serve`; returns once it logged `ready;` (seconds taken)."""
+        self.program.start()
+        return self.program.wait_log("ready;")
+
+    def restart(self) -> float:
+        """Start again after a stop or kill (waits for a new `ready;`)."""
+        before = self.program.log_text().count("ready;")
+        self.program.start()
+
+        def probe() -> bool:
+            if not self.program.running:
+                raise LabError(f"control exited on restart:\n{self.program.tail()}")
+            return self.program.log_text().count("ready;") > before
+
+        return wait_for("control ready after restart", probe, START_TIMEOUT)[1]
+
+    def kill9(self) -> None:
+        """SIGKILL the control plane (no clean shutdown)."""
+        self.program.kill()
+
+    def admin(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """`rustynet admin --config admin.toml ARGS` run in the control namespace."""
+        return run_in(
+            self.ns,
+            RUSTYNET_BIN,
+            "admin",
+            "--config",
+            str(self.data_dir / "admin.toml"),
+            *args,
+            timeout=timeout,
+        )
+
+    def admin_ok(self, *args: str) -> str:
+        """`admin` that must succeed; its stdout."""
+        done = self.admin(*args)
+        if done.returncode != 0:
+            raise LabError(f"rustynet admin {' '.join(args)} → {done.returncode}:\n{done.stderr}")
+        return done.stdout
+
+    def admin_json(self, *args: str) -> object:
+        """`admin --json ARGS`, decoded."""
+        return json.loads(self.admin_ok("--json", *args))
+
+    def join_token(self, tags: Iterable[str] = ()) -> str:
+        """A fresh one-time join token (optionally pre-tagged)."""
+        tag_list = ",".join(tags)
+        extra = ["--tags", tag_list] if tag_list else []
+        return self.admin_ok("keys", "create", *extra).strip()
+
+    def set_policy(self, document: Mapping[str, object], workdir: Path) -> None:
+        """`admin policy set` with a JSON document."""
+        path = workdir / f"policy-{time.monotonic_ns()}.json"
+        path.write_text(json.dumps(document))
+        self.admin_ok("policy", "set", str(path))
+
+    def rest(
+        self,
+        method: str,
+        path: str,
+        body: object | None = None,
+        *,
+        admin: bool = True,
+        from_ns: Namespace | None = None,
+    ) -> tuple[int, object]:
+        """One HTTPS request to the REST API (from `from_ns`, default the control namespace)."""
+        key = (self.data_dir / "admin.key").read_text().strip() if admin else ""
+        done = run_in(
+            from_ns or self.ns,
+            PYTHON,
+            "-c",
+            _REST_SNIPPET,
+            self.url + path,
+            str(self.data_dir / "tls" / "control.crt"),
+            method,
+            "" if body is None else json.dumps(body),
+            stdin=key,
+        )
+        if done.returncode != 0:
+            raise LabError(f"REST {method} {path} failed:\n{done.stderr}")
+        answer = json.loads(done.stdout)
+        text = answer["body"]
+        return int(answer["status"]), (json.loads(text) if text else None)
+
+    def node_id(self, name: str) -> str:
+        """The id of the node named `name` (REST: list nodes)."""
+        status, listing = self.rest("GET", "/v1/admin/nodes")
+        assert status == 200, listing
+        assert isinstance(listing, dict)
+        for node in listing["nodes"]:
+            if node["name"] == name:
+                return str(node["id"])
+        raise LabError(f"no node named {name!r} at control: {listing}")
+
+
+class Node:
+    """`rustynetd` in its own namespace with its own state dir, socket and interface."""
+
+    def __init__(self, name: str, ns: Namespace, underlay_ip: str, interface: str, workdir: Path):
+        self.name = name
+        self.ns = ns
+        self.underlay_ip = underlay_ip
+        self.interface = interface
+        self.dir = workdir / name
+        self.state_dir = self.dir / "state"
+        self.socket = self.dir / "rustynetd.sock"
+        self.config = self.dir / "rustynetd.toml"
+        self.dir.mkdir(parents=True)
+        self.config.write_text(self.config_text())
+        self.config.chmod(0o600)
+        self.program = Program(
+            ns, [RUSTYNETD_BIN, "--config", str(self.config)], workdir / f"{name}.log"
+        )
+        self.overlay_ip = ""
+
+    def config_text(self) -> str:
+        """rustynetd's TOML for this node."""
+        return (
+            "# rustynetd for the e2e lab (tests/e2e/harness.py)\n"
+            "[node]\n"
+            f'state_dir = "{self.state_dir}"\n'
+            f'socket = "{self.socket}"\n'
+            f'interface = "{self.interface}"\n'
+            'backend = "userspace"\n'
+            f"underlay_port = {NODE_UNDERLAY_PORT}\n"
+            f'underlay_endpoints = ["{self.underlay_ip}:{NODE_UNDERLAY_PORT}"]\n'
+        )
+
+    def start(self) -> float:
+        """Start the daemon; returns once its local API socket answers `status` (seconds)."""
+        self.program.start()
+
+        def probe() -> bool:
+            if not self.program.running:
+                raise LabError(f"rustynetd {self.name} exited:\n{self.program.tail()}")
+            return self.socket.exists() and self.cli("status", "--json").returncode == 0
+
+        return wait_for(f"rustynetd {self.name} socket", probe, START_TIMEOUT)[1]
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """`rustynet --socket S ARGS` inside the node's namespace."""
+        return run_in(self.ns, RUSTYNET_BIN, "--socket", str(self.socket), *args, stdin=stdin)
+
+    def cli_ok(self, *args: str, stdin: str | None = None) -> str:
+        """`cli` that must succeed; its stdout."""
+        done = self.cli(*args, stdin=stdin)
+        if done.returncode != 0:
+            raise LabError(
+                f"{self.name}: rustynet {' '.join(args)} → {done.returncode}:\n"
+                f"{done.stdout}{done.stderr}"
+            )
+        return done.stdout
+
+    def up(self, token: str) -> None:
+        """`rustynet up --token-file - --hostname NAME` (the token on stdin, never in argv)."""
+        self.cli_ok("up", "--token-file", "-", "--hostname", self.name, stdin=token + "\n")
+        self.overlay_ip = str(self.status()["node"]["overlay_ip"])  # type: ignore[index]
+
+    def status(self) -> dict[str, object]:
+        """`rustynet status --json`, decoded."""
+        decoded = json.loads(self.cli_ok("status", "--json"))
+        assert isinstance(decoded, dict)
+        return decoded
+
+    def peers(self) -> dict[str, dict[str, object]]:
+        """The peers in `status --json`, by name."""
+        peers = self.status().get("peers", [])
+        assert isinstance(peers, list)
+        return {str(p["name"]): p for p in peers}
+
+    def ping(self, other: Node, timeout_s: int = 1) -> bool:
+        """One ICMP echo from this namespace to `other`'s overlay address."""
+        done = run_in(self.ns, "ping", "-c1", "-n", f"-W{timeout_s}", other.overlay_ip)
+        return done.returncode == 0
+
+    def cli_ping(self, other: Node) -> bool:
+        """`rustynet ping PEER` (the daemon's own path check)."""
+        return self.cli("ping", other.name).returncode == 0
+
+    def tcp_connect(self, other: Node, port: int, timeout_s: float = 1.0) -> bool:
+        """Can this node open a TCP connection to `other`'s overlay address and port?"""
+        snippet = (
+            "import socket, sys\n"
+            "try:\n"
+            f"    socket.create_connection(({other.overlay_ip!r}, {port}), {timeout_s}).close()\n"
+            "except OSError:\n"
+            "    sys.exit(1)\n"
+        )
+        return run_in(self.ns, PYTHON, "-c", snippet).returncode == 0
+
+    def tunnel_rx_bytes(self) -> int:
+        """Bytes received over the tunnel from all peers (cross-check with `wg show`)."""
+        done = run_in(self.ns, "wg", "show", self.interface, "transfer")
+        return sum(int(line.split()[1]) for line in done.stdout.splitlines() if line.strip())
+
+
+class Mesh:
+    """The lab: bridge, control plane, nodes; everything removed by `close()`."""
+
+    def __init__(self, lab: NetLab, workdir: Path) -> None:
+        self.lab = lab
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.control_ns = lab.namespace("rnc")
+        lab.attach(self.control_ns, f"{CONTROL_IP}/{PREFIX_LEN}")
+        self.control = ControlPlane(self.control_ns, workdir)
+        self.nodes: dict[str, Node] = {}
+        self.servers: list[Program] = []
+
+    def start_control(self) -> float:
+        """init + serve; seconds until ready."""
+        self.control.init()
+        return self.control.start()
+
+    def add_node(self, name: str) -> Node:
+        """A new namespace on the bridge with a not-yet-started daemon configured in it."""
+        host = FIRST_NODE_HOST + len(self.nodes)
+        ns = self.lab.namespace("rnn")
+        underlay_ip = f"198.51.100.{host}"
+        self.lab.attach(ns, f"{underlay_ip}/{PREFIX_LEN}")
+        node = Node(name, ns, underlay_ip, self.lab.interface_name(), self.workdir)
+        self.nodes[name] = node
+        return node
+
+    def join(self, node: Node, tags: Iterable[str] = ()) -> None:
+        """Start `node`'s daemon (if needed) and enroll it with a fresh one-time token."""
+        if not node.program.running:
+            node.start()
+        node.up(self.control.join_token(tags))
+
+    def build(self, names: Sequence[str], tags: Mapping[str, Sequence[str]] | None = None) -> None:
+        """Control plane + the named nodes, all enrolled."""
+        self.start_control()
+        for name in names:
+            self.join(self.add_node(name), (tags or {}).get(name, ()))
+
+    def pairs(self) -> list[tuple[Node, Node]]:
+        """Every ordered pair of distinct nodes."""
+        nodes = list(self.nodes.values())
+        return [(a, b) for a in nodes for b in nodes if a is not b]
+
+    def wait_all_ping(self, timeout: float = 20) -> float:
+        """Wait until every ordered pair pings over the overlay; seconds taken."""
+        pending = self.pairs()
+
+        def probe() -> bool:
+            pending[:] = [(a, b) for a, b in pending if not a.ping(b)]
+            return not pending
+
+        try:
+            return wait_for("every pair to ping", probe, timeout, interval=0.0)[1]
+        except LabError as exc:
+            names = [f"{a.name}→{b.name}" for a, b in pending]
+            raise LabError(f"{exc}; still failing: {names}\n{self.logs()}") from None
+
+    def ping_matrix(self) -> dict[tuple[str, str], bool]:
+        """One ping per ordered pair: (from, to) → answered."""
+        return {(a.name, b.name): a.ping(b) for a, b in self.pairs()}
+
+    def serve_tcp(self, node: Node, port: int) -> Program:
+        """A TCP listener in `node`'s namespace that accepts and closes (for policy checks)."""
+        snippet = (
+            "import socket\n"
+            "s = socket.socket()\n"
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            f"s.bind(('0.0.0.0', {port})); s.listen(16); print('listening', flush=True)\n"
+            "while True:\n"
+            "    s.accept()[0].close()\n"
+        )
+        server = Program(node.ns, [PYTHON, "-c", snippet], self.workdir / f"tcp-{node.name}.log")
+        server.start()
+        server.wait_log("listening")
+        self.servers.append(server)
+        return server
+
+    def logs(self, lines: int = 30) -> str:
+        """Tails of every program's log, for a failure report."""
+        parts = [f"--- control ---\n{self.control.program.tail(lines)}"]
+        parts += [f"--- {n.name} ---\n{n.program.tail(lines)}" for n in self.nodes.values()]
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        """Stop our programs (process groups), then the lab removes namespaces and sockets."""
+        for node in self.nodes.values():
+            node.program.stop(timeout=5)
+        for server in self.servers:
+            server.kill()
+        self.control.program.stop(timeout=5)
+        self.lab.close()
+
+
+def new_mesh(workdir: Path) -> Mesh:
+    """A Mesh on a fresh NetLab (the caller closes it)."""
+    lab = NetLab()
+    try:
+        return Mesh(lab, workdir / unique_name("mesh", 12))
+    except BaseException:
+        lab.close()
+        raise
