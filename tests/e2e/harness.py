@@ -86,6 +86,16 @@ def wait_for(
         time.sleep(interval)
 
 
+def dig(document: object, *keys: str) -> object:
+    """`document[k1][k2]...` for decoded JSON objects (LabError naming the path if absent)."""
+    value = document
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            raise LabError(f"no {'.'.join(keys)} in {document!r}")
+        value = value[key]
+    return value
+
+
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
     env["HOME"] = "/nonexistent"  # no CLI may fall back to a real ~/.config
@@ -350,11 +360,12 @@ class Node:
         """rustynetd's TOML for this node."""
         return (
             "# rustynetd for the e2e lab (tests/e2e/harness.py)\n"
-            "[node]\n"
             f'state_dir = "{self.state_dir}"\n'
             f'socket = "{self.socket}"\n'
             f'interface = "{self.interface}"\n'
             'backend = "userspace"\n'
+            'keystore = "file"\n'
+            'log_level = "debug"\n'
             f"underlay_port = {NODE_UNDERLAY_PORT}\n"
             f'underlay_endpoints = ["{self.underlay_ip}:{NODE_UNDERLAY_PORT}"]\n'
         )
@@ -387,13 +398,17 @@ class Node:
     def up(self, token: str) -> None:
         """`rustynet up --token-file - --hostname NAME` (the token on stdin, never in argv)."""
         self.cli_ok("up", "--token-file", "-", "--hostname", self.name, stdin=token + "\n")
-        self.overlay_ip = str(self.status()["node"]["overlay_ip"])  # type: ignore[index]
+        self.overlay_ip = str(dig(self.status(), "node", "overlay_ip"))
 
     def status(self) -> dict[str, object]:
         """`rustynet status --json`, decoded."""
         decoded = json.loads(self.cli_ok("status", "--json"))
         assert isinstance(decoded, dict)
         return decoded
+
+    def connected(self) -> bool:
+        """Does `status` say the daemon is connected to the control plane?"""
+        return dig(self.status(), "control", "connected") is True
 
     def peers(self) -> dict[str, dict[str, object]]:
         """The peers in `status --json`, by name."""
@@ -410,16 +425,25 @@ class Node:
         """`rustynet ping PEER` (the daemon's own path check)."""
         return self.cli("ping", other.name).returncode == 0
 
-    def tcp_connect(self, other: Node, port: int, timeout_s: float = 1.0) -> bool:
-        """Can this node open a TCP connection to `other`'s overlay address and port?"""
+    def tcp_connect(self, other: Node, port: int, timeout_s: float = 1.0) -> str:
+        """Open a TCP connection to `other`'s overlay address.
+
+        "ok", "refused" (RST), "timeout" (silently dropped) or "unreachable" (no route, ICMP).
+        """
         snippet = (
             "import socket, sys\n"
             "try:\n"
             f"    socket.create_connection(({other.overlay_ip!r}, {port}), {timeout_s}).close()\n"
+            "except ConnectionRefusedError:\n"
+            "    print('refused')\n"
+            "except TimeoutError:\n"
+            "    print('timeout')\n"
             "except OSError:\n"
-            "    sys.exit(1)\n"
+            "    print('unreachable')\n"
+            "else:\n"
+            "    print('ok')\n"
         )
-        return run_in(self.ns, PYTHON, "-c", snippet).returncode == 0
+        return run_in(self.ns, PYTHON, "-c", snippet).stdout.strip()
 
     def tunnel_rx_bytes(self) -> int:
         """Bytes received over the tunnel from all peers (cross-check with `wg show`)."""
