@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -315,3 +316,128 @@ def render_admin_config(config: AdminConfig) -> str:
         f"spki_pin = {_q(config.spki_pin.to_text())}\n"
         f"key_file = {_q(str(config.key_file))}\n"
     )
+
+
+# --- rustynetd.toml ---------------------------------------------------------------------------
+
+DEFAULT_NODE_STATE_DIR: Final = Path("/var/lib/rustynet")
+DEFAULT_NODE_SOCKET: Final = Path("/run/rustynet/rustynetd.sock")
+DEFAULT_INTERFACE: Final = "rustynet0"
+NodeBackend = Literal["auto", "kernel", "userspace", "memory"]
+NodeKeystoreKind = Literal["auto", "os", "file"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+_NODE_BACKENDS: Final[Mapping[str, NodeBackend]] = {
+    "auto": "auto",
+    "kernel": "kernel",
+    "userspace": "userspace",
+    "memory": "memory",
+}
+_NODE_KEYSTORES: Final[Mapping[str, NodeKeystoreKind]] = {
+    "auto": "auto",
+    "os": "os",
+    "file": "file",
+}
+_LOG_LEVELS: Final[Mapping[str, LogLevel]] = {
+    "debug": "debug",
+    "info": "info",
+    "warning": "warning",
+    "error": "error",
+}
+_INTERFACE_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,14}")
+_GROUP_RE: Final = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+@attrs.frozen
+class NodeConfig:
+    """The parsed `rustynetd.toml` (paths absolute). Every key is optional.
+
+    rustynetd.toml (top-level keys, defaults shown)::
+
+        state_dir = "/var/lib/rustynet"            # node state + encrypted keys (STATE_DIR/keys)
+        socket = "/run/rustynet/rustynetd.sock"    # local API for the CLI, mode 0600
+        socket_group = "rustynet"                  # optional: mode 0660, this group may use it
+        interface = "rustynet0"                    # tunnel interface name (<= 15 characters)
+        backend = "auto"                           # auto | kernel | userspace | memory
+        underlay_port = 41641                      # UDP port; absent: the OS picks one
+        underlay_endpoints = ["198.51.100.7:41641"] # where peers may reach us (IP:PORT)
+        log_level = "info"                         # debug | info | warning | error
+        keystore = "auto"                          # auto | os | file
+        passphrase_file = "/etc/rustynet/keystore.pass"  # file key store; a systemd
+                                                   # credential is preferred when present
+    """
+
+    state_dir: Path = DEFAULT_NODE_STATE_DIR
+    socket: Path = DEFAULT_NODE_SOCKET
+    socket_group: str | None = None
+    interface: str = DEFAULT_INTERFACE
+    backend: NodeBackend = "auto"
+    underlay_port: int | None = None
+    underlay_endpoints: tuple[str, ...] = ()
+    log_level: LogLevel = "info"
+    keystore: NodeKeystoreKind = "auto"
+    passphrase_file: Path | None = None
+
+
+def _choice(reader: _Reader, key: str, allowed: Mapping[str, T], default: T) -> T:
+    value = reader.text(key, required=False)
+    if value is None:
+        return default
+    if value not in allowed:
+        raise reader.fail(key, f"expected one of {', '.join(allowed)}")
+    return allowed[value]
+
+
+def _endpoint_text(text: str) -> str:
+    host, port = parse_listen(text)
+    if port == 0:
+        raise ValueError("port must be 1-65535")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_node_config(data: Mapping[str, object], source: str, base: Path) -> NodeConfig:
+    """Strictly parse a `rustynetd.toml` document; relative paths are relative to `base`."""
+    top = _Reader(source, data, "")
+    defaults = NodeConfig()
+    state_dir = top.text("state_dir", required=False)
+    socket_path = top.text("socket", required=False)
+    group = top.text("socket_group", required=False)
+    if group is not None and not _GROUP_RE.fullmatch(group):
+        raise top.fail("socket_group", "not a valid group name")
+    interface = top.text("interface", required=False) or defaults.interface
+    if not _INTERFACE_RE.fullmatch(interface):
+        raise top.fail("interface", "1-15 characters: a letter, then letters, digits, _ . -")
+    port_value = top.get("underlay_port", int, required=False)
+    port = None if port_value is None else int(str(port_value))
+    if port is not None and not 1 <= port <= 65535:
+        raise top.fail("underlay_port", "must be 1-65535")
+    endpoints_value = top.get("underlay_endpoints", list, required=False)
+    endpoints: list[str] = []
+    for item in endpoints_value if isinstance(endpoints_value, list) else []:
+        if not isinstance(item, str):
+            raise top.fail("underlay_endpoints", "expected a list of IP:PORT strings")
+        endpoints.append(top.convert("underlay_endpoints", item, _endpoint_text))
+    passphrase = top.text("passphrase_file", required=False)
+    config = NodeConfig(
+        state_dir=_resolve(base, state_dir) if state_dir else defaults.state_dir,
+        socket=_resolve(base, socket_path) if socket_path else defaults.socket,
+        socket_group=group,
+        interface=interface,
+        backend=_choice(top, "backend", _NODE_BACKENDS, defaults.backend),
+        underlay_port=port,
+        underlay_endpoints=tuple(endpoints),
+        log_level=_choice(top, "log_level", _LOG_LEVELS, defaults.log_level),
+        keystore=_choice(top, "keystore", _NODE_KEYSTORES, defaults.keystore),
+        passphrase_file=_resolve(base, passphrase) if passphrase is not None else None,
+    )
+    if config.passphrase_file is not None and config.keystore == "os":
+        raise top.fail("passphrase_file", "only the file key store takes a passphrase")
+    top.finish()
+    return config
+
+
+def load_node_config(path: Path | None) -> NodeConfig:
+    """Parse `rustynetd.toml` strictly (None: every default); `ConfigError` names the key."""
+    if path is None:
+        return NodeConfig()
+    path = Path(path)
+    return parse_node_config(_read_toml(path), str(path), path.parent.resolve())

@@ -26,7 +26,6 @@ from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -39,6 +38,7 @@ from rustynet.ports.control_api import (
     JsonObject,
     JsonValue,
 )
+from rustynet.ports.control_plane import NodeCredentials
 
 DEFAULT_TIMEOUT: Final = 30.0
 PEERMAP_TIMEOUT: Final = 90.0  # the server holds a long-poll for up to ~60 s
@@ -83,12 +83,9 @@ def pinned_ssl_context(pin: SpkiPin) -> ssl.SSLContext:
     return context
 
 
-@attrs.frozen
-class NodeAuth:
-    """A node's access token and id for the node routes (`Bearer v4.public...`)."""
-
-    node_id: str
-    access_token: str = attrs.field(repr=False)
+# A node's access token and id for the node routes (`Bearer v4.public...`): the port's value,
+# so `rustynet.adapters.control_plane_http` can drive these routes with the agent's credentials.
+NodeAuth = NodeCredentials
 
 
 def _redacted(path: str) -> str:

@@ -24,6 +24,7 @@ from typing import Protocol, TextIO
 
 import attrs
 from rustynet.adapters.cli import admin as admin_cli
+from rustynet.adapters.cli import node as node_cli
 
 from rustynet.application.doctor import CheckResult, DoctorReport
 from rustynet.domain.errors import RustynetError
@@ -120,7 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rustynet", description="Rustynet mesh VPN: operator command line."
     )
+    parser.add_argument(
+        "--socket",
+        type=Path,
+        default=node_cli.DEFAULT_SOCKET,
+        metavar="PATH",
+        help="rustynetd's local API socket, for the node commands (default: %(default)s)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    node_cli.add_node_commands(sub)
     doctor = sub.add_parser(
         "doctor",
         parents=[_keystore_parent()],
@@ -207,6 +216,8 @@ def main(
         ns = parser.parse_args(args)
     except SystemExit as exc:  # argparse exits 2 on usage errors and 0 on --help
         return int(exc.code) if isinstance(exc.code, int) else int(ExitCode.USAGE)
+    if getattr(ns, "node_run", None) is not None:  # up/down/status/peers/ping: see cli/node.py
+        return node_cli.run_node_command(ns, out, err)
     run: Runner = ns.run
     try:
         return int(run(commands, ns, out))

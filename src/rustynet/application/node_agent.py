@@ -300,7 +300,7 @@ class NodeAgent:
         self.state = state
         self._identity, self._tunnel_key = identity, tunnel_key
         self._token, self._token_expires = grant.access_token, grant.access_token_expires_at
-        _log.info("node.enrolled", extra={"node": grant.node_id, "name": grant.name})
+        _log.info("node.enrolled", extra={"node": grant.node_id, "node_name": grant.name})
         return state
 
     # --- start / stop -------------------------------------------------------------------------

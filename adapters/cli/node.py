@@ -1,0 +1,299 @@
+"""`rustynet up | down | status | peers | ping`: the node commands, talking to rustynetd.
+
+The one rule: the CLI holds no node state and no key; it asks the daemon over its local API
+(HTTP on the UNIX socket, `--socket`, default /run/rustynet/rustynetd.sock) and prints the
+answer. Who may run these commands is decided by the socket's mode (0600 root, or 0660 for the
+configured group).
+
+Join tokens: `up --token-file FILE` (or `-` for stdin) keeps the token out of the process
+list. `up --token TOKEN` exists for convenience but puts the token in argv, where OTHER LOCAL
+USERS can read it (`ps`, /proc/PID/cmdline) while the command runs: use it only on a
+single-user machine, and never with a reusable join key.
+
+`ping PEER` checks the path through the tunnel: it resolves PEER (a node name or overlay IP
+from `status`) and runs `ping -c 3 -W 1 OVERLAY_IP` in the CALLER's network namespace, which
+must be the daemon's for the packets to use the tunnel.
+
+Exit codes: 0 ok, 1 the daemon refused or failed (message on stderr) or the ping got no
+answer, 2 usage error, 3 cannot reach the daemon (not running, or no permission on the socket).
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import http.client
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final, TextIO
+
+DEFAULT_SOCKET: Final = Path("/run/rustynet/rustynetd.sock")
+TIMEOUT: Final = 120.0  # a join runs the whole enrollment exchange with the control plane
+MAX_TOKEN: Final = 4096
+
+
+class NodeExit(enum.IntEnum):
+    """Exit codes of the node commands."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    UNREACHABLE = 3
+
+
+class DaemonUnreachable(Exception):  # noqa: N818 - names the state
+    """The daemon's socket does not answer (or we may not open it)."""
+
+
+class DaemonRefused(Exception):  # noqa: N818 - names the outcome
+    """The daemon answered with an error document."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("rustynetd", timeout=TIMEOUT)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self._path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def call(path: Path, method: str, route: str, body: Mapping[str, object] | None = None) -> object:
+    """One request to the daemon; the parsed JSON answer (or text for /metrics)."""
+    conn = _UnixConnection(path)
+    try:
+        payload = None if body is None else json.dumps(body).encode("utf-8")
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        try:
+            conn.request(method, route, body=payload, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except PermissionError as exc:
+            raise DaemonUnreachable(
+                f"{path}: permission denied (root or the socket group)"
+            ) from exc
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise DaemonUnreachable(f"{path}: rustynetd is not running ({exc.strerror})") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise DaemonUnreachable(f"{path}: {exc}") from exc
+    finally:
+        conn.close()
+    if response.getheader("Content-Type", "").startswith("text/plain"):
+        return raw.decode("utf-8", "replace")
+    try:
+        parsed: object = json.loads(raw)
+    except ValueError as exc:
+        raise DaemonUnreachable(f"{path}: the daemon sent something that is not JSON") from exc
+    if response.status >= 400:
+        detail = parsed.get("detail") if isinstance(parsed, dict) else None
+        raise DaemonRefused(str(detail or f"HTTP {response.status}"))
+    return parsed
+
+
+def _read_token(ns: argparse.Namespace, stdin: TextIO) -> str:
+    if ns.token is not None:
+        return str(ns.token).strip()
+    source: str = ns.token_file
+    try:
+        text = stdin.read(MAX_TOKEN + 1) if source == "-" else Path(source).read_text("utf-8")
+    except OSError as exc:
+        raise UsageProblem(f"--token-file {source}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise UsageProblem(f"--token-file {source}: not text") from None
+    token = text.strip()
+    if not token or len(token) > MAX_TOKEN or "\n" in token:
+        raise UsageProblem(f"--token-file {source}: expected one join token (rnjoin1_...)")
+    return token
+
+
+class UsageProblem(Exception):  # noqa: N818 - a usage error, exit 2
+    """The command line is wrong (reported like argparse errors)."""
+
+
+def _doc(value: object) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise DaemonUnreachable("the daemon sent an unexpected answer")
+    return value
+
+
+def _get(doc: Mapping[str, object], key: str) -> dict[str, object]:
+    value = doc.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _peers(doc: Mapping[str, object]) -> list[dict[str, object]]:
+    value = doc.get("peers")
+    return [p for p in value if isinstance(p, dict)] if isinstance(value, list) else []
+
+
+def render_status(doc: Mapping[str, object]) -> str:
+    """Human status: node, control, backend, serial, then the peer table."""
+    node, control = _get(doc, "node"), _get(doc, "control")
+    lines = [f"state:    {doc.get('state', '?')}"]
+    if node:
+        lines.append(f"node:     {node.get('name')} ({node.get('id')}) {node.get('overlay_ip')}")
+    if control:
+        connected = "connected" if control.get("connected") else "NOT connected"
+        lines.append(f"control:  {control.get('url')} ({connected})")
+    lines.append(f"backend:  {doc.get('backend')}")
+    lines.append(f"peer map: serial {doc.get('peermap_serial')}")
+    return "\n".join(lines) + "\n" + render_peers(_peers(doc))
+
+
+def render_peers(peers: list[dict[str, object]]) -> str:
+    """One line per peer: name, overlay IP, path, handshake, counters."""
+    if not peers:
+        return "peers:    none\n"
+    rows = [("NAME", "OVERLAY IP", "PATH", "LAST HANDSHAKE", "RX", "TX")]
+    rows += [
+        (
+            str(p.get("name")),
+            str(p.get("overlay_ip")),
+            str(p.get("path")),
+            str(p.get("last_handshake") or "-"),
+            str(p.get("rx_bytes")),
+            str(p.get("tx_bytes")),
+        )
+        for p in peers
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        + "\n"
+        for row in rows
+    )
+
+
+def _print_json(out: TextIO, value: object) -> None:
+    out.write(json.dumps(value, indent=2) + "\n")
+
+
+def _run_up(ns: argparse.Namespace, out: TextIO, stdin: TextIO) -> NodeExit:
+    body: dict[str, object] = {"hostname": ns.hostname}
+    if ns.token is not None or ns.token_file is not None:
+        body["token"] = _read_token(ns, stdin)
+    doc = _doc(call(ns.socket, "POST", "/up", body))
+    out.write(render_status(doc))
+    return NodeExit.OK
+
+
+def _run_down(ns: argparse.Namespace, out: TextIO, _stdin: TextIO) -> NodeExit:
+    doc = _doc(call(ns.socket, "POST", "/down"))
+    out.write(f"state:    {doc.get('state')}\n")
+    return NodeExit.OK
+
+
+def _run_status(ns: argparse.Namespace, out: TextIO, _stdin: TextIO) -> NodeExit:
+    doc = _doc(call(ns.socket, "GET", "/status"))
+    if ns.json:
+        _print_json(out, doc)
+    else:
+        out.write(render_status(doc))
+    return NodeExit.OK
+
+
+def _run_peers(ns: argparse.Namespace, out: TextIO, _stdin: TextIO) -> NodeExit:
+    peers = _peers(_doc(call(ns.socket, "GET", "/peers")))
+    if ns.json:
+        _print_json(out, peers)
+    else:
+        out.write(render_peers(peers))
+    return NodeExit.OK
+
+
+def resolve_peer(doc: Mapping[str, object], peer: str) -> str:
+    """PEER (name or overlay IP) → its overlay IP, from the status document."""
+    for entry in _peers(doc):
+        if peer in (entry.get("name"), entry.get("overlay_ip")):
+            ip = entry.get("overlay_ip")
+            if isinstance(ip, str) and ip:
+                return ip
+    raise DaemonRefused(f"no peer called {peer!r} in the current peer map (see rustynet peers)")
+
+
+def _run_ping(ns: argparse.Namespace, out: TextIO, _stdin: TextIO) -> NodeExit:
+    ip = resolve_peer(_doc(call(ns.socket, "GET", "/status")), ns.peer)
+    program = shutil.which("ping")
+    if program is None:
+        raise DaemonRefused("ping(8) is not installed")
+    done = subprocess.run(  # noqa: S603 - fixed argv, the address came from the daemon
+        [program, "-c", "3", "-W", "1", ip], capture_output=True, text=True, check=False
+    )
+    out.write(done.stdout)
+    return NodeExit.OK if done.returncode == 0 else NodeExit.FAILED
+
+
+def add_node_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `up`, `down`, `status`, `peers`, `ping` to the `rustynet` parser."""
+    up = sub.add_parser(
+        "up",
+        help="join a mesh (first time, with a join token) and bring the tunnel up",
+        description="Join with a join token (first time) and bring the tunnel up. "
+        "--token puts the token in argv, visible to other local users: prefer --token-file.",
+    )
+    source = up.add_mutually_exclusive_group()
+    source.add_argument(
+        "--token-file", metavar="FILE", help="read the join token from FILE ('-': stdin)"
+    )
+    source.add_argument(
+        "--token", metavar="TOKEN", help="the join token itself (VISIBLE to other local users)"
+    )
+    up.add_argument("--hostname", metavar="NAME", help="node name to ask for (default: hostname)")
+    up.set_defaults(node_run=_run_up)
+    down = sub.add_parser("down", help="tear the tunnel down (the node stays enrolled)")
+    down.set_defaults(node_run=_run_down)
+    status = sub.add_parser("status", help="node, control plane, backend, peer map and peers")
+    status.add_argument("--json", action="store_true", help="print the status document")
+    status.set_defaults(node_run=_run_status)
+    peers = sub.add_parser("peers", help="the peers of the current peer map")
+    peers.add_argument("--json", action="store_true", help="print JSON")
+    peers.set_defaults(node_run=_run_peers)
+    ping = sub.add_parser(
+        "ping",
+        help="ping a peer's overlay address through the tunnel",
+        description="Resolve PEER's overlay IP from the daemon and run `ping -c 3 -W 1` in this "
+        "shell's network namespace.",
+    )
+    ping.add_argument("peer", metavar="PEER", help="peer name or overlay IP")
+    ping.set_defaults(node_run=_run_ping)
+
+
+def run_node_command(
+    ns: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO | None = None
+) -> int:
+    """Run the parsed node command; print errors; return the exit code."""
+    try:
+        return int(ns.node_run(ns, out, sys.stdin if stdin is None else stdin))
+    except UsageProblem as exc:
+        err.write(f"rustynet {ns.command}: {exc}\n")
+        return int(NodeExit.USAGE)
+    except DaemonUnreachable as exc:
+        err.write(f"rustynet {ns.command}: cannot reach rustynetd: {exc}\n")
+        return int(NodeExit.UNREACHABLE)
+    except DaemonRefused as exc:
+        err.write(f"rustynet {ns.command}: {exc}\n")
+        return int(NodeExit.FAILED)
+
+
+__all__ = [
+    "DEFAULT_SOCKET",
+    "NodeExit",
+    "add_node_commands",
+    "call",
+    "render_peers",
+    "render_status",
+    "resolve_peer",
+    "run_node_command",
+]
