@@ -1,0 +1,169 @@
+"""rustynetd's local API and `NodeDaemon` without privileges: the in-process control plane, the
+in-memory tunnel and firewall, the real aiohttp app and a real UNIX socket; plus strict
+`rustynetd.toml` parsing."""
+
+from __future__ import annotations
+
+import socket
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from rustynet.adapters.config import ConfigError, load_node_config
+from rustynet.adapters.control_plane_local import LocalControlPlane
+from rustynet.adapters.firewall.memory import MemoryFirewall
+from rustynet.adapters.keystore.memory import MemoryKeystore
+from rustynet.adapters.local_api import LocalApiError, bind_socket, create_local_app
+from rustynet.adapters.node_state_file import FileNodeStateStore
+from rustynet.adapters.storage.memory import MemoryStore
+from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
+
+from rustynet.application.control_types import CreateJoinKeyRequest
+from rustynet.application.node_agent import AgentSettings
+from rustynet.bootstrap.node import NodeDaemon, NodePorts
+from tests.integration.test_control_service import POLICY, World, make_world
+
+
+@pytest_asyncio.fixture
+async def world() -> AsyncIterator[World]:
+    """An in-process control plane with a policy."""
+    made = await make_world(MemoryStore())
+    await made.service.put_policy(made.admin, POLICY)
+    try:
+        yield made
+    finally:
+        await made.store.close()
+
+
+def _interface(tunnel: MemoryTunnelBackend) -> str | None:
+    return tunnel.interface  # a call: mypy must not carry narrowing across awaits
+
+
+def _daemon(w: World, tmp: Path) -> tuple[NodeDaemon, MemoryTunnelBackend]:
+    keystore = MemoryKeystore()
+    keystore.open()
+    tunnel = MemoryTunnelBackend()
+    ports = NodePorts(
+        tunnel=tunnel,
+        firewall=MemoryFirewall(),
+        keystore=keystore,
+        state_store=FileNodeStateStore(tmp / "node-state.json"),
+        clock=w.clock,
+        entropy=w.entropy,
+        control_factory=lambda _url, _pin: LocalControlPlane(w.service, "198.51.100.21"),
+    )
+    return NodeDaemon(ports, AgentSettings(interface="rnapi0", long_poll_seconds=0.05)), tunnel
+
+
+@pytest.mark.asyncio
+async def test_up_status_down_through_the_local_api(world: World, tmp_path: Path) -> None:
+    """not_enrolled → up with a token → running with node/control/backend/serial → a second
+    token refused (409) → down removes the interface → up without a token → running again."""
+    daemon, tunnel = _daemon(world, tmp_path)
+    client: TestClient[web.Request, web.Application] = TestClient(
+        TestServer(create_local_app(daemon))
+    )
+    await client.start_server()
+    await daemon.start()
+    first = await (await client.get("/status")).json()
+    assert first["state"] == "not_enrolled"
+    assert first["node"] is None
+    no_token = await client.post("/up", json={})
+    assert no_token.status == 409
+    created = await world.service.create_join_key(world.admin, CreateJoinKeyRequest(tags=()))
+    up = await client.post("/up", json={"token": created.token, "hostname": "delta"})
+    assert up.status == 200, await up.text()
+    doc = await up.json()
+    assert doc["state"] == "running"
+    assert doc["node"]["name"] == "delta"
+    assert doc["node"]["overlay_ip"].startswith("100.")
+    assert doc["backend"] == "memory"
+    assert doc["peermap_serial"] >= 0
+    assert set(doc["control"]) == {"url", "connected"}
+    assert _interface(tunnel) == "rnapi0"
+    again = await client.post("/up", json={"token": created.token})
+    assert again.status == 409
+    assert (await again.json())["error"] == "already_enrolled"
+    down = await client.post("/down")
+    assert (await down.json())["state"] == "down"
+    assert _interface(tunnel) is None
+    back = await client.post("/up", json={})
+    assert (await back.json())["state"] == "running"
+    assert _interface(tunnel) == "rnapi0"
+    peers = await (await client.get("/peers")).json()
+    assert peers == {"peers": []}
+    metrics = await client.get("/metrics")
+    assert metrics.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert 'rustynet_node_info{backend="memory",state="running"} 1' in await metrics.text()
+    await daemon.shutdown()
+    assert _interface(tunnel) is None
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_malformed_up_bodies_are_refused(world: World, tmp_path: Path) -> None:
+    """Unknown keys, non-strings and a bad token are 4xx; nothing is enrolled."""
+    daemon, _ = _daemon(world, tmp_path)
+    client: TestClient[web.Request, web.Application] = TestClient(
+        TestServer(create_local_app(daemon))
+    )
+    await client.start_server()
+    for body in ({"token": 5}, {"token": "x", "extra": 1}, ["token"]):
+        response = await client.post("/up", json=body)
+        assert response.status == 400, body
+    bad = await client.post("/up", json={"token": "rnjoin1_notatoken"})
+    assert bad.status == 403
+    assert (await bad.json())["error"] == "join_failed"
+    assert (await (await client.get("/status")).json())["state"] == "not_enrolled"
+    await client.close()
+
+
+def test_socket_is_0600_stale_replaced_live_refused(tmp_path: Path) -> None:
+    """bind_socket makes a 0600 socket, replaces a dead one, refuses a live one and a file."""
+    path = tmp_path / "run" / "d.sock"
+    live = bind_socket(path)
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        with pytest.raises(LocalApiError, match="already listening"):
+            bind_socket(path)
+    finally:
+        live.close()
+    stale = bind_socket(path)  # the file is still there, nobody listens
+    stale.close()
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(LocalApiError, match="not a socket"):
+        bind_socket(tmp_path / "plain")
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(1)
+        with pytest.raises(OSError):  # noqa: PT011 - any refusal: nothing listens now
+            probe.connect(str(path))
+
+
+def test_node_config_is_strict(tmp_path: Path) -> None:
+    """Defaults without a file; unknown keys, bad backends, ports and names are named errors."""
+    assert load_node_config(None).socket == Path("/run/rustynet/rustynetd.sock")
+    good = tmp_path / "ok.toml"
+    good.write_text(
+        'state_dir = "s"\nbackend = "userspace"\nunderlay_endpoints = ["198.51.100.1:9"]\n'
+    )
+    parsed = load_node_config(good)
+    assert parsed.state_dir == tmp_path.resolve() / "s"
+    assert parsed.underlay_endpoints == ("198.51.100.1:9",)
+    cases = {
+        "bogus = 1": "bogus: unknown setting",
+        'backend = "wg"': "backend: expected one of",
+        "underlay_port = 70000": "underlay_port: must be 1-65535",
+        "underlay_port = true": "underlay_port: expected an integer",
+        'interface = "a-very-long-interface-name"': "interface:",
+        'underlay_endpoints = ["example.org:1"]': "underlay_endpoints:",
+        'keystore = "os"\npassphrase_file = "p"': "passphrase_file: only the file key store",
+    }
+    for text, message in cases.items():
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text + "\n")
+        with pytest.raises(ConfigError, match=message):
+            load_node_config(bad)
