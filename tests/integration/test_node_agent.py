@@ -4,9 +4,12 @@ control-plane outages, rejected maps and restarts."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import attrs
@@ -223,3 +226,31 @@ async def test_tunnel_key_rotation_reaches_the_peer(world: World, tmp_path: Path
     assert b.agent.state.tunnel_key in peers
     assert old not in peers
     assert b.tunnel.interface is not None
+
+
+async def test_parked_long_poll_does_not_delay_the_responder(world: World, tmp_path: Path) -> None:
+    """While run() waits on a long poll, the ticker re-plans: the silent responder gets the
+    initiator's endpoint once it is overdue, without waiting for a new peer map."""
+    a, b = await pair(world, tmp_path)
+    assert a.agent.state is not None
+    assert b.agent.state is not None
+    a_key, b_key = a.agent.state.tunnel_key, b.agent.state.tunnel_key
+    responder, initiator_key = (b, a_key) if a_key.raw < b_key.raw else (a, b_key)
+    held = (await responder.tunnel.peers())[initiator_key]
+    assert held.underlay_endpoint is None  # waits to be spoken to first
+    responder.agent.settings = attrs.evolve(responder.agent.settings, reconcile_interval=0.05)
+    world.clock.advance(timedelta(seconds=4))  # past the responder grace: overdue
+    task = asyncio.create_task(responder.agent.run())
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            peer = (await responder.tunnel.peers())[initiator_key]
+            if peer.underlay_endpoint is not None:
+                break
+        assert peer.underlay_endpoint is not None
+        assert not task.done()  # still parked on the long poll: the ticker did it
+    finally:
+        await responder.agent.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -67,6 +67,7 @@ from rustynet.domain.netmap import (
     accept_peer_map,
 )
 from rustynet.domain.node_state import NodeState
+from rustynet.domain.reconcile import Action
 from rustynet.domain.tunnel import IPInterface, IPNetwork
 from rustynet.ports.clock import Clock
 from rustynet.ports.control_plane import (
@@ -79,10 +80,10 @@ from rustynet.ports.control_plane import (
     is_revocation,
 )
 from rustynet.ports.entropy import Entropy
-from rustynet.ports.firewall import Firewall
+from rustynet.ports.firewall import Firewall, FirewallError
 from rustynet.ports.keystore import KeyNotFound, Keystore, load_or_create
 from rustynet.ports.node_state_store import NodeStateStore
-from rustynet.ports.tunnel import TunnelBackend
+from rustynet.ports.tunnel import TunnelBackend, TunnelError
 
 _log = logging.getLogger("rustynet.node")
 _events = logging.getLogger("rustynet.node.events")
@@ -127,6 +128,9 @@ class AgentSettings:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     endpoints: tuple[str, ...] = ()
+    # Re-plan this often while a long poll is parked: the responder side of a pair must start
+    # talking within the handshake-retry window (LAB.md pitfall 1), not after the next map.
+    reconcile_interval: float = 1.0
 
 
 Path = Literal["direct", "relay", "none"]
@@ -221,6 +225,7 @@ class NodeAgent:
         self._stopping = False
         self.rejected_maps = 0
         self._endpoints_reported = False
+        self._reconcile_lock = asyncio.Lock()
 
     # --- join ---------------------------------------------------------------------------------
 
@@ -379,6 +384,7 @@ class NodeAgent:
                 raise AgentRevoked("control refused this node's identity") from exc
             raise
         self._token, self._token_expires = grant.access_token, grant.expires_at
+        self.connected = True  # control answered a signed request: we are in touch
 
     async def _ensure_token(self) -> None:
         now = self.clock.now()
@@ -514,6 +520,10 @@ class NodeAgent:
 
     async def reconcile(self) -> tuple[reconcile.Action, ...]:
         """Plan against the backends' actual state and run the actions; returns them."""
+        async with self._reconcile_lock:  # the ticker and the poll loop never interleave plans
+            return await self._reconcile()
+
+    async def _reconcile(self) -> tuple[Action, ...]:
         if not self._started:
             return ()
         now = self.clock.now()
@@ -564,6 +574,24 @@ class NodeAgent:
         """Repeat `step` until stopped or revoked; outages back off with jitter."""
         if not self._started:
             await self.start()
+        ticker = asyncio.create_task(self._reconcile_ticker())
+        try:
+            await self._run_steps()
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
+    async def _reconcile_ticker(self) -> None:
+        """Re-plan every `reconcile_interval` s (responders waking up, expiries, lost peers)."""
+        while not self._stopping:
+            await asyncio.sleep(self.settings.reconcile_interval)
+            try:
+                await self.reconcile()
+            except (TunnelError, FirewallError) as exc:
+                _log.warning("tunnel.reconcile_failed", extra={"error": str(exc)[:200]})
+
+    async def _run_steps(self) -> None:
         delay = self.settings.backoff_initial
         while not self._stopping:
             try:
