@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -348,7 +349,10 @@ class Node:
         self.state_dir = self.dir / "state"
         self.socket = self.dir / "rustynetd.sock"
         self.config = self.dir / "rustynetd.toml"
+        self.passphrase = self.dir / "keystore.pass"
         self.dir.mkdir(parents=True)
+        self.passphrase.write_text(secrets.token_urlsafe(32) + "\n")
+        self.passphrase.chmod(0o600)
         self.config.write_text(self.config_text())
         self.config.chmod(0o600)
         self.program = Program(
@@ -365,7 +369,8 @@ class Node:
             f'interface = "{self.interface}"\n'
             'backend = "userspace"\n'
             'keystore = "file"\n'
-            'log_level = "debug"\n'
+            f'passphrase_file = "{self.passphrase}"\n'
+            'log_level = "info"\n'
             f"underlay_port = {NODE_UNDERLAY_PORT}\n"
             f'underlay_endpoints = ["{self.underlay_ip}:{NODE_UNDERLAY_PORT}"]\n'
         )
@@ -444,11 +449,6 @@ class Node:
             "    print('ok')\n"
         )
         return run_in(self.ns, PYTHON, "-c", snippet).stdout.strip()
-
-    def tunnel_rx_bytes(self) -> int:
-        """Bytes received over the tunnel from all peers (cross-check with `wg show`)."""
-        done = run_in(self.ns, "wg", "show", self.interface, "transfer")
-        return sum(int(line.split()[1]) for line in done.stdout.splitlines() if line.strip())
 
 
 class Mesh:
@@ -538,11 +538,13 @@ class Mesh:
 
     def close(self) -> None:
         """Stop our programs (process groups), then the lab removes namespaces and sockets."""
-        for node in self.nodes.values():
-            node.program.stop(timeout=5)
+        programs = [n.program for n in self.nodes.values()] + [self.control.program]
+        for program in programs:  # all at once: each daemon's teardown takes a while
+            program.signal(signal.SIGTERM)
+        for program in programs:
+            program.stop(timeout=5)
         for server in self.servers:
             server.kill()
-        self.control.program.stop(timeout=5)
         self.lab.close()
 
 
