@@ -4,6 +4,8 @@
     nox -s ci          every gate that runs offline: lint, typecheck, arch, tests
     nox -s audit       pip-audit against requirements.lock + CycloneDX SBOM (needs the network;
                        `nox -s audit -- --strict` fails when the advisory service is unreachable)
+    nox -s demo        the main job (root): a control plane and three nodes in namespaces,
+                       up until Ctrl-C; `nox -s demo -- --check` verifies and exits
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ def arch(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The test suite (unit, property, contract, integration, e2e)."""
     session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job: control plane + three nodes in namespaces (root); `-- --check` for CI."""
+    session.run("python", "-m", "tools.demo", *session.posargs)
 
 
 @nox.session

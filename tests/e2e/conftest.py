@@ -50,6 +50,12 @@ def _mesh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mesh]:
 
 
 @pytest.fixture
+def lab_programs() -> None:
+    """Skip (reason printed) unless root and every program the lab runs is installed."""
+    _require(CONTROL_BIN, RUSTYNETD_BIN)
+
+
+@pytest.fixture
 def control_mesh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mesh]:
     """A lab with the bridge and the control namespace (nodes added by the test)."""
     _require(CONTROL_BIN)
