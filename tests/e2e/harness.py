@@ -450,6 +450,14 @@ class Node:
         )
         return run_in(self.ns, PYTHON, "-c", snippet).stdout.strip()
 
+    def tunnel_key(self) -> str:
+        """This node's tunnel public key as the interface holds it (`wg show`, a cross-check)."""
+        return run_in(self.ns, "wg", "show", self.interface, "public-key").stdout.strip()
+
+    def tunnel_peer_keys(self) -> set[str]:
+        """The peer keys configured on this node's interface (`wg show ... peers`)."""
+        return set(run_in(self.ns, "wg", "show", self.interface, "peers").stdout.split())
+
 
 class Mesh:
     """The lab: bridge, control plane, nodes; everything removed by `close()`."""
