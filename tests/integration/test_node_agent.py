@@ -153,6 +153,19 @@ async def test_control_down_keeps_tunnels_and_resyncs(world: World, tmp_path: Pa
     assert (await a.agent.status()).connected
 
 
+async def test_reconnect_does_not_park_on_a_long_poll(world: World, tmp_path: Path) -> None:
+    """After an outage the first poll asks without waiting: `connected` is true as soon as
+    control answers, not after a 60 s long poll with nothing new."""
+    a, _ = await pair(world, tmp_path)
+    a.control.reachable = False
+    with pytest.raises(ControlUnreachable):
+        await a.agent.step(timeout=0)
+    a.control.reachable = True
+    assert a.agent.settings.long_poll_seconds >= 60
+    assert not await asyncio.wait_for(a.agent.step(), timeout=10)  # default wait: would park
+    assert (await a.agent.status()).connected
+
+
 async def test_expired_map_fails_closed_while_control_is_down(world: World, tmp_path: Path) -> None:
     """Once the last good map expires with control still down, every peer is removed."""
     a, _ = await pair(world, tmp_path)
@@ -230,14 +243,14 @@ async def test_tunnel_key_rotation_reaches_the_peer(world: World, tmp_path: Path
 
 async def test_parked_long_poll_does_not_delay_the_responder(world: World, tmp_path: Path) -> None:
     """While run() waits on a long poll, the ticker re-plans: the silent responder gets the
-    initiator's endpoint once it is overdue, without waiting for a new peer map."""
+    keepalive toward the initiator once it is overdue, without waiting for a new peer map."""
     a, b = await pair(world, tmp_path)
     assert a.agent.state is not None
     assert b.agent.state is not None
     a_key, b_key = a.agent.state.tunnel_key, b.agent.state.tunnel_key
     responder, initiator_key = (b, a_key) if a_key.raw < b_key.raw else (a, b_key)
     held = (await responder.tunnel.peers())[initiator_key]
-    assert held.underlay_endpoint is None  # waits to be spoken to first
+    assert held.keepalive_seconds is None  # waits to be spoken to first
     responder.agent.settings = attrs.evolve(responder.agent.settings, reconcile_interval=0.05)
     world.clock.advance(timedelta(seconds=4))  # past the responder grace: overdue
     task = asyncio.create_task(responder.agent.run())
@@ -245,9 +258,9 @@ async def test_parked_long_poll_does_not_delay_the_responder(world: World, tmp_p
         for _ in range(100):
             await asyncio.sleep(0.05)
             peer = (await responder.tunnel.peers())[initiator_key]
-            if peer.underlay_endpoint is not None:
+            if peer.keepalive_seconds is not None:
                 break
-        assert peer.underlay_endpoint is not None
+        assert peer.keepalive_seconds is not None
         assert not task.done()  # still parked on the long poll: the ticker did it
     finally:
         await responder.agent.stop()

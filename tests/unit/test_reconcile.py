@@ -61,19 +61,19 @@ def pmap(own: int, peers: tuple[PeerEntry, ...], serial: int = 1) -> PeerMap:
 
 
 def test_lower_key_initiates_and_higher_key_waits() -> None:
-    """Node 2 speaks first to 5 (endpoint + keepalive); 5 holds 2 with no endpoint/keepalive."""
+    """Node 2 speaks first to 5 (endpoint + keepalive); 5 holds 2's endpoint but no keepalive."""
     low = desired_state(pmap(2, (peer(5),)), key(2)).peers[0]
     high = desired_state(pmap(5, (peer(2),)), key(5)).peers[0]
     assert low.underlay_endpoint == UnderlayEndpoint.parse("198.51.100.5:41641")
     assert low.keepalive_seconds == 25
-    assert high.underlay_endpoint is None
+    assert high.underlay_endpoint == UnderlayEndpoint.parse("198.51.100.2:41641")
     assert high.keepalive_seconds is None
     assert initiates(key(2), key(5))
     assert not initiates(key(5), key(2))
 
 
 def test_responder_talks_after_hearing_from_the_initiator_or_when_it_is_overdue() -> None:
-    """After a handshake (or past the grace period) the responder gets endpoint and keepalive."""
+    """After a handshake (or past the grace period) the responder gets its keepalive."""
     m = pmap(5, (peer(2),))
     heard = desired_state(m, key(5), heard_from=[key(2)]).peers[0]
     late = desired_state(m, key(5), overdue=[key(2)])

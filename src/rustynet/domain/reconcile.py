@@ -16,15 +16,17 @@ Theory of operation.
   sorts lower (`initiates(own, peer)`, a strict total order, so for two distinct keys exactly
   one of `initiates(a, b)` and `initiates(b, a)` holds). The initiator's peer config carries
   the peer's underlay endpoint and a keepalive, so the tunnel handshakes as soon as the peer is
-  configured. The responder's config for that peer has NO endpoint and NO keepalive: it cannot
-  send anything, and learns the initiator's endpoint from its first handshake. Once the
-  responder has heard from the initiator (a handshake is seen in the stats), the endpoint and
-  keepalive are added, so the session is kept alive from both ends and the responder can
-  re-initiate later (sessions re-key one at a time, long after the first handshake, so the
+  configured. The responder's config for that peer carries the endpoint but NO keepalive: the
+  tunnel does not speak on its own, so the map arriving on both ends at once cannot make both
+  initiate; but the responder's own traffic starts a handshake at once (a restarted responder
+  whose peer still holds a stale session must not wait: the peer has no reason to initiate,
+  and waiting cost ~4 s per restart in the e2e lab). Once the responder has heard from the
+  initiator (a handshake is seen in the stats), the keepalive is added, so the session is kept
+  alive from both ends (sessions re-key one at a time, long after the first handshake, so the
   crossing start-up race cannot recur). If the initiator stays silent for longer than a grace
   period (it may not have our key yet, or cannot reach us), the agent lists the peer as
-  `overdue` and the responder initiates anyway: staggered by the grace period, not
-  simultaneous.
+  `overdue` and the responder's keepalive starts a handshake anyway: staggered by the grace
+  period, not simultaneous.
 * Actions, in the order they must run: `SetRuleset` (the filter tightens before peers change:
   fail closed), `SetAddresses`, `RemovePeer`s, `AddPeer`s/`UpdatePeer`s, `SetRoutes`. Peer
   actions name one peer each; a one-peer change in the map yields exactly one peer action (and
@@ -158,7 +160,7 @@ def desired_state(
         if first:
             speak_first.add(entry.tunnel_key)
         talk = first or entry.tunnel_key in heard
-        endpoint = _first_endpoint(entry.underlay_endpoints) if talk else None
+        endpoint = _first_endpoint(entry.underlay_endpoints)
         peers.append(
             PeerConfig(
                 key=entry.tunnel_key,
