@@ -383,12 +383,19 @@ class ControlClient:
         await self.request("PUT", "/v1/node/endpoints", body=body, headers=self._node_headers(auth))
 
     async def peer_map(
-        self, auth: NodeAuth, *, after: int = 0, timeout: float = PEERMAP_TIMEOUT
+        self,
+        auth: NodeAuth,
+        *,
+        after: int = 0,
+        wait: int | None = None,
+        timeout: float = PEERMAP_TIMEOUT,
     ) -> JsonObject | None:
-        """`GET /v1/peermap?after=N`: `{"envelope", "trust"}`, or None when the poll ran out."""
+        """`GET /v1/peermap?after=N[&wait=S]`: `{"envelope", "trust"}`, or None when the poll ran
+        out (after the server's long-poll time, or `wait` seconds when shorter)."""
+        query = f"after={int(after)}" + ("" if wait is None else f"&wait={int(wait)}")
         _, parsed = await self.request(
             "GET",
-            f"/v1/peermap?after={int(after)}",
+            f"/v1/peermap?{query}",
             headers=self._node_headers(auth),
             timeout=timeout,
         )

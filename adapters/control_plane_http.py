@@ -75,9 +75,14 @@ class NodeRoutes(Protocol):
         ...
 
     async def peer_map(
-        self, auth: NodeCredentials, *, after: int = 0, timeout: float = ...
+        self,
+        auth: NodeCredentials,
+        *,
+        after: int = 0,
+        wait: int | None = None,
+        timeout: float = ...,
     ) -> JsonObject | None:
-        """`GET /v1/peermap?after=N`."""
+        """`GET /v1/peermap?after=N[&wait=S]`."""
         ...
 
     async def close(self) -> None:
@@ -189,8 +194,10 @@ class HttpControlPlane:
         self, auth: NodeCredentials, after: int, timeout: float
     ) -> PeerMapDelivery | None:
         """`GET /v1/peermap?after=N` (long poll; None when the server's poll ran out)."""
-        wait = max(timeout, SERVER_LONG_POLL) + POLL_MARGIN
-        answer = await self._client.peer_map(auth, after=after, timeout=wait)
+        wait = None if timeout >= SERVER_LONG_POLL else max(0, int(timeout))
+        answer = await self._client.peer_map(
+            auth, after=after, wait=wait, timeout=max(timeout, SERVER_LONG_POLL) + POLL_MARGIN
+        )
         if answer is None:
             return None
         fields = _Fields("GET /v1/peermap", answer)

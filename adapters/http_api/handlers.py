@@ -132,9 +132,13 @@ async def set_endpoints(request: web.Request) -> web.Response:
 
 
 async def peer_map(request: web.Request) -> web.Response:
-    """GET /v1/peermap?after=SERIAL: 200 with a newer map, 204 after the long-poll timeout."""
+    """GET /v1/peermap?after=SERIAL[&wait=S]: 200 with a newer map, 204 after the long-poll
+    timeout (the server's, or `wait` seconds when shorter: 0 answers at once)."""
     after = _query_int(request, "after", 0)
-    result = await _service(request).peer_map(_node(request), after)
+    service = _service(request)
+    longest = service.settings.long_poll_timeout.total_seconds()
+    wait = min(float(_query_int(request, "wait", int(longest))), longest)
+    result = await service.peer_map(_node(request), after, wait)
     if result is None:
         return web.Response(status=204)
     return _json({"envelope": result.envelope, "trust": result.trust})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -301,6 +302,16 @@ async def test_node_enrolls_fetches_verified_peer_map_and_is_revoked(
     assert status == 200
     accepted = peer_map_acceptor(join, result).accept(peer_map["envelope"], datetime.now(UTC))
     assert accepted.serial >= 1
+    started = time.monotonic()
+    status, _, _ = await _call(
+        http,
+        "GET",
+        "/v1/peermap",
+        params={"after": str(accepted.serial), "wait": "0"},
+        headers=node_headers(result),
+    )
+    assert status == 204  # nothing newer, and wait=0 does not park the request
+    assert time.monotonic() - started < 30, "wait=0 parked the request for the long poll"
     status, _, _ = await _call(
         http, "POST", f"/v1/admin/nodes/{result['node_id']}/revoke", headers=api.admin_headers()
     )

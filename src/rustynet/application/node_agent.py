@@ -113,6 +113,10 @@ class AgentRevoked(AgentError):  # noqa: N818 - names the state
     """Control refused our identity (401 on token renewal): the node was revoked."""
 
 
+class NotRunning(AgentError):  # noqa: N818 - names the state
+    """The tunnel is not running (`rustynet up` first)."""
+
+
 @attrs.frozen
 class AgentSettings:
     """How the agent runs (filled from rustynetd's config by bootstrap)."""
@@ -398,6 +402,8 @@ class NodeAgent:
     async def poll(self, timeout: float | None = None) -> bool:
         """One long poll; True when a newer map was accepted and applied."""
         wait = self.settings.long_poll_seconds if timeout is None else timeout
+        if not self.connected:
+            wait = 0.0  # (re)connecting: ask without parking, so status and the map catch up now
         await self._ensure_token()
         after = self._acceptor.watermark if self._acceptor else 0
         try:
@@ -471,20 +477,23 @@ class NodeAgent:
         expires = await self.control.rotate_tunnel_key(
             self._creds(), new_key.public_key.to_text(), binding.to_text()
         )
-        desired = self._desired(now, {})
-        await self.tunnel.start(
-            reconcile.interface_config(
-                self.settings.interface, new_key, desired, self.settings.underlay_port
+        async with self._reconcile_lock:  # no plan may run half on the old key
+            desired = self._desired(self.clock.now(), {})
+            await self.tunnel.start(
+                reconcile.interface_config(
+                    self.settings.interface, new_key, desired, self.settings.underlay_port
+                )
             )
-        )
-        self.keystore.put(TUNNEL_KEY, new_key.secret_text().encode("ascii"))
-        new_state = state.with_tunnel_key(new_key.public_key, expires)
-        self.state_store.save(new_state)
-        self.state = new_state
-        with contextlib.suppress(KeyNotFound):
-            self.keystore.delete(NEXT_TUNNEL_KEY)
-        old, self._tunnel_key = self._tunnel_key, new_key
-        old.wipe()
+            self.keystore.put(TUNNEL_KEY, new_key.secret_text().encode("ascii"))
+            # Re-read: a map may have been applied while control answered (its watermark stays).
+            current = self.state if self.state is not None else state
+            new_state = current.with_tunnel_key(new_key.public_key, expires)
+            self.state_store.save(new_state)
+            self.state = new_state
+            with contextlib.suppress(KeyNotFound):
+                self.keystore.delete(NEXT_TUNNEL_KEY)
+            old, self._tunnel_key = self._tunnel_key, new_key
+            old.wipe()
         _log.info(
             "tunnel_key.rotated", extra={"fingerprint": new_key.public_key.fingerprint().to_text()}
         )
