@@ -83,6 +83,7 @@ class Purpose(enum.Enum):
     SIGNED_REQUEST = "signed-request"
     PEER_MAP = "peer-map"
     AUDIT_CHECKPOINT = "audit-checkpoint"
+    RELAY_AUTH = "relay-auth"
 
     @property
     def context(self) -> bytes:
