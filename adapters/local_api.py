@@ -15,6 +15,8 @@ Routes (JSON unless said otherwise; errors are `{"error": code, "detail": text}`
     POST /up       body {"token": str | null, "hostname": str | null}: join (token) and/or bring
                    the tunnel up; answers the status document
     POST /down     tear the tunnel down (the node stays enrolled); answers the status document
+    POST /rotate-key  cut over to a fresh tunnel key now (published to control first); answers
+                   {"tunnel_key": <new public key text>, "expires_at": <ISO 8601>}
     GET  /metrics  Prometheus text exposition format 0.0.4
 
 `state` is one of: not_enrolled, starting, running, down, revoked, failed.
@@ -40,6 +42,7 @@ from rustynet.application.node_agent import (
     AlreadyEnrolled,
     JoinFailed,
     NotEnrolled,
+    NotRunning,
 )
 from rustynet.domain.errors import RustynetError
 from rustynet.ports.control_api import ControlRejected, ControlUnreachable, ControlUntrusted
@@ -83,6 +86,10 @@ class NodeControl(Protocol):
         """Tear the tunnel down; the node stays enrolled (a later `up` restarts it)."""
         ...
 
+    async def rotate_key(self) -> tuple[str, str]:
+        """Rotate the tunnel key now; (new public key text, expiry ISO 8601)."""
+        ...
+
 
 _CONTROL: Final = web.AppKey("control", NodeControl)
 
@@ -97,6 +104,7 @@ def error_response(exc: RustynetError) -> web.Response:
     table: tuple[tuple[type[RustynetError], int, str], ...] = (
         (AlreadyEnrolled, 409, "already_enrolled"),
         (NotEnrolled, 409, "not_enrolled"),
+        (NotRunning, 409, "not_running"),
         (AgentRevoked, 403, "revoked"),
         (JoinFailed, 403, "join_failed"),
         (ControlUntrusted, 502, "control_untrusted"),
@@ -172,6 +180,14 @@ async def _down(request: web.Request) -> web.Response:
     return web.json_response(await status_document(control))
 
 
+async def _rotate_key(request: web.Request) -> web.Response:
+    try:
+        key, expires_at = await request.app[_CONTROL].rotate_key()
+    except RustynetError as exc:
+        return error_response(exc)
+    return web.json_response({"tunnel_key": key, "expires_at": expires_at})
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -239,6 +255,7 @@ def create_local_app(control: NodeControl) -> web.Application:
     app.router.add_get("/peers", _peers)
     app.router.add_post("/up", _up)
     app.router.add_post("/down", _down)
+    app.router.add_post("/rotate-key", _rotate_key)
     app.router.add_get("/metrics", _metrics)
     return app
 

@@ -213,6 +213,12 @@ def _run_peers(ns: argparse.Namespace, out: TextIO, _stdin: TextIO) -> NodeExit:
     return NodeExit.OK
 
 
+def _run_rotate_key(ns: argparse.Namespace, out: TextIO, _stdin: TextIO) -> NodeExit:
+    doc = _doc(call(ns.socket, "POST", "/rotate-key"))
+    out.write(f"tunnel key: {doc.get('tunnel_key')}\nexpires:    {doc.get('expires_at')}\n")
+    return NodeExit.OK
+
+
 def resolve_peer(doc: Mapping[str, object], peer: str) -> str:
     """PEER (name or overlay IP) → its overlay IP, from the status document."""
     for entry in _peers(doc):
@@ -236,7 +242,7 @@ def _run_ping(ns: argparse.Namespace, out: TextIO, _stdin: TextIO) -> NodeExit:
 
 
 def add_node_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `up`, `down`, `status`, `peers`, `ping` to the `rustynet` parser."""
+    """Add `up`, `down`, `status`, `peers`, `ping`, `rotate-key` to the `rustynet` parser."""
     up = sub.add_parser(
         "up",
         help="join a mesh (first time, with a join token) and bring the tunnel up",
@@ -268,6 +274,14 @@ def add_node_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     ping.add_argument("peer", metavar="PEER", help="peer name or overlay IP")
     ping.set_defaults(node_run=_run_ping)
+    rotate = sub.add_parser(
+        "rotate-key",
+        help="rotate this node's tunnel key now",
+        description="Make a fresh tunnel key, publish it to the control plane (bound by the "
+        "identity key) and cut the tunnel over; peers pick it up with their next peer map. "
+        "The daemon also rotates on its own before the key expires.",
+    )
+    rotate.set_defaults(node_run=_run_rotate_key)
 
 
 def run_node_command(

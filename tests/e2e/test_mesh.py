@@ -9,8 +9,10 @@ failure. Timings (enrolled start → first ping, revocation propagation) are pri
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import statistics
+import subprocess
 import time
 
 import pytest
@@ -220,6 +222,55 @@ def test_mesh_survives_control_kill_and_resyncs_after_restart(mesh: Mesh) -> Non
     assert a.connected()
     assert b.connected()
     assert not a.ping(b)
+
+
+# --- 5. tunnel-key rotation -----------------------------------------------------------------------
+
+
+def _ping_stream(source: Node, target: Node, seconds: float) -> subprocess.Popen[str]:
+    """`ping -i 0.1` from `source` to `target` for `seconds` (one echo every 100 ms)."""
+    ping = ("ping", "-n", "-i", "0.1", "-W", "1", "-c", str(int(seconds / 0.1)))
+    return subprocess.Popen(
+        ["ip", "netns", "exec", source.ns.name, *ping, target.overlay_ip],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _answered(ping_output: str) -> list[int]:
+    """The icmp_seq numbers that got a reply, in order."""
+    return sorted({int(m) for m in re.findall(r"icmp_seq=(\d+)", ping_output)})
+
+
+def test_tunnel_key_rotation_on_b_keeps_a_and_b_connected(mesh: Mesh) -> None:
+    """`rustynet rotate-key` on B under a 10 pings/s stream from A: B's interface and A's view
+    of B both move to the new key, the old key is gone, and A↔B keeps answering (the longest
+    gap in the stream is printed; the stream must recover and end answered)."""
+    _allow_all(mesh, ("a", "b"))
+    a, b = mesh.nodes["a"], mesh.nodes["b"]
+    mesh.wait_all_ping(MESH_UP_S)
+    old = b.tunnel_key()
+    assert old in a.tunnel_peer_keys()
+    stream = _ping_stream(a, b, 6.0)
+    time.sleep(1.0)
+    started = time.monotonic()
+    b.cli_ok("rotate-key")
+    new = b.tunnel_key()
+    assert new not in ("", old)
+    wait_for("A holds B's new key only", lambda: a.tunnel_peer_keys() == {new}, CHANGE_S, 0)
+    _timing("rotate-key on B → A holds the new key", time.monotonic() - started)
+    output, _ = stream.communicate(timeout=30)
+    answered = _answered(output)
+    assert answered, output
+    gap = max((later - earlier - 1 for earlier, later in itertools.pairwise(answered)), default=0)
+    _timing("echoes lost in a row A→B across the rotation (x 100 ms)", gap * 0.1)
+    slowest = max(float(t) for t in re.findall(r"time=([\d.]+) ms", output))
+    _timing("slowest echo A→B across the rotation", slowest / 1000)
+    assert answered[-1] >= int(6.0 / 0.1) - 5, f"the stream did not recover:\n{output}"
+    assert a.ping(b)
+    assert b.ping(a)
+    assert dig(b.status(), "node", "name") == "b"
 
 
 # --- 7. daemon restart ----------------------------------------------------------------------------

@@ -105,6 +105,40 @@ async def test_up_status_down_through_the_local_api(world: World, tmp_path: Path
 
 
 @pytest.mark.asyncio
+async def test_rotate_key_cuts_over_and_is_refused_while_down(world: World, tmp_path: Path) -> None:
+    """POST /rotate-key while down → 409 not_running; while running → a new key that control
+    and the saved node state both hold, and the interface keeps running."""
+    daemon, tunnel = _daemon(world, tmp_path)
+    client: TestClient[web.Request, web.Application] = TestClient(
+        TestServer(create_local_app(daemon))
+    )
+    await client.start_server()
+    created = await world.service.create_join_key(world.admin, CreateJoinKeyRequest(tags=()))
+    assert (await client.post("/up", json={"token": created.token})).status == 200
+    state = FileNodeStateStore(tmp_path / "node-state.json").load()
+    assert state is not None
+    old = state.tunnel_key.to_text()
+    rotated = await client.post("/rotate-key")
+    assert rotated.status == 200, await rotated.text()
+    doc = await rotated.json()
+    assert doc["tunnel_key"] != old
+    saved = FileNodeStateStore(tmp_path / "node-state.json").load()
+    assert saved is not None
+    assert saved.tunnel_key.to_text() == doc["tunnel_key"]
+    async with world.store.unit_of_work() as uow:
+        node = await uow.nodes.get(saved.node_id)
+    assert node is not None
+    assert node.tunnel_key.to_text() == doc["tunnel_key"]
+    assert _interface(tunnel) == "rnapi0"
+    await client.post("/down")
+    refused = await client.post("/rotate-key")
+    assert refused.status == 409
+    assert (await refused.json())["error"] == "not_running"
+    await daemon.shutdown()
+    await client.close()
+
+
+@pytest.mark.asyncio
 async def test_malformed_up_bodies_are_refused(world: World, tmp_path: Path) -> None:
     """Unknown keys, non-strings and a bad token are 4xx; nothing is enrolled."""
     daemon, _ = _daemon(world, tmp_path)

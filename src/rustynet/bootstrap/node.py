@@ -61,6 +61,7 @@ from rustynet.application.node_agent import (
     JoinFailed,
     NodeAgent,
     NotEnrolled,
+    NotRunning,
 )
 from rustynet.bootstrap.crypto_policy import load_crypto_policy
 from rustynet.bootstrap.keystores import KeystoreSettings, build_keystore
@@ -207,6 +208,16 @@ class NodeDaemon:
             await self._stop_agent()
             if self.ports.state_store.load() is not None and self._lifecycle != "revoked":
                 self._lifecycle = "down"
+
+    async def rotate_key(self) -> tuple[str, str]:
+        """Rotate the tunnel key now (the agent publishes it to control, then cuts over)."""
+        async with self._lock:
+            agent = self._agent
+            if agent is None or self._lifecycle != "running" or agent.state is None:
+                raise NotRunning(f"the tunnel is {self._lifecycle}: rustynet up first")
+            await agent.rotate_tunnel_key()
+            state = agent.state
+            return state.tunnel_key.to_text(), state.tunnel_key_expires_at.isoformat()
 
     # --- lifecycle --------------------------------------------------------------------------
 
