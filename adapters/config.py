@@ -23,6 +23,11 @@ control.toml:
     kind = "file"                          # file | os
     passphrase_file = "keystore.pass"      # optional (file kind); see docs/control-plane.md
 
+    [[relays]]                             # optional, any number; the first is the home relay
+    id = "relay-1"                         # 1-64 characters a-z 0-9 -; relay tokens' audience
+    url = "wss://relay.example.org:443/v1/relay"
+    tls_spki_sha256 = "sha256//..."        # printed by `rustynet-relay init`
+
 admin.toml (top-level keys): `url`, `spki_pin` (`sha256//...`), `key_file`.
 """
 
@@ -40,6 +45,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from rustynet.domain.errors import DecodeError, RustynetError
+from rustynet.domain.netmap import RELAY_ID_RE, RelayEntry, check_relays, parse_relay_url
 from rustynet.domain.tls_pin import SpkiPin
 
 DEFAULT_BACKLOG: Final = 4096
@@ -128,6 +134,7 @@ class ControlConfig:
     keystore: KeystoreKind = "file"
     passphrase_file: Path | None = None
     backlog: int = DEFAULT_BACKLOG
+    relays: tuple[RelayEntry, ...] = ()
 
 
 @attrs.frozen
@@ -206,6 +213,31 @@ def _resolve(base: Path, text: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def _relays(top: _Reader) -> tuple[RelayEntry, ...]:
+    """`[[relays]]`: each table exactly id, url, tls_spki_sha256; ids unique; order kept."""
+    value = top.get("relays", list, required=False)
+    relays: list[RelayEntry] = []
+    for i, item in enumerate(value if isinstance(value, list) else []):
+        if not isinstance(item, dict):
+            raise top.fail("relays", "expected [[relays]] tables")
+        table = _Reader(top.source, item, f"[[relays]] #{i + 1}: ")
+        relay_id = table.text("id") or ""
+        if not RELAY_ID_RE.fullmatch(relay_id):
+            raise table.fail("id", "1-64 characters of a-z, 0-9 and '-'")
+        if any(r.id == relay_id for r in relays):
+            raise table.fail("id", f"relay id {relay_id!r} is listed twice")
+        url = table.convert("url", table.text("url") or "", parse_relay_url)
+        pin = table.convert(
+            "tls_spki_sha256", table.text("tls_spki_sha256") or "", SpkiPin.from_text
+        )
+        table.finish()
+        relays.append(RelayEntry(relay_id, url, pin))
+    try:
+        return check_relays(relays)
+    except DecodeError as exc:
+        raise top.fail("relays", str(exc)) from None
+
+
 def load_control_config(path: Path) -> ControlConfig:
     """Parse `control.toml` strictly; raise `ConfigError` naming the bad key."""
     path = Path(path)
@@ -217,6 +249,7 @@ def load_control_config(path: Path) -> ControlConfig:
         top.sub("tls"),
         top.sub("keystore"),
     )
+    relays = _relays(top)
     top.finish()
     url = control.convert("url", control.text("url") or "", parse_control_url)
     listen = control.convert("listen", control.text("listen") or "", parse_listen)
@@ -247,6 +280,7 @@ def load_control_config(path: Path) -> ControlConfig:
         keystore=kind,
         passphrase_file=_resolve(base, passphrase) if passphrase is not None else None,
         backlog=backlog,
+        relays=relays,
     )
 
 
@@ -292,6 +326,14 @@ def render_control_config(config: ControlConfig, base: Path) -> str:
     ]
     if config.passphrase_file is not None:
         lines.append(f"passphrase_file = {_q(_relative(config.passphrase_file, base))}")
+    for relay in config.relays:
+        lines += [
+            "",
+            "[[relays]]",
+            f"id = {_q(relay.id)}",
+            f"url = {_q(relay.url)}",
+            f"tls_spki_sha256 = {_q(relay.tls_spki_sha256.to_text())}",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -405,6 +405,10 @@ class ControlClient:
             raise ControlUnreachable("GET /v1/peermap: expected a JSON object from the server")
         return parsed
 
+    async def relay_token(self, auth: NodeAuth, *, relay_id: str) -> JsonObject:
+        """`POST /v1/relay-token` → `{"token", "expires_at"}` (404 for an unknown relay)."""
+        return await self._node_object("POST", "/v1/relay-token", {"relay_id": relay_id}, auth)
+
     async def healthz(self) -> JsonObject:
         """`GET /healthz`."""
         return await self._node_object("GET", "/healthz", None)

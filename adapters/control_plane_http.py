@@ -29,6 +29,7 @@ from rustynet.ports.control_plane import (
     EnrollmentOffer,
     NodeCredentials,
     PeerMapDelivery,
+    RelayGrant,
     TrustTexts,
 )
 
@@ -83,6 +84,10 @@ class NodeRoutes(Protocol):
         timeout: float = ...,
     ) -> JsonObject | None:
         """`GET /v1/peermap?after=N[&wait=S]`."""
+        ...
+
+    async def relay_token(self, auth: NodeCredentials, *, relay_id: str) -> JsonObject:
+        """`POST /v1/relay-token`."""
         ...
 
     async def close(self) -> None:
@@ -215,6 +220,12 @@ class HttpControlPlane:
     async def put_endpoints(self, auth: NodeCredentials, endpoints: Sequence[str]) -> None:
         """`PUT /v1/node/endpoints`."""
         await self._client.put_endpoints(auth, list(endpoints))
+
+    async def relay_token(self, auth: NodeCredentials, relay_id: str) -> RelayGrant:
+        """`POST /v1/relay-token`."""
+        answer = await self._client.relay_token(auth, relay_id=relay_id)
+        fields = _Fields("POST /v1/relay-token", answer)
+        return RelayGrant(fields.text("token"), fields.time("expires_at"))
 
     async def close(self) -> None:
         """Close the client's connections; idempotent."""

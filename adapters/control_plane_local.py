@@ -18,6 +18,7 @@ from rustynet.application.control_types import (
     EnrollCompleteRequest,
     EnrollRequest,
     NodeAuth,
+    RelayTokenRequest,
     RotateTunnelKeyRequest,
     TokenChallengeRequest,
     TokenRenewRequest,
@@ -33,6 +34,7 @@ from rustynet.ports.control_plane import (
     EnrollmentOffer,
     NodeCredentials,
     PeerMapDelivery,
+    RelayGrant,
     TrustTexts,
 )
 
@@ -132,6 +134,13 @@ class LocalControlPlane:
         await self._call(
             self.service.set_endpoints(self._auth(auth), EndpointsRequest(tuple(endpoints)))
         )
+
+    async def relay_token(self, auth: NodeCredentials, relay_id: str) -> RelayGrant:
+        """`POST /v1/relay-token`."""
+        token = await self._call(
+            self.service.relay_token(self._auth(auth), RelayTokenRequest(relay_id))
+        )
+        return RelayGrant(token.token, token.expires_at)
 
     async def close(self) -> None:
         """Nothing to release."""

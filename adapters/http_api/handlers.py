@@ -29,6 +29,7 @@ from rustynet.application.control_types import (
     EnrollCompleteRequest,
     EnrollRequest,
     NodeAuth,
+    RelayTokenRequest,
     RotateTunnelKeyRequest,
     TokenChallengeRequest,
     TokenRenewRequest,
@@ -142,6 +143,12 @@ async def peer_map(request: web.Request) -> web.Response:
     if result is None:
         return web.Response(status=204)
     return _json({"envelope": result.envelope, "trust": result.trust})
+
+
+async def relay_token(request: web.Request) -> web.Response:
+    """POST /v1/relay-token."""
+    body = await read_json(request, RelayTokenRequest)
+    return _json(await _service(request).relay_token(_node(request), body))
 
 
 # --- admin routes -----------------------------------------------------------------------------

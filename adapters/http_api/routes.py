@@ -20,6 +20,7 @@ ROUTES: Final = (
     ("POST", "/v1/node/tunnel-key", h.rotate_tunnel_key),
     ("PUT", "/v1/node/endpoints", h.set_endpoints),
     ("GET", "/v1/peermap", h.peer_map),
+    ("POST", "/v1/relay-token", h.relay_token),
     # admin routes
     ("POST", "/v1/admin/join-keys", h.create_join_key),
     ("GET", "/v1/admin/join-keys", h.list_join_keys),

@@ -25,6 +25,10 @@ Theory of operation.
 
 * Underlay endpoints a node reports are validated here (IP literal and port, at most
   `MAX_ENDPOINTS`, canonical text) and stored on its node record, so they survive a restart.
+* Relays come from the settings (control.toml) and go into every peer map, in order. A relay
+  token (docs/relay-protocol.md) is signed by the newest peer-map signing key, whose
+  certificate the node already holds in its trust, so a relay verifies it offline against the
+  root fingerprint; it is neither stored nor audited (nodes renew one every minute or two).
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ from rustynet.application.control_types import (
     PeerMapResponse,
     PolicyCheckResult,
     PolicyInfo,
+    RelayToken,
+    RelayTokenRequest,
     RotateTunnelKeyRequest,
     TokenChallenge,
     TokenChallengeRequest,
@@ -114,7 +120,14 @@ from rustynet.domain.keys import (
     constant_time_equal,
 )
 from rustynet.domain.limits import BucketPolicy, LimitPolicy, ip_key
-from rustynet.domain.netmap import PeerEntry, SelfEntry, build_peer_map, seal_peer_map
+from rustynet.domain.netmap import (
+    PeerEntry,
+    RelayEntry,
+    SelfEntry,
+    build_peer_map,
+    check_relays,
+    seal_peer_map,
+)
 from rustynet.domain.policy import Policy, PolicyError, PolicyNode
 from rustynet.domain.policy_compile import PolicyIndex, changed_views, compile_policy
 from rustynet.domain.replay import DEFAULT_CAPACITY, NONCE_RETENTION, NonceRecord, ReplayError
@@ -143,6 +156,7 @@ from rustynet.ports.store import (
 _security_log = logging.getLogger("rustynet.control.events")
 
 ACCESS_TOKEN_LIFETIME: Final = timedelta(seconds=300)
+RELAY_TOKEN_LIFETIME: Final = timedelta(seconds=120)
 DEFAULT_PEER_MAP_TTL: Final = timedelta(hours=24)
 DEFAULT_LONG_POLL: Final = timedelta(seconds=60)
 RENEWAL_CHALLENGE_TTL: Final = timedelta(seconds=60)
@@ -165,12 +179,13 @@ class ControlSettings:
 
     control_url: str
     tls_spki_sha256: bytes = attrs.field(repr=bytes.hex)
-    relays: tuple[str, ...] = ()
+    relays: tuple[RelayEntry, ...] = attrs.field(default=(), converter=check_relays)
     limits: LimitPolicy = attrs.field(factory=LimitPolicy)
     admin_per_ip: BucketPolicy = DEFAULT_ADMIN_PER_IP
     peer_map_ttl: timedelta = DEFAULT_PEER_MAP_TTL
     long_poll_timeout: timedelta = DEFAULT_LONG_POLL
     access_token_lifetime: timedelta = ACCESS_TOKEN_LIFETIME
+    relay_token_lifetime: timedelta = RELAY_TOKEN_LIFETIME
     nonce_capacity: int = DEFAULT_CAPACITY
 
 
@@ -961,6 +976,7 @@ class ControlService:
                     return None
                 net = await self._net_state(uow)
             view = net.index.view(node_id)
+            relay_ids = tuple(r.id for r in self.settings.relays)
             peers = []
             for peer_id in view.visible_peers:
                 peer = net.nodes.get(peer_id)
@@ -974,7 +990,7 @@ class ControlService:
                         tunnel_key=peer.tunnel_key,
                         tunnel_key_expires_at=peer.tunnel_key_expires_at,
                         underlay_endpoints=peer.underlay_endpoints,
-                        relays=self.settings.relays,
+                        relays=relay_ids,
                     )
                 )
             peer_map = build_peer_map(
@@ -991,9 +1007,35 @@ class ControlService:
                 policy_version=net.version,
                 now=now,
                 ttl=self.settings.peer_map_ttl,
+                relays=self.settings.relays,
             )
         envelope = seal_peer_map(self.keys.signing, peer_map, now)
         return PeerMapResponse(envelope.to_text(), self._trust(), serial)
+
+    async def relay_token(self, auth: NodeAuth, request: RelayTokenRequest) -> RelayToken:
+        """POST /v1/relay-token: a token (≤ 120 s) for one configured relay, bound to the node."""
+        node = await self._node(auth)
+        relay = next((r for r in self.settings.relays if r.id == request.relay_id), None)
+        if relay is None:
+            raise NotFoundError("no such relay")
+        now = self.clock.now()
+        lifetime = self.settings.relay_token_lifetime
+        token = self.keys.signing.sign_with(
+            Purpose.PEER_MAP,
+            now,
+            lambda key: issue_token(
+                key,
+                kind=TokenKind.RELAY,
+                issuer=self.settings.control_url,
+                subject=node.id,
+                audience=relay.id,
+                bound_identity=node.identity_key,
+                now=now,
+                lifetime=lifetime,
+                entropy=self.entropy,
+            ),
+        )
+        return RelayToken(token, now.replace(microsecond=0) + lifetime)
 
     # --- admin: join keys ----------------------------------------------------------------------
 

@@ -140,6 +140,21 @@ class EndpointsRequest:
 
 
 @attrs.frozen
+class RelayTokenRequest:
+    """`POST /v1/relay-token` body: which configured relay the token is for."""
+
+    relay_id: str
+
+
+@attrs.frozen
+class RelayToken:
+    """`POST /v1/relay-token` response: a relay token (≤ 120 s) for that relay only."""
+
+    token: str = attrs.field(repr=False)
+    expires_at: datetime
+
+
+@attrs.frozen
 class PeerMapResponse:
     """`GET /v1/peermap` 200 body (None from the use case means 204)."""
 

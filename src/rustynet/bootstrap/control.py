@@ -301,7 +301,7 @@ async def _serve(data_dir: Path, prepared: _Prepared, ready: Sequence[str]) -> N
         keys,
         clock,
         entropy,
-        ControlSettings(control_url=config.url, tls_spki_sha256=pin.digest),
+        ControlSettings(control_url=config.url, tls_spki_sha256=pin.digest, relays=config.relays),
     )
     runner = make_runner(create_app(service, ApiSettings()))
     stop = asyncio.Event()

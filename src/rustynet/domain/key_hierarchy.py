@@ -31,9 +31,9 @@ Times are whole seconds, timezone-aware UTC; validity is the half-open range
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Final, TypeVar
 
 import attrs
 
@@ -57,6 +57,7 @@ TUNNEL_KEY_MAX_LIFETIME: Final = timedelta(days=180)
 # A binding is checked by the control plane and by peers whose clocks may run behind the node
 # that made it; the same ±90 s the replay window allows.
 BINDING_CLOCK_LEEWAY: Final = timedelta(seconds=90)
+_T = TypeVar("_T")
 _MAX_TIMESTAMP: Final = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 
@@ -795,6 +796,12 @@ class SigningKeyring:
         """Sign raw bytes with the newest live key; returns (key id, signature)."""
         cert, key = self._newest_entry(purpose, now)
         return cert.key_id, key.sign(purpose, message)
+
+    def sign_with(self, purpose: Purpose, now: datetime, signer: Callable[[SigningKey], _T]) -> _T:
+        """Run `signer` with the newest live key for `purpose`: for signatures framed outside
+        this module (PASETO relay tokens, whose verifiers trust the key by its certificate).
+        `signer` must not keep the key."""
+        return signer(self._newest_entry(purpose, now)[1])
 
     def seal(
         self, purpose: Purpose, payload: Mapping[str, JsonValue], now: datetime

@@ -12,11 +12,16 @@ Payload (canonical JSON inside a `SignedEnvelope` with `Purpose.PEER_MAP`)::
      "peers": [{"id", "name", "overlay_addresses", "tunnel_key", "tunnel_key_expires_at",
                 "underlay_endpoints", "relays"}],
      "inbound": [{"sources": ["100.64.0.1/32"], "proto": "tcp|udp|icmp|any",
-                  "ports": [[22, 22]]}]}
+                  "ports": [[22, 22]]}],
+     "relays": [{"id": "relay-1", "url": "wss://relay.example:443/v1/relay",
+                 "tls_spki_sha256": "sha256//..."}]}
 
 Times are RFC 3339 UTC strings with `Z`, whole seconds. Peers are sorted by id, inbound rules
 keep the compiler's order; everything is in protocol-agnostic terms (tunnel keys, overlay
-prefixes, underlay endpoints), the tunnel adapter translates.
+prefixes, underlay endpoints), the tunnel adapter translates. The top-level `relays` list is
+the same for every node of a mesh (docs/relay-protocol.md): a node's home relay is the first
+one, so two nodes that need a relay meet on the same one; each relay is pinned by its TLS key,
+and the list is signed with the rest of the map. A peer's `relays` names relay ids from it.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from rustynet.domain.keys import KeyFingerprint, Purpose, TunnelKey
 from rustynet.domain.policy import Proto
 from rustynet.domain.policy_compile import FilterRule
 from rustynet.domain.signed import JsonObject, JsonValue, SignedEnvelope
+from rustynet.domain.tls_pin import SpkiPin
 
 FORMAT_VERSION: Final = 1
 MAX_ISSUED_AHEAD: Final = timedelta(seconds=90)  # the node's clock may run behind ours
@@ -55,7 +61,19 @@ _PAYLOAD_KEYS: Final = frozenset(
         "self",
         "peers",
         "inbound",
+        "relays",
     }
+)
+_RELAY_KEYS: Final = frozenset({"id", "url", "tls_spki_sha256"})
+RELAY_ID_RE: Final = re.compile(r"[a-z0-9-]{1,64}")
+MAX_RELAY_URL: Final = 512
+MAX_RELAYS: Final = 64
+# wss://HOST[:PORT][/PATH]: a DNS name or IPv4 literal, or a bracketed IPv6 literal; no user
+# info, query or fragment (a relay is named by its URL and pinned by its TLS key).
+_RELAY_URL_RE: Final = re.compile(
+    r"wss://(?P<host>(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+    r"(?::(?P<port>[0-9]{1,5}))?(?P<path>/[A-Za-z0-9._~/-]*)?"
 )
 _SELF_KEYS: Final = frozenset({"id", "name", "overlay_addresses", "tunnel_key", "tags"})
 _PEER_KEYS: Final = frozenset(
@@ -162,6 +180,60 @@ class PeerEntry:
         }
 
 
+def _relay_id(_: object, __: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str) or not RELAY_ID_RE.fullmatch(value):
+        raise DecodeError("a relay id is 1-64 characters of a-z, 0-9 and '-'")
+
+
+def parse_relay_url(text: object) -> str:
+    """A relay URL `wss://HOST[:PORT][/PATH]` as given; anything else raises `DecodeError`."""
+    match = (
+        _RELAY_URL_RE.fullmatch(text)
+        if isinstance(text, str) and len(text) <= MAX_RELAY_URL
+        else None
+    )
+    if match is None or not isinstance(text, str):
+        raise DecodeError("a relay URL looks like wss://HOST:PORT/v1/relay")
+    port = match.group("port")
+    if port is not None and not 0 < int(port) <= 65535:
+        raise DecodeError("a relay URL's port is 1-65535")
+    return text
+
+
+def _relay_url(_: object, __: attrs.Attribute[str], value: object) -> None:
+    parse_relay_url(value)
+
+
+@attrs.frozen
+class RelayEntry:
+    """One relay the mesh may use: its id (a relay token's audience), URL and TLS key pin."""
+
+    id: str = attrs.field(validator=_relay_id)
+    url: str = attrs.field(validator=_relay_url)
+    tls_spki_sha256: SpkiPin = attrs.field(validator=attrs.validators.instance_of(SpkiPin))
+
+    @classmethod
+    def from_texts(cls, relay_id: str, url: str, tls_spki_sha256: str) -> RelayEntry:
+        """Parse the text forms (config and payload); `DecodeError` names what is wrong."""
+        return cls(relay_id, url, SpkiPin.from_text(tls_spki_sha256))
+
+    def to_json(self) -> dict[str, JsonValue]:
+        """Payload form."""
+        return {"id": self.id, "url": self.url, "tls_spki_sha256": self.tls_spki_sha256.to_text()}
+
+
+def check_relays(relays: Sequence[RelayEntry]) -> tuple[RelayEntry, ...]:
+    """The list as given (order matters: the first is the home relay); ids must be unique."""
+    items = tuple(relays)
+    if not all(isinstance(r, RelayEntry) for r in items):
+        raise LocalProtocolError("relays are RelayEntry values")
+    if len(items) > MAX_RELAYS:
+        raise DecodeError(f"at most {MAX_RELAYS} relays")
+    if len({r.id for r in items}) != len(items):
+        raise DecodeError("relay ids must be unique")
+    return items
+
+
 @attrs.frozen
 class InboundRule:
     """Accept flows from `sources` (prefixes) with `proto` to `ports` (inclusive ranges)."""
@@ -200,6 +272,7 @@ class PeerMap:
     self_entry: SelfEntry
     peers: tuple[PeerEntry, ...]
     inbound: tuple[InboundRule, ...]
+    relays: tuple[RelayEntry, ...] = attrs.field(default=(), converter=check_relays)
 
     def __attrs_post_init__(self) -> None:
         if type(self.serial) is not int or self.serial < 1:
@@ -221,6 +294,7 @@ class PeerMap:
             "self": self.self_entry.to_json(),
             "peers": [p.to_json() for p in self.peers],
             "inbound": [r.to_json() for r in self.inbound],
+            "relays": [r.to_json() for r in self.relays],
         }
 
     @classmethod
@@ -241,8 +315,10 @@ def build_peer_map(
     policy_version: int,
     now: datetime,
     ttl: timedelta,
+    relays: Sequence[RelayEntry] = (),
 ) -> PeerMap:
-    """Assemble a node's map (peers sorted by id) valid from `now` for `ttl`."""
+    """Assemble a node's map (peers sorted by id) valid from `now` for `ttl`; `relays` keeps
+    its order (the first is every node's home relay)."""
     issued = now.astimezone(UTC).replace(microsecond=0)
     return PeerMap(
         addressee=self_entry.id,
@@ -253,6 +329,7 @@ def build_peer_map(
         self_entry=self_entry,
         peers=tuple(sorted(peers, key=lambda p: p.id)),
         inbound=tuple(InboundRule.from_filter(r) for r in inbound),
+        relays=tuple(relays),
     )
 
 
@@ -407,6 +484,15 @@ def _peer(value: object) -> PeerEntry:
     )
 
 
+def _relay(value: object) -> RelayEntry:
+    r = _exact(value, _RELAY_KEYS, "relay")
+    return RelayEntry.from_texts(
+        _str(r["id"], "relay id"),
+        _str(r["url"], "relay url"),
+        _str(r["tls_spki_sha256"], "relay tls_spki_sha256"),
+    )
+
+
 def _parse_payload(payload: Mapping[str, object]) -> PeerMap:
     d = _exact(payload, _PAYLOAD_KEYS, "peer map")
     if type(d["version"]) is not int or d["version"] != FORMAT_VERSION:
@@ -419,9 +505,9 @@ def _parse_payload(payload: Mapping[str, object]) -> PeerMap:
         tunnel_key=TunnelKey.from_text(_str(s["tunnel_key"], "tunnel_key")),
         tags=_strs(s["tags"], "tags"),
     )
-    peers, inbound = d["peers"], d["inbound"]
-    if not isinstance(peers, list) or not isinstance(inbound, list):
-        raise MalformedPeerMap("peers and inbound are lists")
+    peers, inbound, relays = d["peers"], d["inbound"], d["relays"]
+    if not isinstance(peers, list) or not isinstance(inbound, list) or not isinstance(relays, list):
+        raise MalformedPeerMap("peers, inbound and relays are lists")
     serial = _int(d["serial"], "serial")
     if serial < 1:
         raise MalformedPeerMap("serial must be positive")
@@ -438,4 +524,5 @@ def _parse_payload(payload: Mapping[str, object]) -> PeerMap:
         self_entry=self_entry,
         peers=tuple(_peer(p) for p in peers),
         inbound=tuple(_rule(r) for r in inbound),
+        relays=tuple(_relay(r) for r in relays),
     )

@@ -33,6 +33,7 @@ __all__ = [
     "EnrollmentOffer",
     "NodeCredentials",
     "PeerMapDelivery",
+    "RelayGrant",
     "TrustTexts",
     "is_revocation",
 ]
@@ -100,6 +101,14 @@ class AccessGrant:
 
 
 @attrs.frozen
+class RelayGrant:
+    """A relay token (≤ 120 s) for one relay, to present on its session (relay-protocol.md)."""
+
+    token: str = attrs.field(repr=False)
+    expires_at: datetime
+
+
+@attrs.frozen
 class PeerMapDelivery:
     """A signed peer map (not yet verified: the agent's acceptor decides) and its trust."""
 
@@ -145,6 +154,11 @@ class ControlPlaneClient(Protocol):
 
     async def put_endpoints(self, auth: NodeCredentials, endpoints: Sequence[str]) -> None:
         """Report the underlay endpoints (`IP:port`) peers may reach this node at."""
+        ...
+
+    async def relay_token(self, auth: NodeCredentials, relay_id: str) -> RelayGrant:
+        """A relay token for the relay `relay_id` of the peer map; `ControlRejected` 404 when
+        control lists no such relay, 401 when the node is revoked."""
         ...
 
     async def close(self) -> None:
