@@ -26,11 +26,13 @@ pytest itself beyond what `tests.netns` does.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -337,6 +339,24 @@ class ControlPlane:
         raise LabError(f"no node named {name!r} at control: {listing}")
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a daemon's UNIX socket (path sockets are not bound to a namespace)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__("rustynetd", timeout=10)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self._path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 class Node:
     """`rustynetd` in its own namespace with its own state dir, socket and interface."""
 
@@ -450,6 +470,22 @@ class Node:
         )
         return run_in(self.ns, PYTHON, "-c", snippet).stdout.strip()
 
+    def metrics(self) -> dict[str, float]:
+        """The daemon's `GET /metrics` on its local socket, as a scraper reads it: sample name
+        (with its labels, if any) → value."""
+        conn = _UnixHTTPConnection(self.socket)
+        try:
+            conn.request("GET", "/metrics")
+            response = conn.getresponse()
+            text = response.read().decode("utf-8")
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise LabError(f"{self.name}: GET /metrics → {response.status}: {text[:200]}")
+        lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+        samples = (line.rsplit(" ", 1) for line in lines)
+        return {name: float(value) for name, value in samples}
+
     def tunnel_key(self) -> str:
         """This node's tunnel public key as the interface holds it (`wg show`, a cross-check)."""
         return run_in(self.ns, "wg", "show", self.interface, "public-key").stdout.strip()
@@ -543,6 +579,7 @@ class Mesh:
         """Tails of every program's log, for a failure report."""
         parts = [f"--- control ---\n{self.control.program.tail(lines)}"]
         parts += [f"--- {n.name} ---\n{n.program.tail(lines)}" for n in self.nodes.values()]
+        parts += [f"--- {s.log.name} ---\n{s.tail(lines)}" for s in self.servers]
         return "\n".join(parts)
 
     def close(self) -> None:
