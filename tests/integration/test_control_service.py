@@ -52,7 +52,7 @@ from rustynet.domain.keys import (
     b64encode,
 )
 from rustynet.domain.limits import BucketPolicy, LimitPolicy
-from rustynet.domain.netmap import PeerMapAcceptor, PeerMapTrust
+from rustynet.domain.netmap import PeerMapAcceptor, PeerMapTrust, RelayEntry
 from rustynet.domain.scope import Scope
 from rustynet.domain.signed import JsonValue
 from rustynet.ports.store import Store
@@ -92,12 +92,14 @@ class World:
     admin_key_text: str
 
 
-async def make_world(store: Store, limits: LimitPolicy | None = None) -> World:
+async def make_world(
+    store: Store, limits: LimitPolicy | None = None, relays: tuple[RelayEntry, ...] = ()
+) -> World:
     entropy = CountingEntropy()
     clock = FakeClock(NOW)
     keys, _ = create_control_keys(entropy, NOW)
     settings = ControlSettings(
-        control_url=URL, tls_spki_sha256=bytes(32), limits=limits or LimitPolicy()
+        control_url=URL, tls_spki_sha256=bytes(32), limits=limits or LimitPolicy(), relays=relays
     )
     await store.open()
     created = await create_initial_admin_key(store, now=NOW, entropy=entropy, keys=keys)
