@@ -49,7 +49,7 @@ from rustynet.domain.keys import (
     b64encode,
 )
 from rustynet.domain.limits import BucketPolicy, LimitPolicy
-from rustynet.domain.netmap import PeerMapAcceptor, PeerMapTrust
+from rustynet.domain.netmap import PeerMapAcceptor, PeerMapTrust, RelayEntry
 from rustynet.ports.store import Store
 
 HOST = "127.0.0.1"
@@ -122,14 +122,20 @@ class LiveApi:
 
 
 def build_service(
-    store: Store, control_url: str, limits: LimitPolicy | None = None
+    store: Store,
+    control_url: str,
+    limits: LimitPolicy | None = None,
+    relays: tuple[RelayEntry, ...] = (),
 ) -> ControlService:
     """The service as the composition root builds it (fresh keys, system clock and entropy)."""
     entropy = OsEntropy()
     clock = SystemClock()
     keys, _entries = create_control_keys(entropy, clock.now())
     settings = ControlSettings(
-        control_url=control_url, tls_spki_sha256=bytes(32), limits=limits or LimitPolicy()
+        control_url=control_url,
+        tls_spki_sha256=bytes(32),
+        limits=limits or LimitPolicy(),
+        relays=relays,
     )
     return ControlService(store, keys, clock, entropy, settings)
 
@@ -148,6 +154,7 @@ async def running_api(
     store: Store | None = None,
     settings: ApiSettings | None = None,
     limits: LimitPolicy | None = None,
+    relays: tuple[RelayEntry, ...] = (),
 ) -> AsyncIterator[LiveApi]:
     """Serve the control API over TLS 1.3 on 127.0.0.1 (an OS-chosen port) until exit."""
     certificate = throwaway_certificate(tmp_path)
@@ -156,7 +163,7 @@ async def running_api(
     # The control URL (token audience) is only known once the port is; bind first.
     runner: web.AppRunner | None = None
     try:
-        service = build_service(store, "https://127.0.0.1", limits)
+        service = build_service(store, "https://127.0.0.1", limits, relays)
         admin = await create_initial_admin_key(
             store, now=service.clock.now(), entropy=service.entropy, keys=service.keys
         )

@@ -199,6 +199,10 @@ async def test_scripted_flow_responses_match_the_document(api: LiveApi) -> None:
         node = enrolled.body["node_id"]
         headers = node_headers(enrolled.body)
         assert (await _checked(http, "GET", "/v1/peermap?after=0", headers=headers))[0] == 200
+        status, _ = await _checked(  # no relays configured here: every relay id is unknown
+            http, "POST", "/v1/relay-token", json={"relay_id": "relay-1"}, headers=headers
+        )
+        assert status == 404
         status, _ = await _checked(
             http,
             "PUT",
