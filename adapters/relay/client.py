@@ -1,0 +1,311 @@
+"""The node's relay client: `RelayTransport` over a WebSocket on HTTPS, TLS 1.3, SPKI-pinned.
+
+The one rule: nothing is sent to a relay whose TLS key is not the pinned one, and a session's
+end always surfaces as `RelayClosed` (or `RelayUnauthorized` for a refused renewal). The TLS
+context comes from the composition root (`ssl_context(pin)`; bootstrap passes
+`rustynet.adapters.control_client.pinned_ssl_context`, which checks the pin inside the TLS
+handshake and allows TLS 1.3 only): adapters do not import each other, and one pinning
+implementation serves both clients.
+
+One reader task per session owns the socket's receive side: it decodes data frames into a
+bounded queue (when the caller falls behind, new frames are dropped and counted in
+`dropped`, never buffered without bound) and resolves pending renewals from `ok` messages.
+Protocol: docs/relay-protocol.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+import aiohttp
+
+from rustynet.domain.errors import DecodeError, LocalProtocolError
+from rustynet.domain.keys import b64decode, b64encode
+from rustynet.domain.relay import (
+    FROM_RELAY,
+    NONCE_BYTES,
+    TO_RELAY,
+    FrameError,
+    challenge_message,
+    decode_header,
+    frame_header,
+)
+from rustynet.domain.tls_pin import SpkiPin
+from rustynet.ports.relay import (
+    RelayAuth,
+    RelayClosed,
+    RelayEndpoint,
+    RelayUnauthorized,
+    RelayUnreachable,
+    RelayUntrusted,
+)
+
+UNAUTHORIZED_CODE: Final = 4401
+DEFAULT_TIMEOUT: Final = 10.0
+DEFAULT_RECEIVE_QUEUE: Final = 1024
+MAX_MESSAGE: Final = 128 * 1024
+HEARTBEAT: Final = 30.0
+PinnedContextFactory = Callable[[SpkiPin], ssl.SSLContext]
+
+
+def _parse_expiry(message: object) -> datetime:
+    if not isinstance(message, dict) or message.get("type") != "ok":
+        raise RelayUnreachable("the relay answered with something other than ok")
+    text = message.get("expires_at")
+    try:
+        when = datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        when = None
+    if when is None or when.utcoffset() != timedelta(0):
+        raise RelayUnreachable("the relay's ok carries no UTC expires_at")
+    return when.astimezone(UTC)
+
+
+def _json(data: str) -> object:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+class WebSocketRelaySession:
+    """One authenticated relay session (`RelaySession`)."""
+
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        ws: aiohttp.ClientWebSocketResponse,
+        expires_at: datetime,
+        *,
+        receive_queue: int,
+        timeout: float,
+    ) -> None:
+        self._http = http
+        self._ws = ws
+        self._expires_at = expires_at
+        self._limit = receive_queue
+        self._timeout = timeout
+        # Unbounded type, bounded by hand in `_read`, so the end-of-session marker always fits.
+        self._incoming: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+        self._renewal: asyncio.Future[datetime] | None = None
+        self._headers: dict[str, bytes] = {}
+        self._done = False
+        self.dropped = 0
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @property
+    def expires_at(self) -> datetime:
+        """When the relay closes the session unless renewed."""
+        return self._expires_at
+
+    @property
+    def closed(self) -> bool:
+        """True once the session is over."""
+        return self._done
+
+    async def _read(self) -> None:
+        ws, incoming, limit = self._ws, self._incoming, self._limit
+        try:
+            while True:
+                msg = await ws.receive()
+                if msg.type is aiohttp.WSMsgType.BINARY:
+                    data = msg.data
+                    try:
+                        source, offset = decode_header(data, FROM_RELAY)
+                    except FrameError:
+                        self.dropped += 1
+                        continue
+                    if incoming.qsize() >= limit:
+                        self.dropped += 1
+                        continue
+                    incoming.put_nowait((source, data[offset:]))
+                elif msg.type is aiohttp.WSMsgType.TEXT:
+                    self._on_text(msg.data)
+                else:
+                    break
+        except (aiohttp.ClientError, ConnectionError, RuntimeError):
+            pass
+        finally:
+            self._finish()
+
+    def _on_text(self, data: str) -> None:
+        waiter = self._renewal
+        if waiter is None or waiter.done():
+            return
+        try:
+            waiter.set_result(_parse_expiry(_json(data)))
+        except RelayUnreachable as exc:
+            waiter.set_exception(exc)
+
+    def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._incoming.put_nowait(None)
+        waiter = self._renewal
+        if waiter is not None and not waiter.done():
+            if self._ws.close_code == UNAUTHORIZED_CODE:
+                waiter.set_exception(RelayUnauthorized("the relay refused the renewal"))
+            else:
+                waiter.set_exception(RelayClosed("the relay session ended"))
+
+    async def send(self, destination_node_id: str, packet: bytes) -> None:
+        """Send `packet` to `destination_node_id` through the relay (best effort)."""
+        if self._done:
+            raise RelayClosed("the relay session ended")
+        header = self._headers.get(destination_node_id)
+        if header is None:
+            header = frame_header(TO_RELAY, destination_node_id)
+            if len(self._headers) < 4096:
+                self._headers[destination_node_id] = header
+        try:
+            await self._ws.send_bytes(header + packet)
+        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+            self._finish()
+            raise RelayClosed("the relay session ended") from exc
+
+    async def receive(self) -> tuple[str, bytes]:
+        """Next (source node id, packet); `RelayClosed` once the session is over."""
+        item = await self._incoming.get()
+        if item is None:
+            self._incoming.put_nowait(None)  # every later call sees the end too
+            raise RelayClosed("the relay session ended")
+        return item
+
+    async def renew(self, token: str) -> datetime:
+        """Present a fresh token; returns the new expiry (`RelayUnauthorized` if refused)."""
+        if self._done:
+            raise RelayClosed("the relay session ended")
+        if self._renewal is not None and not self._renewal.done():
+            raise LocalProtocolError("one renewal at a time")
+        waiter: asyncio.Future[datetime] = asyncio.get_running_loop().create_future()
+        self._renewal = waiter
+        try:
+            await self._ws.send_str(json.dumps({"type": "renew", "token": token}))
+            expires_at = await asyncio.wait_for(asyncio.shield(waiter), self._timeout)
+        except TimeoutError as exc:
+            raise RelayClosed("the relay did not answer the renewal") from exc
+        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+            raise RelayClosed("the relay session ended") from exc
+        self._expires_at = expires_at
+        return expires_at
+
+    async def close(self) -> None:
+        """Close the socket and the HTTP session; idempotent."""
+        with contextlib.suppress(aiohttp.ClientError, ConnectionError, RuntimeError):
+            await self._ws.close()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        self._finish()
+        await self._http.close()
+
+
+class WebSocketRelayTransport:
+    """`RelayTransport`: WebSocket sessions to relays, trusted by their SPKI pin.
+
+    `ssl_context(pin)` must return a client context that allows TLS 1.3 only and fails the
+    handshake unless the server's key matches `pin`. No I/O in the constructor.
+    """
+
+    def __init__(
+        self,
+        *,
+        ssl_context: PinnedContextFactory,
+        timeout: float = DEFAULT_TIMEOUT,
+        receive_queue: int = DEFAULT_RECEIVE_QUEUE,
+    ) -> None:
+        self._ssl_context = ssl_context
+        self._timeout = timeout
+        self._receive_queue = receive_queue
+
+    async def connect(self, endpoint: RelayEndpoint, auth: RelayAuth) -> WebSocketRelaySession:
+        """Open, authenticate and return a session."""
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl_context(endpoint.tls_pin), limit=1)
+        )
+        try:
+            ws = await self._open(http, endpoint)
+            try:
+                expires_at = await self._handshake(ws, endpoint, auth)
+            except BaseException:
+                await ws.close()
+                raise
+        except BaseException:
+            await http.close()
+            raise
+        return WebSocketRelaySession(
+            http, ws, expires_at, receive_queue=self._receive_queue, timeout=self._timeout
+        )
+
+    async def _open(
+        self, http: aiohttp.ClientSession, endpoint: RelayEndpoint
+    ) -> aiohttp.ClientWebSocketResponse:
+        where = f"relay {endpoint.relay_id}"
+        try:
+            return await http.ws_connect(
+                endpoint.url,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self._timeout),
+                max_msg_size=MAX_MESSAGE,
+                heartbeat=HEARTBEAT,
+                compress=0,
+                autoping=True,
+            )
+        except aiohttp.ClientSSLError as exc:
+            raise RelayUntrusted(f"{where}: cannot trust the server; nothing was sent") from exc
+        except aiohttp.WSServerHandshakeError as exc:
+            raise RelayUnreachable(f"{where}: WebSocket refused ({exc.status})") from exc
+        except TimeoutError as exc:
+            raise RelayUnreachable(f"{where}: no answer in time") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise RelayUnreachable(f"{where}: cannot connect: {exc}") from exc
+
+    async def _receive_text(self, ws: aiohttp.ClientWebSocketResponse) -> object:
+        try:
+            msg = await asyncio.wait_for(ws.receive(), self._timeout)
+        except TimeoutError as exc:
+            raise RelayUnreachable("the relay did not answer in time") from exc
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            return _json(msg.data)
+        if UNAUTHORIZED_CODE in (ws.close_code, msg.data):
+            raise RelayUnauthorized("the relay refused the session")
+        raise RelayUnreachable("the relay closed the connection during the handshake")
+
+    async def _handshake(
+        self, ws: aiohttp.ClientWebSocketResponse, endpoint: RelayEndpoint, auth: RelayAuth
+    ) -> datetime:
+        challenge = await self._receive_text(ws)
+        if (
+            not isinstance(challenge, dict)
+            or challenge.get("type") != "challenge"
+            or challenge.get("relay_id") != endpoint.relay_id
+            or not isinstance(challenge.get("nonce"), str)
+        ):
+            raise RelayUnreachable("the relay sent no valid challenge for its id")
+        try:
+            nonce = b64decode(challenge["nonce"])
+        except DecodeError as exc:
+            raise RelayUnreachable("the relay's challenge nonce is not base64url") from exc
+        if len(nonce) != NONCE_BYTES:
+            raise RelayUnreachable("the relay's challenge nonce is not 32 bytes")
+        signature = auth.sign(challenge_message(nonce, endpoint.relay_id))
+        message = {
+            "type": "auth",
+            "node_id": auth.node_id,
+            "identity_key": auth.identity_key,
+            "token": auth.token,
+            "root_certificate": auth.root_certificate,
+            "signing_certificates": list(auth.signing_certificates),
+            "signature": b64encode(signature),
+        }
+        try:
+            await ws.send_str(json.dumps(message))
+        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+            raise RelayUnreachable("the relay closed the connection during the handshake") from exc
+        return _parse_expiry(await self._receive_text(ws))

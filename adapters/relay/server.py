@@ -1,0 +1,297 @@
+"""The `rustynet-relay` HTTPS server: WebSocket sessions at `/v1/relay`, `/healthz`, `/metrics`.
+
+The one rule: the adapter never buffers without bound and never says why it refused. Each
+session has a bounded send queue drained by its own writer task (a slow destination gets
+frames dropped and counted by `RelayService.forward`), unauthenticated connections get
+`handshake_timeout` seconds, and every rejection is the same close (4401, "unauthorized").
+The data path does no JSON, no logging and one copy per frame (header + memoryview slice).
+
+TLS is the caller's: serve the app on an `ssl.SSLContext` that allows TLS 1.3 only (bootstrap
+uses `rustynet.adapters.http_api.tls.server_ssl_context`). `make_runner` turns the access log
+off: a relay logs sessions, not requests.
+
+Messages larger than `max_frame_bytes` but within the WebSocket message cap (twice the frame
+limit, at least 64 KiB) are dropped and counted as oversize; beyond the cap aiohttp closes the
+connection (1009), so a peer cannot make the relay hold an arbitrarily large message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Final
+
+import structlog
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from rustynet.application.relay import DROP_REASONS, RelayService, Session
+from rustynet.domain.relay import RelayAuthFailed
+
+PATH: Final = "/v1/relay"
+UNAUTHORIZED_CODE: Final = 4401
+UNAUTHORIZED_REASON: Final = b"unauthorized"
+MIN_MESSAGE_CAP: Final = 64 * 1024
+HEARTBEAT: Final = 30.0  # seconds; finds half-open TCP connections
+METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+SERVICE_KEY: Final = web.AppKey("relay_service", RelayService)
+SOCKETS_KEY: Final[web.AppKey[set[web.WebSocketResponse]]] = web.AppKey("relay_sockets")
+_log = structlog.get_logger("rustynet.relay")
+
+
+class _WebSocketHandle:
+    """`SessionHandle` over one WebSocket: a bounded queue and the task that drains it."""
+
+    __slots__ = ("_closing", "_queue", "_ws", "writer")
+
+    def __init__(self, ws: web.WebSocketResponse, limit: int) -> None:
+        self._ws = ws
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=limit)
+        self._closing = False
+        self.writer: asyncio.Task[None] | None = None
+
+    def deliver(self, frame: bytes) -> bool:
+        if self._closing:
+            return False
+        try:
+            self._queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    def close_unauthorized(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        task = asyncio.get_running_loop().create_task(_close(self._ws))
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+    async def close_now(self) -> None:
+        """Close with the generic rejection from the handler's own task."""
+        self._closing = True
+        await _close(self._ws)
+
+    async def drain(self) -> None:
+        """Writer task: send queued frames until the socket closes."""
+        queue, ws = self._queue, self._ws
+        while True:
+            frame = await queue.get()
+            if ws.closed:
+                return
+            try:
+                await ws.send_bytes(frame)
+            except (ConnectionError, RuntimeError):
+                return
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+async def _close(ws: web.WebSocketResponse) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.close(code=UNAUTHORIZED_CODE, message=UNAUTHORIZED_REASON)
+
+
+def _text(message: dict[str, str]) -> str:
+    return json.dumps(message, separators=(",", ":"))
+
+
+def _json_object(data: str) -> dict[str, object] | None:
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+async def _authenticate(service: RelayService, session: Session, ws: web.WebSocketResponse) -> bool:
+    """Challenge sent; read until a text message or the deadline. True when authenticated."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + service.limits.handshake_timeout
+    while True:
+        left = deadline - loop.time()
+        if left <= 0:
+            service.handshake_timed_out(session)
+            return False
+        try:
+            msg = await asyncio.wait_for(ws.receive(), timeout=left)
+        except TimeoutError:
+            service.handshake_timed_out(session)
+            return False
+        if msg.type is WSMsgType.BINARY:
+            service.drop_unauthenticated()
+            continue
+        if msg.type is not WSMsgType.TEXT:
+            return False
+        message = _json_object(msg.data)
+        try:
+            expires_at = service.authenticate(session, message if message is not None else {})
+        except RelayAuthFailed as exc:
+            _log.info("relay.auth_failed", reason=exc.reason)
+            return False
+        await ws.send_str(_text({"type": "ok", "expires_at": expires_at.isoformat()}))
+        _log.info("relay.session_opened", node=session.node_id, expires_at=expires_at.isoformat())
+        return True
+
+
+async def _watch_expiry(service: RelayService, session: Session, handle: _WebSocketHandle) -> None:
+    """Close the session (4401) when its token expires unrenewed."""
+    while True:
+        left = service.seconds_left(session)
+        if left is None:
+            return
+        await asyncio.sleep(max(left, 0.0) + 0.01)
+        if service.expired(session):
+            _log.info("relay.session_expired", node=session.node_id)
+            handle.close_unauthorized()
+            return
+        if not session.machine.is_open:
+            return
+
+
+async def _renew(
+    service: RelayService,
+    session: Session,
+    ws: web.WebSocketResponse,
+    handle: _WebSocketHandle,
+    data: str,
+) -> None:
+    message = _json_object(data)
+    if message is None or message.get("type") != "renew" or set(message) != {"type", "token"}:
+        service.drop_malformed()
+        return
+    try:
+        expires_at = service.renew(session, message["token"])
+    except RelayAuthFailed as exc:
+        _log.info("relay.renew_failed", node=session.node_id, reason=exc.reason)
+        handle.close_unauthorized()
+        return
+    await ws.send_str(_text({"type": "ok", "expires_at": expires_at.isoformat()}))
+
+
+async def relay_socket(request: web.Request) -> web.StreamResponse:
+    """`GET /v1/relay`: one relay session (docs/relay-protocol.md)."""
+    service = request.app[SERVICE_KEY]
+    limits = service.limits
+    ws = web.WebSocketResponse(
+        max_msg_size=max(2 * limits.max_frame_bytes, MIN_MESSAGE_CAP),
+        heartbeat=HEARTBEAT,
+        compress=False,
+    )
+    handle = _WebSocketHandle(ws, limits.send_queue_frames)
+    session = service.open_connection(handle)
+    if session is None:
+        raise web.HTTPServiceUnavailable(text="busy")
+    watcher: asyncio.Task[None] | None = None
+    sockets = request.app[SOCKETS_KEY]
+    sockets.add(ws)
+    try:
+        await ws.prepare(request)
+        handle.writer = asyncio.get_running_loop().create_task(handle.drain())
+        await ws.send_str(_text(service.challenge(session)))
+        if not await _authenticate(service, session, ws):
+            await handle.close_now()
+            return ws
+        watcher = asyncio.get_running_loop().create_task(_watch_expiry(service, session, handle))
+        forward = service.forward
+        while True:
+            msg = await ws.receive()
+            kind = msg.type
+            if kind is WSMsgType.BINARY:
+                forward(session, msg.data)
+            elif kind is WSMsgType.TEXT:
+                await _renew(service, session, ws, handle, msg.data)
+            elif kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                break
+    except (ConnectionError, RuntimeError):
+        pass
+    finally:
+        sockets.discard(ws)
+        was_open = session.machine.is_open
+        service.end(session)
+        if was_open:
+            _log.info("relay.session_closed", node=session.node_id)
+        for task in (watcher, handle.writer):
+            if task is not None:
+                task.cancel()
+        if not ws.closed:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.close(code=WSCloseCode.GOING_AWAY)
+    return ws
+
+
+async def _close_all(app: web.Application) -> None:
+    """On shutdown: end every session now (1001), so SIGTERM does not wait on idle sockets."""
+    sockets: set[web.WebSocketResponse] = app[SOCKETS_KEY]
+    for ws in list(sockets):
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"shutdown")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """`GET /healthz`: the process serves."""
+    service = request.app[SERVICE_KEY]
+    return web.json_response({"status": "ok", "relay_id": service.trust.relay_id})
+
+
+def render_metrics(service: RelayService) -> str:
+    """Prometheus text exposition (0.0.4) of the relay's counters."""
+    c = service.counters
+    out: list[str] = []
+
+    def add(name: str, kind: str, help_text: str, value: int) -> None:
+        out.extend(
+            (
+                f"# HELP rustynet_relay_{name} {help_text}",
+                f"# TYPE rustynet_relay_{name} {kind}",
+                f"rustynet_relay_{name} {value}",
+            )
+        )
+
+    add("frames_forwarded_total", "counter", "Frames forwarded to a session.", c.frames_forwarded)
+    add("bytes_forwarded_total", "counter", "Payload bytes forwarded.", c.bytes_forwarded)
+    out += [
+        "# HELP rustynet_relay_frames_dropped_total Frames dropped, by reason.",
+        "# TYPE rustynet_relay_frames_dropped_total counter",
+    ]
+    out += [
+        f'rustynet_relay_frames_dropped_total{{reason="{reason}"}} {c.dropped[reason]}'
+        for reason in DROP_REASONS
+    ]
+    add("auth_successes_total", "counter", "Sessions authenticated.", c.auth_successes)
+    add("auth_failures_total", "counter", "Failed auth or renewal.", c.auth_failures)
+    add("renewals_total", "counter", "Tokens renewed in session.", c.renewals)
+    add("expired_sessions_total", "counter", "Sessions closed at expiry.", c.expired_sessions)
+    add("handshake_timeouts_total", "counter", "No auth in time.", c.handshake_timeouts)
+    add("rejected_connections_total", "counter", "Refused: relay full.", c.rejected_connections)
+    add("replaced_sessions_total", "counter", "Closed: node over its limit.", c.replaced_sessions)
+    add("open_sessions", "gauge", "Authenticated sessions now.", c.open_sessions)
+    add("pending_handshakes", "gauge", "Connections not yet authenticated.", c.pending_handshakes)
+    add("nodes", "gauge", "Nodes with an open session.", service.node_count)
+    return "\n".join(out) + "\n"
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """`GET /metrics`."""
+    return web.Response(
+        body=render_metrics(request.app[SERVICE_KEY]).encode("utf-8"),
+        headers={"Content-Type": METRICS_CONTENT_TYPE},
+    )
+
+
+def create_relay_app(service: RelayService) -> web.Application:
+    """The relay's aiohttp application."""
+    app = web.Application(client_max_size=4096)
+    app[SERVICE_KEY] = service
+    app[SOCKETS_KEY] = set()
+    app.on_shutdown.append(_close_all)
+    app.router.add_get(PATH, relay_socket)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def make_runner(app: web.Application, shutdown_timeout: float = 5.0) -> web.AppRunner:
+    """A runner without access log (no per-request lines; sessions are logged as events)."""
+    return web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
