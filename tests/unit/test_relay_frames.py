@@ -1,0 +1,88 @@
+"""Relay data frames: strict codec (round trip, every malformed shape rejected), challenge bytes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rustynet.domain.errors import DecodeError, LocalProtocolError
+from rustynet.domain.relay import (
+    FROM_RELAY,
+    TO_RELAY,
+    FrameError,
+    challenge_message,
+    decode_frame,
+    decode_header,
+    encode_frame,
+    frame_header,
+)
+
+node_ids = st.text(
+    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=255
+)
+frame_types = st.sampled_from([TO_RELAY, FROM_RELAY])
+
+
+@given(frame_types, node_ids, st.binary(max_size=2048))
+def test_frame_round_trips(frame_type: int, node_id: str, packet: bytes) -> None:
+    """decode(encode(x)) == x for every type, id and payload (payload bytes untouched)."""
+    frame = encode_frame(frame_type, node_id, packet)
+    assert decode_frame(frame, frame_type) == (node_id, packet)
+    assert decode_header(memoryview(frame), frame_type)[1] == 2 + len(node_id)
+
+
+@given(frame_types, node_ids, st.binary(max_size=64))
+def test_frame_of_the_other_type_is_rejected(frame_type: int, node_id: str, packet: bytes) -> None:
+    """A relay->node frame never parses as node->relay and vice versa."""
+    other = FROM_RELAY if frame_type == TO_RELAY else TO_RELAY
+    with pytest.raises(FrameError):
+        decode_frame(encode_frame(frame_type, node_id, packet), other)
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_decode_or_raise_decode_error(data: bytes) -> None:
+    """Garbage never crashes the decoder: it parses consistently or raises FrameError."""
+    try:
+        node_id, packet = decode_frame(data, TO_RELAY)
+    except FrameError:
+        return
+    assert encode_frame(TO_RELAY, node_id, packet) == data
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"",
+        b"\x01",
+        b"\x01\x00",
+        b"\x01\x00payload",  # empty node id
+        b"\x01\x05abc",  # id longer than the frame
+        b"\x03\x01a",  # unknown type
+        b"\x01\x02\xff\xfe",  # non-ASCII id
+    ],
+)
+def test_malformed_frames_are_rejected(frame: bytes) -> None:
+    """Every malformed header raises FrameError (a DecodeError)."""
+    with pytest.raises(DecodeError):
+        decode_header(frame, TO_RELAY)
+
+
+def test_header_refuses_ids_that_do_not_fit_one_length_byte() -> None:
+    """Our own misuse (a 256-byte or non-ASCII id) is a LocalProtocolError."""
+    with pytest.raises(LocalProtocolError):
+        frame_header(TO_RELAY, "n" * 256)
+    with pytest.raises(LocalProtocolError):
+        frame_header(TO_RELAY, "nödé")
+    with pytest.raises(LocalProtocolError):
+        frame_header(0x07, "node")
+
+
+def test_challenge_message_is_nonce_then_relay_id() -> None:
+    """The signed challenge is exactly nonce || relay id; bad nonces and ids are refused."""
+    nonce = bytes(range(32))
+    assert challenge_message(nonce, "relay-1") == nonce + b"relay-1"
+    with pytest.raises(LocalProtocolError):
+        challenge_message(nonce[:31], "relay-1")
+    with pytest.raises(DecodeError):
+        challenge_message(nonce, "Relay_1")
