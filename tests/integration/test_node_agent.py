@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -26,7 +27,12 @@ from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 from rustynet.application.control_types import CreateJoinKeyRequest
 from rustynet.application.node_agent import AgentRevoked, AgentSettings, NodeAgent
 from rustynet.domain.policy import Proto
-from rustynet.ports.control_plane import ControlUnreachable, TrustTexts
+from rustynet.ports.control_plane import (
+    ControlUnreachable,
+    NodeCredentials,
+    PeerMapDelivery,
+    TrustTexts,
+)
 from rustynet.ports.store import Store
 from tests.integration.test_control_service import POLICY, World, make_world
 
@@ -205,6 +211,39 @@ async def test_tampered_stale_and_unknown_signer_maps_are_rejected(
     assert [r.getMessage() for r in caplog.records].count("peer_map.rejected") == 3
     assert a.state_path.read_bytes() == saved
     assert dict(await a.tunnel.peers()) == peers
+
+
+async def test_a_server_answering_bad_maps_at_once_is_polled_with_backoff(
+    world: World, tmp_path: Path
+) -> None:
+    """A control that answers every poll at once with a tampered map makes run() back off
+    (doubling sleeps), not spin: each rejection is followed by a longer wait."""
+    a, _ = await pair(world, tmp_path)
+    state = a.agent.state
+    assert state is not None
+    assert state.last_peer_map is not None
+    good = state.last_peer_map
+    flipped = good[:-8] + ("A" if good[-8] != "A" else "B") + good[-7:]
+    trust = TrustTexts(state.root_certificate, state.signing_certificates)
+
+    async def tampered(
+        _auth: NodeCredentials, _after: int, _timeout: float
+    ) -> PeerMapDelivery | None:
+        return PeerMapDelivery(flipped, trust)
+
+    a.control.peer_map = tampered  # type: ignore[method-assign,assignment]
+    sleeps: list[float] = []
+
+    async def record(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) >= 5:
+            await a.agent.stop()
+
+    a.agent._sleep = record
+    await asyncio.wait_for(a.agent.run(), timeout=10)
+    assert a.agent.rejected_maps >= 5
+    assert len(sleeps) == 5
+    assert all(later > earlier for earlier, later in itertools.pairwise(sleeps[:4])), sleeps
 
 
 async def test_restart_with_same_state_keeps_identity_and_address(

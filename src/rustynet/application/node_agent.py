@@ -41,13 +41,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Final, Literal
 
 import attrs
 
 from rustynet.application.control import token_renewal_message
+from rustynet.application.relay_link import RelayLink
+from rustynet.domain import path as paths
 from rustynet.domain import reconcile
 from rustynet.domain.enrollment import EnrollmentClient, IssueChallenge
 from rustynet.domain.errors import (
@@ -68,7 +70,7 @@ from rustynet.domain.netmap import (
 )
 from rustynet.domain.node_state import NodeState
 from rustynet.domain.reconcile import Action
-from rustynet.domain.tunnel import IPInterface, IPNetwork
+from rustynet.domain.tunnel import IPInterface, IPNetwork, PeerStats, UnderlayEndpoint
 from rustynet.ports.clock import Clock
 from rustynet.ports.control_plane import (
     ControlPlaneClient,
@@ -83,6 +85,8 @@ from rustynet.ports.entropy import Entropy
 from rustynet.ports.firewall import Firewall, FirewallError
 from rustynet.ports.keystore import KeyNotFound, Keystore, load_or_create
 from rustynet.ports.node_state_store import NodeStateStore
+from rustynet.ports.relay import RelayEndpoint, RelayTransport
+from rustynet.ports.relay_path import DirectProbePort, RelayBridgePort
 from rustynet.ports.tunnel import TunnelBackend, TunnelError
 
 _log = logging.getLogger("rustynet.node")
@@ -135,6 +139,7 @@ class AgentSettings:
     # Re-plan this often while a long poll is parked: the responder side of a pair must start
     # talking within the handshake-retry window (LAB.md pitfall 1), not after the next map.
     reconcile_interval: float = 1.0
+    path_policy: paths.PathPolicy = attrs.field(factory=paths.PathPolicy)
 
 
 Path = Literal["direct", "relay", "none"]
@@ -203,6 +208,9 @@ class NodeAgent:
         entropy: Entropy,
         settings: AgentSettings,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        relay: RelayTransport | None = None,
+        bridge: RelayBridgePort | None = None,
+        prober: DirectProbePort | None = None,
     ) -> None:
         self.control = control
         self.tunnel = tunnel
@@ -230,6 +238,22 @@ class NodeAgent:
         self.rejected_maps = 0
         self._endpoints_reported = False
         self._reconcile_lock = asyncio.Lock()
+        self.bridge, self.prober = bridge, prober
+        self._paths: dict[str, paths.PeerPath] = {}
+        self._probes: set[asyncio.Task[None]] = set()
+        self.relay_link: RelayLink | None = None
+        if relay is not None and bridge is not None:
+            bridge.allowed = self._is_peer
+            self.relay_link = RelayLink(
+                transport=relay,
+                bridge=bridge,
+                control=control,
+                clock=clock,
+                credentials=self._fresh_creds,
+                identity=self._identity_key,
+                trust=self._trust_texts,
+                home=self._home_relay,
+            )
 
     # --- join ---------------------------------------------------------------------------------
 
@@ -507,7 +531,10 @@ class NodeAgent:
     # --- reconcile ------------------------------------------------------------------------------
 
     def _desired(
-        self, now: datetime, heard: dict[TunnelKey, datetime | None]
+        self,
+        now: datetime,
+        heard: dict[TunnelKey, datetime | None],
+        endpoints: Mapping[TunnelKey, UnderlayEndpoint] | None = None,
     ) -> reconcile.DesiredState:
         own = self.state.overlay_addresses if self.state is not None else ()
         peer_map = self._map
@@ -525,6 +552,7 @@ class NodeAgent:
             heard_from=heard_from,
             overdue=overdue,
             keepalive_seconds=self.settings.keepalive_seconds,
+            endpoints=endpoints or {},
         )
 
     async def reconcile(self) -> tuple[reconcile.Action, ...]:
@@ -537,7 +565,8 @@ class NodeAgent:
             return ()
         now = self.clock.now()
         stats = await self.tunnel.stats()
-        desired = self._desired(now, {k: s.last_handshake for k, s in stats.items()})
+        endpoints = await self._path_endpoints(now, stats)
+        desired = self._desired(now, {k: s.last_handshake for k, s in stats.items()}, endpoints)
         actual = reconcile.ActualState(
             addresses=self._addresses,
             peers=await self.tunnel.peers(),
@@ -559,6 +588,103 @@ class NodeAgent:
                 await self.tunnel.apply(diff)  # every peer action at once, as one diff
                 diff = reconcile.peer_diff(())
         return actions
+
+    # --- paths: direct or relay -------------------------------------------------------------------
+
+    def _is_peer(self, node_id: str) -> bool:
+        return self._map is not None and any(p.id == node_id for p in self._map.peers)
+
+    def _identity_key(self) -> SigningKey:
+        if self._identity is None:
+            raise NotEnrolled("start the agent first")
+        return self._identity
+
+    def _trust_texts(self) -> tuple[str, tuple[str, ...]]:
+        if self.state is None:
+            raise NotEnrolled("start the agent first")
+        return self.state.root_certificate, tuple(self.state.signing_certificates)
+
+    async def _fresh_creds(self) -> NodeCredentials:
+        await self._ensure_token()
+        return self._creds()
+
+    def _home_relay(self) -> RelayEndpoint | None:
+        """The first relay of the current map (every node of a mesh gets the same list)."""
+        if self._map is None or not self._map.relays:
+            return None
+        home = self._map.relays[0]
+        return RelayEndpoint(home.id, home.url, home.tls_spki_sha256)
+
+    def path_of(self, peer_id: str) -> paths.StatusPath | None:
+        """The controller's path for a peer (None when it is not in the map)."""
+        state = self._paths.get(peer_id)
+        return None if state is None else paths.status_path(state)
+
+    async def _path_endpoints(
+        self, now: datetime, stats: Mapping[TunnelKey, PeerStats]
+    ) -> dict[TunnelKey, UnderlayEndpoint]:
+        """Feed each peer's path controller; the endpoints of peers that must use the relay.
+
+        A peer that reaches us through the relay (the tunnel learned a bridge endpoint from its
+        packets) is answered the same way while our own controller still says direct: two ends
+        that disagree would otherwise pull the tunnel's endpoint back and forth.
+        """
+        bridge, peer_map = self.bridge, self._map
+        if bridge is None or peer_map is None or now >= peer_map.expires_at:
+            self._paths.clear()
+            return {}
+        relay_up = self.relay_link is not None and self.relay_link.up
+        listed = {p.id for p in peer_map.peers}
+        self._paths = {k: v for k, v in self._paths.items() if k in listed}
+        bridge.keep_only(listed)
+        out: dict[TunnelKey, UnderlayEndpoint] = {}
+        for peer in peer_map.peers:
+            seen = stats.get(peer.tunnel_key)
+            state = self._paths.get(peer.id) or paths.PeerPath.start(now)
+            observation = paths.Observation(
+                now=max(now, state.as_of),
+                last_handshake=seen.last_handshake if seen is not None else None,
+                relay_available=relay_up,
+            )
+            self._paths[peer.id] = self._feed(peer.id, peer.name, state, observation)
+            if self._paths[peer.id].path is paths.PathKind.RELAY:
+                out[peer.tunnel_key] = await bridge.endpoint_for(peer.id)
+            elif seen is not None and bridge.is_bridge_endpoint(seen.underlay_endpoint):
+                assert seen.underlay_endpoint is not None
+                out[peer.tunnel_key] = seen.underlay_endpoint  # the peer relays: follow it
+        return out
+
+    def _feed(
+        self, peer_id: str, name: str, state: paths.PeerPath, event: paths.PathInput
+    ) -> paths.PeerPath:
+        step = paths.step(self.settings.path_policy, state, event)
+        for transition in step.transitions:
+            _log.info("path.changed", extra={"peer": name, **transition.log_fields()})
+        for command in step.commands:
+            if isinstance(command, paths.ProbeDirect):
+                task = asyncio.create_task(self._probe(peer_id, command))
+                self._probes.add(task)
+                task.add_done_callback(self._probes.discard)
+        return step.state
+
+    async def _probe(self, peer_id: str, command: paths.ProbeDirect) -> None:
+        """Run one direct probe and feed its result (a stale result is ignored)."""
+        peer = next((p for p in self._map.peers if p.id == peer_id), None) if self._map else None
+        ok = False
+        endpoint = reconcile.first_endpoint(peer.underlay_endpoints) if peer else None
+        if self.prober is not None and endpoint is not None:
+            timeout = max(0.1, (command.deadline - self.clock.now()).total_seconds())
+            ok = await self.prober.probe(endpoint, timeout)
+        state = self._paths.get(peer_id)
+        if state is None or peer is None:
+            return
+        now = max(self.clock.now(), state.as_of)
+        try:
+            self._paths[peer_id] = self._feed(
+                peer_id, peer.name, state, paths.ProbeResult(now=now, probe=command.probe, ok=ok)
+            )
+        except paths.PathTransitionError:
+            return  # the peer moved on (relay lost, new attempt): the result is stale
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -583,13 +709,17 @@ class NodeAgent:
         """Repeat `step` until stopped or revoked; outages back off with jitter."""
         if not self._started:
             await self.start()
-        ticker = asyncio.create_task(self._reconcile_ticker())
+        tasks = [asyncio.create_task(self._reconcile_ticker())]
+        if self.relay_link is not None:
+            tasks.append(asyncio.create_task(self.relay_link.run(), name="relay-link"))
         try:
             await self._run_steps()
         finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            for task in (*tasks, *self._probes):
+                task.cancel()
+            for task in (*tasks, *self._probes):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _reconcile_ticker(self) -> None:
         """Re-plan every `reconcile_interval` s (responders waking up, expiries, lost peers)."""
@@ -604,7 +734,14 @@ class NodeAgent:
         delay = self.settings.backoff_initial
         while not self._stopping:
             try:
+                rejected = self.rejected_maps
                 await self.step()
+                if self.rejected_maps > rejected:
+                    # A server answering at once with bad maps must not make us spin: back
+                    # off exactly as for an outage (the last good map stays applied).
+                    await self._sleep(self._jitter(delay))
+                    delay = min(delay * 2, self.settings.backoff_max)
+                    continue
                 delay = self.settings.backoff_initial
             except AgentRevoked:
                 self.revoked = True
@@ -636,7 +773,10 @@ class NodeAgent:
             s = stats.get(entry.tunnel_key)
             path: Path = "none"
             if s is not None and s.last_handshake is not None:
-                path = "direct"
+                relayed = self.bridge is not None and self.bridge.is_bridge_endpoint(
+                    s.underlay_endpoint
+                )
+                path = "relay" if relayed else "direct"
             peers.append(
                 PeerStatus(
                     name=entry.name,

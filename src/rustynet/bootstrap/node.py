@@ -43,7 +43,7 @@ import attrs
 
 from rustynet.adapters.clock import SystemClock
 from rustynet.adapters.config import NodeConfig, load_node_config
-from rustynet.adapters.control_client import ControlClient
+from rustynet.adapters.control_client import ControlClient, pinned_ssl_context
 from rustynet.adapters.control_plane_http import HttpControlPlane
 from rustynet.adapters.entropy import OsEntropy
 from rustynet.adapters.firewall.memory import MemoryFirewall
@@ -51,6 +51,9 @@ from rustynet.adapters.firewall.nftables import NftablesFirewall, table_name_for
 from rustynet.adapters.local_api import LocalApiServer
 from rustynet.adapters.logging import configure_logging
 from rustynet.adapters.node_state_file import FileNodeStateStore
+from rustynet.adapters.relay.bridge import RelayBridge
+from rustynet.adapters.relay.client import WebSocketRelayTransport
+from rustynet.adapters.relay.probe import DirectProber, probe_port
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 from rustynet.adapters.tunnel.wireguard_kernel import WireGuardKernelBackend
 from rustynet.adapters.tunnel.wireguard_uapi import WireGuardUapiBackend
@@ -76,6 +79,8 @@ from rustynet.ports.entropy import Entropy
 from rustynet.ports.firewall import Firewall
 from rustynet.ports.keystore import Keystore
 from rustynet.ports.node_state_store import NodeStateStore
+from rustynet.ports.relay import RelayTransport
+from rustynet.ports.relay_path import RelayBridgePort
 from rustynet.ports.tunnel import BackendUnavailable, TunnelBackend
 
 STATE_FILE: Final = "node-state.json"
@@ -132,6 +137,9 @@ class NodePorts:
     clock: Clock
     entropy: Entropy
     control_factory: ControlFactory
+    relay: RelayTransport | None = None
+    bridge: RelayBridgePort | None = None
+    prober: DirectProber | None = None
 
 
 class NodeDaemon:
@@ -223,6 +231,8 @@ class NodeDaemon:
 
     async def start(self) -> None:
         """At daemon start: an enrolled node brings its tunnel up (missing keys raise)."""
+        if self.ports.prober is not None:
+            await self.ports.prober.start()
         async with self._lock:
             state = self.ports.state_store.load()
             if state is None:
@@ -238,6 +248,10 @@ class NodeDaemon:
             # Nothing may outlive the daemon even when no agent ran (a failed start).
             await self.ports.tunnel.stop()
             await self.ports.firewall.remove()
+            if self.ports.bridge is not None:
+                self.ports.bridge.close()
+            if self.ports.prober is not None:
+                self.ports.prober.close()
 
     def _new_agent(self, control: ControlPlaneClient) -> NodeAgent:
         p = self.ports
@@ -250,6 +264,9 @@ class NodeDaemon:
             clock=p.clock,
             entropy=p.entropy,
             settings=self.settings,
+            relay=p.relay,
+            bridge=p.bridge,
+            prober=p.prober,
         )
 
     async def _join(self, token: str, hostname: str) -> None:
@@ -351,6 +368,9 @@ def build_daemon(config: NodeConfig, tunnel: TunnelBackend, keystore: Keystore) 
         if config.backend == "memory"
         else NftablesFirewall(table=table_name_for(config.interface))
     )
+    port = config.underlay_port
+    # The relay path needs the tunnel's own UDP port (the bridge sends relayed packets to it)
+    # and probes use port + 1: both come with a configured underlay_port.
     ports = NodePorts(
         tunnel=tunnel,
         firewall=firewall,
@@ -359,6 +379,9 @@ def build_daemon(config: NodeConfig, tunnel: TunnelBackend, keystore: Keystore) 
         clock=SystemClock(),
         entropy=OsEntropy(),
         control_factory=https_control,
+        relay=None if port is None else WebSocketRelayTransport(ssl_context=pinned_ssl_context),
+        bridge=None if port is None else RelayBridge(lambda: port),
+        prober=None if port is None else DirectProber(probe_port(port)),
     )
     settings = AgentSettings(
         interface=config.interface,

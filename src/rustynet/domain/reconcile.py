@@ -91,7 +91,8 @@ def overdue_responders(
     )
 
 
-def _first_endpoint(texts: Iterable[str]) -> UnderlayEndpoint | None:
+def first_endpoint(texts: Iterable[str]) -> UnderlayEndpoint | None:
+    """The first parseable underlay endpoint of a peer entry (None when it lists none)."""
     for text in texts:
         try:
             return UnderlayEndpoint.parse(text)
@@ -144,11 +145,13 @@ def desired_state(
     heard_from: Iterable[TunnelKey] = (),
     overdue: Iterable[TunnelKey] = (),
     keepalive_seconds: int = DEFAULT_KEEPALIVE_SECONDS,
+    endpoints: Mapping[TunnelKey, UnderlayEndpoint] | None = None,
 ) -> DesiredState:
     """Everything the node should hold for `peer_map` (see the module docstring).
 
     `heard_from`: peers a handshake was seen with; `overdue`: peers whose initiator stayed
-    silent past the grace period (`overdue_responders`).
+    silent past the grace period (`overdue_responders`); `endpoints`: peers to reach at another
+    endpoint than the map's (the relay bridge, chosen by the path controller).
     """
     heard, late = frozenset(heard_from), frozenset(overdue)
     peers: list[PeerConfig] = []
@@ -160,7 +163,8 @@ def desired_state(
         if first:
             speak_first.add(entry.tunnel_key)
         talk = first or entry.tunnel_key in heard
-        endpoint = _first_endpoint(entry.underlay_endpoints)
+        chosen = endpoints.get(entry.tunnel_key) if endpoints else None
+        endpoint = chosen or first_endpoint(entry.underlay_endpoints)
         peers.append(
             PeerConfig(
                 key=entry.tunnel_key,
