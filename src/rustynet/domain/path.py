@@ -45,7 +45,9 @@ path was entered (`since`): an older one belongs to the previous path.
   direct path heals is `PathPolicy.failback_bound()` (`FAILBACK_BOUND` for the defaults).
 * Each step makes at most one transition; commands follow from the state change alone:
   `UsePath` exactly when the active path changes, `ProbeDirect` exactly when a probe starts.
-  Time never goes backwards: an input older than the state's `as_of` raises.
+  Time never goes backwards: an input older than the state's `as_of` raises. A `ProbeResult`
+  that does not answer the outstanding probe (it timed out, or the peer left the relay) raises
+  `StaleProbeResult`: the daemon drops it.
 """
 
 from __future__ import annotations
