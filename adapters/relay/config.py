@@ -1,0 +1,219 @@
+"""`relay.toml`: the relay's configuration file (strict, like control.toml).
+
+The one rule: an unknown table or key, a wrong type or a malformed value is an error naming the
+file and key, never a silently ignored setting; relative paths are relative to the file.
+
+    [relay]
+    id = "relay-1"                              # [a-z0-9-]{1,64}, the token audience
+    url = "wss://relay.example.org:8444/v1/relay"  # public URL (goes into control.toml)
+    listen = "0.0.0.0:8444"                     # ADDR:PORT ([v6]:PORT) to bind
+
+    [control]
+    url = "https://ctl.example.org:8443"        # relay-token issuer
+    root_fingerprint = "rnfp_..."               # the control root key (join tokens pin it)
+
+    [tls]
+    certificate = "tls/relay.crt"
+    private_key = "tls/relay.key"
+
+    [limits]                                    # optional; every key optional (defaults:
+    packets_per_second = 50000                  # rustynet.domain.relay.RelayLimits)
+    ...
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import tomllib
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+import attrs
+
+from rustynet.domain.errors import DecodeError, RustynetError
+from rustynet.domain.keys import KeyFingerprint
+from rustynet.domain.relay import RelayLimits, validate_relay_id
+
+MAX_CONFIG_SIZE: Final = 64 * 1024
+_INT_LIMITS: Final = (
+    "packets_per_second",
+    "packets_burst",
+    "bytes_per_second",
+    "bytes_burst",
+    "sessions_per_node",
+    "max_sessions",
+    "max_frame_bytes",
+    "send_queue_frames",
+)
+_SECTIONS: Final = {
+    "relay": frozenset({"id", "url", "listen"}),
+    "control": frozenset({"url", "root_fingerprint"}),
+    "tls": frozenset({"certificate", "private_key"}),
+    "limits": frozenset({*_INT_LIMITS, "handshake_timeout"}),
+}
+
+
+class RelayConfigError(RustynetError):
+    """relay.toml is missing, unreadable or invalid; the message names file and key."""
+
+
+@attrs.frozen
+class RelayConfig:
+    """The parsed relay.toml (paths absolute)."""
+
+    relay_id: str
+    url: str
+    listen: tuple[str, int]
+    control_url: str
+    root_fingerprint: KeyFingerprint
+    certificate: Path
+    private_key: Path
+    limits: RelayLimits = attrs.field(factory=RelayLimits)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`ADDR:PORT` or `[V6]:PORT` → (address, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError("expected ADDR:PORT (IPv6 as [ADDR]:PORT)")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    ipaddress.ip_address(host)
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError("port must be 1-65535")
+    return host, port
+
+
+def parse_relay_url(text: str) -> str:
+    """`wss://HOST[:PORT]/v1/relay`."""
+    parts = urlsplit(text)
+    if parts.scheme != "wss" or not parts.hostname or parts.path != "/v1/relay":
+        raise ValueError("expected wss://HOST[:PORT]/v1/relay")
+    if parts.query or parts.fragment or parts.username:
+        raise ValueError("the relay URL has no query, fragment or user part")
+    _ = parts.port  # raises ValueError on a bad port
+    return text
+
+
+def parse_control_url(text: str) -> str:
+    """`https://HOST[:PORT]` (the issuer string tokens carry)."""
+    parts = urlsplit(text)
+    if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError("expected https://HOST[:PORT]")
+    if parts.query or parts.fragment or parts.username:
+        raise ValueError("the control URL has no path, query or user part")
+    _ = parts.port
+    return f"https://{parts.netloc}"
+
+
+def _fail(source: Path, where: str, problem: str) -> RelayConfigError:
+    return RelayConfigError(f"{source}: {where}: {problem}")
+
+
+def _text(source: Path, table: dict[str, object], section: str, key: str) -> str:
+    value = table.get(key)
+    if not isinstance(value, str):
+        raise _fail(source, f"[{section}].{key}", "missing or not a string")
+    return value
+
+
+def load_relay_config(path: Path) -> RelayConfig:
+    """Parse relay.toml strictly; raise `RelayConfigError` naming the bad key."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RelayConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_SIZE:
+        raise RelayConfigError(f"{path}: larger than {MAX_CONFIG_SIZE} bytes")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RelayConfigError(f"{path}: not valid TOML: {exc}") from None
+    for name in set(data) - set(_SECTIONS):
+        raise _fail(path, f"[{name}]", "unknown table")
+    tables: dict[str, dict[str, object]] = {}
+    for name, keys in _SECTIONS.items():
+        table = data.get(name, {} if name == "limits" else None)
+        if not isinstance(table, dict):
+            raise _fail(path, f"[{name}]", "missing table")
+        for key in sorted(set(table) - keys):
+            raise _fail(path, f"[{name}].{key}", "unknown setting")
+        tables[name] = table
+    base = path.parent.resolve()
+    try:
+        relay_id = validate_relay_id(_text(path, tables["relay"], "relay", "id"))
+        url = parse_relay_url(_text(path, tables["relay"], "relay", "url"))
+        listen = parse_listen(_text(path, tables["relay"], "relay", "listen"))
+        control_url = parse_control_url(_text(path, tables["control"], "control", "url"))
+        root = KeyFingerprint.from_text(
+            _text(path, tables["control"], "control", "root_fingerprint")
+        )
+    except (ValueError, DecodeError) as exc:
+        raise RelayConfigError(f"{path}: {exc}") from None
+    certificate = base / _text(path, tables["tls"], "tls", "certificate")
+    private_key = base / _text(path, tables["tls"], "tls", "private_key")
+    return RelayConfig(
+        relay_id=relay_id,
+        url=url,
+        listen=listen,
+        control_url=control_url,
+        root_fingerprint=root,
+        certificate=certificate,
+        private_key=private_key,
+        limits=_limits(path, tables["limits"]),
+    )
+
+
+def _limits(path: Path, table: dict[str, object]) -> RelayLimits:
+    values: dict[str, int | float] = {}
+    for key, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _fail(path, f"[limits].{key}", "expected a number")
+        if key in _INT_LIMITS and not isinstance(value, int):
+            raise _fail(path, f"[limits].{key}", "expected an integer")
+        values[key] = value
+    try:
+        return RelayLimits(**values)  # type: ignore[arg-type]
+    except (ValueError, TypeError, RustynetError) as exc:
+        raise _fail(path, "[limits]", str(exc)) from None
+
+
+def _q(text: str) -> str:
+    return json.dumps(text, ensure_ascii=True)
+
+
+def render_relay_config(config: RelayConfig, base: Path) -> str:
+    """relay.toml text for `config`, limits written out with their values."""
+
+    def rel(p: Path) -> str:
+        try:
+            return str(p.relative_to(base))
+        except ValueError:
+            return str(p)
+
+    host, port = config.listen
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    limits = attrs.asdict(config.limits)
+    lines = [
+        "# Rustynet relay. Written by `rustynet-relay init`; paths are relative to this",
+        "# file's directory. Unknown keys are errors.",
+        "[relay]",
+        f"id = {_q(config.relay_id)}",
+        f"url = {_q(config.url)}",
+        f"listen = {_q(listen)}",
+        "",
+        "[control]",
+        f"url = {_q(config.control_url)}",
+        f"root_fingerprint = {_q(config.root_fingerprint.to_text())}",
+        "",
+        "[tls]",
+        f"certificate = {_q(rel(config.certificate))}",
+        f"private_key = {_q(rel(config.private_key))}",
+        "",
+        "[limits]",
+        *(f"{key} = {value!r}" for key, value in limits.items()),
+    ]
+    return "\n".join(lines) + "\n"

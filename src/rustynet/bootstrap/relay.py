@@ -1,0 +1,192 @@
+"""Composition root of `rustynet-relay`: `init` writes relay.toml and a TLS key, `serve` runs it.
+
+The one rule: the relay holds no tunnel or identity keys and no control-plane secret; its only
+private key is its TLS key (0600, created exclusively: `init` never overwrites anything), and
+it trusts relay tokens only through the control root fingerprint in its config.
+
+    rustynet-relay init  --config FILE --url wss://HOST:PORT/v1/relay
+                         --control-url https://CTL:PORT --root-fingerprint rnfp_...
+                         [--id ID] [--listen ADDR:PORT]
+    rustynet-relay serve --config FILE [--log-level LEVEL] [--log-format json|console]
+
+`init` prints the `[[relays]]` block for control.toml (id, url, `tls_spki_sha256` pin). The
+root fingerprint is the `rnfp_...` every join token carries (and each node's state file).
+Exit codes: 0 ok (serve: stopped by SIGTERM/SIGINT), 1 failed, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+import uvloop
+
+from rustynet.adapters.clock import SystemClock
+from rustynet.adapters.entropy import OsEntropy
+from rustynet.adapters.http_api.tls import server_ssl_context
+from rustynet.adapters.logging import configure_logging
+from rustynet.adapters.relay.config import (
+    RelayConfig,
+    load_relay_config,
+    parse_control_url,
+    parse_listen,
+    parse_relay_url,
+    render_relay_config,
+)
+from rustynet.adapters.relay.server import create_relay_app, make_runner
+from rustynet.adapters.tls_cert import create_self_signed, spki_pin_of_pem_file
+from rustynet.application.relay import RelayService
+from rustynet.bootstrap.crypto_policy import load_crypto_policy
+from rustynet.bootstrap.process import disable_core_dumps
+from rustynet.domain.errors import DecodeError, RustynetError
+from rustynet.domain.keys import KeyFingerprint
+from rustynet.domain.relay import RelayTrust, validate_relay_id
+
+CERTIFICATE: Final = "tls/relay.crt"
+PRIVATE_KEY: Final = "tls/relay.key"
+LISTEN_BACKLOG: Final = 4096
+
+
+class RelayInitRefused(RustynetError):  # noqa: N818 - names the outcome
+    """relay.toml or the TLS files already exist."""
+
+
+def _write_private(path: Path, text: str) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def init_relay(args: argparse.Namespace) -> str:
+    """`rustynet-relay init`: config + TLS key/cert; returns the text for the operator."""
+    clock, entropy = SystemClock(), OsEntropy()
+    now = clock.now()
+    load_crypto_policy(now)
+    os.umask(0o077)
+    config_path = Path(args.config).absolute()
+    base = config_path.parent
+    try:
+        url = parse_relay_url(args.url)
+        control_url = parse_control_url(args.control_url)
+        root = KeyFingerprint.from_text(args.root_fingerprint)
+        relay_id = validate_relay_id(args.id or f"relay-{entropy.token_bytes(4).hex()}")
+        parts = urlsplit(url)
+        listen = parse_listen(args.listen or f"0.0.0.0:{parts.port or 443}")
+    except (ValueError, DecodeError) as exc:
+        raise RelayInitRefused(f"bad argument: {exc}") from None
+    existing = [p for p in (config_path, base / CERTIFICATE, base / PRIVATE_KEY) if p.exists()]
+    if existing:
+        raise RelayInitRefused(f"{existing[0]} already exists; refusing to overwrite it")
+    (base / "tls").mkdir(mode=0o700, parents=True, exist_ok=True)
+    https_url = f"https://{parts.netloc}"
+    cert = create_self_signed(https_url, base / CERTIFICATE, base / PRIVATE_KEY, now=now)
+    config = RelayConfig(
+        relay_id=relay_id,
+        url=url,
+        listen=listen,
+        control_url=control_url,
+        root_fingerprint=root,
+        certificate=cert.certificate,
+        private_key=cert.private_key,
+    )
+    _write_private(config_path, render_relay_config(config, base))
+    return (
+        f"wrote {config_path}, {cert.certificate} and {cert.private_key} (0600)\n"
+        f"TLS SPKI pin: {cert.pin.to_text()}\n"
+        "add to control.toml:\n"
+        "[[relays]]\n"
+        f'id = "{relay_id}"\n'
+        f'url = "{url}"\n'
+        f'tls_spki_sha256 = "{cert.pin.to_text()}"\n'
+    )
+
+
+async def _serve(config: RelayConfig) -> None:
+    clock, entropy = SystemClock(), OsEntropy()
+    trust = RelayTrust(config.relay_id, config.control_url, config.root_fingerprint)
+    service = RelayService(trust, config.limits, clock, entropy)
+    pin = spki_pin_of_pem_file(config.certificate)
+    ssl_context = server_ssl_context(config.certificate, config.private_key)
+    runner = make_runner(create_relay_app(service))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await runner.setup()
+        host, port = config.listen
+        from aiohttp import web  # noqa: PLC0415 - the one server import, only when serving
+
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=LISTEN_BACKLOG)
+        await site.start()
+        sys.stderr.write(
+            f"rustynet-relay: ready; relay {config.relay_id} listening on {host}:{port} "
+            f"pin {pin.to_text()}\n"
+        )
+        sys.stderr.flush()
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+
+
+def serve_relay(args: argparse.Namespace) -> int:
+    """`rustynet-relay serve`: run until SIGTERM/SIGINT, then stop cleanly (exit 0)."""
+    load_crypto_policy(SystemClock().now())
+    os.umask(0o077)
+    configure_logging(args.log_level, json=args.log_format == "json")
+    config = load_relay_config(Path(args.config))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve(config))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `rustynet-relay` parser."""
+    parser = argparse.ArgumentParser(
+        prog="rustynet-relay",
+        description="Rustynet relay. Exit codes: 0 ok, 1 failed, 2 usage.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    init = sub.add_parser("init", help="write relay.toml and a self-signed TLS key")
+    init.add_argument("--config", type=Path, required=True, metavar="FILE")
+    init.add_argument("--url", required=True, help="public URL, wss://HOST:PORT/v1/relay")
+    init.add_argument("--control-url", required=True, help="control plane URL (token issuer)")
+    init.add_argument("--root-fingerprint", required=True, help="control root key, rnfp_...")
+    init.add_argument("--id", help="relay id, [a-z0-9-]{1,64} (default: relay-<random>)")
+    init.add_argument("--listen", metavar="ADDR:PORT", help="bind address (default 0.0.0.0:PORT)")
+    serve = sub.add_parser("serve", help="run the relay until SIGTERM")
+    serve.add_argument("--config", type=Path, required=True, metavar="FILE")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+    serve.add_argument("--log-format", choices=("json", "console"), default="json")
+    return parser
+
+
+def relay_main(argv: Sequence[str] | None = None) -> int:
+    """`rustynet-relay` console script."""
+    disable_core_dumps()
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "init":
+            sys.stdout.write(init_relay(args))
+            return 0
+        return serve_relay(args)
+    except (RustynetError, OSError) as exc:
+        sys.stderr.write(f"rustynet-relay: {exc}\n")
+        return 1
+
+
+__all__ = ["init_relay", "relay_main", "serve_relay"]
