@@ -23,7 +23,7 @@ import contextlib
 import ipaddress
 import logging
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 from rustynet.domain.tunnel import UnderlayEndpoint
 from rustynet.ports.relay import RelaySession
@@ -43,8 +43,9 @@ class _PeerSocket(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # A datagram endpoint's transport (3.11's selector transport does not subclass
+        # DatagramTransport, so no isinstance check).
+        self.transport = cast("asyncio.DatagramTransport", transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         self.bridge.from_tunnel(self.node_id, data, addr)

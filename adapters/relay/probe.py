@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from typing import Final
+from typing import Final, cast
 
 from rustynet.domain.tunnel import UnderlayEndpoint
 
@@ -37,8 +37,9 @@ class _Responder(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # A datagram endpoint's transport (3.11's selector transport does not subclass
+        # DatagramTransport, so no isinstance check).
+        self.transport = cast("asyncio.DatagramTransport", transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         if len(data) != DATAGRAM_SIZE or self.transport is None:
