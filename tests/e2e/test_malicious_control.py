@@ -58,8 +58,9 @@ MESH_UP_S: Final = 10.0
 # After control dies the node retries with jittered backoff 0.5, 1, 2, 4 s ...: the stand-in is
 # listening within about a second, so A reaches it on its second or third retry.
 RECONNECT_S: Final = 15.0
-# A parked long poll picks a queued delivery up within 50 ms; verifying takes milliseconds.
-REJECT_S: Final = 5.0
+# After each rejection the node backs off like after an outage (jittered 0.5, 1, 2, 4, 8, 16 s:
+# a server answering bad maps must not make it spin), then its next poll takes the delivery.
+REJECT_S: Final = 20.0
 REJECTED: Final = "rustynet_peermap_rejected_total"
 
 
