@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final, TypeVar
 
+from rustynet.domain.join_tokens import JoinToken
 from tests.netns import Namespace, NetLab, unique_name
 
 BIN: Final = Path(sys.executable).parent
@@ -441,6 +442,10 @@ class Node:
         assert isinstance(peers, list)
         return {str(p["name"]): p for p in peers}
 
+    def path_to(self, peer: Node) -> str:
+        """The path `status` reports for `peer` (`direct`, `relay`, ...; "None" if unlisted)."""
+        return str(self.peers().get(peer.name, {}).get("path"))
+
     def ping(self, other: Node, timeout_s: int = 1) -> bool:
         """One ICMP echo from this namespace to `other`'s overlay address."""
         done = run_in(self.ns, "ping", "-c1", "-n", f"-W{timeout_s}", other.overlay_ip)
@@ -592,6 +597,105 @@ class Mesh:
         for server in self.servers:
             server.kill()
         self.lab.close()
+
+
+RELAY_BIN: Final = str(BIN / "rustynet-relay")
+RELAY_PORT: Final = 8445
+BLOCK_TABLE: Final = "e2eblock"
+
+
+class Relay:
+    """`rustynet-relay` in the control namespace, listed in control.toml before control starts."""
+
+    def __init__(self, mesh: Mesh, relay_id: str = "relay-e2e", port: int = RELAY_PORT) -> None:
+        self.mesh = mesh
+        self.relay_id = relay_id
+        self.port = port
+        self.config = mesh.workdir / "relay" / "relay.toml"
+        self.config.parent.mkdir(parents=True)
+        self.program = Program(
+            mesh.control_ns,
+            [RELAY_BIN, "serve", "--config", str(self.config)],
+            mesh.workdir / "relay.log",
+        )
+        mesh.servers.append(self.program)
+
+    def init(self, root_fingerprint: str) -> str:
+        """`rustynet-relay init`; returns the `[[relays]]` block it printed for control.toml."""
+        done = run_in(
+            self.mesh.control_ns,
+            RELAY_BIN,
+            "init",
+            "--config",
+            str(self.config),
+            "--url",
+            f"wss://{CONTROL_IP}:{self.port}/v1/relay",
+            "--control-url",
+            self.mesh.control.url,
+            "--root-fingerprint",
+            root_fingerprint,
+            "--id",
+            self.relay_id,
+            "--listen",
+            f"{CONTROL_IP}:{self.port}",
+        )
+        if done.returncode != 0:
+            raise LabError(f"rustynet-relay init failed:\n{done.stderr}")
+        return done.stdout[done.stdout.index("[[relays]]") :]
+
+    def start(self) -> None:
+        """`serve`; returns once it logged `ready;`."""
+        self.program.start()
+        self.program.wait_log("ready;")
+
+
+def start_control_with_relay(mesh: Mesh) -> Relay:
+    """Control plane initialised with a relay listed in its control.toml; both serving.
+
+    The root fingerprint the relay pins is taken from a join token (which stays unused), as an
+    operator would copy it; control is restarted to read the `[[relays]]` block.
+    """
+    mesh.control.init()
+    relay = Relay(mesh)
+    mesh.control.start()
+    token = mesh.control.join_token()
+    fingerprint = JoinToken.parse(token).root_fingerprint.to_text()
+    mesh.control.program.stop()
+    block = relay.init(fingerprint)
+    found = sorted(mesh.control.data_dir.glob("*.toml"))
+    if not found:
+        raise LabError(f"no control config under {mesh.control.data_dir}")
+    config = next((p for p in found if p.name == "control.toml"), found[0])
+    config.write_text(config.read_text() + "\n" + block)
+    mesh.control.restart()
+    relay.start()
+    return relay
+
+
+def block_direct(mesh: Mesh, a: Node, b: Node, table: str = BLOCK_TABLE) -> None:
+    """Drop UDP between A and B on the switch (a `bridge` table in the bridge namespace).
+
+    Calling it again for another pair adds that pair's rules to the same table.
+    """
+    rules = (
+        f"table bridge {table} {{\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority 0; policy accept;\n"
+        f"    ip saddr {a.underlay_ip} ip daddr {b.underlay_ip} meta l4proto udp counter drop\n"
+        f"    ip saddr {b.underlay_ip} ip daddr {a.underlay_ip} meta l4proto udp counter drop\n"
+        "  }\n"
+        "}\n"
+    )
+    done = run_in(mesh.lab.bridge(), "nft", "-f", "-", stdin=rules)
+    if done.returncode != 0:
+        raise LabError(f"nft: blocking {a.name}<->{b.name} failed:\n{done.stderr}")
+
+
+def unblock_direct(mesh: Mesh, table: str = BLOCK_TABLE) -> None:
+    """Remove a `block_direct` table: the switch forwards UDP between its pairs again."""
+    done = run_in(mesh.lab.bridge(), "nft", "delete", "table", "bridge", table)
+    if done.returncode != 0:
+        raise LabError(f"nft: deleting table {table} failed:\n{done.stderr}")
 
 
 def new_mesh(workdir: Path) -> Mesh:

@@ -15,24 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from rustynet.domain.join_tokens import JoinToken
 from tests.e2e.harness import (
     ALLOW_ALL_POLICY,
-    BIN,
-    CONTROL_IP,
     PYTHON,
-    LabError,
     Mesh,
     Node,
-    Program,
+    Relay,
+    block_direct,
     run_in,
+    start_control_with_relay,
     wait_for,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-RELAY_BIN = str(BIN / "rustynet-relay")
-RELAY_PORT = 8445
 RELAY_UP_S = 30.0  # direct_timeout 6 s + relay session + a handshake retry (5 s), with margin
 MARKER = "rustynet-relay-e2e-marker-7c1f"
 
@@ -41,90 +37,16 @@ def _timing(what: str, seconds: float) -> None:
     print(f"e2e-timing {what}: {seconds * 1000:.0f} ms")
 
 
-class Relay:
-    """`rustynet-relay` in the control namespace, listed in control.toml before control starts."""
-
-    def __init__(self, mesh: Mesh) -> None:
-        self.mesh = mesh
-        self.config = mesh.workdir / "relay" / "relay.toml"
-        self.config.parent.mkdir(parents=True)
-        self.program = Program(
-            mesh.control_ns,
-            [RELAY_BIN, "serve", "--config", str(self.config)],
-            mesh.workdir / "relay.log",
-        )
-        mesh.servers.append(self.program)
-
-    def init(self, root_fingerprint: str) -> str:
-        """`rustynet-relay init`; returns the `[[relays]]` block it printed for control.toml."""
-        done = run_in(
-            self.mesh.control_ns,
-            RELAY_BIN,
-            "init",
-            "--config",
-            str(self.config),
-            "--url",
-            f"wss://{CONTROL_IP}:{RELAY_PORT}/v1/relay",
-            "--control-url",
-            self.mesh.control.url,
-            "--root-fingerprint",
-            root_fingerprint,
-            "--id",
-            "relay-e2e",
-            "--listen",
-            f"{CONTROL_IP}:{RELAY_PORT}",
-        )
-        if done.returncode != 0:
-            raise LabError(f"rustynet-relay init failed:\n{done.stderr}")
-        return done.stdout[done.stdout.index("[[relays]]") :]
-
-    def start(self) -> None:
-        self.program.start()
-        self.program.wait_log("ready;")
-
-
-def _control_toml(mesh: Mesh) -> Path:
-    found = sorted(mesh.control.data_dir.glob("*.toml"))
-    assert found, f"no control config under {mesh.control.data_dir}"
-    return next((p for p in found if p.name == "control.toml"), found[0])
-
-
 @pytest.fixture
 def relayed(mesh: Mesh) -> tuple[Mesh, Relay]:
     """Control (with the relay listed) + relay + nodes a and b, allow-all policy."""
-    mesh.control.init()
-    relay = Relay(mesh)
-    # The root fingerprint is what every join token pins; take it from one (it stays unused).
-    mesh.control.start()
-    token = mesh.control.join_token()
-    fingerprint = JoinToken.parse(token).root_fingerprint.to_text()
-    mesh.control.program.stop()
-    block = relay.init(fingerprint)
-    config = _control_toml(mesh)
-    config.write_text(config.read_text() + "\n" + block)
-    mesh.control.restart()
-    relay.start()
+    relay = start_control_with_relay(mesh)
     mesh.control.set_policy(ALLOW_ALL_POLICY, mesh.workdir)
     a, b = mesh.add_node("a"), mesh.add_node("b")
-    _block_direct(mesh, a, b)  # before they meet: the direct path never comes up
+    block_direct(mesh, a, b)  # before they meet: the direct path never comes up
     for node in (a, b):
         mesh.join(node)
     return mesh, relay
-
-
-def _block_direct(mesh: Mesh, a: Node, b: Node) -> None:
-    """Drop UDP between A and B on the switch (a `bridge` table in the bridge namespace)."""
-    rules = (
-        "table bridge e2eblock {\n"
-        "  chain forward {\n"
-        "    type filter hook forward priority 0; policy accept;\n"
-        f"    ip saddr {a.underlay_ip} ip daddr {b.underlay_ip} meta l4proto udp counter drop\n"
-        f"    ip saddr {b.underlay_ip} ip daddr {a.underlay_ip} meta l4proto udp counter drop\n"
-        "  }\n"
-        "}\n"
-    )
-    done = run_in(mesh.lab.bridge(), "nft", "-f", "-", stdin=rules)
-    assert done.returncode == 0, done.stderr
 
 
 def _path(node: Node, peer: Node) -> str:
