@@ -6,6 +6,7 @@
                        `nox -s audit -- --strict` fails when the advisory service is unreachable)
     nox -s demo        the main job (root): a control plane and three nodes in namespaces,
                        up until Ctrl-C; `nox -s demo -- --check` verifies and exits
+    nox -s bench       benchmarks (root), figures next to bench/budgets.toml; `-- relay` for one
 """
 
 from __future__ import annotations
@@ -58,6 +59,20 @@ def tests(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The main job: control plane + three nodes in namespaces (root); `-- --check` for CI."""
     session.run("python", "-m", "tools.demo", *session.posargs)
+
+
+# Cheapest first; the relay bench (root) last: it misses its throughput budget today.
+BENCHES = ("policy_compile", "control", "relay")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks (root), results in bench/results/; `-- relay` runs only the named ones.
+
+    Each prints its figures with their targets; the relay bench checks bench/budgets.toml and
+    exits 1 on a miss (the others print their targets but do not read it yet)."""
+    for name in session.posargs or BENCHES:
+        session.run("python", "-m", f"bench.bench_{name}")
 
 
 @nox.session

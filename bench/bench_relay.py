@@ -1,0 +1,593 @@
+"""Relay benchmark (issue 5 "Numbers"): relay vs direct path throughput between the same two
+namespaces in one run, relay CPU per Gbit/s, time to fall over to the relay and to fail back.
+
+Run as root from the repository root (not part of the test suite; `nox -s bench` runs it):
+
+    .venv/bin/python -m bench.bench_relay
+    .venv/bin/python -m bench.bench_relay --seconds 5 --failover-runs 1
+    .venv/bin/python -m bench.bench_relay --py-spy bench/results/relay-profile
+
+The lab is `tests/e2e/harness.py`'s Mesh (control plane, `rustynet-relay` listed in control.toml,
+daemons in network namespaces on one bridge; everything removed at the end, even on failure):
+
+1. A and B join with the switch open; both report path `direct`.
+   Underlay: `iperf3 -c B_underlay` from A (no tunnel, context). Direct: `iperf3 -c B_overlay
+   -t SECONDS -J` from A's namespace to `iperf3 -s -1` in B's.
+2. Direct UDP between A and B is dropped on the switch (nftables `bridge` table). The daemon
+   only notices a dead direct session after its 190 s session timeout, so both daemons are
+   restarted (state kept: same keys, same namespaces); they come up, the direct attempt times
+   out and both report `relay`. The same iperf3 run over the relay path. CPU seconds of the
+   `rustynet-relay` process (utime + stime from /proc/PID/stat) during that run / Gbit moved
+   (iperf3's received bytes) = CPU-seconds per Gbit; / wall seconds = % of a core. The daemons'
+   process trees (rustynetd + wireguard-go) are measured too: the relay path runs through them.
+3. Fail back: the block is removed; time until both report `direct` and A pings B (polled up to
+   --failback-timeout; "not achieved" is reported, not raised).
+4. Fall over: fresh node pairs joined with their direct UDP already blocked; time from both
+   joined to the first ping through the relay (as tests/e2e/test_relay.py), --failover-runs
+   times; p50 and max.
+
+Results: JSON to bench/results/relay.json and a markdown table (printed and written to
+bench/results/relay.md), each figure next to its budget from bench/budgets.toml [relay].
+With --py-spy PREFIX the relay and both daemons are sampled during the relay iperf3 run
+(collapsed stacks in PREFIX.<name>.txt) and the top functions by own time are printed; sampling
+slows them down, so the throughput of such a run is not the figure to quote.
+
+Exit codes: 0 every budget met, 1 a budget missed or a figure not achieved, 2 cannot run here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Final
+
+from tests.e2e.harness import (
+    ALLOW_ALL_POLICY,
+    BIN,
+    PYTHON,
+    RELAY_BIN,
+    LabError,
+    Mesh,
+    Node,
+    Program,
+    Relay,
+    block_direct,
+    missing_programs,
+    new_mesh,
+    run_in,
+    start_control_with_relay,
+    unblock_direct,
+    wait_for,
+)
+
+HERE: Final = Path(__file__).resolve().parent
+RESULTS: Final = HERE / "results"
+BUDGETS: Final = HERE / "budgets.toml"
+TICK: Final = os.sysconf("SC_CLK_TCK")
+IPERF_PORT: Final = 5201
+PATH_TIMEOUT: Final = 40.0  # a restarted pair: direct_timeout 6 s + relay_timeout 11 s, margin
+RELAY_UP_S: Final = 30.0  # as tests/e2e/test_relay.py: first ping through the relay
+
+
+# --- /proc accounting ----------------------------------------------------------------------------
+
+
+def _stat(pid: str) -> tuple[str, int, float] | None:
+    """(comm, parent PID, CPU seconds) of a live process, None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    comm = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text[text.rindex(")") + 2 :].split()
+    return comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
+
+
+def process_cpu(pid: int) -> float:
+    """utime + stime of one process, seconds."""
+    found = _stat(str(pid))
+    if found is None:
+        raise LabError(f"process {pid} is gone")
+    return found[2]
+
+
+def tree_cpu(root: int) -> dict[str, float]:
+    """CPU seconds of `root` and every live descendant, keyed `comm[pid]` (rustynetd starts
+    wireguard-go in a session of its own, so process groups would miss it)."""
+    table = {int(e.name): _stat(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()}
+    live = {pid: found for pid, found in table.items() if found is not None}
+    children: dict[int, list[int]] = {}
+    for pid, (_, parent, _) in live.items():
+        children.setdefault(parent, []).append(pid)
+    out: dict[str, float] = {}
+    pending = [root] if root in live else []
+    while pending:
+        pid = pending.pop()
+        comm, _, seconds = live[pid]
+        out[f"{comm}[{pid}]"] = seconds
+        pending += children.get(pid, [])
+    return out
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs from /proc/stat (busy = total - idle - iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = float(sum(values[:8]))
+    return total - values[3] - values[4], total
+
+
+@contextmanager
+def cpu_window(trees: dict[str, int], relay_pid: int | None) -> Iterator[dict[str, Any]]:
+    """CPU used while the block runs: per process tree (by process), the relay, the machine."""
+    out: dict[str, Any] = {}
+    before = {name: tree_cpu(pid) for name, pid in trees.items()}
+    relay_before = process_cpu(relay_pid) if relay_pid else 0.0
+    busy0, total0 = machine_busy()
+    started = time.monotonic()
+    yield out
+    wall = time.monotonic() - started
+    busy1, total1 = machine_busy()
+    out["wall_s"] = round(wall, 3)
+    out["machine_busy_cores"] = round(
+        (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1), 2
+    )
+    if relay_pid:
+        out["relay_cpu_s"] = round(process_cpu(relay_pid) - relay_before, 3)
+    for name, pid in trees.items():
+        after = tree_cpu(pid)
+        used = {p: round(s - before[name].get(p, 0.0), 3) for p, s in after.items()}
+        out[f"{name}_cpu_s"] = {p: s for p, s in used.items() if s > 0}
+
+
+# --- iperf3 --------------------------------------------------------------------------------------
+
+
+def iperf(mesh: Mesh, client: Node, server: Node, address: str, seconds: int) -> dict[str, Any]:
+    """TCP throughput client → server's `address`: a one-off `iperf3 -s -1` in the server's
+    namespace, `iperf3 -c ADDRESS -t SECONDS -J` in the client's. Failures are recorded."""
+    listener = Program(
+        server.ns,
+        ["iperf3", "-s", "-1", "-p", str(IPERF_PORT), "--forceflush"],
+        mesh.workdir / f"iperf3-{server.name}.log",
+    )
+    mesh.servers.append(listener)
+    listener.start()
+    try:
+        listener.wait_log("Server listening", timeout=10)
+        argv = ["iperf3", "-c", address, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"]
+        argv += ["--connect-timeout", "5000"]
+        try:
+            done = run_in(client.ns, *argv, timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            return {"error": f"iperf3 did not finish within {seconds + 30} s"}
+        try:
+            report = json.loads(done.stdout)
+        except json.JSONDecodeError:
+            return {"error": f"iperf3 exit {done.returncode}: {done.stderr.strip()[:300]}"}
+        if "error" in report:
+            return {"error": str(report["error"])}
+        end = report["end"]
+        received, sent = end["sum_received"], end["sum_sent"]
+        return {
+            "mbit_s": round(received["bits_per_second"] / 1e6, 1),
+            "bytes": int(received["bytes"]),
+            "seconds": round(received["seconds"], 3),
+            "retransmits": sent.get("retransmits"),
+            "client_cpu_percent": round(end["cpu_utilization_percent"]["host_total"], 1),
+        }
+    finally:
+        listener.kill()
+
+
+def udp_counters(node: Node) -> dict[str, int]:
+    """The `Udp:` counters of the node's namespace (/proc/net/snmp): where datagrams are lost."""
+    lines = [ln.split() for ln in run_in(node.ns, "cat", "/proc/net/snmp").stdout.splitlines()]
+    names, values = (ln[1:] for ln in lines if ln and ln[0] == "Udp:")
+    return {n: int(v) for n, v in zip(names, values, strict=True)}
+
+
+@contextmanager
+def udp_window(nodes: Sequence[Node]) -> Iterator[dict[str, dict[str, int]]]:
+    """UDP error counters that moved in each node's namespace while the block runs."""
+    out: dict[str, dict[str, int]] = {}
+    before = {n.name: udp_counters(n) for n in nodes}
+    yield out
+    for node in nodes:
+        after = udp_counters(node)
+        moved = {k: v - before[node.name][k] for k, v in after.items() if "Errors" in k}
+        out[node.name] = {k: v for k, v in moved.items() if v}
+
+
+# --- the relay's own counters --------------------------------------------------------------------
+
+_METRICS_SNIPPET: Final = r"""
+import ssl, sys, urllib.request
+url, cafile = sys.argv[1:3]
+ctx = ssl.create_default_context(cafile=cafile)
+ctx.check_hostname = False  # self-signed, pinned by being the only trusted certificate
+with urllib.request.urlopen(url, context=ctx, timeout=10) as resp:
+    sys.stdout.write(resp.read().decode())
+"""
+
+
+def relay_metrics(relay: Relay) -> dict[str, float]:
+    """`GET /metrics` of the relay (trusting only its own certificate): sample → value."""
+    config = tomllib.loads(relay.config.read_text())
+    cert = relay.config.parent / config["tls"]["certificate"]
+    url = f"https://{config['relay']['listen']}/metrics"
+    done = run_in(relay.mesh.control_ns, PYTHON, "-c", _METRICS_SNIPPET, url, str(cert))
+    if done.returncode != 0:
+        raise LabError(f"relay /metrics failed:\n{done.stderr}")
+    lines = [ln for ln in done.stdout.splitlines() if ln and not ln.startswith("#")]
+    return {name: float(value) for name, value in (ln.rsplit(" ", 1) for ln in lines)}
+
+
+def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Counters that moved between two scrapes."""
+    moved = {k: after[k] - before.get(k, 0.0) for k in after if "_total" in k}
+    return {k.removeprefix("rustynet_relay_"): v for k, v in moved.items() if v}
+
+
+# --- py-spy ---------------------------------------------------------------------------------------
+
+
+def start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy (not in the lock: `pip install py-spy`) sampling `pid`; raw collapsed stacks.
+
+    `--gil`: only samples holding the GIL, i.e. Python (and uvloop) at work, not threads
+    parked in waitpid or a thread-pool queue."""
+    spy = shutil.which("py-spy") or str(BIN / "py-spy")
+    argv = [spy, "record", "--pid", str(pid), "--gil", "--format", "raw", "--rate", "100"]
+    return subprocess.Popen(
+        [*argv, "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def top_functions(collapsed: Path, limit: int = 15) -> list[tuple[str, float, float]]:
+    """(function, % own samples, % inclusive samples) from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        frames = [f.rsplit(":", 1)[0] + ")" if ":" in f else f for f in stack.split(";")]
+        total += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    if not total:
+        return []
+    return [
+        (name, 100 * n / total, 100 * inclusive[name] / total) for name, n in own.most_common(limit)
+    ]
+
+
+# --- the phases ----------------------------------------------------------------------------------
+
+
+def both_report(a: Node, b: Node, path: str) -> bool:
+    """Do A and B each report `path` for the other?"""
+    return a.path_to(b) == path and b.path_to(a) == path
+
+
+def restart(node: Node) -> None:
+    """Stop the daemon (SIGTERM) and start it again on the same state directory."""
+    node.program.stop()
+    node.start()
+
+
+def failover_runs(mesh: Mesh, runs: int) -> list[float]:
+    """Fresh pairs joined with direct UDP already blocked: both joined → first relayed ping."""
+    samples = []
+    for i in range(runs):
+        c, d = mesh.add_node(f"fo{i}a"), mesh.add_node(f"fo{i}b")
+        block_direct(mesh, c, d, table=f"benchfo{i}")
+        mesh.join(c)
+        mesh.join(d)
+        started = time.monotonic()
+        wait_for("a relayed ping", partial(c.ping, d), RELAY_UP_S, interval=0.0)
+        samples.append(time.monotonic() - started)
+        print(f"  fall over #{i + 1}: {samples[-1]:.2f} s (paths {c.path_to(d)}/{d.path_to(c)})")
+        for node in (c, d):  # idle daemons still tick: keep the machine quiet for the next run
+            node.program.stop()
+    return samples
+
+
+def failback(mesh: Mesh, a: Node, b: Node, timeout: float) -> dict[str, Any]:
+    """Unblock; seconds until both report `direct` and A pings B (None if not within timeout)."""
+    unblock_direct(mesh)
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if both_report(a, b, "direct") and a.ping(b):
+            return {"seconds": round(time.monotonic() - started, 2), "achieved": True}
+        time.sleep(0.2)
+    return {
+        "seconds": None,
+        "achieved": False,
+        "paths_at_timeout": {"a": a.path_to(b), "b": b.path_to(a)},
+        "polled_s": timeout,
+    }
+
+
+def run(args: argparse.Namespace, mesh: Mesh, results: dict[str, Any]) -> None:
+    """Every phase, filling `results` as it goes (a failure keeps what was measured)."""
+    relay = start_control_with_relay(mesh)
+    mesh.control.set_policy(ALLOW_ALL_POLICY, mesh.workdir)
+    a, b = mesh.add_node("a"), mesh.add_node("b")
+    mesh.join(a)
+    mesh.join(b)
+    wait_for("A pings B directly", lambda: a.ping(b), RELAY_UP_S, interval=0.0)
+    wait_for("A and B report direct", lambda: both_report(a, b, "direct"), PATH_TIMEOUT)
+    results["limits"] = tomllib.loads(relay.config.read_text())["limits"]
+
+    print(f"underlay TCP A→B ({args.underlay_seconds} s) ...")
+    results["underlay"] = iperf(mesh, a, b, b.underlay_ip, args.underlay_seconds)
+    print(f"  {results['underlay']}")
+    print(f"direct path TCP A→B over the overlay ({args.seconds} s) ...")
+    daemons = {"daemon_a": _pid(a.program), "daemon_b": _pid(b.program)}
+    with cpu_window(daemons, None) as cpu, udp_window((a, b)) as udp:
+        results["direct"] = iperf(mesh, a, b, b.overlay_ip, args.seconds)
+    results["direct"] |= {"cpu": cpu, "udp_errors": udp}
+    print(f"  {results['direct']}")
+
+    print("blocking direct UDP A↔B, restarting both daemons ...")
+    block_direct(mesh, a, b)
+    for node in (a, b):
+        restart(node)
+    _, waited = wait_for("A and B report relay", lambda: both_report(a, b, "relay"), PATH_TIMEOUT)
+    wait_for("A pings B through the relay", lambda: a.ping(b), RELAY_UP_S, interval=0.0)
+    results["relay_path_up_after_restart_s"] = round(waited, 2)
+    print(f"  both report relay {waited:.1f} s after the restart")
+
+    relay_run(args, relay, (a, b), results)
+
+    print(f"unblocking direct UDP: fail back (polled up to {args.failback_timeout:.0f} s) ...")
+    results["failback"] = failback(mesh, a, b, args.failback_timeout)
+    print(f"  {results['failback']}")
+
+    print(f"fall over: {args.failover_runs} fresh pairs joined with direct UDP blocked ...")
+    samples = failover_runs(mesh, args.failover_runs)
+    results["failover"] = {
+        "runs": len(samples),
+        "samples_s": [round(s, 2) for s in samples],
+        "p50_s": round(statistics.median(samples), 2),
+        "max_s": round(max(samples), 2),
+    }
+
+
+def relay_run(
+    args: argparse.Namespace,
+    relay: Relay,
+    pair: tuple[Node, Node],
+    results: dict[str, Any],
+) -> None:
+    """iperf3 over the relay path with CPU accounting, relay counters and optional py-spy."""
+    a, b = pair
+    mesh, relay_pid = relay.mesh, _pid(relay.program)
+    print(f"relay path TCP A→B over the overlay ({args.seconds} s) ...")
+    daemons = {"daemon_a": _pid(a.program), "daemon_b": _pid(b.program)}
+    spies: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    if args.py_spy is not None:
+        args.py_spy.parent.mkdir(parents=True, exist_ok=True)
+        for name, pid in {"relay": relay_pid, **daemons}.items():
+            out = args.py_spy.with_name(f"{args.py_spy.name}.{name}.txt")
+            spies[name] = (start_py_spy(pid, out), out)
+        time.sleep(1.0)  # py-spy attaches
+    try:
+        metrics_before = relay_metrics(relay)
+        with cpu_window(daemons, relay_pid) as cpu, udp_window((a, b)) as udp:
+            results["relay"] = iperf(mesh, a, b, b.overlay_ip, args.seconds)
+        results["relay"] |= {"cpu": cpu, "udp_errors": udp}
+        results["relay"]["relay_counters"] = metrics_delta(metrics_before, relay_metrics(relay))
+    finally:
+        for spy, _ in spies.values():
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        for spy, _ in spies.values():
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+    print(f"  {results['relay']}")
+    if spies:
+        results["profile"] = {}
+        for name, (_, out) in spies.items():
+            top = top_functions(out) if out.exists() else []
+            results["profile"][name] = [
+                {"function": f, "own_percent": round(o, 1), "inclusive_percent": round(i, 1)}
+                for f, o, i in top
+            ]
+
+
+def _pid(program: Program) -> int:
+    """The program's PID (`ip netns exec` execs: it is the program's own)."""
+    if program.proc is None:
+        raise LabError(f"{program.argv[0]} is not running")
+    return program.proc.pid
+
+
+# --- figures, budgets and the report -------------------------------------------------------------
+
+
+def derive(results: dict[str, Any]) -> None:
+    """Ratio and relay CPU per Gbit from the raw runs (in place)."""
+    direct, relayed = results.get("direct", {}), results.get("relay", {})
+    if direct.get("mbit_s") and relayed.get("mbit_s") is not None:
+        results["relay_direct_ratio"] = round(relayed["mbit_s"] / direct["mbit_s"], 3)
+    if relayed.get("bytes"):
+        gbit = relayed["bytes"] * 8 / 1e9
+        cpu = relayed["cpu"]
+        results["relay_cpu"] = {
+            "cpu_s": cpu["relay_cpu_s"],
+            "gbit_moved": round(gbit, 3),
+            "cpu_s_per_gbit": round(cpu["relay_cpu_s"] / gbit, 2),
+            "percent_of_a_core": round(100 * cpu["relay_cpu_s"] / cpu["wall_s"], 1),
+        }
+
+
+def verdicts(results: dict[str, Any], budgets: dict[str, float]) -> dict[str, str]:
+    """ "ok" / "MISS" / "not achieved" per budgeted figure."""
+
+    def check(value: float | None, ok: Callable[[float], bool]) -> str:
+        if value is None:
+            return "not achieved"
+        return "ok" if ok(value) else "MISS"
+
+    failover = results.get("failover", {})
+    return {
+        "relay_throughput_ratio": check(
+            results.get("relay_direct_ratio"), lambda v: v >= budgets["relay_throughput_ratio_min"]
+        ),
+        "failover": check(failover.get("max_s"), lambda v: v <= budgets["failover_max_s"]),
+        "failback": check(
+            results.get("failback", {}).get("seconds"), lambda v: v <= budgets["failback_max_s"]
+        ),
+    }
+
+
+def table(results: dict[str, Any], budgets: dict[str, float], verdict: dict[str, str]) -> str:
+    """The markdown report: figure | measured | target | verdict."""
+
+    def mbit(run: dict[str, Any]) -> str:
+        if "mbit_s" not in run:
+            return f"failed: {run['error']}" if "error" in run else "not run"
+        return f"{run['mbit_s']:,.0f} Mbit/s"
+
+    ratio = results.get("relay_direct_ratio")
+    cpu = results.get("relay_cpu", {})
+    failover = results.get("failover", {})
+    back = results.get("failback", {})
+    back_text = "not run" if not back else "not achieved"
+    if back.get("achieved"):
+        back_text = f"{back['seconds']:.1f} s"
+    runs = failover.get("runs", 0)
+    rows = [
+        ("underlay TCP A→B (veth, no tunnel)", mbit(results.get("underlay", {})), "context", ""),
+        ("direct path TCP A→B (overlay)", mbit(results.get("direct", {})), "baseline", ""),
+        ("relay path TCP A→B (overlay)", mbit(results.get("relay", {})), "", ""),
+        (
+            "relay / direct throughput",
+            "—" if ratio is None else f"{ratio:.2f}x",
+            f"≥ {budgets['relay_throughput_ratio_min']}x",
+            verdict["relay_throughput_ratio"],
+        ),
+        (
+            "relay CPU per Gbit moved",
+            f"{cpu['cpu_s_per_gbit']:.1f} CPU-s/Gbit" if cpu else "—",
+            "report",
+            "",
+        ),
+        (
+            "relay CPU at the measured rate",
+            f"{cpu['percent_of_a_core']:.0f} % of a core" if cpu else "—",
+            "report",
+            "",
+        ),
+        (
+            f"fall over: joined, direct blocked → relayed ping (p50 / max of {runs})",
+            f"{failover['p50_s']:.1f} s / {failover['max_s']:.1f} s" if failover else "not run",
+            f"max ≤ {budgets['failover_max_s']:.0f} s",
+            verdict["failover"],
+        ),
+        (
+            "fail back: unblocked → both direct + ping",
+            back_text,
+            f"≤ {budgets['failback_max_s']:.0f} s",
+            verdict["failback"],
+        ),
+    ]
+    lines = ["| figure | measured | target | |", "|---|---|---|---|"]
+    lines += [f"| {f} | {m} | {t} | {v} |" for f, m, t, v in rows]
+    return "\n".join(lines) + "\n"
+
+
+def preflight() -> str | None:
+    """Why this cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, nftables, wireguard-go)"
+    missing = missing_programs() + [p for p in ("iperf3",) if shutil.which(p) is None]
+    if not Path(RELAY_BIN).exists():
+        missing.append("rustynet-relay")
+    return f"missing programs: {', '.join(missing)}" if missing else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=int, default=10, help="each overlay iperf3 run")
+    parser.add_argument("--underlay-seconds", type=int, default=5)
+    parser.add_argument("--failover-runs", type=int, default=3)
+    parser.add_argument("--failback-timeout", type=float, default=60.0)
+    parser.add_argument("--output", type=Path, default=RESULTS / "relay.json")
+    parser.add_argument(
+        "--py-spy", type=Path, metavar="PREFIX", help="sample relay + daemons in the relay run"
+    )
+    args = parser.parse_args(argv)
+    problem = preflight()
+    if problem is not None:
+        print(f"bench_relay: {problem}", file=sys.stderr)
+        return 2
+    budgets = tomllib.loads(BUDGETS.read_text())["relay"]
+    workdir = Path(tempfile.mkdtemp(prefix="rustynet-bench-relay-"))
+    mesh = new_mesh(workdir)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # end through the cleanup below
+        signal.signal(signum, signal.default_int_handler)
+    results: dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, "-m", "bench.bench_relay", *sys.argv[1:]]),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "budgets": budgets,
+    }
+    started = time.monotonic()
+    failed = False
+    try:
+        run(args, mesh, results)
+    except (LabError, KeyboardInterrupt) as exc:
+        failed = True
+        results["error"] = f"{type(exc).__name__}: {exc}"
+        print(f"bench_relay: {results['error']}\n{mesh.logs()}", file=sys.stderr)
+    finally:
+        mesh.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    results["duration_s"] = round(time.monotonic() - started, 1)
+    derive(results)
+    verdict = verdicts(results, budgets)
+    results["verdicts"] = verdict
+    report = table(results, budgets, verdict)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    args.output.with_suffix(".md").write_text(report)
+    print(f"\n{report}")
+    for name, top in results.get("profile", {}).items():
+        print(f"py-spy {name}: top functions by own samples (own % / inclusive %)")
+        for row in top:
+            print(f"  {row['own_percent']:5.1f} {row['inclusive_percent']:5.1f}  {row['function']}")
+    misses = [k for k, v in verdict.items() if v != "ok"]
+    print(f"wrote {args.output} and {args.output.with_suffix('.md')} ({results['duration_s']} s)")
+    if misses or failed:
+        print(f"bench_relay: budget missed or not achieved: {', '.join(misses) or 'run failed'}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
