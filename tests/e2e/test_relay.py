@@ -24,12 +24,14 @@ from tests.e2e.harness import (
     block_direct,
     run_in,
     start_control_with_relay,
+    unblock_direct,
     wait_for,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 RELAY_UP_S = 30.0  # direct_timeout 6 s + relay session + a handshake retry (5 s), with margin
+FAILBACK_S = 40.0  # path.FAILBACK_BOUND (18 s) + a handshake retry (5 s), with margin
 MARKER = "rustynet-relay-e2e-marker-7c1f"
 
 
@@ -67,6 +69,27 @@ def test_blocked_direct_path_falls_over_to_the_relay(relayed: tuple[Mesh, Relay]
     wait_for("A and B report relay", lambda: _path(a, b) == _path(b, a) == "relay", 10)
     counted = run_in(mesh.lab.bridge(), "nft", "list", "table", "bridge", "e2eblock").stdout
     assert "packets 0 " not in counted.split("drop")[0], "the switch dropped no direct UDP"
+
+
+def test_the_pair_fails_back_to_direct_when_the_block_is_lifted(
+    relayed: tuple[Mesh, Relay],
+) -> None:
+    """After the pair settled on the relay, lifting the block brings both back to `direct`
+    within the controller's documented fail-back bound (path.FAILBACK_BOUND)."""
+    mesh, _ = relayed
+    a, b = mesh.nodes["a"], mesh.nodes["b"]
+    wait_for("A pings B through the relay", lambda: a.ping(b), RELAY_UP_S, interval=0.0)
+    wait_for("A and B report relay", lambda: _path(a, b) == _path(b, a) == "relay", 10)
+    unblock_direct(mesh)
+    started = time.monotonic()
+    wait_for(
+        "A and B fail back to direct",
+        lambda: _path(a, b) == _path(b, a) == "direct" and a.ping(b),
+        FAILBACK_S,
+        interval=0.2,
+    )
+    _timing("block lifted → both report direct and ping", time.monotonic() - started)
+    assert b.ping(a)
 
 
 def _sniff(node: Node, interface: str, seconds: float, out: Path) -> subprocess.Popen[bytes]:

@@ -70,7 +70,7 @@ from rustynet.domain.netmap import (
 )
 from rustynet.domain.node_state import NodeState
 from rustynet.domain.reconcile import Action
-from rustynet.domain.tunnel import IPInterface, IPNetwork, PeerStats, UnderlayEndpoint
+from rustynet.domain.tunnel import IPInterface, IPNetwork, PeerDiff, PeerStats, UnderlayEndpoint
 from rustynet.ports.clock import Clock
 from rustynet.ports.control_plane import (
     ControlPlaneClient,
@@ -240,6 +240,7 @@ class NodeAgent:
         self._reconcile_lock = asyncio.Lock()
         self.bridge, self.prober = bridge, prober
         self._paths: dict[str, paths.PeerPath] = {}
+        self._new_session: set[TunnelKey] = set()
         self._probes: set[asyncio.Task[None]] = set()
         self.relay_link: RelayLink | None = None
         if relay is not None and bridge is not None:
@@ -566,6 +567,7 @@ class NodeAgent:
         now = self.clock.now()
         stats = await self.tunnel.stats()
         endpoints = await self._path_endpoints(now, stats)
+        await self._restart_sessions(stats)
         desired = self._desired(now, {k: s.last_handshake for k, s in stats.items()}, endpoints)
         actual = reconcile.ActualState(
             addresses=self._addresses,
@@ -625,9 +627,11 @@ class NodeAgent:
     ) -> dict[TunnelKey, UnderlayEndpoint]:
         """Feed each peer's path controller; the endpoints of peers that must use the relay.
 
-        A peer that reaches us through the relay (the tunnel learned a bridge endpoint from its
-        packets) is answered the same way while our own controller still says direct: two ends
-        that disagree would otherwise pull the tunnel's endpoint back and forth.
+        A handshake counts for the controller only if the tunnel's current endpoint for the
+        peer is on the controller's path (a bridge endpoint for the relay, any other for
+        direct): the tunnel roams to wherever the peer's packets come from, so a handshake
+        the peer made through the relay proves nothing about the direct path. The endpoint is
+        always set back to the controller's choice (never both paths at once).
         """
         bridge, peer_map = self.bridge, self._map
         if bridge is None or peer_map is None or now >= peer_map.expires_at:
@@ -641,18 +645,30 @@ class NodeAgent:
         for peer in peer_map.peers:
             seen = stats.get(peer.tunnel_key)
             state = self._paths.get(peer.id) or paths.PeerPath.start(now)
+            via_relay = seen is not None and bridge.is_bridge_endpoint(seen.underlay_endpoint)
+            on_path = via_relay == (state.path is paths.PathKind.RELAY)
             observation = paths.Observation(
                 now=max(now, state.as_of),
-                last_handshake=seen.last_handshake if seen is not None else None,
+                last_handshake=seen.last_handshake if seen is not None and on_path else None,
                 relay_available=relay_up,
             )
             self._paths[peer.id] = self._feed(peer.id, peer.name, state, observation)
+            if self._paths[peer.id].path is not state.path:
+                self._new_session.add(peer.tunnel_key)
             if self._paths[peer.id].path is paths.PathKind.RELAY:
                 out[peer.tunnel_key] = await bridge.endpoint_for(peer.id)
-            elif seen is not None and bridge.is_bridge_endpoint(seen.underlay_endpoint):
-                assert seen.underlay_endpoint is not None
-                out[peer.tunnel_key] = seen.underlay_endpoint  # the peer relays: follow it
         return out
+
+    async def _restart_sessions(self, stats: Mapping[TunnelKey, PeerStats]) -> None:
+        """Drop peers whose path just changed, so the plan re-adds them with a fresh session.
+
+        The controller trusts a path only after a handshake on it, but a live tunnel session
+        does not handshake again for minutes just because its endpoint moved.
+        """
+        restart = sorted(self._new_session & set(stats), key=reconcile.key_order)
+        self._new_session = set()
+        if restart:
+            await self.tunnel.apply(PeerDiff(remove=tuple(restart)))
 
     def _feed(
         self, peer_id: str, name: str, state: paths.PeerPath, event: paths.PathInput
@@ -685,6 +701,8 @@ class NodeAgent:
             )
         except paths.PathTransitionError:
             return  # the peer moved on (relay lost, new attempt): the result is stale
+        if self._paths[peer_id].path is not state.path:
+            self._new_session.add(peer.tunnel_key)
 
     # --- the loop ---------------------------------------------------------------------------------
 
