@@ -4,8 +4,9 @@ The machine drives one peer's controller with random observation sequences on a 
 fake clock: time jumps (often exactly onto a bound), handshakes on the active path, a relay
 that comes and goes, probe answers (good, bad, late, stale) and inputs from the past. A small
 model kept beside it (the tunnel endpoint as set by `UsePath`, when the current direct attempt
-began, which handshakes were seen on which path, the outstanding probe and the streak of
-successful probes) checks after every step:
+began, which handshakes were seen on which path, the outstanding probe, the streak of
+successful probes while relayed and of failed probes while direct is up) checks after every
+step:
 
 * exactly one active path, and the tunnel endpoint the commands set always equals it;
 * never relay when the latest observation says no relay is available;
@@ -14,6 +15,10 @@ successful probes) checks after every step:
 * a fail back only on a successful probe completing `failback_successes` in a row; any other
   exit from the relay has a cause (relay lost, or silent per the model), and a silent relay
   is always left (never stuck);
+* no exit from direct-up without `direct_lost_after` failed probes in a row (no successful
+  probe or fresh handshake between them) or a session silent for `session_timeout`, and the
+  exit does happen once either is true; while direct-up a probe is asked for at least every
+  `direct_probe_interval`;
 * every phase change emits exactly one transition whose from/to/at match and which is an edge
   of the table; no phase change, no transition; illegal inputs raise and change nothing;
 * time in the state never goes backwards.
@@ -50,6 +55,7 @@ from rustynet.domain.path import (
 from tests.property.broken import assert_machine_catches
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+DIRECT_LIVE = (PathPhase.DIRECT_UP, PathPhase.DIRECT_PROBING)
 # Short bounds so random walks of ~50 steps cross every one of them many times.
 POLICY = PathPolicy(
     direct_timeout=timedelta(seconds=6),
@@ -59,8 +65,10 @@ POLICY = PathPolicy(
     confirm_interval=timedelta(seconds=2),
     probe_timeout=timedelta(seconds=3),
     failback_successes=2,
+    direct_probe_interval=timedelta(seconds=5),
+    direct_lost_after=3,
 )
-BOUNDS = [2, 3, 6, 10, 11, 30]  # seconds: jumps that land exactly on a bound
+BOUNDS = [2, 3, 5, 6, 10, 11, 30]  # seconds: jumps that land exactly on a bound
 SHORT = st.integers(0, 25).map(lambda tenths: timedelta(seconds=tenths / 10))
 JUMPS = st.one_of(
     SHORT,
@@ -89,6 +97,10 @@ class PathControllerMachine(RuleBasedStateMachine):
         self.relay_seen: datetime | None = None  # latest handshake observed through the relay
         self.outstanding: ProbeDirect | None = None
         self.streak = 0  # successful probes in a row in this relay stint
+        self.probe_path: PathKind | None = None  # the path the outstanding probe was sent on
+        self.direct_last: datetime | None = None  # latest direct handshake in this attempt
+        self.fails = 0  # failed direct probes in a row while direct-up, since proof of life
+        self.probe_base: datetime | None = None  # direct-up: entered or latest probe sent
 
     # --- the world -----------------------------------------------------------------------
 
@@ -128,12 +140,18 @@ class PathControllerMachine(RuleBasedStateMachine):
             result = self.controller(POLICY, before, answer)
         except PathTransitionError as exc:
             raise AssertionError(f"the outstanding probe's answer was refused: {exc}") from exc
+        direct = self.probe_path is PathKind.DIRECT
         self.outstanding = None
-        self.streak = self.streak + 1 if ok else 0
+        if direct:
+            self.fails = 0 if ok else self.fails + 1
+        else:
+            self.streak = self.streak + 1 if ok else 0
         self._check_common(before, answer, result)
-        if result.state.path is PathKind.DIRECT:
+        if before.path is PathKind.RELAY and result.state.path is PathKind.DIRECT:
             assert ok, "failed back on a failed probe"
             assert self.streak >= POLICY.failback_successes, "failed back without enough probes"
+        if direct:
+            self._check_direct_up_exit(before, answer, result)
         self._advance(before, answer, result)
 
     @rule(ok=st.booleans(), offset=st.integers(-2, 1))
@@ -223,7 +241,7 @@ class PathControllerMachine(RuleBasedStateMachine):
             assert after.path is PathKind.DIRECT, "stuck on a silent relay"
         if (
             before.path is PathKind.DIRECT
-            and before.phase is not PathPhase.DIRECT_UP
+            and before.phase not in DIRECT_LIVE
             and obs.relay_available
             and obs.now - self.attempt_start >= POLICY.direct_timeout
             and not self._direct_handshake_in(obs)
@@ -231,12 +249,51 @@ class PathControllerMachine(RuleBasedStateMachine):
             assert after.path is PathKind.RELAY, "direct failed, a relay exists, yet no switch"
         if self.outstanding is not None and obs.now >= self.outstanding.deadline:
             assert not after.awaiting_probe, "a probe outlived its deadline"
+        if before.phase in DIRECT_LIVE:
+            self._check_direct_up_exit(before, obs, result)
+        if (
+            before.phase is PathPhase.DIRECT_UP
+            and after.phase is not PathPhase.DIRECT_TRYING
+            and self.probe_base is not None
+            and obs.now - self.probe_base >= POLICY.direct_probe_interval
+        ):
+            assert after.awaiting_probe, "no probe of a direct path that is up"
+
+    def _direct_after(self, obs: Observation) -> tuple[datetime | None, int]:
+        """Latest direct handshake and failures in a row after `obs` (a fresh handshake resets
+        the count, then a probe past its deadline adds one), per the model."""
+        last, fails = self.direct_last, self.fails
+        hs = obs.last_handshake
+        if hs is not None and hs > (last or self.attempt_start):
+            last, fails = hs, 0
+        timed_out = self.outstanding is not None and obs.now >= self.outstanding.deadline
+        if timed_out and self.probe_path is PathKind.DIRECT:
+            fails += 1
+        return last, fails
+
+    def _check_direct_up_exit(self, before: PeerPath, event: PathInput, result: Step) -> None:
+        """Direct-up is left only (and always) on enough failures in a row or a silent session."""
+        if isinstance(event, Observation):
+            last, fails = self._direct_after(event)
+            assert last is not None, "direct-up without a direct handshake in the model"
+            silent = event.now - last >= POLICY.session_timeout
+        else:
+            fails, silent = self.fails, False
+        lost = fails >= POLICY.direct_lost_after
+        left = result.state.phase not in DIRECT_LIVE
+        if left:
+            assert lost or silent, f"left direct-up after {fails} failed probes in a row"
+        else:
+            assert not lost, f"stayed direct-up after {fails} failed probes in a row"
+            assert not silent, "stayed direct-up on a silent session"
 
     # --- the model ------------------------------------------------------------------------
 
     def _advance(self, before: PeerPath, event: PathInput, result: Step) -> None:
         after = result.state
         if isinstance(event, Observation):
+            if before.path is PathKind.DIRECT and before.phase is not PathPhase.DIRECT_UNREACHABLE:
+                self.direct_last, self.fails = self._direct_after(event)
             if self.outstanding is not None and event.now >= self.outstanding.deadline:
                 self.outstanding, self.streak = None, 0
             hs = event.last_handshake
@@ -247,13 +304,18 @@ class PathControllerMachine(RuleBasedStateMachine):
                 self.relay_seen = hs if self.relay_seen is None else max(self.relay_seen, hs)
         if after.phase is PathPhase.DIRECT_TRYING and before.phase is not PathPhase.DIRECT_TRYING:
             self.attempt_start, self.direct_seen = event.now, False
+            self.direct_last, self.fails, self.outstanding = None, 0, None
+        if after.phase in DIRECT_LIVE and before.phase not in DIRECT_LIVE:
+            self.probe_base, self.fails = event.now, 0
         if after.path is not before.path:
             self.outstanding, self.streak = None, 0
             self.relay_entered = event.now if after.path is PathKind.RELAY else None
             self.relay_seen = None
         for command in result.commands:
             if isinstance(command, ProbeDirect):
-                self.outstanding = command
+                self.outstanding, self.probe_path = command, after.path
+                if after.path is PathKind.DIRECT:
+                    self.probe_base = event.now
         self.state = after
 
     @invariant()
@@ -313,6 +375,47 @@ class OptimistMachine(PathControllerMachine):
         return Step(back, (t,), (UsePath(PathKind.DIRECT),))
 
 
+class FragileMachine(PathControllerMachine):
+    """BROKEN: leaves direct-up after a single failed probe."""
+
+    def controller(self, policy: PathPolicy, state: PeerPath, event: PathInput) -> Step:
+        return step(attrs.evolve(policy, direct_lost_after=1), state, event)
+
+
+class GrudgeMachine(PathControllerMachine):
+    """BROKEN: a successful direct probe does not reset the count of failures."""
+
+    def controller(self, policy: PathPolicy, state: PeerPath, event: PathInput) -> Step:
+        result = step(policy, state, event)
+        if (
+            isinstance(event, ProbeResult)
+            and event.ok
+            and result.state.phase is PathPhase.DIRECT_UP
+        ):
+            kept = attrs.evolve(result.state, failures=state.failures)
+            return result._replace(state=kept)
+        return result
+
+
+class ForgetfulMachine(PathControllerMachine):
+    """BROKEN: a fresh handshake is not taken as proof of life for the failure count."""
+
+    def controller(self, policy: PathPolicy, state: PeerPath, event: PathInput) -> Step:
+        result = step(policy, state, event)
+        if isinstance(event, Observation) and state.failures and result.state.phase in DIRECT_LIVE:
+            kept = attrs.evolve(result.state, failures=max(state.failures, result.state.failures))
+            return result._replace(state=kept)
+        return result
+
+
+class IdleMachine(PathControllerMachine):
+    """BROKEN: never probes a direct path that is up (the pre-probing controller)."""
+
+    def controller(self, policy: PathPolicy, state: PeerPath, event: PathInput) -> Step:
+        lazy = attrs.evolve(policy, direct_probe_interval=timedelta(days=1))
+        return step(lazy, state, event)
+
+
 PathControllerMachine.TestCase.settings = settings(
     settings(), stateful_step_count=50, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -342,3 +445,23 @@ def test_machine_catches_a_controller_stuck_on_a_silent_relay() -> None:
 def test_machine_catches_a_controller_that_fails_back_without_probing() -> None:
     """Negative control: failing back with no successful probe is caught."""
     assert_machine_catches(OptimistMachine, match="without a successful probe|not in EDGES")
+
+
+def test_machine_catches_a_controller_that_leaves_direct_on_one_failed_probe() -> None:
+    """Negative control: one lost probe datagram must not end a working direct path."""
+    assert_machine_catches(FragileMachine, match="left direct-up after 1 failed probes")
+
+
+def test_machine_catches_a_controller_whose_successes_do_not_reset_failures() -> None:
+    """Negative control: failures separated by a successful probe are not in a row."""
+    assert_machine_catches(GrudgeMachine, match="left direct-up after [0-2] failed probes")
+
+
+def test_machine_catches_a_controller_that_ignores_fresh_handshakes() -> None:
+    """Negative control: a fresh handshake is proof of life and resets the failures."""
+    assert_machine_catches(ForgetfulMachine, match="left direct-up after [0-2] failed probes")
+
+
+def test_machine_catches_a_controller_that_never_probes_direct() -> None:
+    """Negative control: a direct path that is up must be probed every interval."""
+    assert_machine_catches(IdleMachine, match="no probe of a direct path that is up")

@@ -10,6 +10,7 @@ from rustynet.domain.path import (
     DEFAULT_DIRECT_TIMEOUT,
     EDGES,
     FAILBACK_BOUND,
+    FALLOVER_BOUND,
     HANDLERS,
     Observation,
     PathKind,
@@ -31,6 +32,8 @@ from rustynet.domain.path import (
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 POLICY = PathPolicy()
+QUIET = PathPolicy(direct_probe_interval=timedelta(hours=1))
+"""Direct probes effectively off: isolates the handshake-driven edges of direct-up."""
 US = timedelta(microseconds=1)
 
 
@@ -148,10 +151,10 @@ def test_a_handshake_wins_over_the_timeout_in_the_same_observation() -> None:
 
 def test_stale_direct_session_starts_a_new_direct_attempt() -> None:
     """Direct-up with no fresh handshake for session_timeout goes back to direct-trying."""
-    up = observe(PeerPath.start(T0), 1, handshake=1).state
+    up = observe(PeerPath.start(T0), 1, handshake=1, policy=QUIET).state
     edge = 1 + POLICY.session_timeout.total_seconds()
-    assert observe(up, edge - 0.5, handshake=1).transitions == ()
-    result = observe(up, edge, handshake=1)
+    assert observe(up, edge - 0.5, handshake=1, policy=QUIET).transitions == ()
+    result = observe(up, edge, handshake=1, policy=QUIET)
     assert result.state.phase is PathPhase.DIRECT_TRYING
     assert result.state.since == at(edge)
     assert reasons(result) == [Reason.DIRECT_STALE]
@@ -160,10 +163,230 @@ def test_stale_direct_session_starts_a_new_direct_attempt() -> None:
 
 def test_fresh_handshakes_keep_a_direct_session_up() -> None:
     """Each newer handshake extends the session."""
-    up = observe(PeerPath.start(T0), 1, handshake=1).state
-    up = observe(up, 150, handshake=140).state
+    up = observe(PeerPath.start(T0), 1, handshake=1, policy=QUIET).state
+    up = observe(up, 150, handshake=140, policy=QUIET).state
     assert up.last_seen == at(140)
-    assert observe(up, 300, handshake=140).state.phase is PathPhase.DIRECT_UP
+    assert observe(up, 300, handshake=140, policy=QUIET).state.phase is PathPhase.DIRECT_UP
+
+
+# --- probing a direct path that is up ---------------------------------------------------------
+
+
+def direct_up(seconds: float = 1) -> PeerPath:
+    """A peer whose direct path came up (first handshake seen) at `seconds`."""
+    result = observe(PeerPath.start(T0), seconds, handshake=seconds)
+    assert result.state.phase is PathPhase.DIRECT_UP
+    return result.state
+
+
+def direct_probing(state: PeerPath, seconds: float, handshake: float = 1) -> PeerPath:
+    result = observe(state, seconds, handshake=handshake)
+    assert result.state.phase is PathPhase.DIRECT_PROBING
+    return result.state
+
+
+def test_direct_up_asks_for_a_probe_every_direct_probe_interval() -> None:
+    """The first probe falls due direct_probe_interval after direct-up, exactly at the edge."""
+    up = direct_up(1)
+    assert up.next_probe_at == at(6)
+    early = step(POLICY, up, Observation(at(6) - US, at(1), True))
+    assert early.state.phase is PathPhase.DIRECT_UP
+    assert early.commands == ()
+    result = observe(up, 6, handshake=1)
+    assert result.state.phase is PathPhase.DIRECT_PROBING
+    assert reasons(result) == [Reason.PROBE_DUE]
+    assert result.commands == (ProbeDirect(probe=1, deadline=at(8)),)
+    assert result.state.awaiting_probe
+    assert result.state.next_probe_at == at(11)
+    assert status_path(result.state) == "direct"
+    assert wake_at(POLICY, up) == at(6)
+    assert wake_at(POLICY, result.state) == at(8)
+
+
+def test_successful_direct_probe_keeps_direct_up_and_the_schedule() -> None:
+    """A success goes back to direct-up (no command) and the next probe is an interval later."""
+    state = direct_probing(direct_up(1), 6)
+    result = step(POLICY, state, ProbeResult(at(6.1), probe=1, ok=True))
+    assert result.state.phase is PathPhase.DIRECT_UP
+    assert reasons(result) == [Reason.PROBE_SUCCEEDED]
+    assert result.commands == ()
+    assert result.state.failures == 0
+    assert result.state.next_probe_at == at(11)
+    again = observe(result.state, 11, handshake=1)
+    assert again.commands == (ProbeDirect(probe=2, deadline=at(13)),)
+
+
+def test_one_failed_direct_probe_does_not_leave_direct() -> None:
+    """A lost datagram counts one failure and nothing else: still direct-up, no command."""
+    state = direct_probing(direct_up(1), 6)
+    result = step(POLICY, state, ProbeResult(at(6.2), probe=1, ok=False))
+    assert result.state.phase is PathPhase.DIRECT_UP
+    assert reasons(result) == [Reason.PROBE_FAILED]
+    assert result.commands == ()
+    assert result.state.failures == 1
+    assert result.state.next_probe_at == at(11)
+
+
+def test_unanswered_direct_probe_times_out_exactly_at_its_deadline() -> None:
+    """No result by the deadline is a failure (just before it, nothing happens)."""
+    state = direct_probing(direct_up(1), 6)
+    assert step(POLICY, state, Observation(at(8) - US, at(1), True)).transitions == ()
+    result = observe(state, 8, handshake=1)
+    assert result.state.phase is PathPhase.DIRECT_UP
+    assert reasons(result) == [Reason.PROBE_TIMED_OUT]
+    assert result.state.failures == 1
+
+
+def fail_direct_probes(state: PeerPath, count: int, start: float) -> tuple[PeerPath, Step]:
+    """`count` failed direct probes, one per direct_probe_interval from `start`."""
+    interval = POLICY.direct_probe_interval.total_seconds()
+    result = None
+    for i in range(count):
+        sent = start + i * interval
+        state = direct_probing(state, sent)
+        result = step(POLICY, state, ProbeResult(at(sent + 0.5), state.probe_seq, ok=False))
+        state = result.state
+    assert result is not None
+    return state, result
+
+
+def test_direct_lost_after_exactly_direct_lost_after_failures_in_a_row() -> None:
+    """Two failures keep direct-up; the third leaves for a new direct attempt (direct-lost)."""
+    state, result = fail_direct_probes(direct_up(1), 2, start=6)
+    assert result.state.phase is PathPhase.DIRECT_UP
+    assert result.state.failures == POLICY.direct_lost_after - 1
+    state = direct_probing(state, 16)
+    lost = step(POLICY, state, ProbeResult(at(16.5), probe=3, ok=False))
+    assert lost.state.phase is PathPhase.DIRECT_TRYING
+    assert reasons(lost) == [Reason.DIRECT_LOST]
+    assert lost.commands == ()  # the path stays direct: direct-timeout decides on the relay
+    assert lost.state.since == at(16.5)
+    assert lost.state.failures == 0
+    assert status_path(lost.state) == "direct"
+    assert not lost.transitions[0].changes_path
+
+
+def test_a_timed_out_probe_can_be_the_last_failure() -> None:
+    """Failures may be results or timeouts: two failed results and one timeout lose the path."""
+    state, _ = fail_direct_probes(direct_up(1), 2, start=6)
+    state = direct_probing(state, 16)
+    result = observe(state, 18, handshake=1)
+    assert reasons(result) == [Reason.DIRECT_LOST]
+    assert result.state.phase is PathPhase.DIRECT_TRYING
+
+
+def test_a_successful_probe_resets_the_failure_count() -> None:
+    """Failures must be consecutive: a success between them starts the count again."""
+    state, _ = fail_direct_probes(direct_up(1), 2, start=6)
+    state = direct_probing(state, 16)
+    state = step(POLICY, state, ProbeResult(at(16.5), probe=3, ok=True)).state
+    assert state.failures == 0
+    state, result = fail_direct_probes(state, 2, start=21)
+    assert result.state.phase is PathPhase.DIRECT_UP
+    assert state.failures == 2
+
+
+def test_a_fresh_handshake_resets_the_failure_count() -> None:
+    """A handshake newer than the last one seen is proof of life, in either direct-up phase."""
+    state, _ = fail_direct_probes(direct_up(1), 2, start=6)
+    fresh = observe(state, 12, handshake=11.5)
+    assert fresh.state.failures == 0
+    assert fresh.transitions == ()
+    state, _ = fail_direct_probes(direct_up(1), 2, start=6)
+    probing_state = direct_probing(state, 16)
+    seen = observe(probing_state, 17, handshake=16.5)
+    assert seen.state.failures == 0
+    assert seen.state.phase is PathPhase.DIRECT_PROBING
+    after = step(POLICY, seen.state, ProbeResult(at(17.5), probe=3, ok=False))
+    assert after.state.phase is PathPhase.DIRECT_UP
+    assert after.state.failures == 1
+
+
+def test_an_old_handshake_does_not_reset_the_failure_count() -> None:
+    """The same handshake reported again proves nothing."""
+    state, _ = fail_direct_probes(direct_up(1), 2, start=6)
+    assert observe(state, 12, handshake=1).state.failures == 2
+
+
+def test_lost_direct_path_falls_over_to_the_relay_after_direct_timeout() -> None:
+    """direct-lost starts a new attempt; with no fresh handshake direct-timeout takes the relay."""
+    state, lost = fail_direct_probes(direct_up(1), 3, start=6)
+    assert reasons(lost) == [Reason.DIRECT_LOST]
+    edge = 16.5 + POLICY.direct_timeout.total_seconds()
+    assert observe(state, edge - 0.001, handshake=1).transitions == ()
+    result = observe(state, edge, handshake=1)
+    assert result.state.phase is PathPhase.RELAY
+    assert reasons(result) == [Reason.DIRECT_TIMEOUT]
+    assert result.commands == (UsePath(PathKind.RELAY),)
+
+
+def test_lost_direct_path_without_a_relay_reports_none() -> None:
+    """No relay: the lost path ends in direct-unreachable (status none), still direct."""
+    state, _ = fail_direct_probes(direct_up(1), 3, start=6)
+    result = observe(state, 23, handshake=1, relay=False)
+    assert result.state.phase is PathPhase.DIRECT_UNREACHABLE
+    assert status_path(result.state) == "none"
+
+
+def test_stale_session_ends_direct_probing_too() -> None:
+    """session_timeout without a handshake ends the session even with a probe outstanding."""
+    policy = PathPolicy(direct_probe_interval=timedelta(seconds=189))
+    up = observe(PeerPath.start(T0), 1, handshake=1, policy=policy).state
+    state = observe(up, 190, handshake=1, policy=policy).state
+    assert state.phase is PathPhase.DIRECT_PROBING
+    result = observe(state, 191, handshake=1, policy=policy)
+    assert reasons(result) == [Reason.DIRECT_STALE]
+    assert result.state.phase is PathPhase.DIRECT_TRYING
+
+
+def test_direct_probe_results_that_are_not_outstanding_are_refused() -> None:
+    """A result in direct-up (it timed out) or for another probe raises and changes nothing."""
+    up = direct_up(1)
+    with pytest.raises(StaleProbeResult):
+        step(POLICY, up, ProbeResult(at(2), probe=0, ok=False))
+    state = direct_probing(up, 6)
+    with pytest.raises(StaleProbeResult):
+        step(POLICY, state, ProbeResult(at(6.5), probe=0, ok=False))
+    timed_out = observe(state, 8, handshake=1).state
+    with pytest.raises(StaleProbeResult):
+        step(POLICY, timed_out, ProbeResult(at(8.5), probe=1, ok=False))
+    assert timed_out.failures == 1
+
+
+def test_direct_probe_numbers_continue_across_paths() -> None:
+    """Probe numbers are never reused: a relay stint after direct probes counts on."""
+    state, _ = fail_direct_probes(direct_up(1), 3, start=6)
+    relay = observe(state, 22.5, handshake=1).state
+    assert relay.phase is PathPhase.RELAY
+    result = observe(relay, 32.5, handshake=23)
+    assert result.commands == (ProbeDirect(probe=4, deadline=at(34.5)),)
+
+
+def test_fallover_bound_is_documented_and_consistent() -> None:
+    """28 s for the defaults: 3 x (direct probe interval + tick) + probe timeout + direct timeout
+    + 2 ticks; a single-failure policy would be 16 s."""
+    assert timedelta(seconds=28) == FALLOVER_BOUND
+    assert PathPolicy(direct_lost_after=1).fallover_bound() == timedelta(seconds=16)
+
+
+def test_fallover_happens_within_the_bound_after_the_direct_path_dies() -> None:
+    """Worst case: the path dies just after a probe succeeded; slowest answers, 1 s ticks."""
+    up = direct_up(1)
+    result = observe(up, 6, handshake=1)
+    state = step(POLICY, result.state, ProbeResult(at(6), 1, ok=True)).state
+    died = at(6.001)
+    seconds = 6.0
+    while state.phase is not PathPhase.RELAY:
+        seconds += 1 - 0.001  # ticks that just miss each due time
+        result = observe(state, seconds, handshake=1)
+        state = result.state
+        for command in result.commands:
+            if isinstance(command, ProbeDirect):
+                reply = command.deadline  # the prober gives up at the deadline
+                state = step(POLICY, state, ProbeResult(reply, command.probe, ok=False)).state
+                seconds = (reply - T0).total_seconds()
+    assert at(seconds) - died <= FALLOVER_BOUND
+    assert at(seconds) - died > FALLOVER_BOUND - timedelta(seconds=6)
 
 
 def test_relay_asks_for_a_direct_probe_every_probe_interval() -> None:
@@ -323,6 +546,12 @@ def test_policy_rejects_nonsense() -> None:
         PathPolicy(probe_timeout=timedelta(seconds=10), probe_interval=timedelta(seconds=10))
     with pytest.raises(PathPolicyError):
         PathPolicy(failback_successes=0)
+    with pytest.raises(PathPolicyError):
+        PathPolicy(direct_lost_after=0)
+    with pytest.raises(PathPolicyError):
+        PathPolicy(direct_lost_after=True)
+    with pytest.raises(PathPolicyError):
+        PathPolicy(probe_timeout=timedelta(seconds=5))  # not shorter than direct probes
 
 
 def test_failback_bound_is_documented_and_consistent() -> None:
@@ -362,7 +591,10 @@ def test_wake_at_names_the_next_timed_transition() -> None:
 def test_tables_are_consistent() -> None:
     """Every phase accepts observations, only probing accepts probe results, edges are legal."""
     assert {p for p, _ in HANDLERS} == set(PathPhase)
-    assert [p for p, t in HANDLERS if t is ProbeResult] == [PathPhase.RELAY_PROBING]
+    assert {p for p, t in HANDLERS if t is ProbeResult} == {
+        PathPhase.RELAY_PROBING,
+        PathPhase.DIRECT_PROBING,
+    }
     assert {p for p, _ in EDGES} <= {p for p, _ in HANDLERS}
     assert set(EDGES.values()) == set(PathPhase)
 

@@ -10,14 +10,19 @@ Theory of operation. The controller is pure: `step(policy, state, event)` takes 
 transition (if the phase changed) and the commands the daemon must run. The daemon feeds an
 `Observation` every reconcile tick (now, the latest handshake the tunnel reports for the peer,
 whether a relay session is available for it) and a `ProbeResult` whenever a direct probe it was
-asked for ends. A handshake counts for the current path only if it happened strictly after the
-path was entered (`since`): an older one belongs to the previous path.
+asked for ends (direct probes run both while direct is up and while relayed). A handshake
+counts for the current path only if it happened strictly after the path was entered (`since`):
+an older one belongs to the previous path.
 
     phase           path    leaves on (reason -> phase)
     direct-trying   direct  handshake-seen -> direct-up
                             direct-timeout -> relay        (no handshake for direct_timeout,
                             no-relay -> direct-unreachable   relay available / not)
     direct-up       direct  direct-stale -> direct-trying  (no fresh handshake for session_timeout)
+                            probe-due -> direct-probing    (every direct_probe_interval)
+    direct-probing  direct  direct-stale -> direct-trying
+                            probe-failed | probe-timed-out | probe-succeeded -> direct-up
+                            direct-lost -> direct-trying   (direct_lost_after failures in a row)
     direct-unreach. direct  handshake-seen -> direct-up
                             relay-available -> relay
     relay           relay   relay-lost | relay-silent -> direct-trying
@@ -37,6 +42,14 @@ path was entered (`since`): an older one belongs to the previous path.
   does when the relay session is lost or no handshake completes through the relay within
   `relay_timeout` of switching. The controller is never stuck: every relayed phase has a timed
   exit and every direct phase either succeeds or falls over.
+* While direct-up, the controller asks for a direct probe every `direct_probe_interval` (from
+  entering direct-up or sending the previous probe), so a direct path that dies while the
+  session is idle between re-keys is noticed in seconds, not at `session_timeout`. A failed or
+  unanswered probe counts one failure; a successful probe or a fresh handshake is proof of life
+  and resets the count; `direct_lost_after` failures in a row leave with `direct-lost` for a new
+  direct attempt, which `direct-timeout` later falls over to the relay (or stays direct with
+  status `none` when there is no relay). The fall-over bound after the direct path dies is
+  `PathPolicy.fallover_bound()` (`FALLOVER_BOUND` for the defaults).
 * While relayed, the controller asks for a direct probe (`ProbeDirect`) `probe_interval` after
   entering the relay or after the previous probe was sent; a probe without a result by its
   deadline (`probe_timeout`) counts as failed. After a success the next probe comes
@@ -83,6 +96,18 @@ DEFAULT_CONFIRM_INTERVAL: Final = timedelta(seconds=2)
 DEFAULT_PROBE_TIMEOUT: Final = timedelta(seconds=2)
 """A probe is one round trip on the underlay; 2 s is far above any sane RTT."""
 
+DEFAULT_DIRECT_PROBE_INTERVAL: Final = timedelta(seconds=5)
+"""A live direct session only re-keys every ~2 minutes, so probes are what notice a dead direct
+path. Every 5 s costs one 41-byte datagram each way per direct peer (less than a keepalive
+stream) and, with `DEFAULT_DIRECT_LOST_AFTER`, bounds detection near 20 s; shorter intervals
+would put the failures of one burst of loss (a firewall reload, a Wi-Fi roam) into the same
+streak."""
+
+DEFAULT_DIRECT_LOST_AFTER: Final = 3
+"""Three failed probes in a row, `direct_probe_interval` apart: one or two lost UDP datagrams
+never move a working session (at 1 % independent loss a false alarm needs three losses in a
+row, about once in two months per peer), while a real outage is still noticed in ~15-20 s."""
+
 DEFAULT_FAILBACK_SUCCESSES: Final = 2
 """Two successes in a row, `confirm_interval` apart: a half-open NAT mapping, a lossy link or a
 firewall reload that lets one probe through does not pull a working session off the relay."""
@@ -115,6 +140,7 @@ class PathPhase(enum.Enum):
 
     DIRECT_TRYING = "direct-trying"
     DIRECT_UP = "direct-up"
+    DIRECT_PROBING = "direct-probing"
     DIRECT_UNREACHABLE = "direct-unreachable"
     RELAY = "relay"
     RELAY_PROBING = "relay-probing"
@@ -126,6 +152,12 @@ class PathPhase(enum.Enum):
 
 
 _RELAYED: Final = frozenset({PathPhase.RELAY, PathPhase.RELAY_PROBING})
+_DIRECT_LIVE: Final = frozenset({PathPhase.DIRECT_UP, PathPhase.DIRECT_PROBING})
+"""Direct phases with a working session, probed to notice when it dies."""
+_PROBED: Final = _RELAYED | _DIRECT_LIVE
+"""Phases with a probe schedule (`next_probe_at`)."""
+_AWAITING: Final = frozenset({PathPhase.RELAY_PROBING, PathPhase.DIRECT_PROBING})
+"""Phases with one probe outstanding (`probe_deadline`)."""
 
 
 class Reason(enum.Enum):
@@ -136,6 +168,7 @@ class Reason(enum.Enum):
     NO_RELAY = "no-relay"
     RELAY_AVAILABLE = "relay-available"
     DIRECT_STALE = "direct-stale"
+    DIRECT_LOST = "direct-lost"
     RELAY_LOST = "relay-lost"
     RELAY_SILENT = "relay-silent"
     PROBE_DUE = "probe-due"
@@ -151,6 +184,12 @@ EDGES: Final[Mapping[tuple[PathPhase, Reason], PathPhase]] = {
     (_P.DIRECT_TRYING, _R.DIRECT_TIMEOUT): _P.RELAY,
     (_P.DIRECT_TRYING, _R.NO_RELAY): _P.DIRECT_UNREACHABLE,
     (_P.DIRECT_UP, _R.DIRECT_STALE): _P.DIRECT_TRYING,
+    (_P.DIRECT_UP, _R.PROBE_DUE): _P.DIRECT_PROBING,
+    (_P.DIRECT_PROBING, _R.DIRECT_STALE): _P.DIRECT_TRYING,
+    (_P.DIRECT_PROBING, _R.PROBE_FAILED): _P.DIRECT_UP,
+    (_P.DIRECT_PROBING, _R.PROBE_TIMED_OUT): _P.DIRECT_UP,
+    (_P.DIRECT_PROBING, _R.PROBE_SUCCEEDED): _P.DIRECT_UP,
+    (_P.DIRECT_PROBING, _R.DIRECT_LOST): _P.DIRECT_TRYING,
     (_P.DIRECT_UNREACHABLE, _R.HANDSHAKE_SEEN): _P.DIRECT_UP,
     (_P.DIRECT_UNREACHABLE, _R.RELAY_AVAILABLE): _P.RELAY,
     (_P.RELAY, _R.RELAY_LOST): _P.DIRECT_TRYING,
@@ -215,13 +254,18 @@ class PathPolicy:
     )
     probe_timeout: timedelta = attrs.field(default=DEFAULT_PROBE_TIMEOUT, validator=_positive_delta)
     failback_successes: int = attrs.field(default=DEFAULT_FAILBACK_SUCCESSES)
+    direct_probe_interval: timedelta = attrs.field(
+        default=DEFAULT_DIRECT_PROBE_INTERVAL, validator=_positive_delta
+    )
+    direct_lost_after: int = attrs.field(default=DEFAULT_DIRECT_LOST_AFTER)
 
     def __attrs_post_init__(self) -> None:
-        n = self.failback_successes
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise PathPolicyError("failback_successes must be a positive int")
-        if self.probe_timeout >= self.probe_interval:
-            raise PathPolicyError("probe_timeout must be shorter than probe_interval")
+        for name in ("failback_successes", "direct_lost_after"):
+            n = getattr(self, name)
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise PathPolicyError(f"{name} must be a positive int")
+        if self.probe_timeout >= min(self.probe_interval, self.direct_probe_interval):
+            raise PathPolicyError("probe_timeout must be shorter than both probe intervals")
 
     def failback_bound(self, tick: timedelta = DEFAULT_TICK) -> timedelta:
         """Worst case from the direct path healing to the fail-back decision.
@@ -235,9 +279,30 @@ class PathPolicy:
             self.probe_interval + (n - 1) * self.confirm_interval + n * (self.probe_timeout + tick)
         )
 
+    def fallover_bound(self, tick: timedelta = DEFAULT_TICK) -> timedelta:
+        """Worst case from a working direct path dying to the switch to the relay.
+
+        The last probe before the death succeeded; each of the next `direct_lost_after` probes
+        goes out at most `direct_probe_interval` (+ a tick) after the previous one, the last
+        fails by its `probe_timeout` (+ a tick), and the new direct attempt falls over after
+        `direct_timeout` (+ a tick).
+        """
+        n = self.direct_lost_after
+        return (
+            n * (self.direct_probe_interval + tick)
+            + self.probe_timeout
+            + tick
+            + self.direct_timeout
+            + tick
+        )
+
 
 FAILBACK_BOUND: Final = PathPolicy().failback_bound()
 """Default fail-back bound (18 s): e2e tests wait this long for `path` to read `direct` again."""
+
+FALLOVER_BOUND: Final = PathPolicy().fallover_bound()
+"""Default fall-over bound for a direct path that dies while up (28 s, against 196 s before
+probing: `session_timeout` + `direct_timeout`): e2e tests wait this long for `relay`."""
 
 
 # --- inputs, outputs -------------------------------------------------------------------------
@@ -324,23 +389,28 @@ class PeerPath:
     """The latest handshake seen on the current path (after `since`)."""
     successes: int = attrs.field(default=0, validator=_count)
     """Successful direct probes in a row during this relay stint."""
+    failures: int = attrs.field(default=0, validator=_count)
+    """Failed direct probes in a row while direct-up (reset by any proof of life)."""
     probe_seq: int = attrs.field(default=0, validator=_count)
     """Number of the latest probe asked for (never reused for this peer)."""
     next_probe_at: datetime | None = attrs.field(default=None, validator=_optional_utc)
     probe_deadline: datetime | None = attrs.field(default=None, validator=_optional_utc)
 
     def __attrs_post_init__(self) -> None:
-        relayed = self.phase in _RELAYED
         if not self.since <= self.as_of:
             raise PathTransitionError("since must not be after as_of")
         if self.last_seen is not None and not self.since < self.last_seen <= self.as_of:
             raise PathTransitionError("last_seen must be after since and not after as_of")
-        if (self.next_probe_at is not None) != relayed:
-            raise PathTransitionError("next_probe_at is set exactly while relayed")
-        if (self.probe_deadline is not None) != (self.phase is PathPhase.RELAY_PROBING):
+        if self.phase in _DIRECT_LIVE and self.last_seen is None:
+            raise PathTransitionError("a direct-up session has a handshake")
+        if (self.next_probe_at is not None) != (self.phase in _PROBED):
+            raise PathTransitionError("next_probe_at is set exactly while relayed or direct-up")
+        if (self.probe_deadline is not None) != (self.phase in _AWAITING):
             raise PathTransitionError("probe_deadline is set exactly while probing")
-        if self.successes and not relayed:
+        if self.successes and self.phase not in _RELAYED:
             raise PathTransitionError("probe successes count only while relayed")
+        if self.failures and self.phase not in _DIRECT_LIVE:
+            raise PathTransitionError("probe failures count only while direct-up")
 
     @classmethod
     def start(cls, now: datetime) -> PeerPath:
@@ -356,7 +426,7 @@ class PeerPath:
     @property
     def awaiting_probe(self) -> bool:
         """True while a `ProbeResult` for `probe_seq` is expected."""
-        return self.phase is PathPhase.RELAY_PROBING
+        return self.phase in _AWAITING
 
 
 StatusPath: TypeAlias = Literal["direct", "relay", "none"]
@@ -379,11 +449,9 @@ def wake_at(policy: PathPolicy, state: PeerPath) -> datetime | None:
     phase = state.phase
     if phase is PathPhase.DIRECT_TRYING:
         return state.since + policy.direct_timeout
-    if phase is PathPhase.DIRECT_UP:
-        return _session_end(policy, state)
     if phase is PathPhase.DIRECT_UNREACHABLE:
         return None
-    due = state.probe_deadline if phase is PathPhase.RELAY_PROBING else state.next_probe_at
+    due = state.probe_deadline if state.awaiting_probe else state.next_probe_at
     end = _session_end(policy, state)
     return end if due is None else min(due, end)
 
@@ -436,10 +504,20 @@ def _enter(policy: PathPolicy, state: PeerPath, phase: PathPhase, now: datetime)
     raise PathTransitionError(f"{phase.value} is not entered from another path")
 
 
+def _up(policy: PathPolicy, state: PeerPath, seen: datetime, now: datetime) -> PeerPath:
+    """Direct-up on a first handshake: the probe schedule starts now."""
+    return attrs.evolve(
+        state,
+        phase=PathPhase.DIRECT_UP,
+        last_seen=seen,
+        next_probe_at=now + policy.direct_probe_interval,
+    )
+
+
 def _on_direct_trying(policy: PathPolicy, state: PeerPath, obs: Observation) -> _Move:
     seen = _fresh(state, obs.last_handshake, obs.now)
     if seen is not None:
-        return _Move(Reason.HANDSHAKE_SEEN, attrs.evolve(state, last_seen=seen))
+        return _Move(Reason.HANDSHAKE_SEEN, _up(policy, state, seen, obs.now))
     if obs.now - state.since < policy.direct_timeout:
         return _Move(None, state)
     if obs.relay_available:
@@ -447,19 +525,57 @@ def _on_direct_trying(policy: PathPolicy, state: PeerPath, obs: Observation) -> 
     return _Move(Reason.NO_RELAY, state)
 
 
-def _on_direct_up(policy: PathPolicy, state: PeerPath, obs: Observation) -> _Move:
+def _direct_alive(policy: PathPolicy, state: PeerPath, obs: Observation) -> _Move:
+    """Shared by both direct-up phases: a fresh handshake is proof of life; a stale one ends."""
     seen = _fresh(state, obs.last_handshake, obs.now)
     if seen is not None:
-        state = attrs.evolve(state, last_seen=seen)
+        state = attrs.evolve(state, last_seen=seen, failures=0)
     if obs.now >= _session_end(policy, state):
         return _Move(Reason.DIRECT_STALE, _enter(policy, state, PathPhase.DIRECT_TRYING, obs.now))
     return _Move(None, state)
 
 
+def _on_direct_up(policy: PathPolicy, state: PeerPath, obs: Observation) -> _Move:
+    move = _direct_alive(policy, state, obs)
+    due = move.state.next_probe_at
+    if move.reason is not None or due is None or obs.now < due:
+        return move
+    return _Move(Reason.PROBE_DUE, _probe_now(policy, move.state, PathPhase.DIRECT_PROBING, obs))
+
+
+def _direct_probe_failed(
+    policy: PathPolicy, state: PeerPath, reason: Reason, now: datetime
+) -> _Move:
+    """One more failure in a row: back to direct-up, or lost after `direct_lost_after`."""
+    failures = state.failures + 1
+    if failures >= policy.direct_lost_after:
+        lost = _enter(policy, state, PathPhase.DIRECT_TRYING, now)
+        return _Move(Reason.DIRECT_LOST, lost)
+    up = attrs.evolve(state, phase=PathPhase.DIRECT_UP, probe_deadline=None, failures=failures)
+    return _Move(reason, up)
+
+
+def _on_direct_probing(policy: PathPolicy, state: PeerPath, obs: Observation) -> _Move:
+    move = _direct_alive(policy, state, obs)
+    deadline = move.state.probe_deadline
+    if move.reason is not None or deadline is None or obs.now < deadline:
+        return move
+    return _direct_probe_failed(policy, move.state, Reason.PROBE_TIMED_OUT, obs.now)
+
+
+def _on_direct_probe_result(policy: PathPolicy, state: PeerPath, result: ProbeResult) -> _Move:
+    if result.probe != state.probe_seq:
+        raise StaleProbeResult(f"probe {result.probe} is not the outstanding {state.probe_seq}")
+    if not result.ok:
+        return _direct_probe_failed(policy, state, Reason.PROBE_FAILED, result.now)
+    up = attrs.evolve(state, phase=PathPhase.DIRECT_UP, probe_deadline=None, failures=0)
+    return _Move(Reason.PROBE_SUCCEEDED, up)
+
+
 def _on_direct_unreachable(policy: PathPolicy, state: PeerPath, obs: Observation) -> _Move:
     seen = _fresh(state, obs.last_handshake, obs.now)
     if seen is not None:
-        return _Move(Reason.HANDSHAKE_SEEN, attrs.evolve(state, last_seen=seen))
+        return _Move(Reason.HANDSHAKE_SEEN, _up(policy, state, seen, obs.now))
     if obs.relay_available:
         return _Move(Reason.RELAY_AVAILABLE, _enter(policy, state, PathPhase.RELAY, obs.now))
     return _Move(None, state)
@@ -477,19 +593,25 @@ def _relay_exit(policy: PathPolicy, state: PeerPath, obs: Observation) -> _Move:
     return _Move(None, state)
 
 
+def _probe_now(policy: PathPolicy, state: PeerPath, phase: PathPhase, obs: Observation) -> PeerPath:
+    """Start the next probe (a new number); the one after it is due one interval from now."""
+    relayed = phase is PathPhase.RELAY_PROBING
+    interval = policy.probe_interval if relayed else policy.direct_probe_interval
+    return attrs.evolve(
+        state,
+        phase=phase,
+        probe_seq=state.probe_seq + 1,
+        next_probe_at=obs.now + interval,
+        probe_deadline=obs.now + policy.probe_timeout,
+    )
+
+
 def _on_relay(policy: PathPolicy, state: PeerPath, obs: Observation) -> _Move:
     move = _relay_exit(policy, state, obs)
     due = move.state.next_probe_at
     if move.reason is not None or due is None or obs.now < due:
         return move
-    probing = attrs.evolve(
-        move.state,
-        phase=PathPhase.RELAY_PROBING,
-        probe_seq=move.state.probe_seq + 1,
-        next_probe_at=obs.now + policy.probe_interval,
-        probe_deadline=obs.now + policy.probe_timeout,
-    )
-    return _Move(Reason.PROBE_DUE, probing)
+    return _Move(Reason.PROBE_DUE, _probe_now(policy, move.state, PathPhase.RELAY_PROBING, obs))
 
 
 def _probe_over(
@@ -534,6 +656,8 @@ def _on_probe_result(policy: PathPolicy, state: PeerPath, result: ProbeResult) -
 HANDLERS: Final[Mapping[tuple[PathPhase, type[PathInput]], Callable[..., _Move]]] = {
     (_P.DIRECT_TRYING, Observation): _on_direct_trying,
     (_P.DIRECT_UP, Observation): _on_direct_up,
+    (_P.DIRECT_PROBING, Observation): _on_direct_probing,
+    (_P.DIRECT_PROBING, ProbeResult): _on_direct_probe_result,
     (_P.DIRECT_UNREACHABLE, Observation): _on_direct_unreachable,
     (_P.RELAY, Observation): _on_relay,
     (_P.RELAY_PROBING, Observation): _on_relay_probing,
