@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Self
@@ -41,12 +41,15 @@ from rustynet.ports.store import (
     AlreadyExists,
     ApiKeyRecord,
     BucketTable,
+    ChallengeKind,
+    ChallengeRecord,
     NodeRecord,
     NodeState,
     NotFound,
     PolicyVersion,
     StoreConflict,
     StoreError,
+    TooManyChallenges,
     UnitOfWorkAborted,
     UnknownCredential,
 )
@@ -66,6 +69,8 @@ class _State:
     buckets: dict[tuple[BucketTable, str], datetime] = attrs.Factory(dict)
     failures: dict[str, FailureRecord] = attrs.Factory(dict)
     serials: dict[str, int] = attrs.Factory(dict)
+    generation: int = 0
+    challenges: dict[bytes, ChallengeRecord] = attrs.Factory(dict)
     spoiled: bool = False  # a refused write happened: this copy must not be committed
 
     def copy(self) -> _State:
@@ -406,6 +411,48 @@ class _Serials:
     async def get(self, node_id: str) -> int:
         return self._s.serials.get(node_id, 0)
 
+    async def generation(self) -> int:
+        return self._s.generation
+
+    async def bump_generation(self) -> int:
+        self._s.generation += 1
+        return self._s.generation
+
+
+class _Challenges:
+    def __init__(self, s: _State) -> None:
+        self._s = s
+
+    async def issue(self, record: ChallengeRecord, now: datetime, capacity: int) -> None:
+        if await self.count(record.kind, now) >= capacity:
+            raise TooManyChallenges(f"{capacity} {record.kind.value} challenges are live")
+        if record.id in self._s.challenges:
+            raise _spoil(self._s, AlreadyExists("challenge id is taken"))
+        self._s.challenges[record.id] = attrs.evolve(record, used=False)
+
+    async def get(self, kind: ChallengeKind, challenge_id: bytes) -> ChallengeRecord | None:
+        found = self._s.challenges.get(bytes(challenge_id))
+        return found if found is not None and found.kind is kind else None
+
+    async def consume(
+        self, kind: ChallengeKind, challenge_id: bytes, now: datetime
+    ) -> ChallengeRecord:
+        found = await self.get(kind, challenge_id)
+        if found is None or found.used or not now < found.expires_at:
+            raise NotFound("no such live, unused challenge")
+        used = attrs.evolve(found, used=True)
+        self._s.challenges[used.id] = used
+        return used
+
+    async def purge(self, now: datetime) -> int:
+        gone = [c for c, r in self._s.challenges.items() if r.expires_at < now]
+        for challenge_id in gone:
+            del self._s.challenges[challenge_id]
+        return len(gone)
+
+    async def count(self, kind: ChallengeKind, now: datetime) -> int:
+        return sum(1 for r in self._s.challenges.values() if r.kind is kind and now < r.expires_at)
+
 
 class MemoryUnitOfWork:
     """A serialized transaction over a copy of the store's state."""
@@ -463,6 +510,19 @@ class MemoryUnitOfWork:
     def ipam(self) -> _Ipam:
         """Overlay address leases."""
         return _Ipam(self._s(), self._store.plan)
+
+    @property
+    def challenges(self) -> _Challenges:
+        """Single-use challenges."""
+        return _Challenges(self._s())
+
+    async def lock_writers(self) -> None:
+        """See `UnitOfWork.lock_writers`: units of work already hold the store's lock."""
+        self._s()
+
+    async def announce(self, node_ids: Iterable[str]) -> None:  # noqa: ARG002 - port signature
+        """See `UnitOfWork.announce`: one process owns this store, nobody else to tell."""
+        self._s()
 
     async def __aenter__(self) -> Self:
         if not self._store.is_open:

@@ -12,13 +12,28 @@ BEGIN/COMMIT/ROLLBACK itself (psycopg would otherwise open implicit transactions
 statement aborts the PostgreSQL transaction, so a `StoreError` raised inside a unit of work
 means the whole unit of work is lost (the same contract every adapter keeps). Serialization
 failures and deadlocks become `StoreConflict`; connection problems `StoreUnavailable`.
+
+Cross-instance wake-ups: `announce` collects node ids and the unit of work sends ONE
+`pg_notify` on channel `rustynet_peermaps` just before its COMMIT, inside the transaction, so
+PostgreSQL delivers it only if the commit succeeds. The payload is compact JSON
+`{"o": origin, "n": [ids]}`; above `MAX_NOTIFY_PAYLOAD` bytes (PostgreSQL refuses 8000) it is
+`{"o": origin, "all": true}`. `PostgresChangeFeed` LISTENs on a dedicated connection (not from
+the pool: a pooled connection would be handed to units of work), skips its own store's origin
+(that instance woke its waiters itself), checks the connection every `check_every` seconds,
+and after losing it reconnects with backoff and reports "everything may have changed".
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import psycopg
 import psycopg_pool
@@ -33,7 +48,9 @@ from rustynet.adapters.storage.sql import (
     migrate,
 )
 
+from rustynet.domain.errors import LocalProtocolError
 from rustynet.domain.ipam import AddressPlan
+from rustynet.ports.change_feed import ChangeListener
 from rustynet.ports.store import (
     AlreadyExists,
     NotFound,
@@ -42,6 +59,36 @@ from rustynet.ports.store import (
     StoreUnavailable,
     UnitOfWorkAborted,
 )
+
+CHANNEL: Final = "rustynet_peermaps"
+MAX_NOTIFY_PAYLOAD: Final = 7900  # bytes; PostgreSQL's limit is 8000
+LISTENER_APPLICATION: Final = "rustynet-control-listen"
+_log = logging.getLogger("rustynet.control.feed")
+
+
+def notify_payload(origin: str, node_ids: Iterable[str]) -> str:
+    """The NOTIFY payload for these node ids ("all" when the list would not fit)."""
+    text = json.dumps({"o": origin, "n": sorted(set(node_ids))}, separators=(",", ":"))
+    if len(text.encode("utf-8")) > MAX_NOTIFY_PAYLOAD:
+        return json.dumps({"o": origin, "all": True}, separators=(",", ":"))
+    return text
+
+
+def parse_payload(payload: str) -> tuple[str | None, frozenset[str] | None]:
+    """(origin, node ids) of a payload; ids None means "all" (also for anything malformed)."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    origin = data.get("o") if isinstance(data.get("o"), str) else None
+    ids = data.get("n")
+    if data.get("all") is True or not isinstance(ids, list):
+        return origin, None
+    if not all(isinstance(i, str) for i in ids):
+        return origin, None
+    return origin, frozenset(ids)
 
 
 def _translate(exc: psycopg.Error) -> StoreError:
@@ -85,6 +132,12 @@ class PostgresUnitOfWork(RepositoryAccess):
         self._store = store
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._ex: _Executor | None = None
+        self._announced: set[str] = set()
+
+    async def announce(self, node_ids: Iterable[str]) -> None:
+        """See `UnitOfWork.announce`: sent with `pg_notify` right before COMMIT."""
+        self.executor()
+        self._announced.update(node_ids)
 
     def executor(self) -> _Executor:
         """The transaction's executor (for migrations)."""
@@ -118,6 +171,17 @@ class PostgresUnitOfWork(RepositoryAccess):
         self._conn, self._ex, self._repos = None, None, None
         if conn is None or ex is None:  # pragma: no cover - __aenter__ failed, nothing to end
             return
+        announced, self._announced = self._announced, set()
+        try:
+            if exc_type is None and not ex.failed and announced:
+                # Inside the transaction: delivered to listeners only if the COMMIT succeeds.
+                await ex.execute(
+                    "SELECT pg_notify(%(c)s, %(p)s)",
+                    {"c": CHANNEL, "p": notify_payload(self._store.origin, announced)},
+                )
+        except StoreError:
+            await self._store.pool().putconn(conn)
+            raise
         aborted = exc_type is None and ex.failed
         try:
             # COMMIT of a transaction PostgreSQL aborted would silently roll back: refuse it.
@@ -142,6 +206,7 @@ class PostgresStore:
         timeout: float = 30.0,
     ) -> None:
         self.plan = plan if plan is not None else AddressPlan()
+        self.origin = os.urandom(8).hex()  # names this store in its NOTIFY payloads
         self._conninfo = conninfo
         self._min_size, self._max_size, self._timeout = min_size, max_size, timeout
         self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
@@ -180,3 +245,112 @@ class PostgresStore:
     def unit_of_work(self) -> PostgresUnitOfWork:
         """See `Store.unit_of_work`."""
         return PostgresUnitOfWork(self)
+
+    def change_feed(self, *, check_every: float = 10.0) -> PostgresChangeFeed:
+        """A `ChangeFeed` on this store's database that ignores this store's own changes."""
+        return PostgresChangeFeed(self._conninfo, origin=self.origin, check_every=check_every)
+
+
+class PostgresChangeFeed:
+    """`ChangeFeed` over LISTEN/NOTIFY on one dedicated autocommit connection."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        origin: str | None = None,
+        check_every: float = 10.0,
+        retry_max: float = 5.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self._conninfo = conninfo
+        self._origin = origin
+        self._check_every = check_every
+        self._retry_max = retry_max
+        self._connect_timeout = connect_timeout
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._listener: ChangeListener | None = None
+        self.reconnects = 0  # for metrics and tests
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The listening connection's server process id (None while disconnected)."""
+        conn = self._conn
+        return None if conn is None or conn.closed else conn.info.backend_pid
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self._conninfo,
+                autocommit=True,
+                application_name=LISTENER_APPLICATION,
+                connect_timeout=max(1, int(self._connect_timeout)),
+            )
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+        try:
+            await conn.execute(f"LISTEN {CHANNEL}")
+        except psycopg.Error as exc:
+            await conn.close()
+            raise _translate(exc) from exc
+        return conn
+
+    async def subscribe(self, on_change: ChangeListener) -> None:
+        """See `ChangeFeed.subscribe`."""
+        if self._listener is not None:
+            raise LocalProtocolError("this change feed already has a subscriber")
+        self._conn = await self._connect()
+        self._listener = on_change
+        self._task = asyncio.create_task(self._run(), name="rustynet-change-feed")
+
+    async def close(self) -> None:
+        """See `ChangeFeed.close`."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+
+    def _deliver(self, payload: str) -> None:
+        origin, ids = parse_payload(payload)
+        if origin is not None and origin == self._origin:
+            return  # our own store's change: that instance already woke its waiters
+        if self._listener is not None and (ids is None or ids):
+            self._listener(ids)
+
+    async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Deliver notifications until the connection fails (raises psycopg.Error)."""
+        while True:
+            async for notify in conn.notifies(timeout=self._check_every):
+                self._deliver(notify.payload)
+            # Quiet for `check_every`: prove the connection is alive (a half-open TCP
+            # connection would otherwise wait forever without an error).
+            await conn.execute("SELECT 1")
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            conn = self._conn
+            try:
+                if conn is None:
+                    conn = self._conn = await self._connect()
+                    self.reconnects += 1
+                    _log.info("control.feed_reconnected", extra={"reconnects": self.reconnects})
+                    # Whatever was committed while we were away was not heard: re-check all.
+                    if self._listener is not None:
+                        self._listener(None)
+                    delay = 0.05
+                await self._listen(conn)
+            except (psycopg.Error, StoreError, OSError) as exc:
+                _log.warning("control.feed_lost", extra={"error_type": type(exc).__name__})
+                self._conn = None
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error, OSError):
+                        await conn.close()
+                await asyncio.sleep(delay)
+                delay = min(self._retry_max, delay * 2)

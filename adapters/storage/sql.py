@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any, Final, Protocol
@@ -45,6 +45,8 @@ from rustynet.ports.store import (
     ApiKeyRecord,
     ApiKeyScope,
     BucketTable,
+    ChallengeKind,
+    ChallengeRecord,
     MigrationError,
     NodeRecord,
     NodeState,
@@ -52,6 +54,7 @@ from rustynet.ports.store import (
     PolicyVersion,
     StoreConflict,
     StoreError,
+    TooManyChallenges,
     UnknownCredential,
 )
 
@@ -94,6 +97,8 @@ class Dialect:
     for_update: str  # appended to a SELECT that must lock its row until the end of the UoW
     lock_nonces: str | None  # statement serializing nonce inserts (exact capacity check)
     lock_migrations: str | None
+    lock_writers: str | None = None  # `UnitOfWork.lock_writers` (SQLite: BEGIN IMMEDIATE is)
+    lock_challenges: str | None = None  # serializing challenge issues (exact capacity check)
 
     def sql(self, text: str) -> str:
         """The statement in this driver's placeholder style."""
@@ -107,6 +112,8 @@ POSTGRES: Final = Dialect(
     " FOR UPDATE",
     "SELECT pg_advisory_xact_lock(7217001)",
     "SELECT pg_advisory_xact_lock(7217000)",
+    "SELECT pg_advisory_xact_lock(7217002)",
+    "SELECT pg_advisory_xact_lock(7217003)",
 )
 
 
@@ -1051,6 +1058,109 @@ class SqlSerials:
         )
         return 0 if row is None else int(row[0])
 
+    async def generation(self) -> int:
+        """See `SerialRepository.generation`."""
+        row = await _one(self._ex, "SELECT generation FROM net_generation WHERE id = 1")
+        return 0 if row is None else int(row[0])
+
+    async def bump_generation(self) -> int:
+        """See `SerialRepository.bump_generation`."""
+        row = await _one(
+            self._ex,
+            "UPDATE net_generation SET generation = generation + 1 WHERE id = 1"
+            " RETURNING generation",
+        )
+        if row is None:  # pragma: no cover - migration 0003 inserts the row
+            raise spoil(self._ex, StoreError("net_generation row is missing"))
+        return int(row[0])
+
+
+_CHALLENGE_COLUMNS: Final = "id, kind, subject, payload, expires_at, used"
+
+
+def _challenge(row: Row) -> ChallengeRecord:
+    return ChallengeRecord(
+        id=bytes(row[0]),
+        kind=ChallengeKind(row[1]),
+        subject=row[2],
+        payload=row[3],
+        expires_at=from_micros(row[4]),
+        used=bool(row[5]),
+    )
+
+
+class SqlChallenges:
+    """`ChallengeRepository` in SQL: consumption is one conditional UPDATE."""
+
+    def __init__(self, ex: Executor) -> None:
+        self._ex = ex
+        self._d = ex.dialect
+
+    async def issue(self, record: ChallengeRecord, now: datetime, capacity: int) -> None:
+        """See `ChallengeRepository.issue`."""
+        if self._d.lock_challenges is not None:
+            await self._ex.execute(self._d.lock_challenges, {})  # capacity is exact, not racy
+        if await self.count(record.kind, now) >= capacity:
+            raise TooManyChallenges(f"{capacity} {record.kind.value} challenges are live")
+        await self._ex.execute(
+            self._d.sql(
+                f"INSERT INTO challenges ({_CHALLENGE_COLUMNS})"
+                " VALUES (:id, :kind, :subject, :payload, :expires_at, 0)"
+            ),
+            {
+                "id": record.id,
+                "kind": record.kind.value,
+                "subject": record.subject,
+                "payload": record.payload,
+                "expires_at": to_micros(record.expires_at),
+            },
+        )
+
+    async def get(self, kind: ChallengeKind, challenge_id: bytes) -> ChallengeRecord | None:
+        """See `ChallengeRepository.get`."""
+        row = await _one(
+            self._ex,
+            self._d.sql(
+                f"SELECT {_CHALLENGE_COLUMNS} FROM challenges WHERE id = :id AND kind = :kind"
+            ),
+            {"id": bytes(challenge_id), "kind": kind.value},
+        )
+        return None if row is None else _challenge(row)
+
+    async def consume(
+        self, kind: ChallengeKind, challenge_id: bytes, now: datetime
+    ) -> ChallengeRecord:
+        """See `ChallengeRepository.consume` (a concurrent consumer waits for the row lock,
+        then re-checks `used = 0` on the committed row and updates nothing)."""
+        row = await _one(
+            self._ex,
+            self._d.sql(
+                "UPDATE challenges SET used = 1 WHERE id = :id AND kind = :kind AND used = 0"
+                f" AND expires_at > :now RETURNING {_CHALLENGE_COLUMNS}"
+            ),
+            {"id": bytes(challenge_id), "kind": kind.value, "now": to_micros(now)},
+        )
+        if row is None:
+            raise NotFound("no such live, unused challenge")
+        return _challenge(row)
+
+    async def purge(self, now: datetime) -> int:
+        """See `ChallengeRepository.purge`."""
+        return await _count(
+            self._ex,
+            self._d.sql("DELETE FROM challenges WHERE expires_at < :now"),
+            {"now": to_micros(now)},
+        )
+
+    async def count(self, kind: ChallengeKind, now: datetime) -> int:
+        """See `ChallengeRepository.count`."""
+        row = await _one(
+            self._ex,
+            self._d.sql("SELECT COUNT(*) FROM challenges WHERE kind = :kind AND expires_at > :now"),
+            {"kind": kind.value, "now": to_micros(now)},
+        )
+        return int(row[0]) if row else 0
+
 
 class SqlRepositories:
     """Every repository over one executor (the unit of work's transaction)."""
@@ -1065,6 +1175,8 @@ class SqlRepositories:
         self.limiter = SqlLimiter(ex)
         self.serials = SqlSerials(ex)
         self.ipam = SqlIpam(ex, plan)
+        self.challenges = SqlChallenges(ex)
+        self.executor = ex
 
 
 class RepositoryAccess:
@@ -1122,3 +1234,19 @@ class RepositoryAccess:
     def ipam(self) -> SqlIpam:
         """Overlay address leases."""
         return self._r().ipam
+
+    @property
+    def challenges(self) -> SqlChallenges:
+        """Single-use challenges."""
+        return self._r().challenges
+
+    async def lock_writers(self) -> None:
+        """See `UnitOfWork.lock_writers` (the dialect's lock; none on SQLite)."""
+        ex = self._r().executor
+        if ex.dialect.lock_writers is not None:
+            await ex.execute(ex.dialect.lock_writers, {})
+
+    async def announce(self, node_ids: Iterable[str]) -> None:  # noqa: ARG002 - port signature
+        """See `UnitOfWork.announce`: nothing to tell here (the PostgreSQL unit of work
+        overrides it)."""
+        self._r()

@@ -11,17 +11,26 @@ Theory of operation.
   of the presented credential (join key id, node id, API key id) is checked for backoff and
   lockout. Unknown and wrong credentials fail the same way after the same hash compare, and
   every failure is counted and audited.
-* Enrollment drives `EnrollmentServer` (challenges live in this process for ≤ 60 s; several
-  control instances need sticky routing or a shared challenge table, issue 6). A valid proof
-  redeems the credential with the store's atomic conditional update, leases the address, adds
-  the node, bumps the serials of every node whose map changes and writes the audit entry, all
-  in one unit of work.
+* Enrollment drives `EnrollmentServer`; its challenges (≤ 60 s) and token-renewal challenges
+  live in the store (`uow.challenges`), so one issued by any instance can be answered on any
+  other, and their single use is the store's conditional update. A valid proof consumes the
+  challenge, redeems the credential with the store's atomic conditional update, leases the
+  address, adds the node, bumps the serials of every node whose map changes and writes the
+  audit entry, all in one unit of work.
 * Peer maps come from a compiled `PolicyIndex` cached in memory with the active nodes. Every
   change updates it one node at a time (`put`/`remove` return the nodes to wake); a policy
   change recompiles and wakes `changed_views`. A unit of work that fails after touching the
   cache drops it, and it is rebuilt from the store on next use; it is also rebuilt when the
-  stored policy version moved (another instance changed it).
+  stored network generation (`serials.generation()`) or policy version moved (another instance
+  changed it).
 * Long polls subscribe to `PeerMapWaiters` before reading their serial, so no wake-up is lost.
+
+Several instances on one database (ARCHITECTURE §9): every write that may touch the network
+runs under `uow.lock_writers()` (one writer at a time across instances, like SQLite's write
+lock), validates the cache against the generation inside that lock, bumps the generation when
+it changed the network, and `announce`s the nodes it wakes, so the store tells the other
+instances on commit; `start()` subscribes the `ChangeFeed` that carries their announcements to
+this instance's waiters. Nonces, challenges, limiter records and serials all live in the store.
 
 * Underlay endpoints a node reports are validated here (IP literal and port, at most
   `MAX_ENDPOINTS`, canonical text) and stored on its node record, so they survive a restart.
@@ -36,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
@@ -98,15 +108,17 @@ from rustynet.domain.credentials import (
 )
 from rustynet.domain.enrollment import (
     CHALLENGE_BYTES,
+    DEFAULT_MAX_PENDING,
+    Attempt,
+    AttemptState,
     Authorize,
     EnrollmentRequest,
     EnrollmentServer,
-    ForgetChallenges,
     IssueChallenge,
     ProofPresented,
     Reject,
     RejectReason,
-    Tick,
+    TokenPresented,
 )
 from rustynet.domain.errors import DecodeError, LocalProtocolError, RemoteProtocolError
 from rustynet.domain.join_tokens import JoinSecretMismatch, JoinToken
@@ -134,6 +146,7 @@ from rustynet.domain.replay import DEFAULT_CAPACITY, NONCE_RETENTION, NonceRecor
 from rustynet.domain.scope import Scope, Tag
 from rustynet.domain.signed import JsonValue, canonical_json, parse_canonical_json
 from rustynet.domain.tokens import InvalidToken, TokenKind, issue_token, key_allowlist, verify_token
+from rustynet.ports.change_feed import ChangeFeed
 from rustynet.ports.clock import Clock
 from rustynet.ports.entropy import Entropy
 from rustynet.ports.store import (
@@ -143,12 +156,15 @@ from rustynet.ports.store import (
     ApiKeyRecord,
     ApiKeyScope,
     BucketTable,
+    ChallengeKind,
+    ChallengeRecord,
     NodeRecord,
     NodeState,
     NotFound,
     Store,
     StoreConflict,
     StoreError,
+    TooManyChallenges,
     UnitOfWork,
     UnknownCredential,
 )
@@ -197,6 +213,7 @@ class _Net:
     version: int
     index: PolicyIndex
     nodes: dict[str, NodeRecord]
+    generation: int
 
 
 @attrs.frozen
@@ -204,6 +221,51 @@ class _PendingEnrollment:
     credential_id: CredentialId
     binding_expires_at: datetime
     credential_key: str
+
+
+def _pending_payload(request: TokenPresented, pending: _PendingEnrollment) -> str:
+    """What a stored enrollment challenge keeps (public values only) as JSON text."""
+    requested = request.requested_scope
+    return json.dumps(
+        {
+            "token_id": request.token_id,
+            "token_scope": list(request.token_scope.as_strings()),
+            "identity_key": request.identity_key.to_text(),
+            "tunnel_key": request.tunnel_key.to_text(),
+            "hostname": request.hostname,
+            "requested_scope": None if requested is None else list(requested.as_strings()),
+            "credential_id": pending.credential_id.to_text(),
+            "binding_expires_at": pending.binding_expires_at.isoformat(),
+            "credential_key": pending.credential_key,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _pending_from(record: ChallengeRecord) -> tuple[Attempt, _PendingEnrollment]:
+    """Inverse of `_pending_payload` (LocalProtocolError: the stored row is damaged)."""
+    try:
+        data = json.loads(record.payload)
+        requested = data["requested_scope"]
+        request = TokenPresented(
+            token_id=data["token_id"],
+            token_scope=Scope(frozenset(Tag(t) for t in data["token_scope"])),
+            identity_key=VerifyKey.from_text(data["identity_key"]),
+            tunnel_key=TunnelKey.from_text(data["tunnel_key"]),
+            hostname=data["hostname"],
+            requested_scope=None
+            if requested is None
+            else Scope(frozenset(Tag(t) for t in requested)),
+        )
+        pending = _PendingEnrollment(
+            CredentialId.from_text(data["credential_id"]),
+            datetime.fromisoformat(data["binding_expires_at"]),
+            str(data["credential_key"]),
+        )
+    except (ValueError, KeyError, TypeError, DecodeError) as exc:
+        raise LocalProtocolError("a stored enrollment challenge is damaged") from exc
+    state = AttemptState.AUTHORIZED if record.used else AttemptState.CHALLENGED
+    return Attempt(request, record.expires_at, state), pending
 
 
 def _policy_node(node: NodeRecord) -> PolicyNode:
@@ -338,6 +400,7 @@ class ControlService:
         settings: ControlSettings,
         *,
         waiters: PeerMapWaiters | None = None,
+        changes: ChangeFeed | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
@@ -345,9 +408,8 @@ class ControlService:
         self.entropy = entropy
         self.settings = settings
         self.waiters = waiters if waiters is not None else PeerMapWaiters()
-        self._enrollment = EnrollmentServer(entropy)
-        self._pending: dict[bytes, _PendingEnrollment] = {}
-        self._renewals: dict[bytes, tuple[str, datetime]] = {}
+        self.changes = changes
+        self._pending_enrollments = 0
         self._token_keys = key_allowlist([keys.token_key.public_key])
         self._lock = asyncio.Lock()
         self._net: _Net | None = None
@@ -357,25 +419,57 @@ class ControlService:
         self._rate_limited = 0
         self._auth_failures = 0
 
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Hear the other instances' changes (the `ChangeFeed`, if any) until `close`."""
+        if self.changes is not None:
+            await self.changes.subscribe(self._on_remote_change)
+
+    async def close(self) -> None:
+        """Stop hearing other instances; idempotent."""
+        if self.changes is not None:
+            await self.changes.close()
+
+    def _on_remote_change(self, node_ids: frozenset[str] | None) -> None:
+        # A hint only: the woken long polls re-read serials and the network generation.
+        if node_ids is None:
+            self.waiters.wake_all()
+        else:
+            self.waiters.wake(node_ids)
+
     # --- plumbing ------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[UnitOfWork]:
-        """One serialized unit of work that may touch the cached index and the audit chain."""
+        """One unit of work, serialized with every other writer on every instance, that may
+        touch the cached index and the audit chain; it bumps the network generation when it
+        changed the cached network."""
         async with self._lock:
             self._net_touched = False
+            generation: int | None = None
             try:
                 async with self.store.unit_of_work() as uow:
+                    await uow.lock_writers()
                     yield uow
+                    if self._net_touched:
+                        generation = await uow.serials.bump_generation()
             except BaseException:
                 if self._net_touched:
                     self._net = None  # the cache may hold an uncommitted change
                 raise
+            if generation is not None and self._net is not None:
+                self._net.generation = generation  # the cache is exactly the committed state
 
     async def _net_state(self, uow: UnitOfWork) -> _Net:
         current = await uow.policies.current()
         version = 0 if current is None else current.version
-        if self._net is not None and self._net.version == version:
+        generation = await uow.serials.generation()
+        if (
+            self._net is not None
+            and self._net.version == version
+            and self._net.generation == generation
+        ):
             return self._net
         policy = (
             Policy.deny_all()
@@ -384,7 +478,7 @@ class ControlService:
         )
         nodes = {n.id: n for n in await uow.nodes.list_all() if n.state is NodeState.ACTIVE}
         index = compile_policy(policy, [_policy_node(n) for n in nodes.values()])
-        self._net = _Net(policy, version, index, nodes)
+        self._net = _Net(policy, version, index, nodes, generation)
         return self._net
 
     async def _net_put(self, uow: UnitOfWork, node: NodeRecord) -> frozenset[str]:
@@ -670,17 +764,31 @@ class ControlService:
             )
         except DecodeError as exc:
             raise ValidationError.at("/hostname", str(exc)) from exc
-        effect = self._enrollment.handle(enrollment.presented(credential.scope), now)
+        presented = enrollment.presented(credential.scope)
+        # A fresh server per request: the challenge lives in the store, not in this process.
+        effect = EnrollmentServer(self.entropy).handle(presented, now)
         if isinstance(effect, Reject):
             if effect.reason is RejectReason.SCOPE_NOT_GRANTED:
                 raise Forbidden("requested tags are not granted by the join key")
-            self._rate_limited += 1
-            raise RateLimited(5, "too many enrollments in progress")
+            raise LocalProtocolError(f"unexpected enrollment rejection {effect.reason.value}")
         if not isinstance(effect, IssueChallenge):
             raise LocalProtocolError(f"unexpected enrollment effect {type(effect).__name__}")
-        self._pending[effect.challenge_id] = _PendingEnrollment(
+        pending = _PendingEnrollment(
             credential.id, binding.validity.not_after, f"join:{credential.id.to_text()}"
         )
+        record = ChallengeRecord(
+            id=effect.challenge_id,
+            kind=ChallengeKind.ENROLLMENT,
+            subject=credential.id.to_text(),
+            payload=_pending_payload(presented, pending),
+            expires_at=effect.expires_at,
+        )
+        try:
+            async with self.store.unit_of_work() as uow:
+                await uow.challenges.issue(record, now, DEFAULT_MAX_PENDING)
+        except TooManyChallenges:
+            self._rate_limited += 1
+            raise RateLimited(5, "too many enrollments in progress") from None
         return EnrollChallenge(b64encode(effect.challenge_id), effect.expires_at)
 
     async def _join_credential(
@@ -723,26 +831,22 @@ class ControlService:
         actor = f"ip:{client_ip}"
         challenge_id = _b64(request.challenge_id, "/challenge_id")
         signature = _b64(request.signature, "/signature")
-        pending = self._pending.get(challenge_id)
+        attempts, pending = await self._stored_enrollment(challenge_id)
         effect: object
         try:
-            effect = self._enrollment.handle(ProofPresented(challenge_id, signature), now)
+            server = EnrollmentServer.resume(self.entropy, attempts)
+            effect = server.handle(ProofPresented(challenge_id, signature), now)
         except DecodeError:
             effect = Reject(RejectReason.UNKNOWN_CHALLENGE)
         if not isinstance(effect, Authorize) or pending is None:
             reason = effect.reason.value if isinstance(effect, Reject) else "no-pending"
-            await self._failed(
-                credential=pending.credential_key if pending else None,
-                actor=actor,
-                action="enroll.proof_failed",
-                target=pending.credential_id.to_text() if pending else "-",
-                details={"reason": reason},
-            )
+            await self._proof_failed(pending, actor, reason)
             raise Unauthorized
-        self._pending.pop(challenge_id, None)
         woken: frozenset[str] = frozenset()
         try:
             async with self._write() as uow:
+                # Single use across instances: exactly one consume of a challenge commits.
+                await uow.challenges.consume(ChallengeKind.ENROLLMENT, challenge_id, now)
                 credential = await uow.credentials.redeem(pending.credential_id, now)
                 if await uow.nodes.get_by_identity(effect.identity_key) is not None:
                     raise Conflict("this identity key is already enrolled")
@@ -762,6 +866,7 @@ class ControlService:
                 await uow.nodes.add(node)
                 woken = await self._net_put(uow, node)
                 await uow.serials.bump(sorted(woken))
+                await uow.announce(woken)
                 await uow.limiter.record_success(pending.credential_key)
                 await self._audit(
                     uow,
@@ -779,6 +884,9 @@ class ControlService:
                         "identity_fingerprint": node.identity_key.fingerprint().to_text(),
                     },
                 )
+        except NotFound:  # the challenge was used meanwhile (here or on another instance)
+            await self._proof_failed(pending, actor, RejectReason.CHALLENGE_USED.value)
+            raise Unauthorized from None
         except UnknownCredential:
             raise Unauthorized from None
         except CredentialRejected:
@@ -794,6 +902,30 @@ class ControlService:
             access_token=token,
             access_token_expires_at=expires_at,
             trust=self._trust(),
+        )
+
+    async def _stored_enrollment(
+        self, challenge_id: bytes
+    ) -> tuple[dict[bytes, Attempt], _PendingEnrollment | None]:
+        """The stored challenge as the domain's attempt (issued by any instance), if any."""
+        if len(challenge_id) != CHALLENGE_BYTES:
+            return {}, None
+        async with self.store.unit_of_work() as uow:
+            stored = await uow.challenges.get(ChallengeKind.ENROLLMENT, challenge_id)
+        if stored is None:
+            return {}, None
+        attempt, pending = _pending_from(stored)
+        return {challenge_id: attempt}, pending
+
+    async def _proof_failed(
+        self, pending: _PendingEnrollment | None, actor: str, reason: str
+    ) -> None:
+        await self._failed(
+            credential=pending.credential_key if pending else None,
+            actor=actor,
+            action="enroll.proof_failed",
+            target=pending.credential_id.to_text() if pending else "-",
+            details={"reason": reason},
         )
 
     async def _free_name(self, uow: UnitOfWork, hostname: str) -> str:
@@ -818,13 +950,21 @@ class ControlService:
         if not isinstance(node_id, str) or not 0 < len(node_id) <= 128 or not node_id.isprintable():
             raise ValidationError.at("/node_id", "not a node id")
         now = self.clock.now()
-        self._renewals = {c: v for c, v in self._renewals.items() if now < v[1]}
-        if len(self._renewals) >= MAX_RENEWAL_CHALLENGES:
-            self._rate_limited += 1
-            raise RateLimited(5, "too many renewals in progress")
         challenge_id = self.entropy.token_bytes(CHALLENGE_BYTES)
         expires_at = now + RENEWAL_CHALLENGE_TTL
-        self._renewals[challenge_id] = (node_id, expires_at)
+        record = ChallengeRecord(
+            id=challenge_id,
+            kind=ChallengeKind.RENEWAL,
+            subject=node_id,
+            payload="",
+            expires_at=expires_at,
+        )
+        try:
+            async with self.store.unit_of_work() as uow:
+                await uow.challenges.issue(record, now, MAX_RENEWAL_CHALLENGES)
+        except TooManyChallenges:
+            self._rate_limited += 1
+            raise RateLimited(5, "too many renewals in progress") from None
         return TokenChallenge(b64encode(challenge_id), expires_at)
 
     async def renew_token(self, request: TokenRenewRequest, *, client_ip: str) -> AccessToken:
@@ -834,7 +974,14 @@ class ControlService:
         now = self.clock.now()
         challenge_id = _b64(request.challenge_id, "/challenge_id")
         signature = _b64(request.signature, "/signature")
-        issued = self._renewals.pop(challenge_id, None)  # single use, whatever happens next
+        issued: tuple[str, datetime] | None = None
+        if len(challenge_id) == CHALLENGE_BYTES:
+            try:  # single use, whatever happens next (one conditional update decides)
+                async with self.store.unit_of_work() as uow:
+                    used = await uow.challenges.consume(ChallengeKind.RENEWAL, challenge_id, now)
+                issued = (used.subject, used.expires_at)
+            except NotFound:
+                issued = None
         node: NodeRecord | None = None
         if isinstance(request.node_id, str) and 0 < len(request.node_id) <= 128:
             async with self.store.unit_of_work() as uow:
@@ -902,6 +1049,7 @@ class ControlService:
             woken = await self._net_put(uow, updated)
             woken |= (await self._net_state(uow)).index.view(node.id).visible_peers
             await uow.serials.bump(sorted(woken))
+            await uow.announce(woken)
             await self._audit(
                 uow,
                 now,
@@ -937,6 +1085,7 @@ class ControlService:
                 woken = net.index.view(node.id).visible_peers
             if woken:
                 await uow.serials.bump(sorted(woken))
+                await uow.announce(woken)
         self.waiters.wake(woken)
 
     async def peer_map(
@@ -1160,6 +1309,7 @@ class ControlService:
                 if node.state is NodeState.ACTIVE:
                     woken = await self._net_put(uow, node)
                     await uow.serials.bump(sorted(woken))
+                    await uow.announce(woken)
                 await self._audit(
                     uow,
                     now,
@@ -1194,6 +1344,7 @@ class ControlService:
         now = self.clock.now()
         async with self._write() as uow:
             node, woken = await self._revoke(uow, node_id, now)
+            await uow.announce(woken | {node_id})
             await self._audit(uow, now, f"apikey:{admin.id}", "node.revoked", node_id)
         self.waiters.wake(woken | {node_id})
         return _node_info(node)
@@ -1205,6 +1356,7 @@ class ControlService:
         async with self._write() as uow:
             _, woken = await self._revoke(uow, node_id, now)
             await uow.nodes.delete(node_id)
+            await uow.announce(woken | {node_id})
             await self._audit(uow, now, f"apikey:{admin.id}", "node.deleted", node_id)
         self.waiters.wake(woken | {node_id})
 
@@ -1280,9 +1432,10 @@ class ControlService:
                 index = compile_policy(policy, [_policy_node(n) for n in net.nodes.values()])
                 woken = changed_views(net.index, index)
                 self._net_touched = True
-                self._net = _Net(policy, stored.version, index, dict(net.nodes))
+                self._net = _Net(policy, stored.version, index, dict(net.nodes), net.generation)
                 if woken:
                     await uow.serials.bump(sorted(woken))
+                    await uow.announce(woken)
                 await self._audit(
                     uow,
                     now,
@@ -1349,15 +1502,12 @@ class ControlService:
     # --- operations ----------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Periodic upkeep (every few seconds): expire challenges, sign a due audit checkpoint,
+        """Periodic upkeep (every few seconds): purge challenges, sign a due audit checkpoint,
         record lapsed join keys, purge nonces and full rate-limit buckets."""
         now = self.clock.now()
-        effect = self._enrollment.handle(Tick(), now)
-        if isinstance(effect, ForgetChallenges):
-            for challenge_id in effect.challenge_ids:
-                self._pending.pop(challenge_id, None)
-        self._renewals = {c: v for c, v in self._renewals.items() if now < v[1]}
         async with self._write() as uow:
+            await uow.challenges.purge(now)
+            self._pending_enrollments = await uow.challenges.count(ChallengeKind.ENROLLMENT, now)
             expired = await uow.credentials.expire_lapsed(now)
             if expired:
                 await self._audit(
@@ -1385,7 +1535,7 @@ class ControlService:
             enrollments=self._enrollments,
             rate_limited=self._rate_limited,
             auth_failures=self._auth_failures,
-            pending_enrollments=self._enrollment.pending(),
+            pending_enrollments=self._pending_enrollments,
         )
 
 

@@ -59,6 +59,7 @@ from rustynet.adapters.http_api.tls import server_ssl_context
 from rustynet.adapters.keystore.encrypted_file import FileKeystore
 from rustynet.adapters.keystore.os_keyring import OsKeyringKeystore
 from rustynet.adapters.logging import configure_logging
+from rustynet.adapters.storage.local_feed import LocalChangeFeed
 from rustynet.adapters.storage.postgres import PostgresStore
 from rustynet.adapters.storage.sqlite import SqliteStore
 from rustynet.adapters.tls_cert import create_self_signed, spki_pin_of_pem_file
@@ -79,6 +80,7 @@ from rustynet.bootstrap.keystores import KeystoreSettings, build_keystore
 from rustynet.bootstrap.process import disable_core_dumps
 from rustynet.domain.errors import RustynetError
 from rustynet.domain.keys import b64encode
+from rustynet.ports.change_feed import ChangeFeed
 from rustynet.ports.keystore import Keystore, KeystoreUnavailable
 from rustynet.ports.store import Store
 
@@ -129,6 +131,13 @@ def _store_for(database: DatabaseUrl) -> Store:
         return PostgresStore(database.conninfo)
     assert database.sqlite_path is not None  # DatabaseUrl guarantees one of the two
     return SqliteStore(database.sqlite_path)
+
+
+def _change_feed_for(store: Store) -> ChangeFeed:
+    """Wake-ups from other instances: LISTEN/NOTIFY on PostgreSQL, nothing for SQLite."""
+    if isinstance(store, PostgresStore):
+        return store.change_feed()
+    return LocalChangeFeed()
 
 
 def _default_listen(url: str) -> str:
@@ -302,7 +311,9 @@ async def _serve(data_dir: Path, prepared: _Prepared, ready: Sequence[str]) -> N
         clock,
         entropy,
         ControlSettings(control_url=config.url, tls_spki_sha256=pin.digest, relays=config.relays),
+        changes=_change_feed_for(store),
     )
+    await service.start()
     runner = make_runner(create_app(service, ApiSettings()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -326,6 +337,7 @@ async def _serve(data_dir: Path, prepared: _Prepared, ready: Sequence[str]) -> N
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await runner.cleanup()
+        await service.close()
         await store.close()
         keys.wipe()
 

@@ -302,6 +302,25 @@ class EnrollmentServer:
         self.policy = policy if policy is not None else EnrollmentPolicy()
         self._attempts: dict[bytes, Attempt] = {}
 
+    @classmethod
+    def resume(
+        cls,
+        entropy: Entropy,
+        attempts: Mapping[bytes, Attempt],
+        policy: EnrollmentPolicy | None = None,
+    ) -> EnrollmentServer:
+        """A server holding `attempts` as a shared store kept them, so a proof can be checked
+        by another control instance than the one that issued the challenge (the store, not
+        this object, then decides single use)."""
+        server = cls(entropy, policy)
+        for challenge_id, attempt in attempts.items():
+            if not isinstance(challenge_id, bytes) or len(challenge_id) != CHALLENGE_BYTES:
+                raise LocalProtocolError(f"a challenge id is {CHALLENGE_BYTES} bytes")
+            if not isinstance(attempt, Attempt) or attempt.state is AttemptState.NEW:
+                raise LocalProtocolError("resume takes issued attempts only")
+        server._attempts = dict(attempts)
+        return server
+
     def handle(self, event: ServerInput, now: datetime) -> ServerEffect:
         """Feed one input; the returned effect says what to do. Rejections change nothing."""
         _require_now(now)

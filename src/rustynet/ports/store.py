@@ -9,8 +9,15 @@ Race-free by construction (STYLE habit 5): every decision that two requests coul
 ONE repository call that the database decides atomically — `credentials.redeem` (a conditional
 UPDATE whose row count decides), `nonces.insert` (insert-if-absent with a capacity bound),
 `ipam.allocate` (an insert a unique constraint decides), `serials.bump` (an increment),
-`limiter.take` / `record_failure` (read-modify-write under a row lock). Use cases never
-implement these as get-then-put.
+`limiter.take` / `record_failure` (read-modify-write under a row lock), `challenges.consume`
+(a conditional UPDATE whose row count decides). Use cases never implement these as
+get-then-put.
+
+Several control instances on one database (ARCHITECTURE §9): every nonce, challenge, limiter
+record and serial lives here, never in one process; `UnitOfWork.lock_writers` serializes the
+units of work that change the network (so each instance's cached view can be validated against
+`serials.generation()`), and `UnitOfWork.announce` tells the other instances, on commit only,
+which nodes' peer maps may have changed (`ports.change_feed` delivers it).
 
 Adapters (each passes `tests/contract/test_store.py`):
 `rustynet.adapters.storage.memory.MemoryStore` (tests), `...sqlite.SqliteStore` (default, WAL)
@@ -33,7 +40,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Final, Protocol, Self
@@ -84,6 +91,11 @@ class AlreadyExists(StoreError):  # noqa: N818 - reads as the fact it reports
 
 class MigrationError(StoreError):
     """The database schema is newer than this code or a migration failed (nothing applied)."""
+
+
+class TooManyChallenges(StoreError):  # noqa: N818 - names the state, like TooManyWaiters
+    """`capacity` live challenges of this kind are outstanding; nothing was stored (the unit
+    of work is not spoiled: the refusal is by design)."""
 
 
 class UnknownCredential(CredentialRejected):
@@ -208,6 +220,46 @@ class PolicyVersion:
     document: str = attrs.field(validator=attrs.validators.instance_of(str))
     created_at: datetime = attrs.field(validator=_aware)
     author: str = attrs.field(validator=attrs.validators.instance_of(str))
+
+
+class ChallengeKind(enum.Enum):
+    """Which handshake a stored challenge belongs to."""
+
+    ENROLLMENT = "enrollment"
+    RENEWAL = "renewal"
+
+
+MIN_CHALLENGE_ID: Final = 16  # bytes (128 bits)
+MAX_CHALLENGE_ID: Final = 64
+MAX_CHALLENGE_PAYLOAD: Final = 4096  # characters
+
+
+def _challenge_id(_: object, attribute: attrs.Attribute[bytes], value: object) -> None:
+    if not isinstance(value, bytes) or not MIN_CHALLENGE_ID <= len(value) <= MAX_CHALLENGE_ID:
+        raise LocalProtocolError(
+            f"{attribute.name} must be {MIN_CHALLENGE_ID}..{MAX_CHALLENGE_ID} bytes"
+        )
+
+
+def _payload(_: object, attribute: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str) or len(value) > MAX_CHALLENGE_PAYLOAD:
+        raise LocalProtocolError(f"{attribute.name} must be at most {MAX_CHALLENGE_PAYLOAD} chars")
+
+
+@attrs.frozen
+class ChallengeRecord:
+    """A single-use server challenge as stored, so any control instance can check the answer.
+
+    `subject` is what the challenge was issued for (a node id, a join key id); `payload` is
+    opaque text the use case needs to verify the answer (public values only, never a secret).
+    """
+
+    id: bytes = attrs.field(validator=_challenge_id)
+    kind: ChallengeKind = attrs.field(validator=attrs.validators.instance_of(ChallengeKind))
+    subject: str = attrs.field(validator=_text_id)
+    payload: str = attrs.field(validator=_payload)
+    expires_at: datetime = attrs.field(validator=_aware)
+    used: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
 
 class BucketTable(enum.Enum):
@@ -465,6 +517,46 @@ class SerialRepository(Protocol):
         """The node's current serial (0 when never bumped)."""
         ...
 
+    async def generation(self) -> int:
+        """The network generation: a counter (0 at first) that moves whenever the node set or
+        policy that peer maps are compiled from changes, so a cached compilation can tell
+        whether another control instance changed the network."""
+        ...
+
+    async def bump_generation(self) -> int:
+        """Increment the network generation (call inside `lock_writers`); return the new one."""
+        ...
+
+
+class ChallengeRepository(Protocol):
+    """Single-use challenges (enrollment proofs, token renewals) shared by every instance."""
+
+    async def issue(self, record: ChallengeRecord, now: datetime, capacity: int) -> None:
+        """Store a new, unused challenge; `TooManyChallenges` when `capacity` challenges of its
+        kind are live at `now` (exact, also across instances); `AlreadyExists` on a taken id."""
+        ...
+
+    async def get(self, kind: ChallengeKind, challenge_id: bytes) -> ChallengeRecord | None:
+        """The challenge (used and expired ones too, until purged: the caller decides), or
+        None."""
+        ...
+
+    async def consume(
+        self, kind: ChallengeKind, challenge_id: bytes, now: datetime
+    ) -> ChallengeRecord:
+        """Mark the challenge used with ONE conditional UPDATE (unused and `now < expires_at`)
+        whose row count decides, and return it; `NotFound` when it is unknown, used or expired
+        (nothing changes). Of concurrent consumes of one challenge exactly one succeeds."""
+        ...
+
+    async def purge(self, now: datetime) -> int:
+        """Forget challenges that expired before `now`; return how many."""
+        ...
+
+    async def count(self, kind: ChallengeKind, now: datetime) -> int:
+        """How many challenges of `kind` are live (`now < expires_at`), used or not."""
+        ...
+
 
 class IpamRepository(Protocol):
     """Overlay address leases (`domain.ipam.AddressPlan` decides the candidates)."""
@@ -509,6 +601,21 @@ class UnitOfWork(Protocol):
     def serials(self) -> SerialRepository: ...
     @property
     def ipam(self) -> IpamRepository: ...
+    @property
+    def challenges(self) -> ChallengeRepository: ...
+
+    async def lock_writers(self) -> None:
+        """Serialize this unit of work, until it ends, with every other one that calls this on
+        any process sharing the database (PostgreSQL: a transaction-scoped advisory lock).
+        Stores whose transactions already exclude each other (SQLite `BEGIN IMMEDIATE`, the
+        memory store) do nothing. Call it first, before any read the decision depends on."""
+        ...
+
+    async def announce(self, node_ids: Iterable[str]) -> None:
+        """Tell every other control instance sharing this database, once this unit of work
+        commits and never if it rolls back, that these nodes' peer maps may have changed.
+        Stores one process owns do nothing (the use case wakes its own waiters)."""
+        ...
 
     async def __aenter__(self) -> Self:
         """Begin the transaction (for SQLite: take the write lock, `BEGIN IMMEDIATE`)."""
