@@ -126,3 +126,35 @@ def test_the_relay_never_sees_plaintext(relayed: tuple[Mesh, Relay]) -> None:
     carried = handed.read_bytes()
     assert len(carried) > 5 * 100, "nothing crossed the relay bridge"
     assert pattern not in carried
+
+
+def test_a_direct_path_that_dies_falls_over_to_the_relay(mesh: Mesh) -> None:
+    """A and B meet with direct UDP open and ping directly (both report `direct`); then the
+    switch starts dropping their UDP. Direct probes notice: both fall over to `relay` and ping
+    through it within the controller's fall-over bound (path.FALLOVER_BOUND), not after the
+    190 s session timeout."""
+    fallover_s = 45.0  # path.FALLOVER_BOUND (28 s) + a handshake retry (5 s), with margin
+    start_control_with_relay(mesh)
+    mesh.control.set_policy(ALLOW_ALL_POLICY, mesh.workdir)
+    a, b = mesh.add_node("a"), mesh.add_node("b")
+    for node in (a, b):
+        mesh.join(node)
+    wait_for("A pings B directly", lambda: a.ping(b), RELAY_UP_S, interval=0.0)
+    wait_for("A and B report direct", lambda: a.path_to(b) == b.path_to(a) == "direct", 10)
+    assert b.ping(a)
+    block_direct(mesh, a, b)
+    started = time.monotonic()
+    wait_for(
+        "A and B fall over to the relay",
+        lambda: a.path_to(b) == b.path_to(a) == "relay",
+        fallover_s,
+        interval=0.2,
+    )
+    _timing("direct path blocked while up → both report relay", time.monotonic() - started)
+    left = max(1.0, fallover_s - (time.monotonic() - started))
+    wait_for("A pings B through the relay", lambda: a.ping(b), left, interval=0.0)
+    _timing("direct path blocked while up → ping through the relay", time.monotonic() - started)
+    assert b.ping(a)
+    assert a.path_to(b) == b.path_to(a) == "relay"
+    counted = run_in(mesh.lab.bridge(), "nft", "list", "table", "bridge", "e2eblock").stdout
+    assert "packets 0 " not in counted.split("drop")[0], "the switch dropped no direct UDP"
