@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 from collections.abc import Callable
 from typing import Final, cast
 
@@ -32,6 +33,24 @@ _log = logging.getLogger("rustynet.relay.bridge")
 
 LOOPBACK: Final = "127.0.0.1"
 QUEUE_PACKETS: Final = 2048
+SOCKET_BUFFER: Final = 4 * 1024 * 1024
+BATCH_BYTES: Final = 48 * 1024  # well under the relay protocol's MAX_BATCH_BYTES (60 KiB)
+SO_SNDBUFFORCE: Final = getattr(socket, "SO_SNDBUFFORCE", 32)
+SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+def _grow_buffers(sock: socket.socket | None) -> None:
+    """Big socket buffers: a burst from the tunnel (a TCP window's worth of datagrams) must
+    wait here for the relay writer rather than overflow (the relay bench saw thousands of
+    receive-buffer overflows with the default ~200 KiB). Root may exceed rmem_max (FORCE)."""
+    if sock is None:
+        return
+    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except OSError:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
 
 
 class _PeerSocket(asyncio.DatagramProtocol):
@@ -73,9 +92,10 @@ class RelayBridge:
         peer = self._sockets.get(node_id)
         if peer is None or peer.transport is None:
             loop = asyncio.get_running_loop()
-            _, protocol = await loop.create_datagram_endpoint(
+            transport, protocol = await loop.create_datagram_endpoint(
                 lambda: _PeerSocket(self, node_id), local_addr=(LOOPBACK, 0)
             )
+            _grow_buffers(transport.get_extra_info("socket"))
             peer = self._sockets[node_id] = protocol
         assert peer.transport is not None
         port = peer.transport.get_extra_info("sockname")[1]
@@ -150,10 +170,17 @@ class RelayBridge:
                 await writer
 
     async def _write(self, session: RelaySession) -> None:
+        """Send what the tunnel queued; a burst leaves as one relay message."""
+        queue = self._queue
         while True:
-            node_id, packet = await self._queue.get()
-            await session.send(node_id, packet)
-            self.to_relay += 1
+            batch = [await queue.get()]
+            size = len(batch[0][1])
+            while not queue.empty() and size < BATCH_BYTES:
+                item = queue.get_nowait()
+                batch.append(item)
+                size += len(item[1]) + 64
+            await session.send_many(batch)
+            self.to_relay += len(batch)
 
     def close(self) -> None:
         """Close every socket."""

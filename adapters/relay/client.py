@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -34,7 +34,9 @@ from rustynet.domain.relay import (
     FrameError,
     challenge_message,
     decode_header,
+    encode_batch,
     frame_header,
+    split_batch,
 )
 from rustynet.domain.tls_pin import SpkiPin
 from rustynet.ports.relay import (
@@ -115,16 +117,21 @@ class WebSocketRelaySession:
             while True:
                 msg = await ws.receive()
                 if msg.type is aiohttp.WSMsgType.BINARY:
-                    data = msg.data
                     try:
-                        source, offset = decode_header(data, FROM_RELAY)
+                        frames = split_batch(msg.data)
                     except FrameError:
                         self.dropped += 1
                         continue
-                    if incoming.qsize() >= limit:
-                        self.dropped += 1
-                        continue
-                    incoming.put_nowait((source, data[offset:]))
+                    for data in frames:
+                        try:
+                            source, offset = decode_header(data, FROM_RELAY)
+                        except FrameError:
+                            self.dropped += 1
+                            continue
+                        if incoming.qsize() >= limit:
+                            self.dropped += 1
+                            continue
+                        incoming.put_nowait((source, bytes(data[offset:])))
                 elif msg.type is aiohttp.WSMsgType.TEXT:
                     self._on_text(msg.data)
                 else:
@@ -155,17 +162,25 @@ class WebSocketRelaySession:
             else:
                 waiter.set_exception(RelayClosed("the relay session ended"))
 
-    async def send(self, destination_node_id: str, packet: bytes) -> None:
-        """Send `packet` to `destination_node_id` through the relay (best effort)."""
-        if self._done:
-            raise RelayClosed("the relay session ended")
+    def _header(self, destination_node_id: str) -> bytes:
         header = self._headers.get(destination_node_id)
         if header is None:
             header = frame_header(TO_RELAY, destination_node_id)
             if len(self._headers) < 4096:
                 self._headers[destination_node_id] = header
+        return header
+
+    async def send(self, destination_node_id: str, packet: bytes) -> None:
+        """Send `packet` to `destination_node_id` through the relay (best effort)."""
+        await self.send_many(((destination_node_id, packet),))
+
+    async def send_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Send several (destination, packet) pairs as one message (one TLS write)."""
+        if self._done:
+            raise RelayClosed("the relay session ended")
+        message = encode_batch([self._header(dst) + packet for dst, packet in items])
         try:
-            await self._ws.send_bytes(header + packet)
+            await self._ws.send_bytes(message)
         except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
             self._finish()
             raise RelayClosed("the relay session ended") from exc

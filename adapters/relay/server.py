@@ -20,13 +20,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Final
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from rustynet.application.relay import DROP_REASONS, RelayService, Session
-from rustynet.domain.relay import RelayAuthFailed
+from rustynet.domain.relay import (
+    MAX_BATCH_BYTES,
+    FrameError,
+    RelayAuthFailed,
+    encode_batch,
+    split_batch,
+)
 
 PATH: Final = "/v1/relay"
 UNAUTHORIZED_CODE: Final = 4401
@@ -73,14 +80,20 @@ class _WebSocketHandle:
         await _close(self._ws)
 
     async def drain(self) -> None:
-        """Writer task: send queued frames until the socket closes."""
+        """Writer task: send queued frames until the socket closes; what queued up while the
+        previous write ran leaves as one batch message (one TLS write for a burst)."""
         queue, ws = self._queue, self._ws
         while True:
-            frame = await queue.get()
+            frames = [await queue.get()]
+            size = len(frames[0])
+            while not queue.empty() and size < MAX_BATCH_BYTES:
+                frame = queue.get_nowait()
+                frames.append(frame)
+                size += len(frame) + 2
             if ws.closed:
                 return
             try:
-                await ws.send_bytes(frame)
+                await ws.send_bytes(encode_batch(frames))
             except (ConnectionError, RuntimeError):
                 return
 
@@ -170,6 +183,22 @@ async def _renew(
     await ws.send_str(_text({"type": "ok", "expires_at": expires_at.isoformat()}))
 
 
+def _forward_message(
+    service: RelayService,
+    forward: Callable[[Session, bytes | memoryview], bool],
+    session: Session,
+    data: bytes,
+) -> None:
+    """Forward every frame of one binary message (a frame or a batch of them)."""
+    try:
+        frames = split_batch(data)
+    except FrameError:
+        service.drop_malformed()
+        return
+    for frame in frames:
+        forward(session, frame)
+
+
 async def relay_socket(request: web.Request) -> web.StreamResponse:
     """`GET /v1/relay`: one relay session (docs/relay-protocol.md)."""
     service = request.app[SERVICE_KEY]
@@ -199,7 +228,7 @@ async def relay_socket(request: web.Request) -> web.StreamResponse:
             msg = await ws.receive()
             kind = msg.type
             if kind is WSMsgType.BINARY:
-                forward(session, msg.data)
+                _forward_message(service, forward, session, msg.data)
             elif kind is WSMsgType.TEXT:
                 await _renew(service, session, ws, handle, msg.data)
             elif kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):

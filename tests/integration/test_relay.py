@@ -244,6 +244,28 @@ async def test_two_nodes_exchange_frames_both_ways_through_the_relay(
 
 
 @pytest.mark.asyncio
+async def test_a_batch_is_forwarded_and_counted_frame_by_frame(
+    start_relay: StartRelay, hierarchy: Hierarchy, transport: WebSocketRelayTransport
+) -> None:
+    """One batch message with three packets for B and one for an unknown node: B gets the
+    three in order (named as from A), the fourth is dropped, each counted on its own."""
+    relay = await start_relay()
+    _, sa, _, sb = await _pair(relay, hierarchy, transport)
+    try:
+        await sa.send_many(
+            [("node_b", b"one"), ("node_b", b"two"), ("node_nobody", b"x"), ("node_b", b"three")]
+        )
+        got = [await _receive(sb) for _ in range(3)]
+        assert got == [("node_a", b"one"), ("node_a", b"two"), ("node_a", b"three")]
+        assert await relay.metric("rustynet_relay_frames_forwarded_total") == 3
+        dropped = 'rustynet_relay_frames_dropped_total{reason="unknown_destination"}'
+        assert await relay.metric(dropped) == 1
+    finally:
+        await sa.close()
+        await sb.close()
+
+
+@pytest.mark.asyncio
 async def test_relay_passes_arbitrary_payload_bytes_unchanged(
     start_relay: StartRelay, hierarchy: Hierarchy, transport: WebSocketRelayTransport
 ) -> None:

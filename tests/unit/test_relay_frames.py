@@ -8,14 +8,17 @@ from hypothesis import strategies as st
 
 from rustynet.domain.errors import DecodeError, LocalProtocolError
 from rustynet.domain.relay import (
+    BATCH,
     FROM_RELAY,
     TO_RELAY,
     FrameError,
     challenge_message,
     decode_frame,
     decode_header,
+    encode_batch,
     encode_frame,
     frame_header,
+    split_batch,
 )
 
 node_ids = st.text(
@@ -86,3 +89,33 @@ def test_challenge_message_is_nonce_then_relay_id() -> None:
         challenge_message(nonce[:31], "relay-1")
     with pytest.raises(DecodeError):
         challenge_message(nonce, "Relay_1")
+
+
+@given(st.lists(st.binary(min_size=1, max_size=2000), min_size=1, max_size=20))
+def test_batch_round_trips_frame_by_frame(frames: list[bytes]) -> None:
+    """A batch splits back into exactly its frames, in order; one frame is sent as itself."""
+    message = encode_batch(frames)
+    assert [bytes(f) for f in split_batch(message)] == frames
+    if len(frames) == 1:
+        assert message == frames[0]
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_batch_bytes_split_or_raise_frame_error(tail: bytes) -> None:
+    """Garbage after the batch byte either splits into in-bounds views or raises FrameError."""
+    message = bytes((BATCH,)) + tail
+    try:
+        frames = split_batch(message)
+    except FrameError:
+        return
+    assert sum(len(f) + 2 for f in frames) == len(tail)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [bytes((BATCH,)), bytes((BATCH, 0)), bytes((BATCH, 0, 5, 1, 2)), bytes((BATCH, 0, 0))],
+)
+def test_truncated_or_empty_batches_are_rejected(message: bytes) -> None:
+    """An empty batch, a cut length, an entry past the end or a zero-length entry: FrameError."""
+    with pytest.raises(FrameError):
+        split_batch(message)

@@ -252,7 +252,7 @@ class RelayService:
 
     # --- data path ---------------------------------------------------------------------------
 
-    def forward(self, session: Session, frame: bytes) -> bool:  # noqa: PLR0911 - one exit per drop reason
+    def forward(self, session: Session, frame: bytes | memoryview) -> bool:  # noqa: PLR0911 - one exit per drop reason
         """Forward one node→relay frame; False when it was dropped (and counted)."""
         counters = self.counters
         rate = session.rate

@@ -45,6 +45,10 @@ from rustynet.domain.tokens import TokenClaims, TokenKind, verify_token
 
 TO_RELAY: Final = 0x01
 FROM_RELAY: Final = 0x02
+BATCH: Final = 0x03
+"""A message carrying several frames: `0x03 | (len16 | frame)*` (one WebSocket + TLS write for
+a burst of packets instead of one per packet; each inner frame is checked and counted alone)."""
+MAX_BATCH_BYTES: Final = 60 * 1024
 NONCE_BYTES: Final = 32
 MAX_NODE_ID: Final = 255  # one length byte
 MAX_SIGNING_CERTIFICATES: Final = 8  # control holds at most a few during rotation overlap
@@ -127,6 +131,42 @@ def decode_header(frame: bytes | bytearray | memoryview, frame_type: int) -> tup
     if not raw.isascii():
         raise FrameError("node id is not ASCII")
     return raw.decode("ascii"), end
+
+
+def encode_batch(frames: list[bytes]) -> bytes:
+    """One batch message holding `frames` (each < 64 KiB; callers keep the total under
+    MAX_BATCH_BYTES). A single frame is sent as itself: no batch header for one packet."""
+    if len(frames) == 1:
+        return frames[0]
+    parts = [bytes((BATCH,))]
+    for frame in frames:
+        if not 0 < len(frame) < 0x10000:
+            raise LocalProtocolError("a frame in a batch is 1-65535 bytes")
+        parts.append(len(frame).to_bytes(2, "big"))
+        parts.append(frame)
+    return b"".join(parts)
+
+
+def split_batch(message: bytes | bytearray | memoryview) -> list[memoryview]:
+    """The frames of a batch message (views, no copies), or `[message]` when it is a plain
+    frame. A truncated or empty batch raises `FrameError` (nothing of it is used)."""
+    view = memoryview(message)
+    if len(view) == 0 or view[0] != BATCH:
+        return [view]
+    frames: list[memoryview] = []
+    at, size = 1, len(view)
+    while at < size:
+        if at + 2 > size:
+            raise FrameError("batch entry length cut off")
+        length = int.from_bytes(view[at : at + 2], "big")
+        at += 2
+        if length == 0 or at + length > size:
+            raise FrameError("batch entry length out of range")
+        frames.append(view[at : at + length])
+        at += length
+    if not frames:
+        raise FrameError("empty batch")
+    return frames
 
 
 def decode_frame(frame: bytes | bytearray | memoryview, frame_type: int) -> tuple[str, bytes]:

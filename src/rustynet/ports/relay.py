@@ -13,7 +13,7 @@ one; nothing was sent), `RelayClosed` (an established session ended). Implemente
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -89,6 +89,11 @@ class RelaySession(Protocol):
     async def send(self, destination_node_id: str, packet: bytes) -> None:
         """Hand `packet` to the relay for `destination_node_id`. Delivery is best effort: the
         relay drops what it cannot forward and never says so. `RelayClosed` once over."""
+        ...
+
+    async def send_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Send several (destination node id, packet) pairs in one message (one write for a
+        burst; the relay checks and counts each as if sent alone). `RelayClosed` once over."""
         ...
 
     async def receive(self) -> tuple[str, bytes]:
