@@ -675,7 +675,10 @@ class NodeAgent:
     ) -> paths.PeerPath:
         step = paths.step(self.settings.path_policy, state, event)
         for transition in step.transitions:
-            _log.info("path.changed", extra={"peer": name, **transition.log_fields()})
+            # Probe cycles (direct-up <-> direct-probing, relay <-> relay-probing) every few
+            # seconds are debug noise; a change of path is what operators need to see.
+            log = _log.info if transition.changes_path else _log.debug
+            log("path.changed", extra={"peer": name, **transition.log_fields()})
         for command in step.commands:
             if isinstance(command, paths.ProbeDirect):
                 task = asyncio.create_task(self._probe(peer_id, command))
