@@ -17,7 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +49,7 @@ from rustynet.domain.tokens import TokenKind, issue_token
 from rustynet.ports.store import (
     ApiKeyRepository,
     AuditRepository,
+    ChallengeRepository,
     CredentialRepository,
     IpamRepository,
     LimiterRepository,
@@ -147,6 +148,16 @@ class _FaultyUnitOfWork:
     @property
     def ipam(self) -> IpamRepository:
         return cast(IpamRepository, self._repo("ipam", self._inner.ipam))
+
+    @property
+    def challenges(self) -> ChallengeRepository:
+        return cast(ChallengeRepository, self._repo("challenges", self._inner.challenges))
+
+    async def lock_writers(self) -> None:
+        await self._inner.lock_writers()
+
+    async def announce(self, node_ids: Iterable[str]) -> None:
+        await self._inner.announce(node_ids)
 
     async def __aenter__(self) -> Self:
         await self._inner.__aenter__()

@@ -5,8 +5,9 @@ so a change committed between the read and the wait still sets its event; `wake(
 events of every request waiting for those nodes. Waking is a hint only: the woken request
 re-reads the serial (and re-checks the node) from the store.
 
-Scope: one process. Several control instances need a cross-instance signal (PostgreSQL
-LISTEN/NOTIFY) that calls `wake` on each (issue 6).
+Scope: one process. Across control instances, `ControlService.start()` subscribes a
+`ports.change_feed.ChangeFeed` (PostgreSQL LISTEN/NOTIFY) that calls `wake` / `wake_all` here
+for changes other instances commit.
 """
 
 from __future__ import annotations
