@@ -45,7 +45,9 @@ from rustynet.domain.tunnel import (
 )
 from rustynet.ports.tunnel import BackendUnavailable, TunnelError, check_capabilities
 
-CAPABILITIES: Final = frozenset({Capability.ROAMING, Capability.IPV6, Capability.EXIT_ROUTING})
+CAPABILITIES: Final = frozenset(
+    {Capability.ROAMING, Capability.IPV6, Capability.EXIT_ROUTING, Capability.RELAY_ENDPOINTS}
+)
 _DUMP_RETRIES: Final = 3
 
 _T = TypeVar("_T")

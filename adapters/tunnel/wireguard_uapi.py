@@ -46,7 +46,9 @@ from rustynet.domain.tunnel import (
 )
 from rustynet.ports.tunnel import BackendUnavailable, TunnelError, check_capabilities
 
-CAPABILITIES: Final = frozenset({Capability.ROAMING, Capability.IPV6, Capability.EXIT_ROUTING})
+CAPABILITIES: Final = frozenset(
+    {Capability.ROAMING, Capability.IPV6, Capability.EXIT_ROUTING, Capability.RELAY_ENDPOINTS}
+)
 SOCKET_DIR: Final = "/var/run/wireguard"
 _UAPI_TIMEOUT: Final = 5.0
 _REPLY_LIMIT: Final = 64 * 1024 * 1024  # `get=1` with thousands of peers is a few MB

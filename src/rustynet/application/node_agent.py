@@ -70,7 +70,14 @@ from rustynet.domain.netmap import (
 )
 from rustynet.domain.node_state import NodeState
 from rustynet.domain.reconcile import Action
-from rustynet.domain.tunnel import IPInterface, IPNetwork, PeerDiff, PeerStats, UnderlayEndpoint
+from rustynet.domain.tunnel import (
+    Capability,
+    IPInterface,
+    IPNetwork,
+    PeerDiff,
+    PeerStats,
+    UnderlayEndpoint,
+)
 from rustynet.ports.clock import Clock
 from rustynet.ports.control_plane import (
     ControlPlaneClient,
@@ -637,7 +644,11 @@ class NodeAgent:
         if bridge is None or peer_map is None or now >= peer_map.expires_at:
             self._paths.clear()
             return {}
-        relay_up = self.relay_link is not None and self.relay_link.up
+        relay_up = (
+            self.relay_link is not None
+            and self.relay_link.up
+            and Capability.RELAY_ENDPOINTS in self.tunnel.capabilities()
+        )
         listed = {p.id for p in peer_map.peers}
         self._paths = {k: v for k, v in self._paths.items() if k in listed}
         bridge.keep_only(listed)
