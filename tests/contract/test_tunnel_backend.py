@@ -338,7 +338,9 @@ async def test_missing_capability_is_refused_and_changes_nothing(harness: Harnes
     desired = [peer(1)]
     await converge(backend, desired)
     missing = frozenset(Capability) - backend.capabilities()
-    assert missing, "every backend here lacks at least relay endpoints"
+    if not missing:
+        backend.require(*Capability)
+        pytest.skip(f"{backend.name} has every capability: nothing it could refuse")
     before = (dict(await backend.peers()), harness.routes(), harness.changes())
     with pytest.raises(UnsupportedCapability) as info:
         backend.require(*missing)
