@@ -80,8 +80,9 @@ class EvilRelayService(relay_service.RelayService):
         self._reporter = asyncio.get_running_loop().create_task(self._report())
         _say(f"armed mode={self.mode} relay={trust.relay_id}")
 
-    def forward(self, session: relay_service.Session, frame: bytes) -> bool:
+    def forward(self, session: relay_service.Session, frame: bytes | memoryview) -> bool:
         """Forward `frame` the malicious way; the honest service still enforces its checks."""
+        frame = bytes(frame)  # a view into a batch message: keep our own copy to alter/replay
         if session.node_id is not None:
             self.frames += 1
             self.sources[session.node_id] += 1
