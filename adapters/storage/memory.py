@@ -411,6 +411,14 @@ class _Serials:
     async def get(self, node_id: str) -> int:
         return self._s.serials.get(node_id, 0)
 
+    async def get_active(self, node_ids: Sequence[str]) -> Mapping[str, int]:
+        nodes = self._s.nodes
+        return {
+            i: self._s.serials.get(i, 0)
+            for i in node_ids
+            if (n := nodes.get(i)) is not None and n.state is NodeState.ACTIVE
+        }
+
     async def generation(self) -> int:
         return self._s.generation
 

@@ -63,6 +63,7 @@ _MICROSECOND: Final = timedelta(microseconds=1)
 _PLACEHOLDER: Final = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 _MIGRATION_NAME: Final = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 _PROBE_BATCH: Final = 64
+_BATCH: Final = 500  # ids per multi-row statement (well under both databases' limits)
 _MAX_REDEEM_ROUNDS: Final = 10_000  # each lost round means another redemption committed
 _CREDENTIAL_TIMES: Final = ("created_at", "expires_at", "last_used_at", "ended_at")
 
@@ -1032,22 +1033,26 @@ class SqlSerials:
         self._d = ex.dialect
 
     async def bump(self, node_ids: Sequence[str]) -> Mapping[str, int]:
-        """See `SerialRepository.bump`."""
+        """See `SerialRepository.bump` (one multi-row upsert per `_BATCH` nodes: a policy
+        change that wakes every node was one statement per node)."""
+        ordered = sorted(set(node_ids))
         serials: dict[str, int] = {}
-        for node_id in sorted(set(node_ids)):
-            row = await _one(
+        for start in range(0, len(ordered), _BATCH):
+            chunk = ordered[start : start + _BATCH]
+            values = ", ".join(f"(:id{i}, 1)" for i in range(len(chunk)))
+            rows = await _rows(
                 self._ex,
                 self._d.sql(
-                    "INSERT INTO peer_serials (node_id, serial) VALUES (:id, 1)"
+                    f"INSERT INTO peer_serials (node_id, serial) VALUES {values}"
                     " ON CONFLICT (node_id) DO UPDATE SET serial = peer_serials.serial + 1"
-                    " RETURNING serial"
+                    " RETURNING node_id, serial"
                 ),
-                {"id": node_id},
+                {f"id{i}": node_id for i, node_id in enumerate(chunk)},
             )
-            if row is None:  # pragma: no cover - an upsert with RETURNING always yields a row
-                raise spoil(self._ex, StoreConflict("serial upsert returned nothing"))
-            serials[node_id] = int(row[0])
-        return serials
+            serials.update((str(r[0]), int(r[1])) for r in rows)
+            if len(rows) != len(chunk):  # pragma: no cover - an upsert returns every row
+                raise spoil(self._ex, StoreConflict("serial upsert returned too few rows"))
+        return {node_id: serials[node_id] for node_id in ordered}
 
     async def get(self, node_id: str) -> int:
         """See `SerialRepository.get`."""
@@ -1057,6 +1062,25 @@ class SqlSerials:
             {"id": node_id},
         )
         return 0 if row is None else int(row[0])
+
+    async def get_active(self, node_ids: Sequence[str]) -> Mapping[str, int]:
+        """See `SerialRepository.get_active` (one SELECT per `_BATCH` nodes)."""
+        ordered = sorted(set(node_ids))
+        serials: dict[str, int] = {}
+        for start in range(0, len(ordered), _BATCH):
+            chunk = ordered[start : start + _BATCH]
+            names = ", ".join(f":id{i}" for i in range(len(chunk)))
+            rows = await _rows(
+                self._ex,
+                self._d.sql(
+                    "SELECT n.id, COALESCE(s.serial, 0) FROM nodes n"
+                    " LEFT JOIN peer_serials s ON s.node_id = n.id"
+                    f" WHERE n.state = 'active' AND n.id IN ({names})"
+                ),
+                {f"id{i}": node_id for i, node_id in enumerate(chunk)},
+            )
+            serials.update((str(r[0]), int(r[1])) for r in rows)
+        return serials
 
     async def generation(self) -> int:
         """See `SerialRepository.generation`."""

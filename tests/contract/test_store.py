@@ -723,3 +723,34 @@ async def test_serials_strictly_increase_per_node(store: Store) -> None:
         assert await uow.serials.get("a") == 4
         assert await uow.serials.get("never") == 0
         assert await uow.serials.bump([]) == {}
+
+
+@pytest.mark.asyncio
+async def test_serial_bumps_of_many_nodes_each_count_once(store: Store) -> None:
+    """A bump of 1,234 nodes (several multi-row statements) returns each node's new serial."""
+    ids = [f"n{i:04d}" for i in range(1234)]
+    async with store.unit_of_work() as uow:
+        assert set((await uow.serials.bump(ids[:700])).values()) == {1}
+        bumped = await uow.serials.bump([*ids, *ids[:3]])  # duplicates count once
+    assert len(bumped) == len(ids)
+    assert [bumped[i] for i in ids[:700]] == [2] * 700
+    assert [bumped[i] for i in ids[700:]] == [1] * 534
+    async with store.unit_of_work() as uow:
+        assert await uow.serials.get("n0001") == 2
+        assert await uow.serials.get("n1233") == 1
+
+
+@pytest.mark.asyncio
+async def test_get_active_serials_leave_out_unknown_and_revoked_nodes(store: Store) -> None:
+    """get_active answers active nodes only (0 when never bumped); revoked/unknown are absent."""
+    nodes = [await enroll(store, n) for n in range(1, 4)]
+    a, b, c = (n.id for n in nodes)
+    async with store.unit_of_work() as uow:
+        await uow.serials.bump([a, a, c])
+        await uow.serials.bump([a])
+        await uow.nodes.revoke(c, NOW)
+    async with store.unit_of_work() as uow:
+        assert await uow.serials.get_active([a, b, c, "node-unknown"]) == {a: 2, b: 0}
+        assert await uow.serials.get_active([]) == {}
+        many = await uow.serials.get_active([b, *(f"x{i}" for i in range(1200)), a])
+    assert many == {a: 2, b: 0}

@@ -47,7 +47,7 @@ import contextlib
 import ipaddress
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Final, TypeVar
 
@@ -95,6 +95,7 @@ from rustynet.application.errors import (
     Unauthorized,
     ValidationError,
 )
+from rustynet.application.peer_maps import MapAssembler, PeerMapBatcher
 from rustynet.application.waiters import PeerMapWaiters, TooManyWaiters
 from rustynet.domain import api_keys
 from rustynet.domain.api_keys import AdminAction, ApiKey, ApiKeyMismatch
@@ -133,10 +134,7 @@ from rustynet.domain.keys import (
 )
 from rustynet.domain.limits import BucketPolicy, LimitPolicy, ip_key
 from rustynet.domain.netmap import (
-    PeerEntry,
     RelayEntry,
-    SelfEntry,
-    build_peer_map,
     check_relays,
     seal_peer_map,
 )
@@ -414,6 +412,7 @@ class ControlService:
         self._lock = asyncio.Lock()
         self._net: _Net | None = None
         self._net_touched = False
+        self._peer_maps = PeerMapBatcher(self._peer_maps_after)
         self._chain: AuditChain | None = None
         self._enrollments = 0
         self._rate_limited = 0
@@ -1114,52 +1113,52 @@ class ControlService:
                 subscription.event.clear()
 
     async def _peer_map_after(self, node_id: str, after: int) -> PeerMapResponse | None:
+        # Through the batcher: requests woken together share one store read and one assembly
+        # pass (application/peer_maps.py); each still gets exactly its own answer.
+        response = await self._peer_maps.read(node_id, after)
+        if response is not None and not isinstance(response, PeerMapResponse):
+            raise LocalProtocolError("the peer-map batch answered something else")
+        return response
+
+    async def _peer_maps_after(self, requests: Sequence[tuple[str, int]]) -> list[object]:
+        """One batch: for each (node, after) its map, None (not newer) or Unauthorized."""
         now = self.clock.now()
+        out: list[object] = []
         async with self._lock:
             async with self.store.unit_of_work() as uow:
-                node = await uow.nodes.get(node_id)
-                if node is None or node.state is not NodeState.ACTIVE:
-                    raise Unauthorized
-                serial = await uow.serials.get(node_id)
-                if serial <= after:
-                    return None
+                # The store decides, for the whole batch in one read: is the node active, and
+                # what is its serial; then the cached network, validated in the same unit.
+                serials = await uow.serials.get_active([node_id for node_id, _ in requests])
                 net = await self._net_state(uow)
-            view = net.index.view(node_id)
-            relay_ids = tuple(r.id for r in self.settings.relays)
-            peers = []
-            for peer_id in view.visible_peers:
-                peer = net.nodes.get(peer_id)
-                if peer is None or peer.tunnel_key_expires_at <= now:
-                    continue
-                peers.append(
-                    PeerEntry(
-                        id=peer.id,
-                        name=peer.name,
-                        overlay_addresses=_addresses(peer),
-                        tunnel_key=peer.tunnel_key,
-                        tunnel_key_expires_at=peer.tunnel_key_expires_at,
-                        underlay_endpoints=peer.underlay_endpoints,
-                        relays=relay_ids,
-                    )
-                )
-            peer_map = build_peer_map(
-                self_entry=SelfEntry(
-                    id=node.id,
-                    name=node.name,
-                    overlay_addresses=_addresses(node),
-                    tunnel_key=node.tunnel_key,
-                    tags=tuple(sorted(t.value for t in node.tags)),
-                ),
-                peers=peers,
-                inbound=view.inbound,
-                serial=serial,
-                policy_version=net.version,
-                now=now,
-                ttl=self.settings.peer_map_ttl,
-                relays=self.settings.relays,
+                fresh = {
+                    node_id: await uow.nodes.get(node_id)
+                    for node_id in serials
+                    if node_id not in net.nodes
+                }
+            assembler = MapAssembler(
+                net.nodes, self.settings.relays, now, self.settings.peer_map_ttl
             )
-        envelope = seal_peer_map(self.keys.signing, peer_map, now)
-        return PeerMapResponse(envelope.to_text(), self._trust(), serial)
+            trust = self._trust()
+            done: dict[str, PeerMapResponse] = {}
+            for node_id, after in requests:
+                serial = serials.get(node_id)
+                node = net.nodes.get(node_id) or fresh.get(node_id)
+                if serial is None or node is None or node.state is not NodeState.ACTIVE:
+                    out.append(Unauthorized())
+                    continue
+                if serial <= after:
+                    out.append(None)
+                    continue
+                response = done.get(node_id)
+                if response is None:
+                    view = net.index.view(node_id)
+                    peer_map = assembler.build(
+                        node, view.visible_peers, view.inbound, serial, net.version
+                    )
+                    envelope = seal_peer_map(self.keys.signing, peer_map, now)
+                    response = done[node_id] = PeerMapResponse(envelope.to_text(), trust, serial)
+                out.append(response)
+        return out
 
     async def relay_token(self, auth: NodeAuth, request: RelayTokenRequest) -> RelayToken:
         """POST /v1/relay-token: a token (≤ 120 s) for one configured relay, bound to the node."""

@@ -166,15 +166,24 @@ class PeerEntry:
     tunnel_key_expires_at: datetime
     underlay_endpoints: tuple[str, ...] = ()
     relays: tuple[str, ...] = ()
+    # The two text forms that cost (base64, strftime), made on first use: the control plane
+    # puts one entry into the maps of every node that sees the peer. Not part of eq/hash.
+    _texts: tuple[str, str] | None = attrs.field(
+        default=None, init=False, eq=False, hash=False, repr=False
+    )
 
     def to_json(self) -> dict[str, JsonValue]:
         """Payload form."""
+        texts = self._texts
+        if texts is None:
+            texts = (self.tunnel_key.to_text(), format_time(self.tunnel_key_expires_at))
+            object.__setattr__(self, "_texts", texts)
         return {
             "id": self.id,
             "name": self.name,
             "overlay_addresses": list(self.overlay_addresses),
-            "tunnel_key": self.tunnel_key.to_text(),
-            "tunnel_key_expires_at": format_time(self.tunnel_key_expires_at),
+            "tunnel_key": texts[0],
+            "tunnel_key_expires_at": texts[1],
             "underlay_endpoints": list(self.underlay_endpoints),
             "relays": list(self.relays),
         }

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final, Protocol, TypeAlias
 
 import attrs
+import orjson
 
 from rustynet.domain.errors import DecodeError, InvalidSignature, LocalProtocolError
 from rustynet.domain.keys import (
@@ -96,17 +97,59 @@ def _plain(value: object, path: str, depth: int) -> object:
     raise LocalProtocolError(f"{path}: {type(value).__name__} is not a canonical JSON value")
 
 
+class _NotFast(Exception):  # noqa: N818 - control flow only, never leaves this module
+    """The fast walk met something only `_plain` decides (an error, or a rare type)."""
+
+
+def _plain_fast(value: object, depth: int) -> object:
+    """`_plain` for exact dict/list/tuple/str/int/bool/None values, without building paths.
+
+    Anything else (subclasses, other mappings, out-of-range ints, depth) raises `_NotFast`, and
+    `canonical_json` then runs `_plain`, which decides exactly as before (with the path in its
+    error). Peer maps are ~500 values each; this walk is ~4x faster than `_plain`.
+    """
+    if depth > MAX_JSON_DEPTH:
+        raise _NotFast
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is int:
+        if INT_MIN <= value <= INT_MAX:  # type: ignore[operator]
+            return value
+        raise _NotFast
+    if depth >= MAX_JSON_DEPTH:  # its items would be too deep: `_plain` decides
+        raise _NotFast
+    if kind is dict:
+        out: dict[str, object] = {}
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str:
+                raise _NotFast
+            # Strings (most leaves) inline; a call per leaf was most of the walk's time.
+            out[key] = item if type(item) is str else _plain_fast(item, depth + 1)
+        return out
+    if kind is list or kind is tuple:
+        return [
+            item if type(item) is str else _plain_fast(item, depth + 1)
+            for item in value  # type: ignore[attr-defined]
+        ]
+    raise _NotFast
+
+
 def canonical_json(payload: Mapping[str, JsonValue]) -> bytes:
     """The one byte form of a JSON object: sorted keys, compact, UTF-8, integers only."""
     if not isinstance(payload, Mapping):
         raise LocalProtocolError("a signed payload is a JSON object")
-    plain = _plain(payload, "payload", 0)
     try:
-        text = json.dumps(
-            plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
-        return text.encode("utf-8")
-    except (UnicodeEncodeError, ValueError) as exc:
+        plain = _plain_fast(payload, 0)
+    except _NotFast:
+        plain = _plain(payload, "payload", 0)
+    # orjson writes exactly what json.dumps(sort_keys=True, separators=(",", ":"),
+    # ensure_ascii=False) encoded as UTF-8 writes, for every value `_plain` lets through
+    # (tests/property/test_canonical_json.py checks it against that reference), ~5x faster:
+    # a control plane seals one ~17 KB map per node on every policy change.
+    try:
+        return orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:  # e.g. a lone surrogate: not UTF-8
         raise LocalProtocolError("payload is not encodable as canonical JSON") from exc
 
 

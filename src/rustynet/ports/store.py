@@ -517,6 +517,12 @@ class SerialRepository(Protocol):
         """The node's current serial (0 when never bumped)."""
         ...
 
+    async def get_active(self, node_ids: Sequence[str]) -> Mapping[str, int]:
+        """The current serial (0 when never bumped) of each of `node_ids` that is a stored,
+        ACTIVE node; unknown and revoked nodes are absent. One read for a whole batch of woken
+        long polls."""
+        ...
+
     async def generation(self) -> int:
         """The network generation: a counter (0 at first) that moves whenever the node set or
         policy that peer maps are compiled from changes, so a cached compilation can tell

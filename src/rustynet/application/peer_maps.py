@@ -1,0 +1,173 @@
+"""Peer-map long polls answered in batches: one store read and one assembly pass per wake-up.
+
+The one rule: a batch changes HOW answers are computed, never WHAT they are. Every request in
+a batch gets exactly what it would get alone: the store says (in one read, inside one unit of
+work) whether its node is still active and what its serial is; a node that is not active gets
+its own `Unauthorized`; a node whose serial is not above the request's `after` gets None.
+
+Theory of operation. A policy change wakes every long poll at once. Alone, each woken request
+took the service lock, ran its own unit of work (BEGIN, node, serial, policy version, network
+generation, COMMIT: six thread hops on SQLite) and assembled its map from scratch, so the last
+of 1,000 answered seconds later. Here a woken request `read`s through `PeerMapBatcher`: it
+queues its (node, after) and awaits a future; one drain task takes everything queued since
+the last pass (all requests woken in the same loop iteration land in one batch), hands the
+batch to the compute callback (the service: one unit of work, then one map per node), and
+settles the futures slice by slice, yielding to the event loop between slices so early answers
+go out while later maps are still being signed. Requests queued while a pass runs form the
+next batch. `MapAssembler` memoizes, within one pass (one `now`, one compiled network), the
+parts that many maps share: each peer's entry and each inbound rule's payload form.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+
+from rustynet.domain.netmap import InboundRule, PeerEntry, PeerMap, RelayEntry, SelfEntry
+from rustynet.domain.policy_compile import FilterRule
+from rustynet.ports.store import NodeRecord
+
+Request = tuple[str, int]  # (node id, after)
+Outcome = object  # the compute callback's answer per request: a response, None, or an exception
+Compute = Callable[[Sequence[Request]], Awaitable[Sequence[Outcome]]]
+
+DEFAULT_SLICE = 32  # requests settled between two yields to the event loop
+
+
+def addresses(node: NodeRecord) -> tuple[str, ...]:
+    """The node's overlay addresses as /32 prefixes (peer-map text form)."""
+    return tuple(f"{a}/32" for a in node.overlay_addresses)
+
+
+class PeerMapBatcher:
+    """Coalesces concurrent peer-map reads into batches for one `compute` callback.
+
+    `compute(requests)` returns one outcome per request, in order: a value to return, or a
+    `BaseException` instance to raise in that request (e.g. Unauthorized for a revoked node).
+    If `compute` itself raises, every request of that batch gets the exception.
+    """
+
+    def __init__(self, compute: Compute, slice_size: int = DEFAULT_SLICE) -> None:
+        self._compute = compute
+        self._slice = max(1, slice_size)
+        self._queue: list[tuple[Request, asyncio.Future[object]]] = []
+        self._drain: asyncio.Task[None] | None = None
+        self.batches = 0  # passes run (for tests and /metrics)
+
+    async def read(self, node_id: str, after: int) -> object:
+        """Queue one read and wait for its outcome (raised if it is an exception)."""
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._queue.append(((node_id, after), future))
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        while self._queue:
+            batch = [(r, f) for r, f in self._queue if not f.done()]  # skip cancelled reads
+            self._queue = []
+            if not batch:
+                continue
+            self.batches += 1
+            try:
+                outcomes = await self._compute([r for r, _ in batch])
+                if len(outcomes) != len(batch):
+                    raise RuntimeError("compute answered a different number of requests")  # noqa: TRY301 - settles every future below
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for start in range(0, len(batch), self._slice):
+                for (_, future), outcome in zip(
+                    batch[start : start + self._slice],
+                    outcomes[start : start + self._slice],
+                    strict=True,
+                ):
+                    if future.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+                await asyncio.sleep(0)  # let the settled requests write their answers
+
+
+class MapAssembler:
+    """Builds peer maps for one pass: one `now`, one compiled network, shared parts memoized.
+
+    Same result as `netmap.build_peer_map` (peers sorted by id, times in whole seconds, peers
+    whose tunnel key expired left out); only the per-peer and per-rule work is done once.
+    """
+
+    def __init__(
+        self,
+        nodes: Mapping[str, NodeRecord],
+        relays: Sequence[RelayEntry],
+        now: datetime,
+        ttl: timedelta,
+    ) -> None:
+        self._nodes = nodes
+        self._relays = tuple(relays)
+        self._relay_ids = tuple(r.id for r in relays)
+        self._now = now
+        self._issued = now.astimezone(UTC).replace(microsecond=0)
+        self._ttl = ttl
+        self._peers: dict[str, PeerEntry | None] = {}
+        self._rules: dict[FilterRule, InboundRule] = {}
+
+    def peer(self, peer_id: str) -> PeerEntry | None:
+        """The entry of a visible peer (None: unknown or its tunnel key expired)."""
+        if peer_id in self._peers:
+            return self._peers[peer_id]
+        node = self._nodes.get(peer_id)
+        entry = None
+        if node is not None and node.tunnel_key_expires_at > self._now:
+            entry = PeerEntry(
+                id=node.id,
+                name=node.name,
+                overlay_addresses=addresses(node),
+                tunnel_key=node.tunnel_key,
+                tunnel_key_expires_at=node.tunnel_key_expires_at,
+                underlay_endpoints=node.underlay_endpoints,
+                relays=self._relay_ids,
+            )
+        self._peers[peer_id] = entry
+        return entry
+
+    def rule(self, rule: FilterRule) -> InboundRule:
+        """The payload form of one compiled filter rule."""
+        found = self._rules.get(rule)
+        if found is None:
+            found = self._rules[rule] = InboundRule.from_filter(rule)
+        return found
+
+    def build(
+        self,
+        node: NodeRecord,
+        visible: frozenset[str],
+        inbound: Sequence[FilterRule],
+        serial: int,
+        policy_version: int,
+    ) -> PeerMap:
+        """`node`'s map at `serial`."""
+        peers = [p for p in map(self.peer, visible) if p is not None]
+        peers.sort(key=lambda p: p.id)
+        return PeerMap(
+            addressee=node.id,
+            serial=serial,
+            issued_at=self._issued,
+            expires_at=self._issued + self._ttl,
+            policy_version=policy_version,
+            self_entry=SelfEntry(
+                id=node.id,
+                name=node.name,
+                overlay_addresses=addresses(node),
+                tunnel_key=node.tunnel_key,
+                tags=tuple(sorted(t.value for t in node.tags)),
+            ),
+            peers=tuple(peers),
+            inbound=tuple(self.rule(r) for r in inbound),
+            relays=self._relays,
+        )
