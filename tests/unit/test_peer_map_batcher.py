@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import pytest
 
@@ -12,12 +12,14 @@ from rustynet.application.peer_maps import PeerMapBatcher, Request
 
 
 class Recorder:
-    """A compute callback that records its batches: a map text, None, or Unauthorized."""
+    """A compute callback that records its batches: a map text, None, or Unauthorized, in
+    slices of `size`."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = 7) -> None:
         self.batches: list[list[Request]] = []
+        self.size = size
 
-    async def __call__(self, requests: Sequence[Request]) -> list[object]:
+    async def __call__(self, requests: Sequence[Request]) -> AsyncGenerator[list[object], None]:
         self.batches.append(list(requests))
         await asyncio.sleep(0.01)  # a store read
         out: list[object] = []
@@ -26,18 +28,44 @@ class Recorder:
                 out.append(Unauthorized())
             else:
                 out.append(None if after >= 5 else f"map:{node_id}:{after}")
-        return out
+            if len(out) == self.size:
+                yield out
+                out = []
+        yield out
 
 
 @pytest.mark.asyncio
 async def test_reads_woken_together_share_one_pass_and_get_their_own_answers() -> None:
     """100 reads queued in one loop iteration: one compute call; each its own outcome."""
     compute = Recorder()
-    batcher = PeerMapBatcher(compute, slice_size=7)
+    batcher = PeerMapBatcher(compute)
     reads = [batcher.read(f"n{i}", i % 7) for i in range(100)]
     got = await asyncio.gather(*reads)
     assert len(compute.batches) == 1
     assert got == [None if i % 7 >= 5 else f"map:n{i}:{i % 7}" for i in range(100)]
+
+
+@pytest.mark.asyncio
+async def test_the_first_slice_is_answered_before_the_last_is_computed() -> None:
+    """Slices settle as they come: a request of the first slice returns while compute is still
+    working on later ones."""
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def compute(requests: Sequence[Request]) -> AsyncGenerator[list[object], None]:
+        yield ["first"]
+        order.append("first slice yielded")
+        await release.wait()
+        yield ["second"] * (len(requests) - 1)
+
+    batcher = PeerMapBatcher(compute)
+    first = asyncio.create_task(batcher.read("a", 0))
+    rest = asyncio.create_task(batcher.read("b", 0))
+    assert await first == "first"
+    assert not rest.done()
+    release.set()
+    assert await rest == "second"
+    assert order == ["first slice yielded"]
 
 
 @pytest.mark.asyncio
@@ -69,12 +97,12 @@ async def test_a_failing_pass_fails_every_read_of_it_and_the_next_pass_still_run
     """compute raising: each read of that batch raises it; later reads are served."""
     calls = 0
 
-    async def compute(requests: Sequence[Request]) -> list[object]:
+    async def compute(requests: Sequence[Request]) -> AsyncGenerator[list[object], None]:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("store down")
-        return ["ok"] * len(requests)
+        yield ["ok"] * len(requests)
 
     batcher = PeerMapBatcher(compute)
     results = await asyncio.gather(
@@ -82,6 +110,21 @@ async def test_a_failing_pass_fails_every_read_of_it_and_the_next_pass_still_run
     )
     assert all(isinstance(r, RuntimeError) for r in results)
     assert await batcher.read("c", 0) == "ok"
+
+
+@pytest.mark.asyncio
+async def test_a_compute_that_answers_too_few_fails_the_rest_instead_of_hanging() -> None:
+    """A slice stream shorter than the batch: the unanswered requests raise, none waits."""
+
+    async def compute(requests: Sequence[Request]) -> AsyncGenerator[list[object], None]:
+        yield ["only one"]
+
+    batcher = PeerMapBatcher(compute)
+    results = await asyncio.gather(
+        batcher.read("a", 0), batcher.read("b", 0), return_exceptions=True
+    )
+    assert results[0] == "only one"
+    assert isinstance(results[1], RuntimeError)
 
 
 @pytest.mark.asyncio

@@ -47,7 +47,7 @@ import contextlib
 import ipaddress
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Final, TypeVar
 
@@ -95,6 +95,7 @@ from rustynet.application.errors import (
     Unauthorized,
     ValidationError,
 )
+from rustynet.application.peer_maps import DEFAULT_SLICE as PEER_MAP_SLICE
 from rustynet.application.peer_maps import MapAssembler, PeerMapBatcher
 from rustynet.application.waiters import PeerMapWaiters, TooManyWaiters
 from rustynet.domain import api_keys
@@ -1120,10 +1121,12 @@ class ControlService:
             raise LocalProtocolError("the peer-map batch answered something else")
         return response
 
-    async def _peer_maps_after(self, requests: Sequence[tuple[str, int]]) -> list[object]:
-        """One batch: for each (node, after) its map, None (not newer) or Unauthorized."""
+    async def _peer_maps_after(
+        self, requests: Sequence[tuple[str, int]]
+    ) -> AsyncGenerator[list[object], None]:
+        """One batch, in slices: for each (node, after) its map, None (not newer) or
+        Unauthorized. Holds the service lock until the last slice (one consistent network)."""
         now = self.clock.now()
-        out: list[object] = []
         async with self._lock:
             async with self.store.unit_of_work() as uow:
                 # The store decides, for the whole batch in one read: is the node active, and
@@ -1140,6 +1143,7 @@ class ControlService:
             )
             trust = self._trust()
             done: dict[str, PeerMapResponse] = {}
+            out: list[object] = []
             for node_id, after in requests:
                 serial = serials.get(node_id)
                 node = net.nodes.get(node_id) or fresh.get(node_id)
@@ -1157,8 +1161,11 @@ class ControlService:
                     )
                     envelope = seal_peer_map(self.keys.signing, peer_map, now)
                     response = done[node_id] = PeerMapResponse(envelope.to_text(), trust, serial)
+                    if len(done) % PEER_MAP_SLICE == 0:
+                        yield out
+                        out = []
                 out.append(response)
-        return out
+            yield out
 
     async def relay_token(self, auth: NodeAuth, request: RelayTokenRequest) -> RelayToken:
         """POST /v1/relay-token: a token (≤ 120 s) for one configured relay, bound to the node."""

@@ -11,17 +11,18 @@ generation, COMMIT: six thread hops on SQLite) and assembled its map from scratc
 of 1,000 answered seconds later. Here a woken request `read`s through `PeerMapBatcher`: it
 queues its (node, after) and awaits a future; one drain task takes everything queued since
 the last pass (all requests woken in the same loop iteration land in one batch), hands the
-batch to the compute callback (the service: one unit of work, then one map per node), and
-settles the futures slice by slice, yielding to the event loop between slices so early answers
-go out while later maps are still being signed. Requests queued while a pass runs form the
-next batch. `MapAssembler` memoizes, within one pass (one `now`, one compiled network), the
-parts that many maps share: each peer's entry and each inbound rule's payload form.
+batch to the compute callback (the service: one unit of work, then the maps, `DEFAULT_SLICE`
+at a time) and settles each slice as it comes, yielding to the event loop in between, so the
+first answers are on the wire (and the clients, on the other core, read them) while later maps
+are still being signed. Requests queued while a pass runs form the next batch.
+`MapAssembler` memoizes, within one pass (one `now`, one compiled network), the parts that
+many maps share: each peer's entry and each inbound rule's payload form.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from rustynet.domain.netmap import InboundRule, PeerEntry, PeerMap, RelayEntry, SelfEntry
@@ -29,10 +30,10 @@ from rustynet.domain.policy_compile import FilterRule
 from rustynet.ports.store import NodeRecord
 
 Request = tuple[str, int]  # (node id, after)
-Outcome = object  # the compute callback's answer per request: a response, None, or an exception
-Compute = Callable[[Sequence[Request]], Awaitable[Sequence[Outcome]]]
+Outcome = object  # per request: a response, None, or an exception to raise in that request
+Compute = Callable[[Sequence[Request]], AsyncGenerator[Sequence[Outcome], None]]
 
-DEFAULT_SLICE = 32  # requests settled between two yields to the event loop
+DEFAULT_SLICE = 32  # maps per slice: settled (and sent) before the next slice is built
 
 
 def addresses(node: NodeRecord) -> tuple[str, ...]:
@@ -43,17 +44,18 @@ def addresses(node: NodeRecord) -> tuple[str, ...]:
 class PeerMapBatcher:
     """Coalesces concurrent peer-map reads into batches for one `compute` callback.
 
-    `compute(requests)` returns one outcome per request, in order: a value to return, or a
-    `BaseException` instance to raise in that request (e.g. Unauthorized for a revoked node).
-    If `compute` itself raises, every request of that batch gets the exception.
+    `compute(requests)` is an async iterator of outcome slices: concatenated, one outcome per
+    request, in order (a value to return, or a `BaseException` instance to raise in that
+    request, e.g. Unauthorized for a revoked node). Each slice is settled as soon as it is
+    yielded, so the first answers are on the wire while later maps are still being built. If
+    `compute` raises, every request of the batch not yet settled gets the exception.
     """
 
-    def __init__(self, compute: Compute, slice_size: int = DEFAULT_SLICE) -> None:
+    def __init__(self, compute: Compute) -> None:
         self._compute = compute
-        self._slice = max(1, slice_size)
         self._queue: list[tuple[Request, asyncio.Future[object]]] = []
         self._drain: asyncio.Task[None] | None = None
-        self.batches = 0  # passes run (for tests and /metrics)
+        self.batches = 0  # passes run (for tests)
 
     async def read(self, node_id: str, after: int) -> object:
         """Queue one read and wait for its outcome (raised if it is an exception)."""
@@ -67,23 +69,20 @@ class PeerMapBatcher:
         while self._queue:
             batch = [(r, f) for r, f in self._queue if not f.done()]  # skip cancelled reads
             self._queue = []
-            if not batch:
-                continue
-            self.batches += 1
-            try:
-                outcomes = await self._compute([r for r, _ in batch])
-                if len(outcomes) != len(batch):
-                    raise RuntimeError("compute answered a different number of requests")  # noqa: TRY301 - settles every future below
-            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for start in range(0, len(batch), self._slice):
-                for (_, future), outcome in zip(
-                    batch[start : start + self._slice],
-                    outcomes[start : start + self._slice],
-                    strict=True,
+            if batch:
+                self.batches += 1
+                await self._pass(batch)
+
+    async def _pass(self, batch: list[tuple[Request, asyncio.Future[object]]]) -> None:
+        futures = [f for _, f in batch]
+        settled = 0
+        slices = self._compute([r for r, _ in batch])
+        try:
+            async for outcomes in slices:
+                if settled + len(outcomes) > len(futures):
+                    raise RuntimeError("compute answered more requests than it was given")  # noqa: TRY301 - settles every future below
+                for future, outcome in zip(
+                    futures[settled : settled + len(outcomes)], outcomes, strict=True
                 ):
                     if future.done():
                         continue
@@ -91,7 +90,16 @@ class PeerMapBatcher:
                         future.set_exception(outcome)
                     else:
                         future.set_result(outcome)
+                settled += len(outcomes)
                 await asyncio.sleep(0)  # let the settled requests write their answers
+            if settled != len(futures):
+                raise RuntimeError("compute answered fewer requests than it was given")  # noqa: TRY301 - settles every future below
+        except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+            for future in futures[settled:]:
+                if not future.done():
+                    future.set_exception(exc)
+        finally:
+            await slices.aclose()
 
 
 class MapAssembler:
