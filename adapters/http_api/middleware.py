@@ -133,10 +133,19 @@ async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
         raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes")
     if not _is_json(request.content_type):
         raise ApiError(415, "unsupported_media_type", "request body must be application/json")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
+    # `read(n)` returns what has arrived (up to n), not n bytes: a body larger than one TCP/TLS
+    # read (a 150 KB policy document) came back cut short and failed as "not JSON".
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await request.content.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
         raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes")
-    return parse_json_object(body)
+    return parse_json_object(b"".join(chunks))
 
 
 async def read_json(request: web.Request, cls: type[T]) -> T:

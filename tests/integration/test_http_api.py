@@ -107,6 +107,34 @@ async def test_oversized_chunked_body_is_refused_with_413(http: aiohttp.ClientSe
 
 
 @pytest.mark.asyncio
+async def test_a_policy_document_arriving_in_many_pieces_is_read_whole(
+    api: LiveApi, http: aiohttp.ClientSession
+) -> None:
+    """A 240 KB policy (under the 1 MiB document cap) sent in 4 KB pieces with pauses, so the
+    server sees many partial reads, is stored whole (it used to be cut at the first read)."""
+    groups = {f"group:g{i}": [f"host-{i}-{j:03d}" for j in range(100)] for i in range(150)}
+    acls = [{"action": "accept", "src": [g], "dst": [f"{g}:22"], "proto": "tcp"} for g in groups]
+    document = json.dumps({"groups": groups, "acls": acls}).encode()
+    assert 200_000 < len(document) < 1024 * 1024
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(document), 4096):
+            yield document[start : start + 4096]
+            if start % (64 * 4096) == 0:
+                await asyncio.sleep(0.01)
+
+    status, _, body = await _call(
+        http,
+        "PUT",
+        "/v1/admin/policy",
+        data=pieces(),
+        headers={**api.admin_headers(), "Content-Type": "application/json"},
+    )
+    assert status == 200, body
+    assert body["document"]["groups"] == groups
+
+
+@pytest.mark.asyncio
 async def test_non_json_content_type_is_refused_with_415(http: aiohttp.ClientSession) -> None:
     """A form or text body is refused: the API speaks application/json only."""
     status, _, body = await _call(
