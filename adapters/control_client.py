@@ -88,6 +88,21 @@ def pinned_ssl_context(pin: SpkiPin) -> ssl.SSLContext:
 NodeAuth = NodeCredentials
 
 
+async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body, up to `limit` bytes. `read(n)` returns what has arrived (up to n), not n
+    bytes: a body larger than one read (a big policy document, a peer map with many peers)
+    came back cut short and failed as invalid JSON."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _redacted(path: str) -> str:
     return path.split("?", 1)[0]
 
@@ -183,7 +198,7 @@ class ControlClient:
         where = f"{method} {self._base}{_redacted(path)}"
         try:
             async with session.request(method, self._base + path, **kwargs) as response:
-                raw = await response.content.read(MAX_RESPONSE + 1)
+                raw = await _read_capped(response.content, MAX_RESPONSE + 1)
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
         except aiohttp.ClientSSLError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -59,8 +60,24 @@ async def serve() -> AsyncIterator[Callable[[ssl.SSLContext], Awaitable[tuple[st
             seen.append(dict(request.headers))
             return web.json_response({"error": "gone", "detail": "used"}, status=410)
 
+        async def big_document(request: web.Request) -> web.StreamResponse:
+            # 300 KB in 4 KB pieces with pauses: the client sees many partial reads.
+            body = json.dumps(
+                {"nodes": [{"id": f"n{i:06d}", "pad": "x" * 200} for i in range(1500)]}
+            )
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            data = body.encode()
+            for start in range(0, len(data), 4096):
+                await response.write(data[start : start + 4096])
+                if start % (16 * 4096) == 0:
+                    await asyncio.sleep(0.01)
+            await response.write_eof()
+            return response
+
         app = web.Application()
         app.router.add_get("/v1/admin/nodes", nodes)
+        app.router.add_get("/v1/admin/policy", big_document)
         app.router.add_get("/v1/peermap", peermap)
         app.router.add_delete("/v1/admin/join-keys/{id}", revoke)
         runner = web.AppRunner(app)
@@ -88,6 +105,21 @@ async def test_pinned_client_talks_to_the_pinned_server(
         assert await client.peer_map(NodeAuth("n1", "v4.public.x"), after=3) is None
     assert seen[0]["Authorization"] == "Bearer " + API_KEY.decode()
     assert seen[1]["Rustynet-Node"] == "n1"
+
+
+@pytest.mark.asyncio
+async def test_a_response_arriving_in_many_pieces_is_read_whole(
+    tmp_path: Path, serve: Callable[[ssl.SSLContext], Awaitable[tuple[str, Seen]]]
+) -> None:
+    """A 300 KB answer sent in 4 KB pieces with pauses parses whole (it used to be cut at the
+    first read and refused as invalid JSON)."""
+    info = _cert(tmp_path, "a")
+    url, _ = await serve(_server_context(info, ssl.TLSVersion.TLSv1_3))
+    async with ControlClient(url, info.pin, api_key=API_KEY) as client:
+        document = await client.get_policy()
+    nodes = document["nodes"]
+    assert isinstance(nodes, list)
+    assert [n["id"] for n in nodes if isinstance(n, dict)] == [f"n{i:06d}" for i in range(1500)]
 
 
 @pytest.mark.asyncio
