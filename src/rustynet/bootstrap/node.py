@@ -27,15 +27,14 @@ which works across namespaces (`rustynet ping` runs ping in the CALLER's namespa
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
+import gc
 import logging
-import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -49,13 +48,11 @@ from rustynet.adapters.entropy import OsEntropy
 from rustynet.adapters.firewall.memory import MemoryFirewall
 from rustynet.adapters.firewall.nftables import NftablesFirewall, table_name_for
 from rustynet.adapters.local_api import LocalApiServer
-from rustynet.adapters.logging import configure_logging
 from rustynet.adapters.node_state_file import FileNodeStateStore
 from rustynet.adapters.relay.bridge import RelayBridge
 from rustynet.adapters.relay.client import WebSocketRelayTransport
 from rustynet.adapters.relay.probe import DirectProber, probe_port
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
-from rustynet.adapters.tunnel.wireguard_kernel import WireGuardKernelBackend
 from rustynet.adapters.tunnel.wireguard_uapi import WireGuardUapiBackend
 from rustynet.application.node_agent import (
     AgentSettings,
@@ -66,9 +63,7 @@ from rustynet.application.node_agent import (
     NotEnrolled,
     NotRunning,
 )
-from rustynet.bootstrap.crypto_policy import load_crypto_policy
-from rustynet.bootstrap.keystores import KeystoreSettings, build_keystore
-from rustynet.bootstrap.process import disable_core_dumps
+from rustynet.bootstrap.node_main import open_keystore, rustynetd_main
 from rustynet.domain.errors import DecodeError, RustynetError
 from rustynet.domain.join_tokens import JoinToken
 from rustynet.domain.node_state import NodeState
@@ -102,6 +97,11 @@ async def select_backend(kind: str) -> TunnelBackend:
         return MemoryTunnelBackend()
     reason = "asked for"
     if kind in ("auto", "kernel"):
+        # Imported only when asked for: a userspace node does not load the genl WireGuard code.
+        from rustynet.adapters.tunnel.wireguard_kernel import (  # noqa: PLC0415
+            WireGuardKernelBackend,
+        )
+
         kernel = WireGuardKernelBackend()
         try:
             await kernel.check_available()
@@ -391,17 +391,14 @@ def build_daemon(config: NodeConfig, tunnel: TunnelBackend, keystore: Keystore) 
     return NodeDaemon(ports, settings)
 
 
-async def run_daemon(config: NodeConfig, config_path: Path | None) -> int:
-    """Run until SIGTERM/SIGINT; tear everything down; 0 on a clean stop."""
-    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    keystore = build_keystore(
-        KeystoreSettings(
-            state_dir=config.state_dir,
-            kind=config.keystore,
-            passphrase_file=config.passphrase_file,
-        ),
-        interactive=False,
-    )
+async def run_daemon(
+    config: NodeConfig, config_path: Path | None, keystore: Keystore | None = None
+) -> int:
+    """Run until SIGTERM/SIGINT; tear everything down; 0 on a clean stop.
+
+    `keystore`: one opened by `open_keystore` (the daemon closes it), else opened here."""
+    if keystore is None:
+        keystore = open_keystore(config)
     try:
         tunnel = await select_backend(config.backend)
         daemon = build_daemon(config, tunnel, keystore)
@@ -420,6 +417,10 @@ async def run_daemon(config: NodeConfig, config_path: Path | None) -> int:
         try:
             await daemon.start()
             await api.start()
+            # Start-up garbage is gone; what is left lives as long as the daemon: keep it out
+            # of the collector's generations so idle collections stay short.
+            gc.collect()
+            gc.freeze()
             sys.stderr.write(
                 f"rustynetd: ready; socket {config.socket} backend {daemon.backend} "
                 f"state {daemon.lifecycle}\n"
@@ -435,40 +436,6 @@ async def run_daemon(config: NodeConfig, config_path: Path | None) -> int:
     finally:
         keystore.close()
     return 0
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rustynetd",
-        description="Rustynet node daemon: joins a mesh and keeps its tunnel in line with the "
-        "signed peer map. Exit 0 after SIGTERM, 1 when it cannot start.",
-    )
-    parser.add_argument(
-        "--config", type=Path, metavar="FILE", help="rustynetd.toml (default: built-in defaults)"
-    )
-    return parser
-
-
-def rustynetd_main(argv: Sequence[str] | None = None) -> int:
-    """`rustynetd` console script."""
-    disable_core_dumps()
-    ns = _parser().parse_args(argv)
-    try:
-        config = load_node_config(ns.config)
-        load_crypto_policy(SystemClock().now())
-    except RustynetError as exc:
-        sys.stderr.write(f"rustynetd: {exc}\n")
-        return 1
-    os.umask(0o077)
-    configure_logging(config.log_level, json=True)
-    try:
-        # The stock loop, not uvloop: uvloop hands children a socketpair as stdin, which
-        # `nft -f -` cannot open as /dev/stdin (ENXIO); a node has few connections anyway.
-        with asyncio.Runner() as runner:
-            return runner.run(run_daemon(config, ns.config))
-    except (RustynetError, OSError) as exc:
-        sys.stderr.write(f"rustynetd: cannot start: {exc}\n")
-        return 1
 
 
 __all__ = [

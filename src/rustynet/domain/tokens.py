@@ -35,7 +35,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
 
 import attrs
-import pyseto
 
 from rustynet.domain.errors import DecodeError, LocalProtocolError, RemoteProtocolError
 from rustynet.domain.keys import KeyFingerprint, SigningKey, VerifyKey, b64decode, b64encode
@@ -56,6 +55,9 @@ _CLAIMS: Final = frozenset({"iss", "sub", "aud", "exp", "iat", "jti", "kind", "s
 _TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%S+00:00"
 _TIME_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\+00:00")
 _IMPLICIT_CONTEXT: Final = b"rustynet:token-binding:v1\x00"
+# pyseto (with pycryptodomex and cffi, which parses C declarations at import) is imported in the
+# functions that use it: the node daemon imports this module through the relay types but never
+# issues or verifies a token, and pays ~60 ms of start-up and ~2 MB for it otherwise.
 
 
 class InvalidToken(RemoteProtocolError):  # noqa: N818 - mirrors Fernet's InvalidToken
@@ -152,6 +154,8 @@ def issue_token(
     }
     kid = signing_key.public_key.fingerprint()
     seed = signing_key.export_seed()
+    import pyseto  # noqa: PLC0415 - see _IMPLICIT_CONTEXT
+
     try:
         # pyseto hands `d` straight to cryptography, which takes any buffer; a bytes copy
         # could not be wiped.
@@ -195,6 +199,8 @@ def verify_token(
         _reject("allowlist entry does not match its key id")
     if len(payload_part) <= _SIG_SIZE:
         _reject("payload too short")
+    import pyseto  # noqa: PLC0415 - see _IMPLICIT_CONTEXT
+
     try:
         decoded = pyseto.decode(
             _paseto_verify_key(verify_key.raw),
@@ -364,6 +370,8 @@ def _implicit_assertion(kind: TokenKind, bound_identity: VerifyKey) -> bytes:
 @functools.lru_cache(maxsize=64)
 def _paseto_verify_key(raw: bytes) -> KeyInterface:
     """pyseto key objects for public keys, cached: building one costs ~40 us."""
+    import pyseto  # noqa: PLC0415 - see _IMPLICIT_CONTEXT
+
     return pyseto.Key.from_asymmetric_key_params(4, x=raw)
 
 
