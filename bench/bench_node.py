@@ -5,6 +5,7 @@ Run as root from the repository root (not part of the test suite; `nox -s bench`
 
     .venv/bin/python -m bench.bench_node
     .venv/bin/python -m bench.bench_node --quick        # 5 s iperf3, 5 start runs, 20 s idle
+    .venv/bin/python -m bench.bench_node --py-spy bench/results/node-profile  # + a profiled start
 
 The lab is `tests/e2e/harness.py`'s Mesh: a control plane and two enrolled `rustynetd` (userspace
 backend: wireguard-go) in namespaces A and B on one bridge. Beside them, in the SAME namespaces:
@@ -28,6 +29,12 @@ Figures:
    wireguard-go, Nebula A and B), nobody sending, for `--idle-seconds` (60; 20 with --quick):
    RSS (VmRSS, sampled each second: last and max) and CPU (utime + stime from /proc, in % of one
    core over the window). Targets for rustynetd itself: ≤ 50 MB, ≤ 0.5 % of a core.
+
+First the rustynet package is byte-compiled where it is imported from (as `pip install` does on
+a deployed node) and PYTHONDONTWRITEBYTECODE is dropped for the programs started: a daemon that
+compiles its modules from source at every start is not what a node runs.
+With --py-spy PREFIX one more start of A's daemon runs under `py-spy record` (collapsed stacks in
+PREFIX.start.txt; the top functions by inclusive share are printed): the start-up profile.
 
 Results: JSON to bench/results/node.json and a markdown table (printed and written to
 bench/results/node.md), each figure next to its baseline and budget (bench/budgets.toml [node]).
@@ -125,12 +132,12 @@ sys.exit(1)
 # --- /proc ---------------------------------------------------------------------------------------
 
 
-def rss_mb(pid: int) -> float:
-    """Resident set size of one process, MiB (VmRSS)."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident set size of one process, MiB (VmRSS; RssAnon / RssFile for its two parts)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise LabError(f"no VmRSS for {pid}")
+    raise LabError(f"no {field} for {pid}")
 
 
 def children_named(root: int, comm: str) -> list[int]:
@@ -318,7 +325,7 @@ def start_runs(
         ours = start_to_ping(mesh, a.ns, a.program, b.overlay_ip, DAEMON_READY)
         out["rustynetd"].append(ours)
         line = f"  run {i + 1}: rustynetd {_fmt_s(ours.get('seconds'))}"
-        line += f" (ready {_fmt_s(ours.get('ready_s'))})"
+        line += f" (ready {_fmt_ready(ours)})"
         if nebula is not None:
             program = nebula.program(a)
             program.stop()
@@ -326,7 +333,7 @@ def start_runs(
             theirs = start_to_ping(mesh, a.ns, program, NEBULA_OVERLAY[1], NEBULA_READY)
             out["nebula"].append(theirs)
             line += f", nebula {_fmt_s(theirs.get('seconds'))}"
-            line += f" (ready {_fmt_s(theirs.get('ready_s'))})"
+            line += f" (ready {_fmt_ready(theirs)})"
         print(line)
     wait_for("A's daemon answers", lambda: a.cli("status", "--json").returncode == 0, 10)
     return out
@@ -334,6 +341,11 @@ def start_runs(
 
 def _fmt_s(value: float | None) -> str:
     return "no ping" if value is None else f"{value * 1000:.0f} ms"
+
+
+def _fmt_ready(run: dict[str, Any]) -> str:
+    ready = run.get("ready_s")
+    return "after the ping" if ready is None else f"{ready * 1000:.0f} ms"
 
 
 def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -424,6 +436,9 @@ def idle_window(processes: dict[str, int], seconds: float) -> dict[str, dict[str
         used = process_cpu(pid) - cpu0[name]
         out[name] = {
             "rss_mb": round(rss_mb(pid), 1),
+            "rss_anon_mb": round(rss_mb(pid, "RssAnon"), 1),
+            "rss_file_mb": round(rss_mb(pid, "RssFile"), 1),
+            "threads": len(list(Path(f"/proc/{pid}/task").iterdir())),
             "rss_max_mb": round(peak[name], 1),
             "cpu_s": round(used, 2),
             "cpu_percent": round(100 * used / wall, 2),
@@ -634,6 +649,22 @@ def table(results: dict[str, Any], budgets: dict[str, float], verdict: dict[str,
     return "\n".join(lines) + "\n"
 
 
+def compile_bytecode() -> str:
+    """Byte-compile the rustynet package where it is imported from, as `pip install` does for a
+    deployed node; else, with PYTHONDONTWRITEBYTECODE set (as in some shells), every daemon start
+    compiles our modules from source (~13 % of a start's samples in a py-spy profile)."""
+    import rustynet  # noqa: PLC0415 - only to find where it is imported from
+
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # the programs we start may write theirs
+    roots = [str(Path(p)) for p in rustynet.__path__]
+    done = subprocess.run(
+        [PYTHON, "-m", "compileall", "-q", *roots], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        return f"compileall failed: {done.stdout.strip()[:300]} {done.stderr.strip()[:300]}"
+    return f"compiled ahead: {', '.join(roots)}"
+
+
 def preflight() -> str | None:
     """Why this cannot run here, or None."""
     if os.geteuid() != 0:
@@ -642,7 +673,8 @@ def preflight() -> str | None:
     return f"missing programs: {', '.join(missing)}" if missing else None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Options; --quick shortens the defaults."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="5 s iperf3, 5 starts, 20 s idle")
     parser.add_argument("--seconds", type=int, help="each iperf3 run (10; 5 with --quick)")
@@ -657,11 +689,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.seconds = args.seconds or (5 if args.quick else 10)
     args.start_runs = args.start_runs or (5 if args.quick else 7)
     args.idle_seconds = args.idle_seconds or (20.0 if args.quick else 60.0)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     problem = preflight()
     if problem is not None:
         print(f"bench_node: {problem}", file=sys.stderr)
         return 2
     budgets = tomllib.loads(BUDGETS.read_text())["node"]
+    bytecode = compile_bytecode()
     workdir = Path(tempfile.mkdtemp(prefix="rustynet-bench-node-"))
     mesh = new_mesh(workdir)
     for signum in (signal.SIGINT, signal.SIGTERM):  # end through the cleanup below
@@ -673,6 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
         "budgets": budgets,
+        "bytecode": bytecode,
     }
     started = time.monotonic()
     failed = False
