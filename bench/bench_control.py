@@ -483,7 +483,6 @@ class Bench:
     nodes: list[SimNode] = attrs.field(factory=list)
     trust: list[PeerMapTrust] = attrs.field(factory=list)
     by_id: dict[str, SimNode] = attrs.field(factory=dict)
-    join_text: str = ""
     revoked: set[str] = attrs.field(factory=set)
     holding: dict[str, asyncio.Task[None]] = attrs.field(factory=dict)
 
@@ -500,9 +499,9 @@ class Bench:
         n, server, target = self.n, self.server, self.target
         await self.admin.put_policy(policy_document(self.names, 0))
         created = await self.admin.create_join_key(
-            reusable=True, uses=n + self.args.enroll_extra, tags=[TAG], ttl_seconds=3600
+            reusable=True, uses=n, tags=[TAG], ttl_seconds=3600
         )
-        join_text = self.join_text = str(created["token"])
+        join_text = str(created["token"])
         self.nodes = make_nodes(n)
         print(f"server pid {server.proc.pid}; {n} nodes' keys made", file=sys.stderr)
         # Warm-up (imports, first handshakes), then the baseline and the enrollment.
@@ -669,10 +668,14 @@ class Bench:
         await wait_until_idle(self.server)
         connected = await waiters(self.metrics, self.target.url)
         newcomers = make_nodes(extra, first=self.n)
+        created = await self.admin.create_join_key(  # a key allows at most 10,000 uses
+            reusable=True, uses=extra, tags=[TAG], ttl_seconds=3600
+        )
+        join_text = str(created["token"])
         cpu0 = self.server.cpu_seconds()
         wall, lat = await bounded(
             self.args.concurrency,
-            [partial(enroll_op, self.target, self.join_text, nd, self.trust) for nd in newcomers],
+            [partial(enroll_op, self.target, join_text, nd, self.trust) for nd in newcomers],
         )
         cpu1 = self.server.cpu_seconds()
         still = await waiters(self.metrics, self.target.url)

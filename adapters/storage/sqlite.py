@@ -75,6 +75,7 @@ class _Connection:
         self._path = path
         self._busy_timeout_ms = busy_timeout_ms
         self._conn: sqlite3.Connection | None = None
+        self._changes = 0  # total_changes at BEGIN: unchanged at COMMIT means read-only
         self.failed = False
 
     def _open_sync(self) -> None:
@@ -119,6 +120,46 @@ class _Connection:
             self.failed = True
             raise _translate(exc) from exc
 
+    def _begin_now(self) -> bool:
+        """BEGIN IMMEDIATE without waiting: False when another connection holds the lock."""
+        if self._conn is None:
+            raise StoreUnavailable("the store is closed")
+        self._conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return False
+            raise
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        self._changes = self._conn.total_changes
+        return True
+
+    async def begin(self) -> None:
+        """BEGIN IMMEDIATE: inline when the write lock is free (no thread hop), else in a
+        worker thread that waits up to busy_timeout for it."""
+        try:
+            if self._begin_now():
+                return
+        except sqlite3.Error as exc:
+            self.failed = True
+            raise _translate(exc) from exc
+        await self.execute("BEGIN IMMEDIATE")
+        self._changes = self._conn.total_changes if self._conn is not None else 0
+
+    async def commit(self) -> None:
+        """COMMIT: inline when the transaction changed no row (nothing to write or fsync),
+        else in a worker thread (fsync, perhaps a WAL checkpoint)."""
+        if self._conn is not None and self._conn.total_changes == self._changes:
+            try:
+                self._run("COMMIT", {})
+            except sqlite3.Error as exc:
+                self.failed = True
+                raise _translate(exc) from exc
+            return
+        await self.execute("COMMIT")
+
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -136,7 +177,7 @@ class SqliteUnitOfWork(RepositoryAccess):
         conn = self._store.writer()
         await self._store.lock.acquire()
         try:
-            await conn.execute("BEGIN IMMEDIATE")
+            await conn.begin()
         except BaseException:
             self._store.lock.release()
             raise
@@ -157,7 +198,7 @@ class SqliteUnitOfWork(RepositoryAccess):
                 await conn.execute("ROLLBACK")
                 raise UnitOfWorkAborted("a statement in this unit of work failed; rolled back")  # noqa: TRY301 - must skip the COMMIT below
             if exc_type is None:
-                await conn.execute("COMMIT")
+                await conn.commit()
             else:
                 await conn.execute("ROLLBACK")
         except UnitOfWorkAborted:
