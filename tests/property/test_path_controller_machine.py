@@ -29,6 +29,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import attrs
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -452,13 +453,26 @@ def test_machine_catches_a_controller_that_leaves_direct_on_one_failed_probe() -
     assert_machine_catches(FragileMachine, match="left direct-up after 1 failed probes")
 
 
+def _probe_answers(machine: PathControllerMachine, answers: list[bool]) -> None:
+    """Drive `machine` to direct-up, then answer its direct probes in order (relay up)."""
+    machine.tick(answer=None, jump=timedelta(seconds=1), relay=True, fresh=True)
+    for answer in answers:
+        for _ in range(20):
+            if machine.outstanding is not None:
+                break
+            machine.tick(answer=None, jump=timedelta(seconds=1), relay=True, fresh=False)
+        machine.tick(answer=answer, jump=timedelta(0), relay=True, fresh=False)
+
+
 def test_machine_catches_a_controller_whose_successes_do_not_reset_failures() -> None:
-    """Negative control: failures separated by a successful probe are not in a row."""
-    # The bug needs fail, succeed, fail, fail on one direct stint: rarer than the others, so
-    # this negative control gets more (still deterministic) runs; 300 missed it in one CI order.
-    assert_machine_catches(
-        GrudgeMachine, match="left direct-up after [0-2] failed probes", max_examples=2000
-    )
+    """Negative control: failures separated by a successful probe are not in a row.
+
+    Scripted (fail, succeed, fail, fail, ...), not searched: the random walk needs that exact
+    pattern inside one direct stint and, with derandomized runs, found it in some test orders
+    and not in others; the script makes the model's check meet the bug every time."""
+    _probe_answers(PathControllerMachine(), [False, True, False, False])  # honest: no error
+    with pytest.raises(AssertionError, match="left direct-up after 2 failed probes"):
+        _probe_answers(GrudgeMachine(), [False, True, False, False, False, False])
 
 
 def test_machine_catches_a_controller_that_ignores_fresh_handshakes() -> None:
