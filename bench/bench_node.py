@@ -678,7 +678,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="5 s iperf3, 5 starts, 20 s idle")
     parser.add_argument("--seconds", type=int, help="each iperf3 run (10; 5 with --quick)")
-    parser.add_argument("--rounds", type=int, default=2, help="(rustynet, wireguard-go) pairs")
+    parser.add_argument("--rounds", type=int, default=3, help="(rustynet, wireguard-go) pairs")
     parser.add_argument("--start-runs", type=int, help="starts of each program (7; 5 --quick)")
     parser.add_argument("--idle-seconds", type=float, help="idle window (60; 20 with --quick)")
     parser.add_argument("--output", type=Path, default=RESULTS / "node.json")
@@ -712,6 +712,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python": sys.version.split()[0],
         "budgets": budgets,
         "bytecode": bytecode,
+        "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
     }
     started = time.monotonic()
     failed = False
@@ -731,7 +732,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = table(results, budgets, verdict)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
-    args.output.with_suffix(".md").write_text(f"`{results['command']}`\n\n{report}")
+    busy = results.get("idle", {}).get("_window", {}).get("machine_busy_cores")
+    context = (
+        f"`{results['command']}` ({results['started_at']}, {results['cpus']} CPUs, load average "
+        f"at start {results['loadavg_at_start'][0]}, machine busy during the idle window: "
+        f"{busy} cores). Start-up times grow with the load: compare with the baselines of the "
+        "same run.\n\n"
+    )
+    args.output.with_suffix(".md").write_text(context + report)
     print(f"\n{report}")
     profile = results.get("start_profile")
     if profile:

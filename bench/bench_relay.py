@@ -164,7 +164,7 @@ def iperf(mesh: Mesh, client: Node, server: Node, address: str, seconds: int) ->
     listener = Program(
         server.ns,
         ["iperf3", "-s", "-1", "-p", str(IPERF_PORT), "--forceflush"],
-        mesh.workdir / f"iperf3-{server.name}.log",
+        mesh.workdir / f"iperf3-{server.name}-{time.monotonic_ns()}.log",  # a fresh marker
     )
     mesh.servers.append(listener)
     listener.start()
