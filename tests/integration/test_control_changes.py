@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from rustynet.adapters.storage.memory import MemoryStore
 
-from rustynet.application.control import ControlService, ControlSettings, token_renewal_message
+from rustynet.application.control import ControlService, ControlSettings
 from rustynet.application.control_types import (
     AdminAuth,
     CreateApiKeyRequest,
@@ -43,6 +43,7 @@ from rustynet.domain.keys import (
 from rustynet.domain.limits import LimitPolicy
 from rustynet.domain.netmap import PeerMap, PeerMapAcceptor
 from rustynet.domain.signed import JsonValue
+from rustynet.domain.tokens import token_renewal_message
 from tests.integration.test_control_service import (
     URL,
     Node,

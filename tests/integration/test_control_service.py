@@ -19,7 +19,6 @@ from rustynet.application.control import (
     ControlService,
     ControlSettings,
     create_initial_admin_key,
-    token_renewal_message,
 )
 from rustynet.application.control_keys import ControlKeys, create_control_keys
 from rustynet.application.control_types import (
@@ -55,6 +54,7 @@ from rustynet.domain.limits import BucketPolicy, LimitPolicy
 from rustynet.domain.netmap import PeerMapAcceptor, PeerMapTrust, RelayEntry
 from rustynet.domain.scope import Scope
 from rustynet.domain.signed import JsonValue
+from rustynet.domain.tokens import token_renewal_message
 from rustynet.ports.store import Store
 from tests.doubles import CountingEntropy
 

@@ -43,7 +43,6 @@ from rustynet.application.control import (
     ControlService,
     ControlSettings,
     create_initial_admin_key,
-    token_renewal_message,
 )
 from rustynet.application.control_keys import ControlKeys, create_control_keys
 from rustynet.domain.enrollment import EnrollmentClient, IssueChallenge
@@ -58,6 +57,7 @@ from rustynet.domain.keys import (
     b64encode,
 )
 from rustynet.domain.limits import BucketPolicy, LimitPolicy
+from rustynet.domain.tokens import token_renewal_message
 from tests.integration.http_server import (
     GENEROUS_LIMITS,
     HOST,

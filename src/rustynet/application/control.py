@@ -144,7 +144,14 @@ from rustynet.domain.policy_compile import PolicyIndex, changed_views, compile_p
 from rustynet.domain.replay import DEFAULT_CAPACITY, NONCE_RETENTION, NonceRecord, ReplayError
 from rustynet.domain.scope import Scope, Tag
 from rustynet.domain.signed import JsonValue, canonical_json, parse_canonical_json
-from rustynet.domain.tokens import InvalidToken, TokenKind, issue_token, key_allowlist, verify_token
+from rustynet.domain.tokens import (
+    InvalidToken,
+    TokenKind,
+    issue_token,
+    key_allowlist,
+    token_renewal_message,
+    verify_token,
+)
 from rustynet.ports.change_feed import ChangeFeed
 from rustynet.ports.clock import Clock
 from rustynet.ports.entropy import Entropy
@@ -181,11 +188,6 @@ _T = TypeVar("_T")
 DEFAULT_ADMIN_PER_IP: Final = BucketPolicy(burst=120, refill=60, per=timedelta(minutes=1))
 _DUMMY_HASH: Final = bytes(32)
 _HOSTNAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
-
-
-def token_renewal_message(challenge_id: bytes, node_id: str) -> bytes:
-    """What a node signs (identity key, `Purpose.TOKEN_RENEWAL`) to renew its access token."""
-    return bytes(challenge_id) + node_id.encode("utf-8")
 
 
 @attrs.frozen

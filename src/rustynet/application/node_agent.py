@@ -47,7 +47,6 @@ from typing import Final, Literal
 
 import attrs
 
-from rustynet.application.control import token_renewal_message
 from rustynet.application.relay_link import RelayLink
 from rustynet.domain import path as paths
 from rustynet.domain import reconcile
@@ -70,6 +69,7 @@ from rustynet.domain.netmap import (
 )
 from rustynet.domain.node_state import NodeState
 from rustynet.domain.reconcile import Action
+from rustynet.domain.tokens import token_renewal_message
 from rustynet.domain.tunnel import (
     Capability,
     IPInterface,

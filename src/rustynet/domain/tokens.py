@@ -378,3 +378,8 @@ def _paseto_verify_key(raw: bytes) -> KeyInterface:
 def _require_utc(now: object) -> None:
     if not isinstance(now, datetime) or now.tzinfo is None or now.utcoffset() != timedelta(0):
         raise LocalProtocolError("now must be a timezone-aware UTC datetime")
+
+
+def token_renewal_message(challenge_id: bytes, node_id: str) -> bytes:
+    """What a node signs (identity key, `Purpose.TOKEN_RENEWAL`) to renew its access token."""
+    return bytes(challenge_id) + node_id.encode("utf-8")
