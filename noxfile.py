@@ -70,9 +70,8 @@ BENCHES = ("policy_compile", "control", "node", "relay")
 def bench(session: nox.Session) -> None:
     """Benchmarks (root), results in bench/results/; `-- relay` runs only the named ones.
 
-    Each prints its figures with their targets; the node and relay benches check
-    bench/budgets.toml and exit 1 on a miss (the others print their targets but do not read it
-    yet). Every named bench runs; the session fails at the end if any of them failed."""
+    Each prints its figures with their targets, checks them against bench/budgets.toml and
+    exits 1 on a miss. Every named bench runs; the session fails at the end if any of them failed."""
     failed = []
     for name in session.posargs or BENCHES:
         try:

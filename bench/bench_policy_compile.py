@@ -2,10 +2,13 @@
 
 Run standalone (not part of the test suite):
 
-    .venv/bin/python bench/bench_policy_compile.py                # 1k and 10k nodes
-    .venv/bin/python bench/bench_policy_compile.py --nodes 10000 --profile full
+    .venv/bin/python -m bench.bench_policy_compile                # 1k and 10k nodes
+    .venv/bin/python -m bench.bench_policy_compile --nodes 10000 --profile full
 
-Targets (ARCHITECTURE §8): 10,000 nodes x 1,000 rules <= 1 s full, <= 10 ms per one-node change.
+Targets (ARCHITECTURE §8, bench/budgets.toml [policy_compile]): 10,000 nodes x 1,000 rules
+<= 1 s full (index + every view), <= 10 ms per one-node change (index update + the woken
+views, p95 of each kind). Figures go to bench/results/policy_compile.json and .md next to
+their budgets; the exit status is 1 on a miss.
 
 Workload: a segmentation policy of the shape a large tailnet has. N/20 tags (each node 1-2),
 100 groups (10 node names + 1 tag each), 50 hosts; 1,000 rules, most tag/group -> tag with
@@ -21,19 +24,25 @@ import argparse
 import cProfile
 import gc
 import ipaddress
+import json
 import pstats
 import random
 import statistics
 import sys
 import time
+import tomllib
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 from rustynet.domain.policy import Policy, PolicyNode
 from rustynet.domain.policy_compile import PolicyIndex, compile_policy
 from rustynet.domain.scope import Tag
 
 BASE = int(ipaddress.ip_address("100.64.0.0"))
+HERE: Final = Path(__file__).resolve().parent
+RESULTS: Final = HERE / "results" / "policy_compile.json"
+BUDGETS: Final = HERE / "budgets.toml"
 
 
 def address(i: int) -> ipaddress.IPv4Network:
@@ -129,7 +138,15 @@ def summary(samples: list[float]) -> str:
     return f"median {ms(statistics.median(ordered))}  p95 {ms(p95)}  max {ms(ordered[-1])}"
 
 
-def one_node_changes(index: PolicyIndex, nodes: list[PolicyNode], rng: random.Random) -> None:
+def p95(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[int(0.95 * (len(ordered) - 1))]
+
+
+def one_node_changes(
+    index: PolicyIndex, nodes: list[PolicyNode], rng: random.Random
+) -> dict[str, float]:
+    """Per change kind: p95 ms of index update + woken views (and prints the distributions)."""
     tags = sorted({t for n in nodes for t in n.tags})
     results: dict[str, tuple[list[float], list[float], list[int]]] = {}
 
@@ -161,9 +178,12 @@ def one_node_changes(index: PolicyIndex, nodes: list[PolicyNode], rng: random.Ra
         print(f"  one-node {kind:9s} index update: {summary(compile_only)}")
         print(f"  one-node {kind:9s} + woken views: {summary(with_views)}")
         print(f"  one-node {kind:9s} woken nodes:   median {statistics.median(woken):.0f}")
+    return {kind: round(p95(with_views) * 1000, 3) for kind, (_, with_views, _) in results.items()}
 
 
-def run(n_nodes: int, n_rules: int, *, all_to_all: bool, profile: str | None, freeze: bool) -> None:
+def run(
+    n_nodes: int, n_rules: int, *, all_to_all: bool, profile: str | None, freeze: bool
+) -> dict[str, Any]:
     document, nodes = make_workload(n_nodes, n_rules, all_to_all=all_to_all)
     if freeze:  # what the control plane does after start-up (ARCHITECTURE §8): no gen-2 pauses
         gc.collect()
@@ -189,22 +209,47 @@ def run(n_nodes: int, n_rules: int, *, all_to_all: bool, profile: str | None, fr
     if profile == "change":
         profiler = cProfile.Profile()
         profiler.enable()
-        one_node_changes(index, nodes, rng)
+        changes = one_node_changes(index, nodes, rng)
         profiler.disable()
         pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(15)
     else:
-        one_node_changes(index, nodes, rng)
+        changes = one_node_changes(index, nodes, rng)
+    return {
+        "nodes": n_nodes,
+        "rules": n_rules,
+        "full_compile_ms": round((spent + built) * 1000, 1),
+        "mean_visible_peers": round(peers, 1),
+        "one_node_change_p95_ms": changes,
+    }
 
 
-def main() -> None:
+def verdicts(runs: list[dict[str, Any]], budgets: dict[str, float]) -> list[dict[str, Any]]:
+    """Each budgeted figure (a node count without budget lines gets none)."""
+    out = []
+    for r in runs:
+        n = r["nodes"]
+        checks = [(f"full compile ms, N={n}", r["full_compile_ms"], f"full_compile_max_ms_{n}")]
+        checks += [
+            (f"one-node {kind} p95 ms, N={n}", value, f"one_node_change_max_ms_{n}")
+            for kind, value in r["one_node_change_p95_ms"].items()
+        ]
+        for figure, value, key in checks:
+            target = budgets.get(key)
+            verdict = "no budget" if target is None else "ok" if value <= target else "MISS"
+            out.append({"figure": figure, "value": value, "target": target, "verdict": verdict})
+    return out
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, action="append")
     parser.add_argument("--rules", type=int, default=1000)
     parser.add_argument("--all-to-all", action="store_true")
     parser.add_argument("--profile", choices=("full", "change"))
     parser.add_argument("--no-gc-freeze", action="store_true", help="leave the inventory to gc")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
-    for n in args.nodes or [1000, 10000]:
+    runs = [
         run(
             n,
             args.rules,
@@ -212,7 +257,32 @@ def main() -> None:
             profile=args.profile,
             freeze=not args.no_gc_freeze,
         )
+        for n in args.nodes or [1000, 10000]
+    ]
+    budgets = tomllib.loads(BUDGETS.read_text())["policy_compile"]
+    if args.rules != 1000 or args.all_to_all:
+        budgets = {}  # the budgets are for the 1,000-rule segmentation workload
+    figures = verdicts(runs, budgets)
+    lines = [
+        "# Peer-map compile",
+        "",
+        f"`python -m bench.bench_policy_compile {' '.join(sys.argv[1:])}`".replace(" `", "`"),
+        "",
+        "| figure | measured | target | verdict |",
+        "|---|---|---|---|",
+    ]
+    for f in figures:
+        target = "—" if f["target"] is None else f"<= {f['target']:g}"
+        lines.append(f"| {f['figure']} | {f['value']:g} | {target} | {f['verdict']} |")
+    report = "\n".join(lines) + "\n"
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(
+        json.dumps({"runs": runs, "budgets": budgets, "figures": figures}, indent=2) + "\n"
+    )
+    args.output.with_suffix(".md").write_text(report)
+    print(report)
+    return 1 if any(f["verdict"] == "MISS" for f in figures) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
