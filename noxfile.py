@@ -71,7 +71,8 @@ def bench(session: nox.Session) -> None:
     """Benchmarks (root), results in bench/results/; `-- relay` runs only the named ones.
 
     Each prints its figures with their targets, checks them against bench/budgets.toml and
-    exits 1 on a miss. Every named bench runs; the session fails at the end if any of them failed."""
+    exits 1 on a miss. Every named bench runs; the session fails at the end if any of them
+    failed."""
     failed = []
     for name in session.posargs or BENCHES:
         try:
