@@ -41,12 +41,12 @@ from rustynet.adapters.control_client import ControlClient, pinned_ssl_context
 from rustynet.adapters.control_plane_http import HttpControlPlane
 from rustynet.adapters.relay.client import WebSocketRelayTransport
 
-from rustynet.application.control import token_renewal_message
 from rustynet.bootstrap.keystores import KeystoreSettings, build_keystore
 from rustynet.domain.keys import Purpose, SigningKey, b64decode, b64encode
 from rustynet.domain.node_state import NodeState
 from rustynet.domain.relay import TO_RELAY, challenge_message, frame_header
 from rustynet.domain.tls_pin import SpkiPin
+from rustynet.domain.tokens import token_renewal_message
 from rustynet.ports.control_plane import NodeCredentials
 from rustynet.ports.relay import RelayAuth, RelayEndpoint, RelayError
 
