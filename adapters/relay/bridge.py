@@ -60,11 +60,14 @@ class _PeerSocket(asyncio.DatagramProtocol):
         self.bridge = bridge
         self.node_id = node_id
         self.transport: asyncio.DatagramTransport | None = None
+        self.endpoint: UnderlayEndpoint | None = None  # where the tunnel sends this peer's packets
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A datagram endpoint's transport (3.11's selector transport does not subclass
         # DatagramTransport, so no isinstance check).
         self.transport = cast("asyncio.DatagramTransport", transport)
+        port = int(self.transport.get_extra_info("sockname")[1])
+        self.endpoint = UnderlayEndpoint(ipaddress.IPv4Address(LOOPBACK), port)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         self.bridge.from_tunnel(self.node_id, data, addr)
@@ -97,27 +100,12 @@ class RelayBridge:
             )
             _grow_buffers(transport.get_extra_info("socket"))
             peer = self._sockets[node_id] = protocol
-        assert peer.transport is not None
-        port = peer.transport.get_extra_info("sockname")[1]
-        return UnderlayEndpoint(ipaddress.IPv4Address(LOOPBACK), int(port))
-
-    def endpoint_of(self, node_id: str) -> UnderlayEndpoint | None:
-        """The endpoint already bound for `node_id`, if any."""
-        peer = self._sockets.get(node_id)
-        if peer is None or peer.transport is None:
-            return None
-        return UnderlayEndpoint(
-            ipaddress.IPv4Address(LOOPBACK), int(peer.transport.get_extra_info("sockname")[1])
-        )
+        assert peer.endpoint is not None  # set by connection_made
+        return peer.endpoint
 
     def is_bridge_endpoint(self, endpoint: UnderlayEndpoint | None) -> bool:
         """True when `endpoint` is one of the bridge's loopback sockets."""
-        if endpoint is None or str(endpoint.address) != LOOPBACK:
-            return False
-        return any(
-            p.transport is not None and p.transport.get_extra_info("sockname")[1] == endpoint.port
-            for p in self._sockets.values()
-        )
+        return endpoint is not None and any(p.endpoint == endpoint for p in self._sockets.values())
 
     def keep_only(self, node_ids: set[str]) -> None:
         """Close the sockets of nodes no longer in the peer map."""
