@@ -1,23 +1,27 @@
-"""Host networking of a tunnel interface through rtnetlink (pyroute2): link, addresses, routes.
+"""Host networking of a tunnel interface through iproute2's ip(8): link, addresses, routes.
 
 The one rule: `set_routes` replaces only the routes we installed, recognised by our own route
 protocol id (`ROUTE_PROTO`); kernel prefix routes and anyone else's routes are never touched.
 
-pyroute2's synchronous `IPRoute` blocks, so every call runs in a worker thread with its own
-short-lived socket (no shared socket across threads). `flags=0` matters: pyroute2's default
-`O_CREAT` would silently create a missing namespace instead of failing.
+Why ip(8) rather than rtnetlink from Python: these calls run at start and when the routes
+change, nowhere near a hot path, and importing pyroute2 for them cost every node on the userspace
+backend ~10 MB of RSS for its whole life and ~0.1 s of start-up (bench/bench_node.py). ip(8)
+is iproute2, already required like nft(8); it reads state as `-json` (parsed here) and applies
+the adds of one change as one `-batch`, which stops at the first failure. Arguments go as argv
+(no shell); interface names are checked first, so a name can neither become an option nor add
+a line to a batch. A missing namespace fails (ip never creates one). The kernel backend still
+speaks generic netlink to WireGuard itself (pyroute2).
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import ipaddress
-from collections.abc import Callable, Iterable
-from typing import Any, Final, TypeVar
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+import json
+import re
+import shutil
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
 
 from rustynet.domain.tunnel import (
     IPInterface,
@@ -29,34 +33,77 @@ from rustynet.ports.tunnel import TunnelError
 
 ROUTE_PROTO: Final = 147
 """rtnetlink protocol id on the routes we install (unassigned in /etc/iproute2/rt_protos)."""
-_MAIN_TABLE: Final = 254
-_SCOPE_LINK: Final = 253
-_FAMILIES: Final = (2, 10)  # AF_INET, AF_INET6
-
-_T = TypeVar("_T")
+IP_TIMEOUT_S: Final = 10.0
+_NAME: Final = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,14}")  # IFNAMSIZ - 1, no option
+_NO_DEVICE: Final = ("does not exist", "Cannot find device")
+_NO_ROUTE: Final = "No such process"  # ESRCH: deleting a route that is already gone
 
 
 class Links:
-    """rtnetlink operations on named links inside one network namespace (None: ours)."""
+    """ip(8) operations on named links inside one network namespace (None: ours)."""
 
     def __init__(self, netns: str | None) -> None:
         self.netns = netns
+        self._ip_path: str | None = None
 
-    async def _run(self, what: str, work: Callable[[IPRoute], _T]) -> _T:
-        def call() -> _T:
-            try:
-                with IPRoute(netns=self.netns, flags=0, groups=0) as ipr:
-                    return work(ipr)
-            except NetlinkError as exc:
-                raise TunnelError(f"{what} failed: netlink error {exc.code}") from exc
-            except OSError as exc:
-                raise TunnelError(f"{what} failed: {exc}") from exc
+    async def _ip(self, what: str, args: Sequence[str], batch: str | None = None) -> str:
+        """Run ip(8) with `args` (or `-batch -` fed `batch`); its stdout, TunnelError else."""
+        code, out, err = await self._call(what, args, batch)
+        if code != 0:
+            raise TunnelError(f"{what} failed: {err or f'ip exited {code}'}")
+        return out
 
-        return await asyncio.to_thread(call)
+    async def _call(
+        self, what: str, args: Sequence[str], batch: str | None = None
+    ) -> tuple[int, str, str]:
+        if self._ip_path is None:
+            self._ip_path = shutil.which("ip")
+            if self._ip_path is None:
+                raise TunnelError(f"{what} failed: ip(8) not found (install iproute2)")
+        argv = [self._ip_path, *(("-n", self.netns) if self.netns else ()), *args]
+        if batch is not None:
+            argv += ["-batch", "-"]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE if batch is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise TunnelError(f"{what} failed: {exc}") from exc
+        try:
+            out, err = await asyncio.wait_for(
+                proc.communicate(None if batch is None else batch.encode()), IP_TIMEOUT_S
+            )
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise TunnelError(f"{what} failed: ip(8) took over {IP_TIMEOUT_S:g} s") from None
+        code = proc.returncode if proc.returncode is not None else -1
+        return code, out.decode(errors="replace"), err.decode(errors="replace").strip()
+
+    async def _show(self, what: str, args: Sequence[str]) -> list[Any] | None:
+        """`ip -json ARGS` about the link `name`: the parsed list, None when there is no link."""
+        code, out, err = await self._call(what, ["-json", *args])
+        if code != 0:
+            if any(marker in err for marker in _NO_DEVICE):
+                return None
+            raise TunnelError(f"{what} failed: {err or f'ip exited {code}'}")
+        try:
+            parsed = json.loads(out) if out.strip() else []
+        except ValueError as exc:
+            raise TunnelError(f"{what} failed: unreadable ip -json output ({exc})") from exc
+        if not isinstance(parsed, list):
+            raise TunnelError(f"{what} failed: unexpected ip -json output")
+        return parsed
 
     async def index(self, name: str) -> int | None:
         """Interface index of `name`, or None when there is no such link."""
-        return await self._run(f"looking up {name}", lambda ipr: _index(ipr, name))
+        found = await self._show(f"looking up {name}", ["link", "show", "dev", _checked(name)])
+        if not found:
+            return None
+        return int(found[0]["ifindex"])
 
     async def exists(self, name: str) -> bool:
         """True when a link called `name` exists."""
@@ -64,100 +111,76 @@ class Links:
 
     async def up(self, name: str) -> None:
         """Set the link administratively up."""
-        await self._run(
-            f"setting {name} up",
-            lambda ipr: ipr.link("set", index=_require(ipr, name), state="up"),
-        )
+        await self._ip(f"setting {name} up", ["link", "set", "dev", _checked(name), "up"])
 
     async def delete(self, name: str) -> None:
         """Delete the link if it exists (its addresses and routes go with it)."""
-
-        def work(ipr: IPRoute) -> None:
-            index = _index(ipr, name)
-            if index is not None:
-                ipr.link("del", index=index)
-
-        await self._run(f"deleting {name}", work)
+        code, _, err = await self._call(f"deleting {name}", ["link", "del", "dev", _checked(name)])
+        if code != 0 and not any(marker in err for marker in _NO_DEVICE):
+            raise TunnelError(f"deleting {name} failed: {err or f'ip exited {code}'}")
 
     async def create(self, name: str, kind: str) -> None:
         """Create a link of `kind` (e.g. a kernel tunnel type); refuses an existing name."""
-        await self._run(f"creating {name}", lambda ipr: ipr.link("add", ifname=name, kind=kind))
+        await self._ip(f"creating {name}", ["link", "add", _checked(name), "type", _checked(kind)])
 
     async def addresses(self, name: str) -> tuple[IPInterface, ...]:
         """Addresses on the link (IPv6 link-local ones left out: the kernel owns those)."""
-        return await self._run(f"reading addresses of {name}", lambda ipr: _addresses(ipr, name))
+        what = f"reading addresses of {name}"
+        links = await self._show(what, ["address", "show", "dev", _checked(name)])
+        if not links:
+            raise TunnelError(f"interface {name} does not exist")
+        out: list[IPInterface] = []
+        for info in links[0].get("addr_info", ()):
+            if info.get("family") == "inet6" and info.get("scope") == "link":
+                continue
+            if info.get("family") in ("inet", "inet6"):
+                out.append(ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}"))
+        return canonical_interfaces(out)
 
     async def set_addresses(self, name: str, addresses: Iterable[IPInterface]) -> None:
         """Make the link's addresses exactly `addresses` (adds first, then removes)."""
         wanted = set(canonical_interfaces(addresses))
-
-        def work(ipr: IPRoute) -> None:
-            index = _require(ipr, name)
-            have = set(_addresses(ipr, name))
-            for addr in sorted(wanted - have, key=str):
-                ipr.addr("add", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
-            for addr in sorted(have - wanted, key=str):
-                ipr.addr("del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
-
-        await self._run(f"setting addresses of {name}", work)
+        have = set(await self.addresses(name))
+        lines = [f"address add {a} dev {name}" for a in sorted(wanted - have, key=str)]
+        lines += [f"address del {a} dev {name}" for a in sorted(have - wanted, key=str)]
+        if lines:
+            await self._ip(f"setting addresses of {name}", [], "\n".join(lines) + "\n")
 
     async def routes(self, name: str) -> tuple[IPNetwork, ...]:
         """Routes we installed through the link (our protocol id, main table)."""
-        return await self._run(f"reading routes of {name}", lambda ipr: _routes(ipr, name))
+        what = f"reading routes of {name}"
+        out: list[IPNetwork] = []
+        ours = ["route", "show", "dev", _checked(name), "proto", str(ROUTE_PROTO), "table", "main"]
+        for family, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
+            shown = await self._show(what, [family, *ours])
+            if shown is None:
+                raise TunnelError(f"interface {name} does not exist")
+            for route in shown:
+                dst = str(route["dst"])
+                out.append(ipaddress.ip_network(default if dst == "default" else dst))
+        return canonical_networks(out)
 
     async def set_routes(self, name: str, routes: Iterable[IPNetwork]) -> None:
         """Make our routes through the link exactly `routes` (needs the link up)."""
         wanted = set(canonical_networks(routes))
-
-        def work(ipr: IPRoute) -> None:
-            index = _require(ipr, name)
-            have = set(_routes(ipr, name))
-            for net in sorted(wanted - have, key=str):
-                ipr.route("add", dst=str(net), oif=index, proto=ROUTE_PROTO)
-            for net in sorted(have - wanted, key=str):
-                try:
-                    ipr.route("del", dst=str(net), oif=index, proto=ROUTE_PROTO)
-                except NetlinkError as exc:
-                    if exc.code != errno.ESRCH:  # already gone: the goal holds
-                        raise
-
-        await self._run(f"setting routes of {name}", work)
-
-
-def _index(ipr: IPRoute, name: str) -> int | None:
-    found: list[int] = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
+        have = set(await self.routes(name))
+        what = f"setting routes of {name}"
+        adds = [
+            f"route add {net} dev {name} proto {ROUTE_PROTO}"
+            for net in sorted(wanted - have, key=str)
+        ]
+        if adds:
+            await self._ip(what, [], "\n".join(adds) + "\n")
+        for net in sorted(have - wanted, key=str):
+            code, _, err = await self._call(
+                what, ["route", "del", str(net), "dev", name, "proto", str(ROUTE_PROTO)]
+            )
+            if code != 0 and _NO_ROUTE not in err:  # already gone: the goal holds
+                raise TunnelError(f"{what} failed: {err or f'ip exited {code}'}")
 
 
-def _require(ipr: IPRoute, name: str) -> int:
-    index = _index(ipr, name)
-    if index is None:
-        raise TunnelError(f"interface {name} does not exist")
-    return index
-
-
-def _addresses(ipr: IPRoute, name: str) -> tuple[IPInterface, ...]:
-    index = _require(ipr, name)
-    out: list[IPInterface] = []
-    for msg in ipr.get_addr(index=index):
-        if msg["family"] == 10 and msg["scope"] == _SCOPE_LINK:
-            continue
-        out.append(ipaddress.ip_interface(f"{msg.get('address')}/{msg['prefixlen']}"))
-    return canonical_interfaces(out)
-
-
-def _routes(ipr: IPRoute, name: str) -> tuple[IPNetwork, ...]:
-    index = _require(ipr, name)
-    out: list[IPNetwork] = []
-    for family in _FAMILIES:
-        msgs: Iterable[Any] = ipr.get_routes(family=family)
-        for msg in msgs:
-            if (
-                msg.get("oif") == index
-                and msg["proto"] == ROUTE_PROTO
-                and msg.get("table") == _MAIN_TABLE
-            ):
-                unspecified = ipaddress.IPv4Address(0) if family == 2 else ipaddress.IPv6Address(0)
-                dst = msg.get("dst") or str(unspecified)
-                out.append(ipaddress.ip_network(f"{dst}/{msg['dst_len']}"))
-    return canonical_networks(out)
+def _checked(name: str) -> str:
+    """An interface name (or link kind) safe as one argv word and one batch-line word."""
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        raise TunnelError(f"invalid interface name {name!r}")
+    return name

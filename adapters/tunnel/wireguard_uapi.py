@@ -7,7 +7,7 @@ request; an empty diff sends nothing. The private key only ever travels over the
 The UAPI is wireguard-go's documented cross-platform text protocol on
 `/var/run/wireguard/IFNAME.sock`: `set=1` / `get=1` requests of `key=value` lines ended by an
 empty line, keys in hex, answered by `errno=N` and an empty line. Links, addresses and routes
-go through rtnetlink (`links.Links`); the TUN device vanishes with the process.
+go through ip(8) (`links.Links`); the TUN device vanishes with the process.
 
 Quirks met here: wireguard-go prints a banner claiming kernel support even when the module is
 missing (ignored); SIGKILL leaves the socket behind (removed at `stop` and, if stale, at

@@ -21,6 +21,7 @@ import keyring.backends.null
 import pytest
 from keyring.backend import KeyringBackend
 from rustynet.adapters.keystore import files
+from rustynet.adapters.keystore import os_keyring as os_keyring_module
 from rustynet.adapters.keystore.encrypted_file import (
     FIXED_HEADER_SIZE,
     FLOOR,
@@ -430,3 +431,26 @@ def test_auto_keeps_an_existing_key_directory(tmp_path: Path) -> None:
     )
     assert isinstance(choice.keystore, FileKeystore)
     assert "exists" in choice.reason
+
+
+def test_auto_with_a_key_directory_never_loads_keyring(tmp_path: Path) -> None:
+    """The file-store path of `auto` does not import `keyring` (≈3 MB of daemon RSS): checked in
+    a fresh interpreter, where nothing else has imported it yet."""
+    (tmp_path / "keys").mkdir(mode=0o700)
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from rustynet.bootstrap.keystores import KeystoreSettings, choose_keystore\n"
+        f"s = KeystoreSettings(state_dir=Path({str(tmp_path)!r}), kind='auto')\n"
+        "choice = choose_keystore(s, environ={}, interactive=False)\n"
+        "print(type(choice.keystore).__name__, 'keyring' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == ["FileKeystore", "False"]
+
+
+def test_keystore_settings_default_service_is_the_adapters() -> None:
+    """The bootstrap names the OS keyring service without importing the adapter: same value."""
+    assert KeystoreSettings().service == os_keyring_module.DEFAULT_SERVICE

@@ -18,13 +18,13 @@ import attrs
 
 from rustynet.adapters.keystore.encrypted_file import FileKeystore
 from rustynet.adapters.keystore.memory import MemoryKeystore
-from rustynet.adapters.keystore.os_keyring import DEFAULT_SERVICE, OsKeyringKeystore
 from rustynet.adapters.keystore.passphrase import PassphraseSource
 from rustynet.application.doctor import KeystoreChoice
 from rustynet.ports.keystore import Keystore, KeystoreError, KeystoreUnavailable
 
 KeystoreKind = Literal["auto", "os", "file", "memory"]
 DEFAULT_STATE_DIR: Final = Path("/var/lib/rustynet")
+DEFAULT_SERVICE: Final = "rustynet"  # = the OS keyring adapter's (not imported here: see _os_store)
 
 
 @attrs.frozen
@@ -43,7 +43,11 @@ class KeystoreSettings:
         return self.state_dir / "keys"
 
 
-def _os_store(settings: KeystoreSettings) -> tuple[OsKeyringKeystore, str | None]:
+def _os_store(settings: KeystoreSettings) -> tuple[Keystore, str | None]:
+    # Imported here: `keyring` (and importlib_metadata, jaraco...) costs a daemon that uses the
+    # file store ~3 MB of RSS and start-up time for nothing.
+    from rustynet.adapters.keystore.os_keyring import OsKeyringKeystore  # noqa: PLC0415
+
     store = OsKeyringKeystore(service=settings.service)
     try:
         store.open()
@@ -74,18 +78,17 @@ def choose_keystore(
     kind = settings.kind
     if kind == "memory":
         return KeystoreChoice(MemoryKeystore(), kind, "asked for the in-memory store")
-    if kind in ("auto", "os"):
+    if kind == "auto" and settings.keys_dir.exists():
+        reason = f"{settings.keys_dir} exists: keep using the encrypted file store"
+    elif kind in ("auto", "os"):
         os_store, os_error = _os_store(settings)
         if kind == "os":
             if os_error is not None:
                 return KeystoreChoice(None, kind, "asked for the OS key store", error=os_error)
             return KeystoreChoice(os_store, kind, "asked for the OS key store")
-        if settings.keys_dir.exists():
-            reason = f"{settings.keys_dir} exists: keep using the encrypted file store"
-        elif os_error is None:
+        if os_error is None:
             return KeystoreChoice(os_store, kind, "a real OS key store backend is available")
-        else:
-            reason = f"{os_error}; falling back to the encrypted file store"
+        reason = f"{os_error}; falling back to the encrypted file store"
     else:
         reason = "asked for the encrypted file store"
     store = FileKeystore(settings.keys_dir, None)

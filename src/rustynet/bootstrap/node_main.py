@@ -97,6 +97,12 @@ def rustynetd_main(argv: Sequence[str] | None = None) -> int:
         )
         unlock.start()
         # While the unlock runs: the daemon's imports (the reason they are not at the top).
+        # structlog imports `rich` whenever it is installed, for console tracebacks the daemon
+        # never renders (its lines are JSON, exceptions formatted as plain text first); rich is
+        # only a development dependency (import-linter, pip-audit), so a node installed from
+        # the package has none. Keeping it out here makes a checkout run like a deployed node:
+        # 4.7 MB less RSS and ~80 ms less start-up (VmRSS, `python -X importtime`).
+        sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
         import asyncio  # noqa: PLC0415
 
         from rustynet.adapters.logging import configure_logging  # noqa: PLC0415
