@@ -105,6 +105,9 @@ class _Nodes:
     async def get_by_identity(self, identity_key: VerifyKey) -> NodeRecord | None:
         return next((n for n in self._s.nodes.values() if n.identity_key == identity_key), None)
 
+    async def get_by_name(self, name: str) -> NodeRecord | None:
+        return next((n for n in self._s.nodes.values() if n.name == name), None)
+
     async def names_starting_with(self, prefix: str) -> frozenset[str]:
         return frozenset(n.name for n in self._s.nodes.values() if n.name.startswith(prefix))
 
@@ -459,7 +462,11 @@ class _Challenges:
         return len(gone)
 
     async def count(self, kind: ChallengeKind, now: datetime) -> int:
-        return sum(1 for r in self._s.challenges.values() if r.kind is kind and now < r.expires_at)
+        return sum(
+            1
+            for r in self._s.challenges.values()
+            if r.kind is kind and not r.used and now < r.expires_at
+        )
 
 
 class MemoryUnitOfWork:

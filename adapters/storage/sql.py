@@ -297,6 +297,13 @@ class SqlNodes:
         )
         return None if row is None else _node(row)
 
+    async def get_by_name(self, name: str) -> NodeRecord | None:
+        """See `NodeRepository.get_by_name` (the unique index on name)."""
+        row = await _one(
+            self._ex, self._d.sql(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE name = :n"), {"n": name}
+        )
+        return None if row is None else _node(row)
+
     async def names_starting_with(self, prefix: str) -> frozenset[str]:
         """See `NodeRepository.names_starting_with` (reads names only, not whole rows)."""
         rows = await _rows(
@@ -1180,7 +1187,10 @@ class SqlChallenges:
         """See `ChallengeRepository.count`."""
         row = await _one(
             self._ex,
-            self._d.sql("SELECT COUNT(*) FROM challenges WHERE kind = :kind AND expires_at > :now"),
+            self._d.sql(
+                "SELECT COUNT(*) FROM challenges"
+                " WHERE kind = :kind AND used = 0 AND expires_at > :now"  # index challenges_pending
+            ),
             {"kind": kind.value, "now": to_micros(now)},
         )
         return int(row[0]) if row else 0

@@ -203,6 +203,9 @@ async def test_node_names_starting_with_matches_exact_prefixes(store: Store) -> 
         assert await uow.nodes.names_starting_with("host_%") == {"host_%x"}
         assert await uow.nodes.names_starting_with("HOST") == frozenset()
         assert await uow.nodes.names_starting_with("") == {"host-1", "host-2", "host_%x"}
+        assert (await uow.nodes.get_by_name("host_%x")) == await uow.nodes.get("node-11")
+        assert await uow.nodes.get_by_name("host_%") is None
+        assert await uow.nodes.get_by_name("HOST-1") is None
 
 
 @pytest.mark.asyncio

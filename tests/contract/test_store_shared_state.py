@@ -127,8 +127,8 @@ async def test_expired_wrong_kind_and_unknown_challenges_are_not_consumable(
 async def test_challenge_capacity_is_exact_per_kind_and_purge_frees_it(
     stores: tuple[Store, Store],
 ) -> None:
-    """At `capacity` live challenges of a kind the next is refused (on either store); another
-    kind is unaffected; purging expired ones frees room; a rollback stores nothing."""
+    """At `capacity` pending challenges of a kind the next is refused (on either store); another
+    kind is unaffected; consuming one or purging expired ones frees room."""
     a, b = stores
     for n in range(3):
         async with (a, b)[n % 2].unit_of_work() as uow:
@@ -139,9 +139,13 @@ async def test_challenge_capacity_is_exact_per_kind_and_purge_frees_it(
     async with a.unit_of_work() as uow:
         await uow.challenges.issue(_record(8, ChallengeKind.RENEWAL), NOW, 3)
         assert await uow.challenges.count(ChallengeKind.ENROLLMENT, NOW) == 3
+    async with b.unit_of_work() as uow:  # a used challenge is no longer pending: room again
+        await uow.challenges.consume(ChallengeKind.ENROLLMENT, _record(1).id, NOW)
+        assert await uow.challenges.count(ChallengeKind.ENROLLMENT, NOW) == 2
+        await uow.challenges.issue(_record(7), NOW, 3)
     later = NOW + timedelta(seconds=61)
     async with a.unit_of_work() as uow:
-        assert await uow.challenges.purge(later) == 4
+        assert await uow.challenges.purge(later) == 5
         assert await uow.challenges.count(ChallengeKind.ENROLLMENT, later) == 0
 
 

@@ -931,11 +931,12 @@ class ControlService:
         )
 
     async def _free_name(self, uow: UnitOfWork, hostname: str) -> str:
-        # Every candidate starts with this prefix (suffixes are at most "-9999"), so one
-        # names-only query answers all of them; loading every node row made enrollment O(N).
-        taken = await uow.nodes.names_starting_with(hostname[: MAX_NAME_LENGTH - 5])
-        if hostname not in taken:
+        # The usual case, a name nobody has, is one lookup on the unique index. Otherwise every
+        # candidate starts with this prefix (suffixes are at most "-9999"), so one names-only
+        # query answers all of them (it reads every name: neither database indexes a prefix).
+        if await uow.nodes.get_by_name(hostname) is None:
             return hostname
+        taken = await uow.nodes.names_starting_with(hostname[: MAX_NAME_LENGTH - 5])
         for n in range(2, 10_000):
             suffix = f"-{n}"
             candidate = hostname[: MAX_NAME_LENGTH - len(suffix)] + suffix

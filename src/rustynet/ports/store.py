@@ -289,6 +289,10 @@ class NodeRepository(Protocol):
         """The node enrolled with this identity key, or None."""
         ...
 
+    async def get_by_name(self, name: str) -> NodeRecord | None:
+        """The node called `name` (exact, case-sensitive), or None."""
+        ...
+
     async def names_starting_with(self, prefix: str) -> frozenset[str]:
         """Names of all nodes whose name starts with `prefix` (exact, case-sensitive)."""
         ...
@@ -560,7 +564,7 @@ class ChallengeRepository(Protocol):
         ...
 
     async def count(self, kind: ChallengeKind, now: datetime) -> int:
-        """How many challenges of `kind` are live (`now < expires_at`), used or not."""
+        """How many challenges of `kind` are pending: unused and live (`now < expires_at`)."""
         ...
 
 
