@@ -151,6 +151,12 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, FD_WANTED), hard))
 
 
+def client_cpu_seconds() -> float:
+    """CPU (user + system) of this process: the simulated nodes share the machine's cores."""
+    times = os.times()
+    return times.user + times.system
+
+
 def hostname(index: int) -> str:
     return f"bench-{index:05d}"
 
@@ -532,11 +538,12 @@ class Bench:
             "server_cpu_s": round(cpu1 - cpu0, 2),
         }
         print(f"healthz baseline: {baseline:.1f} ops/s", file=sys.stderr)
+        mine1 = client_cpu_seconds()
         wall, lat = await bounded(
             self.args.concurrency,
             [partial(enroll_op, target, join_text, nd, self.trust) for nd in self.nodes],
         )
-        cpu2 = server.cpu_seconds()
+        cpu2, mine2 = server.cpu_seconds(), client_cpu_seconds()
         self.results["enrollment"] = {
             "what": "per node: new TLS 1.3 connection, POST /v1/enroll + /v1/enroll/complete",
             "nodes_per_s": round(n / wall, 1),
@@ -544,6 +551,7 @@ class Bench:
             "latency": dist(lat),
             "server_cpu_s": round(cpu2 - cpu1, 2),
             "server_cpu_ms_per_node": round((cpu2 - cpu1) / n * 1000, 2),
+            "client_cpu_ms_per_node": round((mine2 - mine1) / n * 1000, 2),
             "vs_healthz_baseline": round((n / wall) / baseline, 3),
         }
         print(f"enrollment: {n / wall:.1f} nodes/s", file=sys.stderr)
@@ -685,12 +693,12 @@ class Bench:
             reusable=True, uses=extra, tags=[TAG], ttl_seconds=3600
         )
         join_text = str(created["token"])
-        cpu0 = self.server.cpu_seconds()
+        cpu0, mine0 = self.server.cpu_seconds(), client_cpu_seconds()
         wall, lat = await bounded(
             self.args.concurrency,
             [partial(enroll_op, self.target, join_text, nd, self.trust) for nd in newcomers],
         )
-        cpu1 = self.server.cpu_seconds()
+        cpu1, mine1 = self.server.cpu_seconds(), client_cpu_seconds()
         still = await waiters(self.metrics, self.target.url)
         for task in tasks:
             task.cancel()
@@ -704,6 +712,7 @@ class Bench:
             "wall_s": round(wall, 3),
             "latency": dist(lat),
             "server_cpu_ms_per_node": round((cpu1 - cpu0) / extra * 1000, 2),
+            "client_cpu_ms_per_node": round((mine1 - mine0) / extra * 1000, 2),
         }
         print(
             f"enrollment while {connected} connected: {extra / wall:.1f} nodes/s", file=sys.stderr
@@ -814,7 +823,8 @@ def table(results: dict[str, Any]) -> str:
         c = results["enrollment_connected"]
         rows.append(
             f"  enroll, connected {c['nodes_per_s']:8.1f} nodes/s  {lat(c['latency'])}"
-            f"  ({c['connected_nodes']} long-polls held)"
+            f"  ({c['connected_nodes']} long-polls held; CPU ms/node server "
+            f"{c['server_cpu_ms_per_node']}, client {c['client_cpu_ms_per_node']})"
         )
     return "\n".join(rows)
 
@@ -906,7 +916,7 @@ def markdown(report: dict[str, Any]) -> str:
         "## Enrollment and memory",
         "",
         "| N | enroll/s (idle) | enroll/s (N connected) | healthz baseline ops/s |"
-        " server CPU ms/enrollment | KB per connected node |",
+        " server / client CPU ms per enrollment | KB per connected node |",
         "|---|---|---|---|---|---|",
     ]
     for n, run in sorted(runs.items(), key=lambda kv: int(kv[0])):
@@ -914,7 +924,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {n} | {num(e.get('nodes_per_s'))} | {num(c.get('nodes_per_s'))} | "
             f"{num(run.get('healthz_baseline', {}).get('ops_per_s'))} | "
-            f"{num(c.get('server_cpu_ms_per_node', e.get('server_cpu_ms_per_node')))}"
+            f"{num(c.get('server_cpu_ms_per_node', e.get('server_cpu_ms_per_node')))} / "
+            f"{num(c.get('client_cpu_ms_per_node', e.get('client_cpu_ms_per_node')))}"
             f" | {num(run.get('memory', {}).get('kb_per_connected_node'))} |"
         )
     errors = [f"- N={n}: {run['error']}" for n, run in runs.items() if "error" in run]

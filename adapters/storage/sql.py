@@ -62,7 +62,7 @@ EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 _PLACEHOLDER: Final = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 _MIGRATION_NAME: Final = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
-_PROBE_BATCH: Final = 64
+_PROBE_BATCHES: Final = (4, 64)  # candidates per probe query: the first few, then 64 at a time
 _BATCH: Final = 500  # ids per multi-row statement (well under both databases' limits)
 _MAX_REDEEM_ROUNDS: Final = 10_000  # each lost round means another redemption committed
 _CREDENTIAL_TIMES: Final = ("created_at", "expires_at", "last_used_at", "ended_at")
@@ -402,14 +402,17 @@ class SqlIpam:
         existing = await self.lookup(node_id)
         if existing is not None:
             return existing
+        # A sparse pool (the usual case: 100.64.0.0/10 holds 4 million addresses) almost always
+        # has the first candidate free: probe a few first, without building 64 of them.
         batch: list[ipaddress.IPv4Address] = []
+        size = _PROBE_BATCHES[0]
         for candidate in self._plan.candidates(node_id):
             batch.append(candidate)
-            if len(batch) == _PROBE_BATCH:
+            if len(batch) == size:
                 found = await self._claim_first(node_id, batch)
                 if found is not None:
                     return found
-                batch = []
+                batch, size = [], _PROBE_BATCHES[-1]
         found = await self._claim_first(node_id, batch) if batch else None
         if found is None:
             raise AddressPoolExhausted(f"no free overlay address in {self._plan.network}")

@@ -217,6 +217,14 @@ class _Net:
     generation: int
 
 
+class _ProofRefused(Exception):  # noqa: N818 - internal signal, never leaves this module
+    """A proof of possession that did not authorize: ends the unit of work, then recorded."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @attrs.frozen
 class _PendingEnrollment:
     credential_id: CredentialId
@@ -728,7 +736,11 @@ class ControlService:
     # --- node routes ---------------------------------------------------------------------------
 
     async def enroll(self, request: EnrollRequest, *, client_ip: str) -> EnrollChallenge:
-        """POST /v1/enroll: check the join secret, answer a single-use challenge (≤ 60 s)."""
+        """POST /v1/enroll: check the join secret, answer a single-use challenge (≤ 60 s).
+
+        Two units of work: the abuse limits (IP, identity and the join key's backoff) commit
+        first, whatever follows; then the credential is read, the secret and binding checked
+        and the challenge stored in one unit (a refusal there has written nothing)."""
         now = self.clock.now()
         identity: VerifyKey = _parse(
             VerifyKey.from_text, request.identity_key, "/identity_key", "identity key"
@@ -742,87 +754,113 @@ class ControlService:
         requested = None
         if request.requested_tags is not None:
             requested = Scope(_tags(request.requested_tags, "/requested_tags"))
-        await self._limit(ip=client_ip, identity=f"identity:{identity.to_text()}")
-        credential, existing = await self._join_credential(request.join_secret, identity, client_ip)
+        actor = f"ip:{client_ip}"
         try:
-            credential.check_redeemable(now)
-        except CredentialRejected:
-            raise Gone from None
-        if existing is not None:
-            raise Conflict("this identity key is already enrolled")
+            token: JoinToken | None = JoinToken.parse(request.join_secret)
+        except DecodeError:
+            token = None
         try:
-            bound = verify_tunnel_key_binding(binding, identity, now)
-        except RemoteProtocolError as exc:
-            raise ValidationError.at("/tunnel_key_binding", f"binding rejected: {exc}") from exc
-        if bound != tunnel_key:
-            raise ValidationError.at("/tunnel_key_binding", "binds a different tunnel key")
-        try:
-            enrollment = EnrollmentRequest(
-                token_id=credential.id.to_text(),
-                identity_key=identity,
-                tunnel_key=tunnel_key,
-                hostname=request.hostname,
-                requested_scope=requested,
+            credential_key = None if token is None else f"join:{token.token_id.to_text()}"
+            await self._limit(
+                ip=client_ip, identity=f"identity:{identity.to_text()}", credential=credential_key
             )
-        except DecodeError as exc:
-            raise ValidationError.at("/hostname", str(exc)) from exc
-        presented = enrollment.presented(credential.scope)
-        # A fresh server per request: the challenge lives in the store, not in this process.
-        effect = EnrollmentServer(self.entropy).handle(presented, now)
-        if isinstance(effect, Reject):
-            if effect.reason is RejectReason.SCOPE_NOT_GRANTED:
-                raise Forbidden("requested tags are not granted by the join key")
-            raise LocalProtocolError(f"unexpected enrollment rejection {effect.reason.value}")
-        if not isinstance(effect, IssueChallenge):
-            raise LocalProtocolError(f"unexpected enrollment effect {type(effect).__name__}")
-        pending = _PendingEnrollment(
-            credential.id, binding.validity.not_after, f"join:{credential.id.to_text()}"
-        )
-        record = ChallengeRecord(
-            id=effect.challenge_id,
-            kind=ChallengeKind.ENROLLMENT,
-            subject=credential.id.to_text(),
-            payload=_pending_payload(presented, pending),
-            expires_at=effect.expires_at,
-        )
+            if token is None or credential_key is None:
+                await self._failed(credential=None, actor=actor, action="enroll.failed", target="-")
+                raise Unauthorized
+            challenge = await self._issue_enrollment_challenge(
+                token, identity, tunnel_key, binding, request.hostname, requested, now
+            )
+        finally:
+            if token is not None:
+                token.wipe()
+        if challenge is None:
+            await self._failed(
+                credential=credential_key,
+                actor=actor,
+                action="enroll.failed",
+                target=token.token_id.to_text(),
+            )
+            raise Unauthorized
+        return challenge
+
+    async def _issue_enrollment_challenge(  # noqa: PLR0917 - the checked request, in order
+        self,
+        token: JoinToken,
+        identity: VerifyKey,
+        tunnel_key: TunnelKey,
+        binding: TunnelKeyBinding,
+        hostname: str,
+        requested: Scope | None,
+        now: datetime,
+    ) -> EnrollChallenge | None:
+        """In one unit of work: the credential the token names, its secret (uniform failure:
+        None), then the checks and the stored challenge. Raises for a refusal after the secret
+        matched (Gone, Conflict, ValidationError, Forbidden, RateLimited)."""
         try:
             async with self.store.unit_of_work() as uow:
-                await uow.challenges.issue(record, now, DEFAULT_MAX_PENDING)
+                credential = await uow.credentials.get(token.token_id)
+                ok = credential is not None and token.root_fingerprint == self.keys.root.key_id
+                try:
+                    token.verify_secret(credential.secret_hash if credential else _DUMMY_HASH)
+                except JoinSecretMismatch:
+                    ok = False
+                if not ok or credential is None:
+                    return None
+                try:
+                    credential.check_redeemable(now)
+                except CredentialRejected:
+                    raise Gone from None
+                if await uow.nodes.get_by_identity(identity) is not None:
+                    raise Conflict("this identity key is already enrolled")
+                try:
+                    bound = verify_tunnel_key_binding(binding, identity, now)
+                except RemoteProtocolError as exc:
+                    raise ValidationError.at(
+                        "/tunnel_key_binding", f"binding rejected: {exc}"
+                    ) from exc
+                if bound != tunnel_key:
+                    raise ValidationError.at("/tunnel_key_binding", "binds a different tunnel key")
+                try:
+                    enrollment = EnrollmentRequest(
+                        token_id=credential.id.to_text(),
+                        identity_key=identity,
+                        tunnel_key=tunnel_key,
+                        hostname=hostname,
+                        requested_scope=requested,
+                    )
+                except DecodeError as exc:
+                    raise ValidationError.at("/hostname", str(exc)) from exc
+                presented = enrollment.presented(credential.scope)
+                # A fresh server per request: the challenge lives in the store, not here.
+                effect = EnrollmentServer(self.entropy).handle(presented, now)
+                if isinstance(effect, Reject):
+                    if effect.reason is RejectReason.SCOPE_NOT_GRANTED:
+                        raise Forbidden("requested tags are not granted by the join key")
+                    raise LocalProtocolError(
+                        f"unexpected enrollment rejection {effect.reason.value}"
+                    )
+                if not isinstance(effect, IssueChallenge):
+                    raise LocalProtocolError(
+                        f"unexpected enrollment effect {type(effect).__name__}"
+                    )
+                pending = _PendingEnrollment(
+                    credential.id, binding.validity.not_after, f"join:{credential.id.to_text()}"
+                )
+                await uow.challenges.issue(
+                    ChallengeRecord(
+                        id=effect.challenge_id,
+                        kind=ChallengeKind.ENROLLMENT,
+                        subject=credential.id.to_text(),
+                        payload=_pending_payload(presented, pending),
+                        expires_at=effect.expires_at,
+                    ),
+                    now,
+                    DEFAULT_MAX_PENDING,
+                )
         except TooManyChallenges:
             self._rate_limited += 1
             raise RateLimited(5, "too many enrollments in progress") from None
         return EnrollChallenge(b64encode(effect.challenge_id), effect.expires_at)
-
-    async def _join_credential(
-        self, join_secret: str, identity: VerifyKey, client_ip: str
-    ) -> tuple[Credential, NodeRecord | None]:
-        """The credential the join token names if its secret matches (uniform failure)."""
-        actor = f"ip:{client_ip}"
-        try:
-            token = JoinToken.parse(join_secret)
-        except DecodeError:
-            await self._failed(credential=None, actor=actor, action="enroll.failed", target="-")
-            raise Unauthorized from None
-        token_id = token.token_id.to_text()
-        credential_key = f"join:{token_id}"
-        try:
-            await self._limit(credential=credential_key)
-            async with self.store.unit_of_work() as uow:
-                credential = await uow.credentials.get(token.token_id)
-                existing = await uow.nodes.get_by_identity(identity)
-            ok = credential is not None and token.root_fingerprint == self.keys.root.key_id
-            try:
-                token.verify_secret(credential.secret_hash if credential else _DUMMY_HASH)
-            except JoinSecretMismatch:
-                ok = False
-        finally:
-            token.wipe()
-        if not ok or credential is None:
-            await self._failed(
-                credential=credential_key, actor=actor, action="enroll.failed", target=token_id
-            )
-            raise Unauthorized
-        return credential, existing
 
     async def enroll_complete(
         self, request: EnrollCompleteRequest, *, client_ip: str
@@ -833,20 +871,15 @@ class ControlService:
         actor = f"ip:{client_ip}"
         challenge_id = _b64(request.challenge_id, "/challenge_id")
         signature = _b64(request.signature, "/signature")
-        attempts, pending = await self._stored_enrollment(challenge_id)
-        effect: object
-        try:
-            server = EnrollmentServer.resume(self.entropy, attempts)
-            effect = server.handle(ProofPresented(challenge_id, signature), now)
-        except DecodeError:
-            effect = Reject(RejectReason.UNKNOWN_CHALLENGE)
-        if not isinstance(effect, Authorize) or pending is None:
-            reason = effect.reason.value if isinstance(effect, Reject) else "no-pending"
-            await self._proof_failed(pending, actor, reason)
-            raise Unauthorized
         woken: frozenset[str] = frozenset()
+        pending: _PendingEnrollment | None = None
         try:
+            # One unit of work from reading the challenge to the new node: a refused proof
+            # has written nothing when it leaves (its failure is recorded after).
             async with self._write() as uow:
+                attempts, stored = await self._stored_enrollment(uow, challenge_id)
+                pending = stored  # for the failure record below
+                effect, pending = self._authorize(attempts, stored, challenge_id, signature, now)
                 # Single use across instances: exactly one consume of a challenge commits.
                 await uow.challenges.consume(ChallengeKind.ENROLLMENT, challenge_id, now)
                 credential = await uow.credentials.redeem(pending.credential_id, now)
@@ -886,6 +919,9 @@ class ControlService:
                         "identity_fingerprint": node.identity_key.fingerprint().to_text(),
                     },
                 )
+        except _ProofRefused as refused:
+            await self._proof_failed(pending, actor, refused.reason)
+            raise Unauthorized from None
         except NotFound:  # the challenge was used meanwhile (here or on another instance)
             await self._proof_failed(pending, actor, RejectReason.CHALLENGE_USED.value)
             raise Unauthorized from None
@@ -906,14 +942,34 @@ class ControlService:
             trust=self._trust(),
         )
 
+    def _authorize(
+        self,
+        attempts: dict[bytes, Attempt],
+        pending: _PendingEnrollment | None,
+        challenge_id: bytes,
+        signature: bytes,
+        now: datetime,
+    ) -> tuple[Authorize, _PendingEnrollment]:
+        """The domain's verdict on the proof and its pending enrollment; `_ProofRefused` (with
+        the reason) unless it authorizes a stored one."""
+        effect: object
+        try:
+            server = EnrollmentServer.resume(self.entropy, attempts)
+            effect = server.handle(ProofPresented(challenge_id, signature), now)
+        except DecodeError:
+            effect = Reject(RejectReason.UNKNOWN_CHALLENGE)
+        if not isinstance(effect, Authorize) or pending is None:
+            raise _ProofRefused(effect.reason.value if isinstance(effect, Reject) else "no-pending")
+        return effect, pending
+
+    @staticmethod
     async def _stored_enrollment(
-        self, challenge_id: bytes
+        uow: UnitOfWork, challenge_id: bytes
     ) -> tuple[dict[bytes, Attempt], _PendingEnrollment | None]:
         """The stored challenge as the domain's attempt (issued by any instance), if any."""
         if len(challenge_id) != CHALLENGE_BYTES:
             return {}, None
-        async with self.store.unit_of_work() as uow:
-            stored = await uow.challenges.get(ChallengeKind.ENROLLMENT, challenge_id)
+        stored = await uow.challenges.get(ChallengeKind.ENROLLMENT, challenge_id)
         if stored is None:
             return {}, None
         attempt, pending = _pending_from(stored)
