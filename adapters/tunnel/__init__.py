@@ -1,4 +1,4 @@
 """Tunnel backends (the `TunnelBackend` port): in-memory, userspace daemon, kernel module.
 
-`links` holds the shared rtnetlink helpers (addresses, routes, link state) for the real ones.
+`links` holds the shared link, address and route helpers (through ip(8)) for the real ones.
 """
