@@ -5,8 +5,8 @@ the crypto policy are checked, the key store is opened (its permission checks an
 read run as before), then the deliberately slow Argon2id unlock of the node's two keys runs in a
 worker thread (cryptography releases the GIL) while this thread imports the daemon
 (`rustynet.bootstrap.node`: aiohttp, the agent, the adapters...). Measured on a 2-core lab machine
-(bench/bench_node.py): imports ~0.6 s and unlock ~0.4 s of a start that had them in sequence (before pyroute2
-(~0.1 s) left the userspace path).
+(bench/bench_node.py): imports ~0.6 s and unlock ~0.4 s of a start that had them in sequence
+(before pyroute2, ~0.1 s of it, left the userspace path).
 
 The unlock ahead is `Keystore.get` of each key with the secret wiped at once: the file key store
 keeps the derived file keys (as it does after the agent's own first read) until it is closed,
