@@ -36,7 +36,7 @@ ROUTE_PROTO: Final = 147
 IP_TIMEOUT_S: Final = 10.0
 _NAME: Final = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,14}")  # IFNAMSIZ - 1, no option
 _NO_DEVICE: Final = ("does not exist", "Cannot find device")
-_NO_ROUTE: Final = "No such process"  # ESRCH: deleting a route that is already gone
+_NO_ROUTE: Final = ("No such process",)  # ESRCH: deleting a route that is already gone
 
 
 class Links:
@@ -46,16 +46,16 @@ class Links:
         self.netns = netns
         self._ip_path: str | None = None
 
-    async def _ip(self, what: str, args: Sequence[str], batch: str | None = None) -> str:
-        """Run ip(8) with `args` (or `-batch -` fed `batch`); its stdout, TunnelError else."""
-        code, out, err = await self._call(what, args, batch)
-        if code != 0:
-            raise TunnelError(f"{what} failed: {err or f'ip exited {code}'}")
-        return out
-
-    async def _call(
-        self, what: str, args: Sequence[str], batch: str | None = None
-    ) -> tuple[int, str, str]:
+    async def _ip(
+        self,
+        what: str,
+        args: Sequence[str],
+        batch: str | None = None,
+        *,
+        gone: Sequence[str] = (),
+    ) -> str | None:
+        """Run ip(8) with `args` (or `-batch -` fed `batch`): its stdout; None when it failed
+        with one of the `gone` messages (the thing is already absent); TunnelError else."""
         if self._ip_path is None:
             self._ip_path = shutil.which("ip")
             if self._ip_path is None:
@@ -80,16 +80,18 @@ class Links:
             proc.kill()
             await proc.wait()
             raise TunnelError(f"{what} failed: ip(8) took over {IP_TIMEOUT_S:g} s") from None
-        code = proc.returncode if proc.returncode is not None else -1
-        return code, out.decode(errors="replace"), err.decode(errors="replace").strip()
+        if proc.returncode == 0:
+            return out.decode(errors="replace")
+        message = err.decode(errors="replace").strip()
+        if any(marker in message for marker in gone):
+            return None
+        raise TunnelError(f"{what} failed: {message or f'ip exited {proc.returncode}'}")
 
     async def _show(self, what: str, args: Sequence[str]) -> list[Any] | None:
-        """`ip -json ARGS` about the link `name`: the parsed list, None when there is no link."""
-        code, out, err = await self._call(what, ["-json", *args])
-        if code != 0:
-            if any(marker in err for marker in _NO_DEVICE):
-                return None
-            raise TunnelError(f"{what} failed: {err or f'ip exited {code}'}")
+        """`ip -json ARGS` about one link: the parsed list, None when there is no such link."""
+        out = await self._ip(what, ["-json", *args], gone=_NO_DEVICE)
+        if out is None:
+            return None
         try:
             parsed = json.loads(out) if out.strip() else []
         except ValueError as exc:
@@ -115,9 +117,7 @@ class Links:
 
     async def delete(self, name: str) -> None:
         """Delete the link if it exists (its addresses and routes go with it)."""
-        code, _, err = await self._call(f"deleting {name}", ["link", "del", "dev", _checked(name)])
-        if code != 0 and not any(marker in err for marker in _NO_DEVICE):
-            raise TunnelError(f"deleting {name} failed: {err or f'ip exited {code}'}")
+        await self._ip(f"deleting {name}", ["link", "del", "dev", _checked(name)], gone=_NO_DEVICE)
 
     async def create(self, name: str, kind: str) -> None:
         """Create a link of `kind` (e.g. a kernel tunnel type); refuses an existing name."""
@@ -172,11 +172,11 @@ class Links:
         if adds:
             await self._ip(what, [], "\n".join(adds) + "\n")
         for net in sorted(have - wanted, key=str):
-            code, _, err = await self._call(
-                what, ["route", "del", str(net), "dev", name, "proto", str(ROUTE_PROTO)]
+            await self._ip(  # already gone: the goal holds
+                what,
+                ["route", "del", str(net), "dev", name, "proto", str(ROUTE_PROTO)],
+                gone=_NO_ROUTE,
             )
-            if code != 0 and _NO_ROUTE not in err:  # already gone: the goal holds
-                raise TunnelError(f"{what} failed: {err or f'ip exited {code}'}")
 
 
 def _checked(name: str) -> str:

@@ -877,9 +877,8 @@ class ControlService:
             # One unit of work from reading the challenge to the new node: a refused proof
             # has written nothing when it leaves (its failure is recorded after).
             async with self._write() as uow:
-                attempts, stored = await self._stored_enrollment(uow, challenge_id)
-                pending = stored  # for the failure record below
-                effect, pending = self._authorize(attempts, stored, challenge_id, signature, now)
+                attempts, pending = await self._stored_enrollment(uow, challenge_id)
+                effect, pending = self._authorize(attempts, pending, challenge_id, signature, now)
                 # Single use across instances: exactly one consume of a challenge commits.
                 await uow.challenges.consume(ChallengeKind.ENROLLMENT, challenge_id, now)
                 credential = await uow.credentials.redeem(pending.credential_id, now)
