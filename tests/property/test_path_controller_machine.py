@@ -323,7 +323,12 @@ class PathControllerMachine(RuleBasedStateMachine):
     def exactly_one_active_path(self) -> None:
         assert self.state.path in (PathKind.DIRECT, PathKind.RELAY)
         assert self.endpoint is self.state.path
-        assert (status_path(self.state) == "relay") == (self.state.path is PathKind.RELAY)
+        word = status_path(self.state)
+        assert (word == "relay") == (
+            self.state.path is PathKind.RELAY and self.state.last_seen is not None
+        )
+        # `direct`/`relay` only once a handshake on the current path confirmed it.
+        assert (word in ("direct", "relay")) == (self.state.last_seen is not None)
 
 
 # --- deliberately broken controllers ---------------------------------------------------------

@@ -25,6 +25,7 @@ from rustynet.domain.path import (
     StaleProbeResult,
     Step,
     UsePath,
+    peer_status,
     status_path,
     step,
     wake_at,
@@ -73,11 +74,11 @@ def reasons(result: Step) -> list[Reason]:
 
 
 def test_peer_starts_direct() -> None:
-    """A new peer tries the direct path first and status says direct."""
+    """A new peer tries the direct path first and status says trying (nothing confirmed)."""
     state = PeerPath.start(T0)
     assert state.phase is PathPhase.DIRECT_TRYING
     assert state.path is PathKind.DIRECT
-    assert status_path(state) == "direct"
+    assert status_path(state) == "trying"
 
 
 def test_direct_handshake_confirms_the_direct_path() -> None:
@@ -112,7 +113,10 @@ def test_no_direct_handshake_switches_to_relay_exactly_at_the_timeout() -> None:
     )
     assert transition.reason is Reason.DIRECT_TIMEOUT
     assert transition.changes_path
-    assert status_path(result.state) == "relay"
+    assert status_path(result.state) == "trying"  # no handshake through the relay yet
+    confirmed = observe(result.state, 8, handshake=7.5)
+    assert confirmed.state.phase is PathPhase.RELAY
+    assert status_path(confirmed.state) == "relay"
 
 
 def test_without_a_relay_the_peer_stays_direct_with_status_none() -> None:
@@ -262,7 +266,7 @@ def test_direct_lost_after_exactly_direct_lost_after_failures_in_a_row() -> None
     assert lost.commands == ()  # the path stays direct: direct-timeout decides on the relay
     assert lost.state.since == at(16.5)
     assert lost.state.failures == 0
-    assert status_path(lost.state) == "direct"
+    assert status_path(lost.state) == "trying"
     assert not lost.transitions[0].changes_path
 
 
@@ -436,7 +440,7 @@ def test_two_successful_probes_fail_back_to_direct() -> None:
     assert back.state.since == at(18.2)
     assert reasons(back) == [Reason.DIRECT_HEALTHY]
     assert back.commands == (UsePath(PathKind.DIRECT),)
-    assert status_path(back.state) == "direct"
+    assert status_path(back.state) == "trying"  # direct is re-tried, not yet confirmed
 
 
 def test_a_failure_between_successes_resets_the_count() -> None:
@@ -610,3 +614,24 @@ def test_transition_log_fields_name_both_paths() -> None:
         "reason": "direct-timeout",
         "at": at(6).isoformat(),
     }
+
+
+def test_status_says_trying_until_a_handshake_on_the_path_confirms_it() -> None:
+    """The NATed-peer case of issue 11: the tunnel holds a handshake from BEFORE this direct
+    attempt (an old session, or one made through the relay): status stays `trying`, never
+    `direct`, until a handshake after `since` arrives."""
+    state = PeerPath.start(at(100))
+    stale = observe(state, 103, handshake=90).state
+    assert stale.phase is PathPhase.DIRECT_TRYING
+    assert peer_status(POLICY, stale, at(90), at(103)) == "trying"
+    seen = observe(stale, 104, handshake=103.5).state
+    assert peer_status(POLICY, seen, at(103.5), at(104)) == "direct"
+
+
+def test_status_without_a_controller_needs_a_live_handshake() -> None:
+    """No controller (no relay bridge): `direct` only while the latest handshake is younger
+    than session_timeout; none at all or a dead one is `trying`."""
+    now = at(1000)
+    assert peer_status(POLICY, None, None, now) == "trying"
+    assert peer_status(POLICY, None, now - POLICY.session_timeout, now) == "trying"
+    assert peer_status(POLICY, None, now - POLICY.session_timeout + US, now) == "direct"

@@ -43,7 +43,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Final, Literal
+from typing import Final
 
 import attrs
 
@@ -149,7 +149,7 @@ class AgentSettings:
     path_policy: paths.PathPolicy = attrs.field(factory=paths.PathPolicy)
 
 
-Path = Literal["direct", "relay", "none"]
+Path = paths.StatusPath  # direct | relay | trying (unconfirmed) | none (no path)
 
 
 @attrs.frozen
@@ -162,6 +162,7 @@ class PeerStatus:
     last_handshake: datetime | None
     rx_bytes: int
     tx_bytes: int
+    phase: str | None = None  # the path controller's phase (domain/path.py); None: none runs
 
 
 @attrs.frozen
@@ -189,6 +190,7 @@ class AgentStatus:
                     "name": p.name,
                     "overlay_ip": p.overlay_ip,
                     "path": p.path,
+                    "phase": p.phase,
                     "last_handshake": None
                     if p.last_handshake is None
                     else p.last_handshake.isoformat(),
@@ -800,15 +802,11 @@ class NodeAgent:
         if state is None:
             raise NotEnrolled("no node state")
         stats = await self.tunnel.stats() if self._started else {}
-        peers = []
+        peers, now = [], self.clock.now()
         for entry in self._map.peers if self._map is not None else ():
-            s = stats.get(entry.tunnel_key)
-            path: Path = "none"
-            if s is not None and s.last_handshake is not None:
-                relayed = self.bridge is not None and self.bridge.is_bridge_endpoint(
-                    s.underlay_endpoint
-                )
-                path = "relay" if relayed else "direct"
+            s, controller = stats.get(entry.tunnel_key), self._paths.get(entry.id)
+            seen = s.last_handshake if s else None  # the controller's word, not "any handshake"
+            path = paths.peer_status(self.settings.path_policy, controller, seen, now)
             peers.append(
                 PeerStatus(
                     name=entry.name,
@@ -816,6 +814,7 @@ class NodeAgent:
                     if entry.overlay_addresses
                     else "",
                     path=path,
+                    phase=None if controller is None else controller.phase.value,
                     last_handshake=s.last_handshake if s else None,
                     rx_bytes=s.rx_bytes if s else 0,
                     tx_bytes=s.tx_bytes if s else 0,

@@ -429,19 +429,36 @@ class PeerPath:
         return self.phase in _AWAITING
 
 
-StatusPath: TypeAlias = Literal["direct", "relay", "none"]
+StatusPath: TypeAlias = Literal["direct", "relay", "trying", "none"]
 
 
 def status_path_of(phase: PathPhase) -> StatusPath:
-    """The `path` status word for a phase: `none` when the direct path failed and no relay."""
+    """The path word of a phase (log fields): `none` when the direct path failed and no relay."""
     if phase is PathPhase.DIRECT_UNREACHABLE:
         return "none"
     return "relay" if phase in _RELAYED else "direct"
 
 
 def status_path(state: PeerPath) -> StatusPath:
-    """The `path` field `rustynet status` shows for this peer."""
+    """The `path` field `rustynet status` shows for this peer: the controller's word, and
+    `trying` until a handshake on the current path (after `since`) confirms it. A handshake
+    from before the attempt, or one the peer made on the other path, never shows `direct`."""
+    if state.phase is not PathPhase.DIRECT_UNREACHABLE and state.last_seen is None:
+        return "trying"
     return status_path_of(state.phase)
+
+
+def peer_status(
+    policy: PathPolicy, state: PeerPath | None, last_handshake: datetime | None, now: datetime
+) -> StatusPath:
+    """The `path` word for a peer: its controller's (`status_path`) when one runs; without one
+    (no relay bridge configured) `direct` only while the tunnel's latest handshake is live
+    (younger than `session_timeout`), else `trying`."""
+    if state is not None:
+        return status_path(state)
+    if last_handshake is not None and now - last_handshake < policy.session_timeout:
+        return "direct"
+    return "trying"
 
 
 def wake_at(policy: PathPolicy, state: PeerPath) -> datetime | None:
