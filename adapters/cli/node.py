@@ -28,6 +28,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final, TextIO
@@ -35,6 +36,8 @@ from typing import Final, TextIO
 DEFAULT_SOCKET: Final = Path("/run/rustynet/rustynetd.sock")
 TIMEOUT: Final = 120.0  # a join runs the whole enrollment exchange with the control plane
 MAX_TOKEN: Final = 4096
+UP_WAIT: Final = 15.0  # `up` waits this long (by default) for the first peer map
+UP_POLL: Final = 0.2
 
 
 class NodeExit(enum.IntEnum):
@@ -148,7 +151,11 @@ def render_status(doc: Mapping[str, object]) -> str:
         connected = "connected" if control.get("connected") else "NOT connected"
         lines.append(f"control:  {control.get('url')} ({connected})")
     lines.append(f"backend:  {doc.get('backend')}")
-    lines.append(f"peer map: serial {doc.get('peermap_serial')}")
+    serial = doc.get("peermap_serial")
+    if node and serial == 0:
+        lines.append("peer map: none yet (waiting for the first map from control)")
+    else:
+        lines.append(f"peer map: serial {serial}")
     return "\n".join(lines) + "\n" + render_peers(_peers(doc))
 
 
@@ -180,12 +187,47 @@ def _print_json(out: TextIO, value: object) -> None:
     out.write(json.dumps(value, indent=2) + "\n")
 
 
+def has_first_map(doc: Mapping[str, object]) -> bool:
+    """True once the daemon runs, reaches control and holds a peer map (serial above 0)."""
+    serial = doc.get("peermap_serial")
+    return (
+        doc.get("state") == "running"
+        and bool(_get(doc, "control").get("connected"))
+        and isinstance(serial, int)
+        and serial > 0
+    )
+
+
+def wait_for_first_map(
+    path: Path, doc: dict[str, object], seconds: float, err: TextIO
+) -> dict[str, object]:
+    """Poll `GET /status` until `has_first_map`, the daemon stops trying, or `seconds` pass;
+    say on `err` that it is waiting (so `up` never prints a bare `NOT connected`)."""
+    if has_first_map(doc) or seconds <= 0:
+        return doc
+    url = _get(doc, "control").get("url") or "the control plane"
+    err.write(f"waiting up to {seconds:g} s for the first peer map from {url} ...\n")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and doc.get("state") in ("running", "starting"):
+        time.sleep(min(UP_POLL, max(0.0, deadline - time.monotonic())))
+        doc = _doc(call(path, "GET", "/status"))
+        if has_first_map(doc):
+            return doc
+    return doc
+
+
 def _run_up(ns: argparse.Namespace, out: TextIO, stdin: TextIO) -> NodeExit:
     body: dict[str, object] = {"hostname": ns.hostname}
     if ns.token is not None or ns.token_file is not None:
         body["token"] = _read_token(ns, stdin)
     doc = _doc(call(ns.socket, "POST", "/up", body))
+    doc = wait_for_first_map(ns.socket, doc, ns.wait, ns.err)
     out.write(render_status(doc))
+    if not has_first_map(doc) and doc.get("state") == "running":
+        out.write(
+            "note:     the tunnel is up but no peer map has arrived yet; the daemon keeps "
+            "trying in the background (see `rustynet status`)\n"
+        )
     return NodeExit.OK
 
 
@@ -241,6 +283,16 @@ def _run_ping(ns: argparse.Namespace, out: TextIO, _stdin: TextIO) -> NodeExit:
     return NodeExit.OK if done.returncode == 0 else NodeExit.FAILED
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError("give 0-3600 seconds")
+    return value
+
+
 def add_node_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `up`, `down`, `status`, `peers`, `ping`, `rotate-key` to the `rustynet` parser."""
     up = sub.add_parser(
@@ -257,6 +309,14 @@ def add_node_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--token", metavar="TOKEN", help="the join token itself (VISIBLE to other local users)"
     )
     up.add_argument("--hostname", metavar="NAME", help="node name to ask for (default: hostname)")
+    up.add_argument(
+        "--wait",
+        type=_seconds,
+        default=UP_WAIT,
+        metavar="SECONDS",
+        help="wait this long for the first peer map before printing status (default: "
+        "%(default)g; 0: do not wait)",
+    )
     up.set_defaults(node_run=_run_up)
     down = sub.add_parser("down", help="tear the tunnel down (the node stays enrolled)")
     down.set_defaults(node_run=_run_down)
@@ -288,6 +348,7 @@ def run_node_command(
     ns: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO | None = None
 ) -> int:
     """Run the parsed node command; print errors; return the exit code."""
+    ns.err = err  # progress notes (`up` waiting for its first map) go to stderr
     try:
         return int(ns.node_run(ns, out, sys.stdin if stdin is None else stdin))
     except UsageProblem as exc:
