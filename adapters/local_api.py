@@ -14,6 +14,9 @@ Routes (JSON unless said otherwise; errors are `{"error": code, "detail": text}`
     GET  /peers    {"peers": [{name, overlay_ip, path, last_handshake, rx_bytes, tx_bytes}]}
     POST /up       body {"token": str | null, "hostname": str | null}: join (token) and/or bring
                    the tunnel up; answers the status document
+    POST /reenroll body {"token": str, "hostname": str | null}: a REVOKED node discards its
+                   revoked keys and node state and joins again (409 not_revoked otherwise);
+                   answers the status document
     POST /down     tear the tunnel down (the node stays enrolled); answers the status document
     POST /rotate-key  cut over to a fresh tunnel key now (published to control first); answers
                    {"tunnel_key": <new public key text>, "expires_at": <ISO 8601>}
@@ -44,6 +47,7 @@ from rustynet.application.node_agent import (
     NotEnrolled,
     NotRunning,
 )
+from rustynet.application.reenroll import NotRevoked
 from rustynet.domain.errors import RustynetError
 from rustynet.ports.control_api import ControlRejected, ControlUnreachable, ControlUntrusted
 
@@ -86,6 +90,10 @@ class NodeControl(Protocol):
         """Tear the tunnel down; the node stays enrolled (a later `up` restarts it)."""
         ...
 
+    async def reenroll(self, token: str, hostname: str | None) -> None:
+        """A revoked node: discard its revoked keys and state, join again with `token`."""
+        ...
+
     async def rotate_key(self) -> tuple[str, str]:
         """Rotate the tunnel key now; (new public key text, expiry ISO 8601)."""
         ...
@@ -106,6 +114,7 @@ def error_response(exc: RustynetError) -> web.Response:
         (NotEnrolled, 409, "not_enrolled"),
         (NotRunning, 409, "not_running"),
         (AgentRevoked, 403, "revoked"),
+        (NotRevoked, 409, "not_revoked"),
         (JoinFailed, 403, "join_failed"),
         (ControlUntrusted, 502, "control_untrusted"),
         (ControlUnreachable, 503, "control_unreachable"),
@@ -166,6 +175,24 @@ async def _up(request: web.Request) -> web.Response:
     hostname = _optional_text(body, "hostname", 253)
     try:
         await control.up(token, hostname)
+    except RustynetError as exc:
+        return error_response(exc)
+    return web.json_response(await status_document(control))
+
+
+async def _reenroll(request: web.Request) -> web.Response:
+    control = request.app[_CONTROL]
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        return _error(400, "bad_request", "the body is not JSON")
+    if not isinstance(body, dict) or set(body) - {"token", "hostname"}:
+        return _error(400, "bad_request", "expected an object with only token and hostname")
+    token = _optional_text(body, "token", 4096)
+    if token is None:
+        return _error(400, "bad_request", "token: a join token is required to re-enroll")
+    try:
+        await control.reenroll(token, _optional_text(body, "hostname", 253))
     except RustynetError as exc:
         return error_response(exc)
     return web.json_response(await status_document(control))
@@ -254,6 +281,7 @@ def create_local_app(control: NodeControl) -> web.Application:
     app.router.add_get("/status", _status)
     app.router.add_get("/peers", _peers)
     app.router.add_post("/up", _up)
+    app.router.add_post("/reenroll", _reenroll)
     app.router.add_post("/down", _down)
     app.router.add_post("/rotate-key", _rotate_key)
     app.router.add_get("/metrics", _metrics)

@@ -220,7 +220,12 @@ def _run_up(ns: argparse.Namespace, out: TextIO, stdin: TextIO) -> NodeExit:
     body: dict[str, object] = {"hostname": ns.hostname}
     if ns.token is not None or ns.token_file is not None:
         body["token"] = _read_token(ns, stdin)
-    doc = _doc(call(ns.socket, "POST", "/up", body))
+    if ns.reenroll:
+        if "token" not in body:
+            raise UsageProblem("--reenroll needs a new join token (--token-file FILE)")
+        doc = _doc(call(ns.socket, "POST", "/reenroll", body))
+    else:
+        doc = _doc(call(ns.socket, "POST", "/up", body))
     doc = wait_for_first_map(ns.socket, doc, ns.wait, ns.err)
     out.write(render_status(doc))
     if not has_first_map(doc) and doc.get("state") == "running":
@@ -309,6 +314,12 @@ def add_node_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--token", metavar="TOKEN", help="the join token itself (VISIBLE to other local users)"
     )
     up.add_argument("--hostname", metavar="NAME", help="node name to ask for (default: hostname)")
+    up.add_argument(
+        "--reenroll",
+        action="store_true",
+        help="a REVOKED node joins again with a new join token: its revoked keys and node "
+        "state are discarded, config, key store and name are kept (docs/control-plane.md)",
+    )
     up.add_argument(
         "--wait",
         type=_seconds,

@@ -134,3 +134,80 @@ async def test_up_wait_rejects_bad_values(tmp_path: Path) -> None:
         with pytest.raises(SystemExit) as caught:
             build_parser().parse_args(["--socket", str(tmp_path / "s"), "up", "--wait", bad])
         assert caught.value.code == 2
+
+
+# --- re-enrolling a revoked node (`rustynet up --reenroll`) ----------------------------------
+
+
+async def _cli(socket: Path, *args: str) -> tuple[int, str, str]:
+    ns = build_parser().parse_args(["--socket", str(socket), *args])
+    out, err = io.StringIO(), io.StringIO()
+    code = await asyncio.to_thread(run_node_command, ns, out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+async def _wait_state(daemon: NodeDaemon, state: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while daemon.lifecycle != state:
+        assert time.monotonic() < deadline, f"still {daemon.lifecycle}, wanted {state}"
+        await asyncio.sleep(0.05)
+
+
+async def test_reenroll_is_refused_unless_revoked_then_joins_with_fresh_keys(
+    world: World, tmp_path: Path
+) -> None:
+    """`up --reenroll` on a running node, without a token, or with a malformed token changes
+    nothing; once control revoked the node it discards the revoked identity and node state,
+    keeps the name and joins as a new node with new keys."""
+    control = DistantControl(world.service, "198.51.100.43")
+    daemon, server = await _serve(world, tmp_path, control)
+    state_store = daemon.ports.state_store
+    keystore = daemon.ports.keystore
+    first = await world.service.create_join_key(world.admin, CreateJoinKeyRequest(tags=()))
+    second = await world.service.create_join_key(world.admin, CreateJoinKeyRequest(tags=()))
+    try:
+        code, _, err = await _cli(server.path, "up", "--token", first.token, "--hostname", "echo")
+        assert code == 0, err
+        old = state_store.load()
+        assert old is not None
+        old_identity = bytes(keystore.get("node.identity"))
+
+        # Not revoked: refused, nothing discarded.
+        code, _, err = await _cli(server.path, "up", "--reenroll", "--token", second.token)
+        assert code == 1
+        assert "not revoked" in err
+        assert state_store.load() == old
+        assert bytes(keystore.get("node.identity")) == old_identity
+
+        await world.service.revoke_node(world.admin, old.node_id)
+        await _wait_state(daemon, "revoked")
+        code, _, err = await _cli(server.path, "up", "--token", second.token)
+        assert code == 1
+        assert "--reenroll" in err  # the refusal names the way back
+
+        # Revoked, but no token or a malformed one: refused, nothing discarded.
+        code, _, err = await _cli(server.path, "up", "--reenroll")
+        assert code == 2
+        assert "needs a new join token" in err
+        code, _, err = await _cli(server.path, "up", "--reenroll", "--token", "rnjoin1_bogus")
+        assert code == 1
+        assert "not a valid join token" in err
+        assert state_store.load() == old
+        assert bytes(keystore.get("node.identity")) == old_identity
+
+        # The documented way: delete the revoked record too, so its name is free again.
+        await world.service.delete_node(world.admin, old.node_id)
+        code, out, err = await _cli(server.path, "up", "--reenroll", "--token", second.token)
+        assert code == 0, err
+        assert "(connected)" in out
+        new = state_store.load()
+        assert new is not None
+        assert new.node_id != old.node_id
+        assert new.name == "echo"  # the old name, asked for again
+        assert bytes(keystore.get("node.identity")) != old_identity
+        assert daemon.lifecycle == "running"
+        nodes = {n.id: n.state for n in await world.service.list_nodes(world.admin)}
+        assert nodes == {new.node_id: "active"}
+    finally:
+        await daemon.shutdown()
+        await server.close()

@@ -63,6 +63,7 @@ from rustynet.application.node_agent import (
     NotEnrolled,
     NotRunning,
 )
+from rustynet.application.reenroll import check_reenroll, discard_revoked
 from rustynet.bootstrap.node_main import open_keystore, rustynetd_main
 from rustynet.domain.errors import DecodeError, RustynetError
 from rustynet.domain.join_tokens import JoinToken
@@ -198,9 +199,13 @@ class NodeDaemon:
             state = self.ports.state_store.load()
             if token is not None:
                 if state is not None:
+                    hint = (
+                        "it was revoked: rustynet up --reenroll --token-file FILE"
+                        if self._lifecycle == "revoked"
+                        else "a join token is not needed (rustynet up)"
+                    )
                     raise AlreadyEnrolled(
-                        f"this node is already enrolled as {state.name} ({state.node_id}); "
-                        "a join token is not needed (rustynet up)"
+                        f"this node is already enrolled as {state.name} ({state.node_id}); {hint}"
                     )
                 await self._join(token, hostname or default_hostname())
                 return
@@ -226,6 +231,17 @@ class NodeDaemon:
             await agent.rotate_tunnel_key()
             state = agent.state
             return state.tunnel_key.to_text(), state.tunnel_key_expires_at.isoformat()
+
+    async def reenroll(self, token: str, hostname: str | None) -> None:
+        """A revoked node joins again with `token`: fresh keys and node id, same config and
+        key store, and its old name unless `hostname` is given (application/reenroll.py)."""
+        async with self._lock:
+            check_reenroll(self._lifecycle, self.ports.state_store, token)
+            await self._stop_agent()
+            old = discard_revoked(self.ports.state_store, self.ports.keystore)
+            _log.info("node.reenrolling", extra={"old_node": old.node_id, "node_name": old.name})
+            self._lifecycle = "not_enrolled"
+            await self._join(token, hostname or old.name)
 
     # --- lifecycle --------------------------------------------------------------------------
 
