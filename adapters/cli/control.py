@@ -6,6 +6,12 @@ The one rule: this module parses and formats; `init` and `serve` are composed in
     rustynet-control init  --data-dir DIR --url https://HOST:PORT [--listen ADDR:PORT]
                            [--database URL] [--keystore auto|file|os]
     rustynet-control serve --data-dir DIR [--database URL] [--log-level LEVEL]
+    rustynet-control show  --data-dir DIR [--json]
+
+`show` prints what other components must be told about this control plane: its URL, the TLS
+SPKI pin, the root key fingerprint (`rnfp_...`, what `rustynet-relay init --root-fingerprint`
+needs and every join token carries) and the relays of control.toml. It reads the key store
+like `serve` and prints public values only.
 
 Exit codes: 0 ok (serve: stopped cleanly by SIGTERM/SIGINT), 1 the command failed (the
 message says why; nothing half-made is left by init), 2 usage error.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,6 +78,34 @@ class ServeRequest:
     log_json: bool = True
 
 
+@attrs.frozen
+class ShowRequest:
+    """`rustynet-control show`."""
+
+    data_dir: Path
+
+
+@attrs.frozen
+class ShowReport:
+    """Public facts about a control plane (no secret)."""
+
+    url: str
+    listen: str
+    spki_pin: str
+    root_fingerprint: str
+    relays: tuple[tuple[str, str, str], ...]  # (id, url, tls_spki_sha256)
+
+    def to_json(self) -> dict[str, object]:
+        """The `--json` document."""
+        return {
+            "url": self.url,
+            "listen": self.listen,
+            "tls_spki_pin": self.spki_pin,
+            "root_fingerprint": self.root_fingerprint,
+            "relays": [{"id": i, "url": u, "tls_spki_sha256": p} for i, u, p in self.relays],
+        }
+
+
 class ControlCommands(Protocol):
     """What the composition root provides."""
 
@@ -80,6 +115,10 @@ class ControlCommands(Protocol):
 
     def serve(self, request: ServeRequest) -> int:
         """Run until SIGTERM/SIGINT; return the exit code."""
+        ...
+
+    def show(self, request: ShowRequest) -> ShowReport:
+        """Read the data directory and key store; public values only."""
         ...
 
 
@@ -118,7 +157,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-format", choices=("json", "console"), default="json", help="log line format"
     )
     serve.set_defaults(run=_run_serve)
+    show = sub.add_parser(
+        "show",
+        help="print URL, TLS pin, root fingerprint (for rustynet-relay init) and relays",
+        description="Print the public facts other components need: URL, TLS SPKI pin, the "
+        "root key fingerprint (rustynet-relay init --root-fingerprint) and the relays.",
+    )
+    show.add_argument("--data-dir", type=Path, required=True, metavar="DIR")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(run=_run_show)
     return parser
+
+
+def render_show(report: ShowReport) -> str:
+    """Human output of `show`, with the relay init line ready to fill in."""
+    lines = [
+        f"url               {report.url}",
+        f"listen            {report.listen}",
+        f"TLS pin           {report.spki_pin}",
+        f"root fingerprint  {report.root_fingerprint}",
+    ]
+    lines += [f"relay             {i} {u} {p}" for i, u, p in report.relays] or [
+        "relays            none"
+    ]
+    lines += [
+        "a relay for this control plane:",
+        "  rustynet-relay init --config relay.toml --url wss://HOST:PORT/v1/relay "
+        f"--control-url {report.url} --root-fingerprint {report.root_fingerprint}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _run_show(commands: ControlCommands, ns: argparse.Namespace, out: TextIO) -> int:
+    report = commands.show(ShowRequest(data_dir=ns.data_dir))
+    if ns.json:
+        out.write(json.dumps(report.to_json(), indent=2) + "\n")
+    else:
+        out.write(render_show(report))
+    return int(ControlExit.OK)
 
 
 def render_init(report: InitReport) -> str:

@@ -75,6 +75,7 @@ from rustynet.application.control_keys import (
     create_control_keys,
     load_control_keys,
 )
+from rustynet.bootstrap.control_reload import RelayReloader
 from rustynet.bootstrap.crypto_policy import load_crypto_policy
 from rustynet.bootstrap.keystores import KeystoreSettings, build_keystore
 from rustynet.bootstrap.process import disable_core_dumps
@@ -319,6 +320,8 @@ async def _serve(data_dir: Path, prepared: _Prepared, ready: Sequence[str]) -> N
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    reloads = RelayReloader(service, data_dir / CONTROL_TOML, config)
+    loop.add_signal_handler(signal.SIGHUP, reloads.request)
     try:
         await runner.setup()
         host, port = config.listen
@@ -334,8 +337,9 @@ async def _serve(data_dir: Path, prepared: _Prepared, ready: Sequence[str]) -> N
         sys.stderr.flush()
         await stop.wait()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
+        await reloads.close()
         await runner.cleanup()
         await service.close()
         await store.close()
@@ -361,6 +365,36 @@ def serve_control(request: control_cli.ServeRequest) -> int:
     return 0
 
 
+def show_control(request: control_cli.ShowRequest) -> control_cli.ShowReport:
+    """`rustynet-control show`: public facts, read like `serve` reads them (keys wiped)."""
+    clock = SystemClock()
+    load_crypto_policy(clock.now())
+    data_dir = Path(request.data_dir).absolute()
+    config = load_control_config(data_dir / CONTROL_TOML)
+    keystore = _open_serve_keystore(data_dir, config)
+    try:
+        entries = {name: keystore.get(name) for name in KEY_NAMES}
+    finally:
+        keystore.close()
+    try:
+        keys = load_control_keys(entries, clock.now())
+    finally:
+        for value in entries.values():
+            value[:] = bytes(len(value))
+    try:
+        root = keys.root.key_id.to_text()
+    finally:
+        keys.wipe()
+    host, port = config.listen
+    return control_cli.ShowReport(
+        url=config.url,
+        listen=f"{host}:{port}",
+        spki_pin=spki_pin_of_pem_file(config.certificate).to_text(),
+        root_fingerprint=root,
+        relays=tuple((r.id, r.url, r.tls_spki_sha256.to_text()) for r in config.relays),
+    )
+
+
 class _ControlCommands:
     """`ControlCommands` for the CLI adapter."""
 
@@ -370,6 +404,9 @@ class _ControlCommands:
     def serve(self, request: control_cli.ServeRequest) -> int:
         return serve_control(request)
 
+    def show(self, request: control_cli.ShowRequest) -> control_cli.ShowReport:
+        return show_control(request)
+
 
 def control_main(argv: Sequence[str] | None = None) -> int:
     """`rustynet-control` console script."""
@@ -377,4 +414,4 @@ def control_main(argv: Sequence[str] | None = None) -> int:
     return control_cli.main(argv, _ControlCommands())
 
 
-__all__ = ["control_main", "init_control", "serve_control"]
+__all__ = ["control_main", "init_control", "serve_control", "show_control"]
