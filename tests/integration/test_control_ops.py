@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -112,9 +111,7 @@ def _wait_log(plane: Plane, needle: str, after: int, timeout: float = 10.0) -> N
         time.sleep(0.05)
 
 
-def test_show_prints_the_root_fingerprint_relay_init_accepts(
-    plane: Plane, tmp_path: Path
-) -> None:
+def test_show_prints_the_root_fingerprint_relay_init_accepts(plane: Plane, tmp_path: Path) -> None:
     """`show` prints url, pin and the root fingerprint every join token carries, and the
     relay init line; the printed value is accepted by `rustynet-relay init`."""
     doc = _show(plane)

@@ -27,7 +27,7 @@ from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 from rustynet.application.control_types import CreateJoinKeyRequest
 from rustynet.application.node_agent import AgentSettings, NodeAgent
 from rustynet.domain.keys import TunnelKey
-from rustynet.ports.tunnel import PeerStats
+from rustynet.domain.tunnel import PeerStats
 from tests.integration.test_control_service import POLICY, World, make_world
 
 pytestmark = pytest.mark.asyncio
