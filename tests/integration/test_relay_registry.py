@@ -5,8 +5,8 @@ invalid list changes nothing."""
 from __future__ import annotations
 
 import pytest
-from rustynet.application.relay_registry import replace_relays
 
+from rustynet.application.relay_registry import replace_relays
 from rustynet.domain.errors import RustynetError
 from rustynet.domain.netmap import RelayEntry
 from rustynet.domain.tls_pin import SpkiPin
