@@ -12,6 +12,7 @@ import pytest
 from rustynet.adapters.http_api.tls import TlsConfigError, server_ssl_context
 
 from tests.integration.http_server import running_api, throwaway_certificate
+from tests.integration.tls_probe import assert_groups_and_alerts
 
 
 def _host_port(base_url: str) -> tuple[str, int]:
@@ -44,20 +45,15 @@ async def test_server_negotiates_tls13(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_client_capped_at_tls12_fails_handshake(tmp_path: Path) -> None:
-    """A client that cannot speak TLS 1.3 is refused in the handshake: no fallback."""
+async def test_client_capped_at_tls12_gets_a_protocol_version_alert(tmp_path: Path) -> None:
+    """A client that cannot speak TLS 1.3 is refused in the handshake (no fallback) and is
+    told why: the protocol_version alert reaches it instead of a bare close."""
     async with running_api(tmp_path) as api:
         host, port = _host_port(api.base_url)
         old_client = ssl.create_default_context(cadata=api.certificate.pem)
         old_client.maximum_version = ssl.TLSVersion.TLSv1_2
-        # OpenSSL answers with a protocol_version alert; the socket may be reset before the
-        # client reads it, so either shows the refusal.
-        with pytest.raises((ssl.SSLError, ConnectionResetError)) as refused:
+        with pytest.raises(ssl.SSLError, match="TLSV1_ALERT_PROTOCOL_VERSION"):
             await asyncio.open_connection(host, port, ssl=old_client, server_hostname=host)
-        assert (
-            isinstance(refused.value, ConnectionResetError)
-            or "VERSION" in str(refused.value).upper()
-        )
         # The server is still healthy after the refused handshake.
         _, writer = await asyncio.open_connection(
             host, port, ssl=api.client_ssl, server_hostname=host
@@ -66,6 +62,15 @@ async def test_client_capped_at_tls12_fails_handshake(tmp_path: Path) -> None:
         writer.close()
         with contextlib.suppress(OSError, ssl.SSLError):
             await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_control_server_key_exchange_follows_the_crypto_policy(tmp_path: Path) -> None:
+    """openssl s_client against the live control API: ffdhe2048, ffdhe3072, X448, P-384 and
+    P-521 alone are refused with handshake_failure, as is TLS_AES_128_GCM_SHA256 alone, and
+    TLS 1.2 gets protocol_version; X25519 and P-256 complete a TLS 1.3 handshake."""
+    async with running_api(tmp_path) as api:
+        await assert_groups_and_alerts(*_host_port(api.base_url))
 
 
 def test_server_context_pins_tls13_both_ways(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import attrs
@@ -46,6 +47,7 @@ from rustynet.ports.relay import (
     RelayUnreachable,
     RelayUntrusted,
 )
+from tests.integration.tls_probe import assert_groups_and_alerts
 
 ISSUER = "https://control.example.net:8443"
 RELAY_ID = "relay-test"
@@ -548,6 +550,16 @@ async def test_tls12_client_is_refused(start_relay: StartRelay) -> None:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
         with pytest.raises(aiohttp.ClientConnectorError):
             await http.get(relay.base + "/healthz")
+
+
+@pytest.mark.asyncio
+async def test_relay_key_exchange_follows_the_crypto_policy(start_relay: StartRelay) -> None:
+    """openssl s_client against the live relay: groups outside the policy (ffdhe2048 first),
+    TLS_AES_128_GCM_SHA256 and TLS 1.2 are refused with an alert; X25519 and P-256 accepted."""
+    relay = await start_relay()
+    port = urlsplit(relay.base).port
+    assert port is not None
+    await assert_groups_and_alerts("127.0.0.1", port)
 
 
 @pytest.mark.asyncio

@@ -124,6 +124,15 @@ RUSTYNET_ALGORITHMS: Final[tuple[AlgorithmUse, ...]] = (
     *_uses(Use.HASH, Use.HASH_VERIFY, algorithm="BLAKE2s", where="tunnel handshake"),
     *_uses(Use.SIGN, Use.VERIFY, algorithm="ECDSA-P256", where="control TLS certificate"),
     *_uses(Use.TLS, algorithm="TLS1.3", where="control and relay HTTPS"),
+    # What the TLS 1.3 contexts offer (rustynet.adapters.tls_policy: groups, suites); a test
+    # reads the live contexts and checks every negotiable group and suite against this list.
+    *_uses(Use.KEY_AGREEMENT, algorithm="X25519", where="TLS 1.3 group X25519"),
+    *_uses(Use.KEY_AGREEMENT, algorithm="ECDH-P256", where="TLS 1.3 group P-256"),
+    *_uses(Use.ENCRYPT, Use.DECRYPT, algorithm="AES-256-GCM", where="TLS 1.3 records"),
+    *_uses(Use.ENCRYPT, Use.DECRYPT, algorithm="ChaCha20-Poly1305", where="TLS 1.3 records"),
+    *_uses(Use.KDF, algorithm="HKDF-SHA-384", where="TLS 1.3 key schedule"),
+    *_uses(Use.KDF, algorithm="HKDF-SHA-256", where="TLS 1.3 key schedule"),
+    *_uses(Use.HASH, algorithm="SHA-384", where="TLS 1.3 transcript"),
 )
 
 
