@@ -13,6 +13,11 @@ package, and pip-audit just skips them). So this tool reads pip-audit's JSON rep
 - some dependencies not audited -> "vulnerability audit INCOMPLETE ..." and the same exit rule;
 - any other failure (missing lock, hash mismatch, SBOM error) -> exit 3.
 
+Safety (`tools/audit_safety.py`) is the second advisory source, run over the same lock after
+pip-audit with the same rules: its advisories exit 1; when its database cannot be reached it
+prints "safety: advisory database unreachable: safety check NOT performed" and exits 0, or 2
+with `--strict`; any other Safety failure exits 3. `--no-safety` skips it.
+
 Inputs: `requirements.lock` (hash-pinned, made by tools/lock.sh), audited with
 `pip-audit -r requirements.lock --require-hashes --disable-pip` (no resolution, so the audited
 set is exactly the lock). `--service auto` asks PyPI first, then OSV if PyPI cannot be reached.
@@ -38,6 +43,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+
+from tools.audit_safety import SAFETY_UNREACHABLE, SafetyToolError, run_safety
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 REPORTS: Final = ROOT / "reports"
@@ -193,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-sbom", action="store_true", help="skip the SBOM")
     parser.add_argument("--report", type=Path, default=REPORTS / "pip-audit.json")
     parser.add_argument("--timeout", type=int, default=10, help="seconds per request")
+    parser.add_argument("--no-safety", action="store_true", help="pip-audit only")
     args = parser.parse_args(argv)
 
     if not args.lock.is_file():
@@ -215,6 +223,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
     not_performed = EXIT_NOT_PERFORMED if args.strict else EXIT_OK
+    status = _report_pip_audit(result, not_performed)
+    if not args.no_safety:
+        try:
+            status = max(status, _report_safety(args.lock, args.timeout, not_performed))
+        except SafetyToolError as exc:
+            print(f"audit: {exc}", file=sys.stderr)
+            return max(status, EXIT_ERROR)
+    return status
+
+
+def _report_pip_audit(result: AuditResult, not_performed: int) -> int:
     if result.vulnerabilities:
         print(
             f"KNOWN VULNERABILITIES in {len(result.vulnerabilities)} place(s) ({result.service}):"
@@ -235,6 +254,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {line}")
         return not_performed
     print(f"audit: {len(result.audited)} locked dependencies, no known vulnerabilities")
+    return EXIT_OK
+
+
+def _report_safety(lock: Path, timeout: int, not_performed: int) -> int:
+    result = run_safety(lock, timeout=timeout, cwd=ROOT)
+    if result.vulnerabilities:
+        print(f"KNOWN VULNERABILITIES in {len(result.vulnerabilities)} place(s) (safety):")
+        for line in result.vulnerabilities:
+            print(f"  {line}")
+        return EXIT_VULNERABLE
+    if not result.reachable:
+        print(SAFETY_UNREACHABLE)
+        print(f"  ({result.detail})")
+        return not_performed
+    print(f"safety: {result.scanned} locked dependencies, no known vulnerabilities")
     return EXIT_OK
 
 

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-from tools import audit
+from tools import audit, audit_safety
 from tools.gates import crypto_scan, vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -404,6 +404,7 @@ def test_audit_says_plainly_when_the_advisory_service_is_unreachable(tmp_path: P
     done = _run_audit(env, "--sbom", str(sbom), "--report", report, "--timeout", "3")
     assert done.returncode == 0, done.stdout + done.stderr
     assert audit.UNREACHABLE in done.stdout
+    assert audit_safety.SAFETY_UNREACHABLE in done.stdout  # safety ran, and says it could not
     bom = json.loads(sbom.read_text())
     assert bom["bomFormat"] == "CycloneDX"
     assert bom["metadata"]["component"]["name"] == "rustynet"
@@ -412,6 +413,29 @@ def test_audit_says_plainly_when_the_advisory_service_is_unreachable(tmp_path: P
     strict = _run_audit(env, "--strict", "--no-sbom", "--report", report, "--timeout", "3")
     assert strict.returncode == audit.EXIT_NOT_PERFORMED
     assert audit.UNREACHABLE in strict.stdout
+    assert audit_safety.SAFETY_UNREACHABLE in strict.stdout
+    assert "Traceback" not in strict.stdout + strict.stderr
+
+
+def test_safety_report_classification() -> None:
+    """Safety's JSON report: advisories are listed; a report that scanned nothing is no audit."""
+    report = {
+        "scanned_packages": {"attrs": {}, "jinja2": {}},
+        "vulnerabilities": [
+            {
+                "package_name": "jinja2",
+                "analyzed_version": "3.1.6",
+                "vulnerability_id": "99999",
+                "fixed_versions": ["3.1.7"],
+            }
+        ],
+    }
+    result = audit_safety.classify_safety_report(report)
+    assert result.reachable
+    assert result.scanned == 2
+    assert result.vulnerabilities == ["jinja2==3.1.6: safety 99999 (fixed in: 3.1.7)"]
+    empty = audit_safety.classify_safety_report({"scanned_packages": {}, "vulnerabilities": []})
+    assert not empty.reachable
 
 
 class _OsvStub(BaseHTTPRequestHandler):
