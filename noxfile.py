@@ -2,7 +2,7 @@
 (`.venv`, installed from the hash-pinned lock), so gates run offline and identically in CI.
 
     nox -s ci          every gate that runs offline: lint, typecheck, arch, tests
-    nox -s audit       pip-audit against requirements.lock + CycloneDX SBOM (needs the network;
+    nox -s audit       pip-audit + safety against requirements.lock, CycloneDX SBOM (network;
                        `nox -s audit -- --strict` fails when the advisory service is unreachable)
     nox -s demo        the main job (root): a control plane and three nodes in namespaces,
                        up until Ctrl-C; `nox -s demo -- --check` verifies and exits

@@ -489,6 +489,7 @@ def test_audit_fails_on_a_known_vulnerability_even_without_strict(
         "osv",
         "--osv-url",
         osv_stub,
+        "--no-safety",  # pip-audit's verdict alone; Safety is covered by the test above
         "--no-sbom",
         "--report",
         report,
