@@ -5,8 +5,9 @@ and owns no other state than its metrics; serve it with `make_runner(app)` so th
 is `RouteAccessLogger` (route templates, never request lines).
 
 Lifecycle (`cleanup_ctx`): while the app runs, a task calls `ControlService.tick()` every
-`settings.tick_interval` seconds (nonce, limiter and join-key upkeep); on shutdown every
-peer-map waiter is woken so long-polls end promptly, then the task is cancelled.
+`settings.tick_interval` seconds (nonce, limiter and join-key upkeep, folded audit summaries);
+on shutdown every peer-map waiter is woken so long-polls end promptly, the task is cancelled
+and the folded audit summaries still open are written (`ControlService.flush_audit`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ async def _upkeep(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await service.flush_audit()  # graceful shutdown: no counted failure is lost
 
 
 async def _wake_waiters(app: web.Application) -> None:

@@ -360,6 +360,9 @@ class _Limiter:
     async def load_tat(self, table: BucketTable, key: str) -> datetime | None:
         return self._s.buckets.get((table, key))
 
+    async def peek(self, table: BucketTable, key: str) -> datetime | None:
+        return self._s.buckets.get((table, key))
+
     async def store_tat(self, table: BucketTable, key: str, tat: datetime) -> None:
         self._s.buckets[table, key] = tat
 

@@ -940,6 +940,15 @@ class SqlLimiter:
         )
         return None if row is None or row[0] is None else from_micros(row[0])
 
+    async def peek(self, table: BucketTable, key: str) -> datetime | None:
+        """See `LimiterRepository.peek`."""
+        row = await _one(
+            self._ex,
+            self._d.sql("SELECT tat FROM limiter_buckets WHERE tbl = :t AND key = :k"),
+            {"t": table.value, "k": key},
+        )
+        return None if row is None or row[0] is None else from_micros(row[0])
+
     async def store_tat(self, table: BucketTable, key: str, tat: datetime) -> None:
         """See `LimiterRepository.store_tat`."""
         await self._ex.execute(

@@ -46,13 +46,14 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Final, TypeVar
 
 import attrs
 
+from rustynet.application.audit_writer import AuditWriter
+from rustynet.application.auth_guard import AuthGuard
 from rustynet.application.control_keys import ControlKeys
 from rustynet.application.control_types import (
     AccessToken,
@@ -101,6 +102,7 @@ from rustynet.application.waiters import PeerMapWaiters, TooManyWaiters
 from rustynet.domain import api_keys
 from rustynet.domain.api_keys import AdminAction, ApiKey, ApiKeyMismatch
 from rustynet.domain.audit import AuditChain, AuditEntry, verify_chain
+from rustynet.domain.audit_fold import DEFAULT_FOLD_WINDOW, AuditFolder
 from rustynet.domain.credentials import (
     Credential,
     CredentialId,
@@ -131,7 +133,6 @@ from rustynet.domain.keys import (
     VerifyKey,
     b64decode,
     b64encode,
-    constant_time_equal,
 )
 from rustynet.domain.limits import BucketPolicy, LimitPolicy, ip_key
 from rustynet.domain.netmap import (
@@ -175,8 +176,6 @@ from rustynet.ports.store import (
     UnknownCredential,
 )
 
-_security_log = logging.getLogger("rustynet.control.events")
-
 ACCESS_TOKEN_LIFETIME: Final = timedelta(seconds=300)
 RELAY_TOKEN_LIFETIME: Final = timedelta(seconds=120)
 DEFAULT_PEER_MAP_TTL: Final = timedelta(hours=24)
@@ -198,7 +197,8 @@ class ControlSettings:
     tls_spki_sha256: bytes = attrs.field(repr=bytes.hex)
     relays: tuple[RelayEntry, ...] = attrs.field(default=(), converter=check_relays)
     limits: LimitPolicy = attrs.field(factory=LimitPolicy)
-    admin_per_ip: BucketPolicy = DEFAULT_ADMIN_PER_IP
+    admin_per_ip: BucketPolicy = DEFAULT_ADMIN_PER_IP  # authenticated admin calls only
+    audit_fold_window: timedelta = DEFAULT_FOLD_WINDOW
     peer_map_ttl: timedelta = DEFAULT_PEER_MAP_TTL
     long_poll_timeout: timedelta = DEFAULT_LONG_POLL
     access_token_lifetime: timedelta = ACCESS_TOKEN_LIFETIME
@@ -424,10 +424,18 @@ class ControlService:
         self._net: _Net | None = None
         self._net_touched = False
         self._peer_maps = PeerMapBatcher(self._peer_maps_after)
-        self._chain: AuditChain | None = None
+        self._audit_writer = AuditWriter(keys)
+        self._guard = AuthGuard(
+            store,
+            clock=clock,
+            audit=self._audit_writer,
+            write=self._write,
+            policy=settings.limits,
+            admin_bucket=settings.admin_per_ip,
+            folder=AuditFolder(settings.audit_fold_window),
+        )
         self._enrollments = 0
         self._rate_limited = 0
-        self._auth_failures = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -437,9 +445,15 @@ class ControlService:
             await self.changes.subscribe(self._on_remote_change)
 
     async def close(self) -> None:
-        """Stop hearing other instances; idempotent."""
+        """Write the folded audit summaries still open, stop hearing other instances;
+        idempotent."""
+        await self.flush_audit()
         if self.changes is not None:
             await self.changes.close()
+
+    async def flush_audit(self) -> None:
+        """Graceful shutdown: every counted authentication failure reaches the audit log."""
+        await self._guard.flush()
 
     def _on_remote_change(self, node_ids: frozenset[str] | None) -> None:
         # A hint only: the woken long polls re-read serials and the network generation.
@@ -515,36 +529,7 @@ class ControlService:
         details: Mapping[str, JsonValue] | None = None,
     ) -> None:
         """Append one audit entry (and a checkpoint when due) in `uow`; call under `_write`."""
-        last = await uow.audit.last_entry()
-        chain = self._chain
-        in_step = chain is not None and (
-            (last is None and chain.next_index == 0)
-            or (
-                last is not None
-                and chain.next_index == last.index + 1
-                and constant_time_equal(chain.head_hash, last.entry_hash)
-            )
-        )
-        if chain is None or not in_step:
-            chain = AuditChain.resume(last, await uow.audit.last_checkpoint())
-        appended = chain.append(
-            now=now,
-            actor=actor,
-            action=action,
-            target=target,
-            details=details,
-            signer=self.keys.audit_key,
-        )
-        self._chain = chain
-        await uow.audit.append(appended.entry)
-        if appended.checkpoint is not None:
-            await uow.audit.add_checkpoint(appended.checkpoint)
-        # Every audited fact (enrollments, auth failures, revocations, policy changes) is also a
-        # log event for operators; the audit chain already refused secret-bearing details.
-        _security_log.info(
-            action,
-            extra={"actor": actor, "target": target, "details": dict(details or {})},
-        )
+        await self._audit_writer.append(uow, now, actor, action, target, details)
 
     async def _limit(
         self,
@@ -608,19 +593,22 @@ class ControlService:
     async def _failed(
         self,
         *,
+        ip: str,
         credential: str | None,
-        actor: str,
         action: str,
         target: str,
         details: Mapping[str, JsonValue] | None = None,
     ) -> None:
-        """Count an authentication failure against `credential` and audit it."""
-        self._auth_failures += 1
-        now = self.clock.now()
-        async with self._write() as uow:
-            if credential is not None:
-                await uow.limiter.record_failure(credential, now, self.settings.limits)
-            await self._audit(uow, now, actor, action, target, details)
+        """Charge an authentication failure to the source and `credential`; audit it (folded).
+        RateLimited when the source's failure budget ran out meanwhile (nothing written)."""
+        await self._guard.failed(
+            ip=ip,
+            credential=credential,
+            actor=f"ip:{ip}",
+            action=action,
+            target=target,
+            details=details,
+        )
 
     def _issue_token(self, node: NodeRecord, now: datetime) -> tuple[str, datetime]:
         lifetime = self.settings.access_token_lifetime
@@ -647,16 +635,17 @@ class ControlService:
         """The authenticated, active node of a node request (revocation bites at once)."""
         now = self.clock.now()
         node: NodeRecord | None = None
-        if isinstance(auth.node_id, str) and 0 < len(auth.node_id) <= 128:
-            async with self.store.unit_of_work() as uow:
+        async with self.store.unit_of_work() as uow:
+            await self._guard.check(uow, auth.client_ip, now)  # 429 before any other work
+            if isinstance(auth.node_id, str) and 0 < len(auth.node_id) <= 128:
                 node = await uow.nodes.get(auth.node_id)
         try:
             self._verify_node_token(auth, node, now)
         except InvalidToken as exc:
             target = auth.node_id if node is not None else "unknown-node"
             await self._failed(
+                ip=auth.client_ip,
                 credential=None,
-                actor=f"ip:{auth.client_ip}",
                 action="node.auth_failed",
                 target=target,
                 details={"reason": exc.reason[:80]},
@@ -683,13 +672,13 @@ class ControlService:
 
     async def _admin(self, auth: AdminAuth, action: AdminAction) -> ApiKeyRecord:
         """The API key record of an admin request allowed to perform `action`."""
-        await self._limit(ip=auth.client_ip, ip_bucket=self.settings.admin_per_ip)
-        actor = f"ip:{auth.client_ip}"
+        ip = auth.client_ip
+        await self._guard.admit(ip)  # a source out of failures: 429 before any other work
         try:
             key = ApiKey.parse(auth.api_key)
         except ApiKeyMismatch:
             api_keys.burn_compare()
-            await self._failed(credential=None, actor=actor, action="admin.auth_failed", target="-")
+            await self._failed(ip=ip, credential=None, action="admin.auth_failed", target="-")
             raise Unauthorized from None
         credential = f"apikey:{key.key_id}"
         # A locked-out key fails like a wrong one (waiting would not help, so no Retry-After),
@@ -710,13 +699,15 @@ class ControlService:
             key.wipe()
         if not ok or record is None:
             await self._failed(
+                ip=ip,
                 credential=credential,
-                actor=actor,
                 action="admin.auth_failed",
                 target=f"apikey:{key.key_id}",
                 details={"reason": "locked-out"} if locked_out else None,
             )
             raise Unauthorized
+        async with self.store.unit_of_work() as uow:  # authenticated: its own, larger bucket
+            await self._guard.authenticated_admin(uow, ip, now)
         if not api_keys.permits(record.scope.value, action):
             async with self._write() as uow:
                 await self._audit(
@@ -754,7 +745,7 @@ class ControlService:
         requested = None
         if request.requested_tags is not None:
             requested = Scope(_tags(request.requested_tags, "/requested_tags"))
-        actor = f"ip:{client_ip}"
+        await self._guard.admit(client_ip)  # a source out of failures: 429 before any write
         try:
             token: JoinToken | None = JoinToken.parse(request.join_secret)
         except DecodeError:
@@ -765,7 +756,9 @@ class ControlService:
                 ip=client_ip, identity=f"identity:{identity.to_text()}", credential=credential_key
             )
             if token is None or credential_key is None:
-                await self._failed(credential=None, actor=actor, action="enroll.failed", target="-")
+                await self._failed(
+                    ip=client_ip, credential=None, action="enroll.failed", target="-"
+                )
                 raise Unauthorized
             challenge = await self._issue_enrollment_challenge(
                 token, identity, tunnel_key, binding, request.hostname, requested, now
@@ -775,8 +768,8 @@ class ControlService:
                 token.wipe()
         if challenge is None:
             await self._failed(
+                ip=client_ip,
                 credential=credential_key,
-                actor=actor,
                 action="enroll.failed",
                 target=token.token_id.to_text(),
             )
@@ -866,9 +859,9 @@ class ControlService:
         self, request: EnrollCompleteRequest, *, client_ip: str
     ) -> EnrollResult:
         """POST /v1/enroll/complete: verify the proof, redeem, register the node, issue a token."""
+        await self._guard.admit(client_ip)
         await self._limit(ip=client_ip)
         now = self.clock.now()
-        actor = f"ip:{client_ip}"
         challenge_id = _b64(request.challenge_id, "/challenge_id")
         signature = _b64(request.signature, "/signature")
         woken: frozenset[str] = frozenset()
@@ -919,10 +912,10 @@ class ControlService:
                     },
                 )
         except _ProofRefused as refused:
-            await self._proof_failed(pending, actor, refused.reason)
+            await self._proof_failed(pending, client_ip, refused.reason)
             raise Unauthorized from None
         except NotFound:  # the challenge was used meanwhile (here or on another instance)
-            await self._proof_failed(pending, actor, RejectReason.CHALLENGE_USED.value)
+            await self._proof_failed(pending, client_ip, RejectReason.CHALLENGE_USED.value)
             raise Unauthorized from None
         except UnknownCredential:
             raise Unauthorized from None
@@ -974,12 +967,10 @@ class ControlService:
         attempt, pending = _pending_from(stored)
         return {challenge_id: attempt}, pending
 
-    async def _proof_failed(
-        self, pending: _PendingEnrollment | None, actor: str, reason: str
-    ) -> None:
+    async def _proof_failed(self, pending: _PendingEnrollment | None, ip: str, reason: str) -> None:
         await self._failed(
+            ip=ip,
             credential=pending.credential_key if pending else None,
-            actor=actor,
             action="enroll.proof_failed",
             target=pending.credential_id.to_text() if pending else "-",
             details={"reason": reason},
@@ -1028,6 +1019,7 @@ class ControlService:
     async def renew_token(self, request: TokenRenewRequest, *, client_ip: str) -> AccessToken:
         """POST /v1/token: identity-key signature over a single-use challenge → access token."""
         credential = f"node:{request.node_id}"
+        await self._guard.admit(client_ip)  # a source out of failures: 429 before any write
         await self._limit(ip=client_ip, identity=credential, credential=credential)
         now = self.clock.now()
         challenge_id = _b64(request.challenge_id, "/challenge_id")
@@ -1074,11 +1066,11 @@ class ControlService:
             except ReplayError:
                 ok = False
         if not ok or node is None:
-            await self._failed(
+            await self._failed(  # an unknown id is not recorded: it is the caller's text
+                ip=client_ip,
                 credential=credential,
-                actor=f"ip:{client_ip}",
                 action="token.renewal_failed",
-                target=request.node_id[:128] or "-",
+                target=node.id if node is not None else "unknown-node",
             )
             raise Unauthorized
         token, expires_at = self._issue_token(node, now)
@@ -1567,7 +1559,8 @@ class ControlService:
 
     async def tick(self) -> None:
         """Periodic upkeep (every few seconds): purge challenges, sign a due audit checkpoint,
-        record lapsed join keys, purge nonces and full rate-limit buckets."""
+        record lapsed join keys, purge nonces and full rate-limit buckets, write the summaries
+        of closed audit fold windows."""
         now = self.clock.now()
         async with self._write() as uow:
             await uow.challenges.purge(now)
@@ -1579,17 +1572,8 @@ class ControlService:
                 )
             await uow.nonces.purge(now)
             await uow.limiter.prune(now)
-            last = await uow.audit.last_entry()
-            chain = self._chain
-            if (
-                chain is None
-                or last is None
-                or not constant_time_equal(chain.head_hash, last.entry_hash)
-            ):
-                chain = AuditChain.resume(last, await uow.audit.last_checkpoint())
-                self._chain = chain
-            if last is not None and chain.checkpoint_due(now):
-                await uow.audit.add_checkpoint(chain.checkpoint(self.keys.audit_key, now))
+            await self._audit_writer.checkpoint_if_due(uow, now)
+        await self._guard.flush(now)  # summaries of the closed fold windows
 
     def stats(self) -> ControlStats:
         """Numbers for /metrics."""
@@ -1597,8 +1581,8 @@ class ControlService:
             policy_version=0 if self._net is None else self._net.version,
             active_waiters=self.waiters.active,
             enrollments=self._enrollments,
-            rate_limited=self._rate_limited,
-            auth_failures=self._auth_failures,
+            rate_limited=self._rate_limited + self._guard.rate_limited,
+            auth_failures=self._guard.failures,
             pending_enrollments=self._pending_enrollments,
         )
 

@@ -15,6 +15,9 @@ Theory of operation.
   forgotten without changing any decision (that is how memory stays bounded).
 * IPs are keyed by network: IPv4 by /32, IPv6 by /64 (one subscriber's allocation), and an
   IPv4-mapped IPv6 address as the IPv4 address it carries.
+* Failed authentications are also counted per source network (`auth_failures_per_ip`), in
+  their own bucket: successes never take from it, so a legitimate client's traffic cannot
+  empty it and a flood of failures cannot empty a success bucket.
 * Failures are counted per credential. From the `backoff_after_failures`-th consecutive failure
   the credential is blocked for `backoff_initial`, doubling with each further failure up to
   `backoff_max`; at `disable_after_failures` it is disabled until an admin resets it. A success
@@ -98,6 +101,9 @@ class LimitPolicy:
 
     per_ip: BucketPolicy = BucketPolicy(burst=20, refill=10, per=timedelta(minutes=1))
     per_identity: BucketPolicy = BucketPolicy(burst=10, refill=5, per=timedelta(minutes=15))
+    # Failed authentications per source network on every authenticated route (node token,
+    # renewal, enrollment, admin key): over it, 429 before anything is looked up or written.
+    auth_failures_per_ip: BucketPolicy = BucketPolicy(burst=20, refill=10, per=timedelta(minutes=1))
     backoff_after_failures: int = attrs.field(default=5, validator=_positive_int)
     backoff_initial: timedelta = attrs.field(
         default=timedelta(seconds=30), validator=_positive_delta

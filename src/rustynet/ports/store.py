@@ -267,6 +267,8 @@ class BucketTable(enum.Enum):
 
     IP = "ip"
     IDENTITY = "identity"
+    AUTH_FAILURE = "auth-failure"  # failed authentications per source network
+    ADMIN = "admin"  # authenticated admin calls per source network
 
 
 # --- repositories -----------------------------------------------------------------------------
@@ -481,6 +483,10 @@ class LimiterRepository(Protocol):
 
     async def load_tat(self, table: BucketTable, key: str) -> datetime | None:
         """The stored `tat` (None: full bucket), locked until the unit of work ends."""
+        ...
+
+    async def peek(self, table: BucketTable, key: str) -> datetime | None:
+        """The stored `tat` (None: full bucket), read only: no row is written or locked."""
         ...
 
     async def store_tat(self, table: BucketTable, key: str, tat: datetime) -> None:
