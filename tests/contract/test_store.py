@@ -689,6 +689,22 @@ async def test_limiter_buckets_follow_gcra(store: Store) -> None:
 
 
 @pytest.mark.asyncio
+async def test_limiter_peek_reads_a_bucket_and_writes_nothing(store: Store) -> None:
+    """peek sees what take stored, in every table (the failure and admin buckets too), and an
+    absent key stays absent: the read-only check before an authentication writes no row."""
+    bucket = BucketPolicy(burst=2, refill=1, per=timedelta(seconds=10))
+    async with store.unit_of_work() as uow:
+        lim = uow.limiter
+        for table in BucketTable:
+            assert await lim.peek(table, "198.51.100.7/32") is None
+            assert (await lim.take(table, "198.51.100.7/32", NOW, bucket)).allowed
+            assert await lim.peek(table, "198.51.100.7/32") == NOW + timedelta(seconds=10)
+        assert await lim.peek(BucketTable.AUTH_FAILURE, "203.0.113.9/32") is None
+        # Nothing was left behind by the peeks: only the four taken rows exist to be pruned.
+        assert await lim.prune(NOW + timedelta(seconds=11)) == len(BucketTable)
+
+
+@pytest.mark.asyncio
 async def test_limiter_failures_back_off_disable_and_reset(store: Store) -> None:
     """record_failure applies after_failure; success clears the count; reset clears all."""
     policy = LimitPolicy(backoff_after_failures=2, disable_after_failures=3)

@@ -126,6 +126,7 @@ def build_service(
     control_url: str,
     limits: LimitPolicy | None = None,
     relays: tuple[RelayEntry, ...] = (),
+    audit_fold_window: timedelta | None = None,
 ) -> ControlService:
     """The service as the composition root builds it (fresh keys, system clock and entropy)."""
     entropy = OsEntropy()
@@ -137,6 +138,8 @@ def build_service(
         limits=limits or LimitPolicy(),
         relays=relays,
     )
+    if audit_fold_window is not None:
+        settings = attrs.evolve(settings, audit_fold_window=audit_fold_window)
     return ControlService(store, keys, clock, entropy, settings)
 
 
@@ -144,6 +147,7 @@ def build_service(
 GENEROUS_LIMITS = LimitPolicy(
     per_ip=BucketPolicy(burst=10_000, refill=10_000, per=timedelta(minutes=1)),
     per_identity=BucketPolicy(burst=10_000, refill=10_000, per=timedelta(minutes=1)),
+    auth_failures_per_ip=BucketPolicy(burst=10_000, refill=10_000, per=timedelta(minutes=1)),
 )
 
 
@@ -155,6 +159,7 @@ async def running_api(
     settings: ApiSettings | None = None,
     limits: LimitPolicy | None = None,
     relays: tuple[RelayEntry, ...] = (),
+    audit_fold_window: timedelta | None = None,
 ) -> AsyncIterator[LiveApi]:
     """Serve the control API over TLS 1.3 on 127.0.0.1 (an OS-chosen port) until exit."""
     certificate = throwaway_certificate(tmp_path)
@@ -163,7 +168,7 @@ async def running_api(
     # The control URL (token audience) is only known once the port is; bind first.
     runner: web.AppRunner | None = None
     try:
-        service = build_service(store, "https://127.0.0.1", limits, relays)
+        service = build_service(store, "https://127.0.0.1", limits, relays, audit_fold_window)
         admin = await create_initial_admin_key(
             store, now=service.clock.now(), entropy=service.entropy, keys=service.keys
         )
