@@ -56,7 +56,7 @@ def growth_bound(seconds: float, policy: LimitPolicy = DEFAULTS) -> int:
 
 
 def test_the_documented_bound_is_the_formula_at_the_real_defaults() -> None:
-    """auth-controls.md states 21 failures and 142,848 bytes (< 140 KiB) for 10 s of flood."""
+    """auth-controls.md states 21 failures and 142,848 bytes for 10 s of flood."""
     assert (BUDGET.burst, BUDGET.refill, BUDGET.per) == (20, 10, timedelta(minutes=1))
     assert admitted_failures(10) == 21
     assert growth_bound(10) == 142_848
