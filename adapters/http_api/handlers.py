@@ -53,8 +53,18 @@ def _client_ip(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
+def _header(request: web.Request, name: str) -> str:
+    """A credential header's text, or "" (answered like a missing one) unless printable ASCII.
+
+    aiohttp decodes header bytes that are not UTF-8 to lone surrogates; those reached the
+    SQL driver (UnicodeEncodeError, a 500). No credential of this API is anything but ASCII.
+    """
+    value = request.headers.get(name, "")
+    return value if value.isascii() and value.isprintable() else ""
+
+
 def _bearer(request: web.Request) -> str:
-    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    scheme, _, credentials = _header(request, "Authorization").partition(" ")
     return credentials.strip() if scheme.lower() == "bearer" else ""
 
 
@@ -64,7 +74,7 @@ def _admin(request: web.Request) -> AdminAuth:
 
 def _node(request: web.Request) -> NodeAuth:
     return NodeAuth(
-        node_id=request.headers.get(NODE_HEADER, ""),
+        node_id=_header(request, NODE_HEADER),
         access_token=_bearer(request),
         client_ip=_client_ip(request),
     )

@@ -6,13 +6,15 @@ this converter registers hooks that accept exactly the JSON type the annotation 
 reject everything else, and forbids unknown keys. A rejection becomes the application's
 `ValidationError` carrying every offending field as an RFC 6901 JSON pointer
 (`/requested_tags/0`), which the error table turns into a 400. JSON itself is parsed strictly
-too: duplicate keys, NaN/Infinity and non-object bodies are rejected before cattrs sees them.
+too: duplicate keys, NaN/Infinity, out-of-range numbers, nesting beyond MAX_JSON_DEPTH and
+non-object bodies are rejected (400, never 500) before cattrs sees them.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import math
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -35,6 +37,9 @@ from rustynet.domain.errors import RemoteProtocolError
 T = TypeVar("T")
 
 MAX_DETAIL_ITEMS: Final = 8  # a hostile body with 10k bad fields gets a bounded answer
+MAX_JSON_DEPTH: Final = 32  # nested objects/arrays in a request body (policies need ~5)
+MAX_JSON_INT: Final = 2**63 - 1  # JSON integers are 64-bit signed on this API
+MAX_INT_DIGITS: Final = 19  # len(str(MAX_JSON_INT)); checked before int() parses the text
 
 
 def body_invalid(detail: str, problems: Sequence[FieldProblem] = ()) -> BadRequest:
@@ -49,6 +54,22 @@ def _reject_constant(name: str) -> Any:
     raise body_invalid(f"JSON constant {name} is not allowed")
 
 
+def _bounded_int(text: str) -> int:
+    # Python refuses int() of more than 4,300 digits with a bare ValueError (a 500 before this
+    # hook); nothing in the API counts beyond 64 bits, so the digits are counted first.
+    value = int(text) if len(text.lstrip("-")) <= MAX_INT_DIGITS else None
+    if value is None or not -MAX_JSON_INT <= value <= MAX_JSON_INT:
+        raise body_invalid("JSON integer out of range (64-bit signed)")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)  # `1e999` is inf to Python, and inf is not JSON
+    if not math.isfinite(value):
+        raise body_invalid("JSON number out of range (not a finite double)")
+    return value
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
@@ -58,19 +79,48 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _too_deep(value: object) -> bool:
+    """True when `value` nests objects/arrays deeper than MAX_JSON_DEPTH (iterative walk)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        )
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > MAX_JSON_DEPTH:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
-    """Parse a request body that must be one UTF-8 JSON object."""
+    """Parse a request body that must be one UTF-8 JSON object.
+
+    Refused with 400 (never a 500): invalid UTF-8, invalid JSON, duplicate keys, NaN/Infinity,
+    numbers outside 64-bit integers or finite doubles, and nesting deeper than MAX_JSON_DEPTH
+    (30,000 nested arrays exhaust the C parser's recursion limit: RecursionError).
+    """
     try:
         text = body.decode("utf-8")
         value = json.loads(
-            text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant
+            text,
+            object_pairs_hook=_no_duplicate_keys,
+            parse_constant=_reject_constant,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
         )
     except UnicodeDecodeError as exc:
         raise body_invalid("request body is not UTF-8") from exc
     except json.JSONDecodeError as exc:
         raise body_invalid(f"request body is not JSON ({exc.msg} at offset {exc.pos})") from exc
+    except RecursionError:
+        raise body_invalid(f"JSON nests deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(value, dict):
         raise body_invalid("request body must be a JSON object", [FieldProblem("", "object")])
+    if _too_deep(value):
+        raise body_invalid(f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
     return value
 
 

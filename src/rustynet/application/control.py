@@ -96,6 +96,11 @@ from rustynet.application.errors import (
     Unauthorized,
     ValidationError,
 )
+from rustynet.application.lifetimes import (
+    API_KEY_MAX_TTL_SECONDS,
+    JOIN_KEY_MAX_TTL_SECONDS,
+    requested_ttl,
+)
 from rustynet.application.peer_maps import DEFAULT_SLICE as PEER_MAP_SLICE
 from rustynet.application.peer_maps import MapAssembler, PeerMapBatcher
 from rustynet.application.waiters import PeerMapWaiters, TooManyWaiters
@@ -1251,8 +1256,7 @@ class ControlService:
         admin = await self._admin(auth, AdminAction.CREATE_JOIN_KEY)
         now = self.clock.now()
         scope = Scope(_tags(request.tags, "/tags"))
-        if type(request.ttl_seconds) is not int or request.ttl_seconds <= 0:
-            raise ValidationError.at("/ttl_seconds", "a positive number of seconds")
+        ttl = requested_ttl(request.ttl_seconds, JOIN_KEY_MAX_TTL_SECONDS)
         token = JoinToken.create(
             control_url=self.settings.control_url,
             root_fingerprint=self.keys.root.key_id,
@@ -1266,7 +1270,7 @@ class ControlService:
                     secret_hash=token.secret_hash(),
                     scope=scope,
                     now=now,
-                    ttl=timedelta(seconds=request.ttl_seconds),
+                    ttl=ttl,
                     reusable=request.reusable,
                     max_uses=request.uses,
                 )
@@ -1596,11 +1600,7 @@ async def _add_api_key(
         raise ValidationError.at("/scope", "admin, read-only or enroll-only") from None
     ttl = api_keys.DEFAULT_TTL
     if request.ttl_seconds is not None:
-        if type(request.ttl_seconds) is not int or request.ttl_seconds <= 0:
-            raise ValidationError.at("/ttl_seconds", "a positive number of seconds")
-        ttl = timedelta(seconds=request.ttl_seconds)
-    if ttl > api_keys.MAX_TTL:
-        raise ValidationError.at("/ttl_seconds", "at most 365 days")
+        ttl = requested_ttl(request.ttl_seconds, API_KEY_MAX_TTL_SECONDS)
     if not isinstance(request.description, str) or len(request.description) > 200:
         raise ValidationError.at("/description", "at most 200 characters")
     key = ApiKey.generate(entropy)
