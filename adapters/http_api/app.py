@@ -1,13 +1,15 @@
 """App factory of the control API: typed keys, middleware order, routes, upkeep lifecycle.
 
 The one rule: the app is built from what bootstrap passes in (`ControlService`, `ApiSettings`)
-and owns no other state than its metrics; serve it with `make_runner(app)` so the access log
-is `RouteAccessLogger` (route templates, never request lines).
+and owns no other state than its metrics and its admission budgets (admission.py); serve it
+with `make_runner(app)` so the access log is `RouteAccessLogger` (route templates, never request
+lines) and requests the HTTP parser rejects get the JSON 400 of rejections.py.
 
 Lifecycle (`cleanup_ctx`): while the app runs, a task calls `ControlService.tick()` every
-`settings.tick_interval` seconds (nonce, limiter and join-key upkeep, folded audit summaries);
-on shutdown every peer-map waiter is woken so long-polls end promptly, the task is cancelled
-and the folded audit summaries still open are written (`ControlService.flush_audit`).
+`settings.tick_interval` seconds (nonce, limiter and join-key upkeep, folded audit summaries)
+and prunes the admission budgets; on shutdown every peer-map waiter is woken so long-polls end
+promptly, the task is cancelled and the folded audit summaries still open are written
+(`ControlService.flush_audit`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,15 @@ from collections.abc import AsyncIterator
 from typing import Final
 
 from aiohttp import web
-from rustynet.adapters.http_api.keys import CONVERTER_KEY, METRICS_KEY, SERVICE_KEY, SETTINGS_KEY
-from rustynet.adapters.http_api.metrics import ApiMetrics
+from rustynet.adapters.http_api.admission import admission_gate
+from rustynet.adapters.http_api.keys import (
+    ADMISSION_KEY,
+    CONVERTER_KEY,
+    METRICS_KEY,
+    SERVICE_KEY,
+    SETTINGS_KEY,
+)
+from rustynet.adapters.http_api.metrics import UNMATCHED_ROUTE, ApiMetrics
 from rustynet.adapters.http_api.middleware import (
     ACCESS_LOGGER_NAME,
     RouteAccessLogger,
@@ -29,10 +38,12 @@ from rustynet.adapters.http_api.middleware import (
     metrics_middleware,
     secret_query_guard,
 )
+from rustynet.adapters.http_api.rejections import RejectingAppRunner
 from rustynet.adapters.http_api.routes import add_routes
 from rustynet.adapters.http_api.schemas import make_converter
 from rustynet.adapters.http_api.settings import ApiSettings
 
+from rustynet.application.admission import RequestAdmission
 from rustynet.application.control import ControlService
 
 SHUTDOWN_TIMEOUT: Final = 5.0  # seconds a long-poll may take to notice shutdown
@@ -43,12 +54,14 @@ __all__ = ["ApiSettings", "create_app", "make_runner"]
 
 async def _upkeep(app: web.Application) -> AsyncIterator[None]:
     service = app[SERVICE_KEY]
+    admission = app[ADMISSION_KEY]
     interval = app[SETTINGS_KEY].tick_interval
 
     async def loop(every: float) -> None:
         while True:
             await asyncio.sleep(every)
             try:
+                admission.prune()
                 await service.tick()
             except Exception as exc:  # noqa: BLE001 - upkeep must survive a failed round
                 _log.warning("control.tick_failed", extra={"error_type": type(exc).__name__})
@@ -73,7 +86,13 @@ def create_app(service: ControlService, settings: ApiSettings | None = None) -> 
     """The control API application for `service`."""
     settings = settings if settings is not None else ApiSettings()
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware, secret_query_guard, json_content_type],
+        middlewares=[
+            metrics_middleware,
+            error_middleware,
+            admission_gate,  # per-IP token spent before any body is read (admission.py)
+            secret_query_guard,
+            json_content_type,
+        ],
         # The server-wide ceiling; each route reads at most its own cap (read_json).
         client_max_size=max(settings.max_body_bytes, settings.max_document_bytes),
         # Wins over whatever runner serves the app (run_app, test servers): the default access
@@ -87,6 +106,9 @@ def create_app(service: ControlService, settings: ApiSettings | None = None) -> 
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = ApiMetrics()
     app[CONVERTER_KEY] = make_converter()
+    app[ADMISSION_KEY] = RequestAdmission.for_limits(
+        service.clock, service.settings.limits, service.settings.admin_per_ip
+    )
     add_routes(app)
     app.on_shutdown.append(_wake_waiters)
     app.cleanup_ctx.append(_upkeep)
@@ -94,9 +116,16 @@ def create_app(service: ControlService, settings: ApiSettings | None = None) -> 
 
 
 def make_runner(app: web.Application, shutdown_timeout: float = SHUTDOWN_TIMEOUT) -> web.AppRunner:
-    """A runner that logs access through `RouteAccessLogger` (never the request line)."""
-    return web.AppRunner(
+    """A runner that logs access through `RouteAccessLogger` (never the request line) and
+    answers requests the HTTP parser refuses with a JSON 400 counted as `unmatched`."""
+    metrics = app[METRICS_KEY]
+
+    def on_rejected(method: str, status: int) -> None:
+        metrics.observe_request(method, UNMATCHED_ROUTE, status, 0.0)
+
+    return RejectingAppRunner(
         app,
+        on_rejected=on_rejected,
         access_log_class=RouteAccessLogger,
         access_log=logging.getLogger(ACCESS_LOGGER_NAME),
         shutdown_timeout=shutdown_timeout,

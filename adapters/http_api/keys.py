@@ -7,9 +7,11 @@ from aiohttp import web
 from rustynet.adapters.http_api.metrics import ApiMetrics
 from rustynet.adapters.http_api.settings import ApiSettings
 
+from rustynet.application.admission import RequestAdmission
 from rustynet.application.control import ControlService
 
 SERVICE_KEY = web.AppKey("service", ControlService)
 SETTINGS_KEY = web.AppKey("settings", ApiSettings)
 METRICS_KEY = web.AppKey("metrics", ApiMetrics)
 CONVERTER_KEY = web.AppKey("converter", cattrs.Converter)
+ADMISSION_KEY = web.AppKey("admission", RequestAdmission)

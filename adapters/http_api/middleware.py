@@ -7,9 +7,11 @@ line, query string, headers or body. aiohttp's default access log prints the req
 
 Order (outermost first): `metrics_middleware` times every request and counts it under its
 template with the FINAL status; `error_middleware` turns every exception into the one JSON
-error shape (errors.py); `secret_query_guard` refuses a query parameter named like a secret;
-`json_content_type` refuses a body that is not `application/json`. Body size caps are applied
-where the body is read (`read_json`), per route, before the body is buffered.
+error shape (errors.py); `admission_gate` (admission.py) spends the client's per-IP token
+before a body-reading route reads its body; `secret_query_guard` refuses a query parameter
+named like a secret; `json_content_type` refuses a body that is not `application/json`. Body
+size caps are applied where the body is read (`read_json`), per route, before the body is
+buffered. Requests the HTTP parser refuses never reach this pipeline (rejections.py).
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ _log = logging.getLogger(ERROR_LOGGER_NAME)
 
 def route_template(request: web.BaseRequest) -> str:
     """The matched route's template (`/v1/admin/nodes/{id}`), or `unmatched`."""
-    match_info = getattr(request, "match_info", None)
+    try:
+        match_info = getattr(request, "match_info", None)
+    except AssertionError:  # aiohttp asserts a resolved route: the parser refused the request
+        return UNMATCHED_ROUTE
     route = getattr(match_info, "route", None)
     resource = getattr(route, "resource", None)
     if resource is None or getattr(match_info, "http_exception", None) is not None:
