@@ -8,7 +8,8 @@ The data path does no JSON, no logging and one copy per frame (header + memoryvi
 
 TLS is the caller's: serve the app on an `ssl.SSLContext` that allows TLS 1.3 only (bootstrap
 uses `rustynet.adapters.http_api.tls.server_ssl_context`). `make_runner` turns the access log
-off: a relay logs sessions, not requests.
+off: a relay logs sessions, not requests; a request the HTTP parser refuses gets a fixed JSON 400
+that echoes nothing (rejections.py).
 
 Messages larger than `max_frame_bytes` but within the WebSocket message cap (twice the frame
 limit, at least 64 KiB) are dropped and counted as oversize; beyond the cap aiohttp closes the
@@ -25,6 +26,7 @@ from typing import Final
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
+from rustynet.adapters.relay.rejections import REJECTIONS_KEY, RejectingAppRunner, Rejections
 
 from rustynet.application.relay import DROP_REASONS, RelayService, Session
 from rustynet.domain.relay import (
@@ -303,8 +305,14 @@ def render_metrics(service: RelayService) -> str:
 
 async def metrics(request: web.Request) -> web.Response:
     """`GET /metrics`."""
+    rejected = request.app[REJECTIONS_KEY].count
+    text = render_metrics(request.app[SERVICE_KEY]) + (
+        "# HELP rustynet_relay_rejected_requests_total Requests the HTTP parser refused.\n"
+        "# TYPE rustynet_relay_rejected_requests_total counter\n"
+        f"rustynet_relay_rejected_requests_total {rejected}\n"
+    )
     return web.Response(
-        body=render_metrics(request.app[SERVICE_KEY]).encode("utf-8"),
+        body=text.encode("utf-8"),
         headers={"Content-Type": METRICS_CONTENT_TYPE},
     )
 
@@ -314,6 +322,7 @@ def create_relay_app(service: RelayService) -> web.Application:
     app = web.Application(client_max_size=4096)
     app[SERVICE_KEY] = service
     app[SOCKETS_KEY] = set()
+    app[REJECTIONS_KEY] = Rejections()
     app.on_shutdown.append(_close_all)
     app.router.add_get(PATH, relay_socket)
     app.router.add_get("/healthz", healthz)
@@ -322,5 +331,6 @@ def create_relay_app(service: RelayService) -> web.Application:
 
 
 def make_runner(app: web.Application, shutdown_timeout: float = 5.0) -> web.AppRunner:
-    """A runner without access log (no per-request lines; sessions are logged as events)."""
-    return web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    """A runner without access log (no per-request lines; sessions are logged as events) whose
+    answer to a request the HTTP parser refuses echoes nothing (rejections.py)."""
+    return RejectingAppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
