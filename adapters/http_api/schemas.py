@@ -6,8 +6,8 @@ this converter registers hooks that accept exactly the JSON type the annotation 
 reject everything else, and forbids unknown keys. A rejection becomes the application's
 `ValidationError` carrying every offending field as an RFC 6901 JSON pointer
 (`/requested_tags/0`), which the error table turns into a 400. JSON itself is parsed strictly
-too: duplicate keys, NaN/Infinity, out-of-range numbers, nesting beyond MAX_JSON_DEPTH and
-non-object bodies are rejected (400, never 500) before cattrs sees them.
+too: duplicate keys, NaN/Infinity, out-of-range numbers, lone surrogates, nesting beyond
+MAX_JSON_DEPTH and non-object bodies are rejected (400, never 500) before cattrs sees them.
 """
 
 from __future__ import annotations
@@ -79,28 +79,43 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _too_deep(value: object) -> bool:
-    """True when `value` nests objects/arrays deeper than MAX_JSON_DEPTH (iterative walk)."""
+def _unsound(value: object) -> str | None:
+    """Why a parsed body must be refused, or None: nesting deeper than MAX_JSON_DEPTH, or a
+    string (key or value) that is not valid Unicode (`"\\ud800"` parses to a lone surrogate,
+    which no store can encode). One iterative walk, no recursion."""
     stack: list[tuple[object, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        children = (
-            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        )
+        if isinstance(item, dict):
+            children: list[object] = [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
         for child in children:
+            if isinstance(child, str) and not child.isascii() and not _encodable(child):
+                return "JSON string is not valid Unicode (lone surrogate escape)"
             if isinstance(child, dict | list):
                 if depth + 1 > MAX_JSON_DEPTH:
-                    return True
+                    return f"JSON nests deeper than {MAX_JSON_DEPTH} levels"
                 stack.append((child, depth + 1))
-    return False
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
     """Parse a request body that must be one UTF-8 JSON object.
 
     Refused with 400 (never a 500): invalid UTF-8, invalid JSON, duplicate keys, NaN/Infinity,
-    numbers outside 64-bit integers or finite doubles, and nesting deeper than MAX_JSON_DEPTH
-    (30,000 nested arrays exhaust the C parser's recursion limit: RecursionError).
+    numbers outside 64-bit integers or finite doubles, lone surrogates in strings, and nesting
+    deeper than MAX_JSON_DEPTH (30,000 nested arrays exhaust the C parser's recursion limit).
     """
     try:
         text = body.decode("utf-8")
@@ -119,8 +134,9 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise body_invalid(f"JSON nests deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(value, dict):
         raise body_invalid("request body must be a JSON object", [FieldProblem("", "object")])
-    if _too_deep(value):
-        raise body_invalid(f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
+    problem = _unsound(value)
+    if problem is not None:
+        raise body_invalid(problem)
     return value
 
 

@@ -127,6 +127,7 @@ def build_service(
     limits: LimitPolicy | None = None,
     relays: tuple[RelayEntry, ...] = (),
     audit_fold_window: timedelta | None = None,
+    admin_per_ip: BucketPolicy | None = None,
 ) -> ControlService:
     """The service as the composition root builds it (fresh keys, system clock and entropy)."""
     entropy = OsEntropy()
@@ -140,6 +141,8 @@ def build_service(
     )
     if audit_fold_window is not None:
         settings = attrs.evolve(settings, audit_fold_window=audit_fold_window)
+    if admin_per_ip is not None:
+        settings = attrs.evolve(settings, admin_per_ip=admin_per_ip)
     return ControlService(store, keys, clock, entropy, settings)
 
 
@@ -160,6 +163,7 @@ async def running_api(
     limits: LimitPolicy | None = None,
     relays: tuple[RelayEntry, ...] = (),
     audit_fold_window: timedelta | None = None,
+    admin_per_ip: BucketPolicy | None = None,
 ) -> AsyncIterator[LiveApi]:
     """Serve the control API over TLS 1.3 on 127.0.0.1 (an OS-chosen port) until exit."""
     certificate = throwaway_certificate(tmp_path)
@@ -168,7 +172,9 @@ async def running_api(
     # The control URL (token audience) is only known once the port is; bind first.
     runner: web.AppRunner | None = None
     try:
-        service = build_service(store, "https://127.0.0.1", limits, relays, audit_fold_window)
+        service = build_service(
+            store, "https://127.0.0.1", limits, relays, audit_fold_window, admin_per_ip
+        )
         admin = await create_initial_admin_key(
             store, now=service.clock.now(), entropy=service.entropy, keys=service.keys
         )
