@@ -9,9 +9,16 @@ The UAPI is wireguard-go's documented cross-platform text protocol on
 empty line, keys in hex, answered by `errno=N` and an empty line. Links, addresses and routes
 go through ip(8) (`links.Links`); the TUN device vanishes with the process.
 
+Crash safety (`process_guard`): wireguard-go is spawned through `setpriv --pdeathsig KILL`,
+so it dies with the daemon and its TUN device, addresses and routes with it (no traffic with
+any peer until a running daemon re-applies a verified map); a wireguard-go a crashed daemon of
+ours left behind is killed at the next start, proven ours by the PID record; any other holder
+of the interface is refused.
+
 Quirks met here: wireguard-go prints a banner claiming kernel support even when the module is
 missing (ignored); SIGKILL leaves the socket behind (removed at `stop` and, if stale, at
-`start`); `ip netns exec` execs without forking, so the PID we hold is wireguard-go's own.
+`start`); `ip netns exec`, setpriv and the guard's shell exec without forking, so the PID we
+hold is wireguard-go's own.
 """
 
 from __future__ import annotations
@@ -19,15 +26,24 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import os
 import shutil
 import signal
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
 from rustynet.adapters.tunnel.links import Links
+from rustynet.adapters.tunnel.process_guard import (
+    KILL_WAIT_S,
+    PidRecord,
+    guarded_argv,
+    kill_recorded,
+    record_path,
+)
 
 from rustynet.domain.errors import DecodeError
 from rustynet.domain.keys import TunnelKey, TunnelKeyScheme, TunnelPrivateKey
@@ -53,6 +69,9 @@ SOCKET_DIR: Final = "/var/run/wireguard"
 _UAPI_TIMEOUT: Final = 5.0
 _REPLY_LIMIT: Final = 64 * 1024 * 1024  # `get=1` with thousands of peers is a few MB
 _STOP_GRACE: Final = 2.0
+GUARD_PROGRAMS: Final = ("setpriv", "/bin/sh")
+
+_log = logging.getLogger("rustynet.tunnel")
 
 
 class WireGuardUapiBackend:
@@ -113,6 +132,12 @@ class WireGuardUapiBackend:
         """wireguard-go on PATH, /dev/net/tun present, root, and the namespace exists."""
         if shutil.which(self._program) is None:
             raise BackendUnavailable(f"{self._program} not found on PATH")
+        missing = [p for p in GUARD_PROGRAMS if shutil.which(p) is None]
+        if missing:
+            raise BackendUnavailable(
+                f"{', '.join(missing)} not found (setpriv is util-linux: it ties wireguard-go "
+                "to the daemon's life)"
+            )
         if not Path("/dev/net/tun").exists():
             raise BackendUnavailable("/dev/net/tun is missing (no TUN support)")
         if os.geteuid() != 0:
@@ -148,13 +173,9 @@ class WireGuardUapiBackend:
     async def _spawn(self, interface: str) -> None:
         await self.check_available()
         sock = self.socket_path(interface)
-        if sock.exists():
-            if await _answers(sock):
-                raise TunnelError(f"interface {interface} is already run by another process")
-            sock.unlink(missing_ok=True)  # stale, left by a SIGKILLed wireguard-go
-        if await self._links.exists(interface):
-            raise TunnelError(f"a link called {interface} already exists")
-        argv = [self._program, "-f", interface]
+        await self._clear_leftover(interface, sock)
+        # Dies with this daemon (PR_SET_PDEATHSIG through setpriv, parent re-checked after it).
+        argv = guarded_argv([self._program, "-f", interface], os.getpid())
         if self._netns is not None:
             argv = ["ip", "netns", "exec", self._netns, *argv]
         # A minimal environment: nothing secret is ever passed to the child.
@@ -178,6 +199,35 @@ class WireGuardUapiBackend:
         except TunnelError:
             await self.stop()
             raise
+        record = PidRecord.of(self._proc.pid)
+        if record is not None:  # what the next start may kill if we die without `stop`
+            record.save(record_path(self._socket_dir, interface))
+
+    async def _clear_leftover(self, interface: str, sock: Path) -> None:
+        """Kill a wireguard-go a crashed daemon of ours left on `interface` (proven by our
+        record: same PID, same start time, same program); refuse anything else."""
+        recorded = record_path(self._socket_dir, interface)
+        killed = False
+        if sock.exists() and await _answers(sock):
+            record = PidRecord.load(recorded)
+            ours = record is not None and await asyncio.to_thread(
+                kill_recorded, record, self._program
+            )
+            if not ours or await _answers(sock):
+                raise TunnelError(f"interface {interface} is already run by another process")
+            _log.warning(
+                "tunnel.leftover_killed",
+                extra={"interface": interface, "pid": record.pid if record else None},
+            )
+            killed = True
+        sock.unlink(missing_ok=True)  # stale, left by a SIGKILLed wireguard-go
+        recorded.unlink(missing_ok=True)
+        # The TUN link goes with its process; the kernel may take a moment after the kill.
+        deadline = time.monotonic() + (KILL_WAIT_S if killed else 0.0)
+        while await self._links.exists(interface):
+            if time.monotonic() >= deadline:
+                raise TunnelError(f"a link called {interface} already exists")
+            await asyncio.sleep(0.05)
 
     async def _wait_for_socket(self, proc: asyncio.subprocess.Process, sock: Path) -> None:
         try:
@@ -236,6 +286,7 @@ class WireGuardUapiBackend:
             self._drain = None
         if interface is not None:
             self.socket_path(interface).unlink(missing_ok=True)
+            record_path(self._socket_dir, interface).unlink(missing_ok=True)
             # The TUN device goes with the process; delete it if anything kept it alive.
             await self._links.delete(interface)
 
