@@ -10,7 +10,9 @@ Access logging is off: `POST /up` carries a join token in its body (never logged
 Routes (JSON unless said otherwise; errors are `{"error": code, "detail": text}`):
 
     GET  /status   {"state", "node": {name, id, overlay_ip} | null, "control": {url, connected}
-                    | null, "backend", "peermap_serial", "peers": [...]}
+                    | null, "backend", "peermap_serial", "peermap_source", "peers": [...]}
+                   peermap_source: "control", "none (waiting for the control plane since T)"
+                   or "stored (control plane unreachable since T)" (application/map_source.py)
     GET  /peers    {"peers": [{name, overlay_ip, path, last_handshake, rx_bytes, tx_bytes}]}
     POST /up       body {"token": str | null, "hostname": str | null}: join (token) and/or bring
                    the tunnel up; answers the status document

@@ -156,6 +156,8 @@ def render_status(doc: Mapping[str, object]) -> str:
         lines.append("peer map: none yet (waiting for the first map from control)")
     else:
         lines.append(f"peer map: serial {serial}")
+    if doc.get("peermap_source"):
+        lines.append(f"map from: {doc.get('peermap_source')}")
     return "\n".join(lines) + "\n" + render_peers(_peers(doc))
 
 

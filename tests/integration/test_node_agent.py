@@ -261,9 +261,12 @@ async def test_restart_with_same_state_keeps_identity_and_address(
     assert again.agent.state.overlay_addresses == first.overlay_addresses
     assert again.agent.state.tunnel_key == first.tunnel_key
     assert b.agent.state is not None
-    assert b.agent.state.tunnel_key in await again.tunnel.peers()  # saved map re-applied offline
+    assert await again.tunnel.peers() == {}  # no peer before control has spoken
     await again.agent.step(timeout=0)  # token renewal with the stored identity works
-    assert (await again.agent.status()).connected
+    assert b.agent.state.tunnel_key in await again.tunnel.peers()  # saved map confirmed current
+    status = await again.agent.status()
+    assert status.connected
+    assert status.peermap_source == "control"
 
 
 async def test_tunnel_key_rotation_reaches_the_peer(world: World, tmp_path: Path) -> None:

@@ -14,8 +14,10 @@ Theory of operation.
   the challenge/proof exchange, pin the returned root certificate to the token's fingerprint,
   save `NodeState`.
 * `start()`: load state and keys (a missing identity key is an error, never a new identity),
-  bring the interface up, re-verify the saved last good map offline and apply it if still
-  valid. The access token is kept in memory only and renewed on demand.
+  bring the interface up with NO peer, re-verify the saved last good map offline and hold it
+  back: it applies only when control confirms it current (nothing newer) or after
+  `stored_map_fallback` without control (`map_source.py`; `status` says which). The access
+  token is kept in memory only and renewed on demand.
 * `step()` (what `run()` repeats): renew the access token when it is close to expiry, rotate
   the tunnel key when it is close to expiry, long-poll for a newer map, reconcile. Errors:
   `ControlUnreachable` (or a non-401 refusal) → `connected` becomes False, the tunnel keeps
@@ -47,6 +49,7 @@ from typing import Final
 
 import attrs
 
+from rustynet.application.map_source import STORED_MAP_FALLBACK, MapSource
 from rustynet.application.relay_link import RelayLink
 from rustynet.domain import path as paths
 from rustynet.domain import reconcile
@@ -147,6 +150,8 @@ class AgentSettings:
     # talking within the handshake-retry window (LAB.md pitfall 1), not after the next map.
     reconcile_interval: float = 1.0
     path_policy: paths.PathPolicy = attrs.field(factory=paths.PathPolicy)
+    # After a start, how long without the control plane before the saved map applies.
+    stored_map_fallback: timedelta = STORED_MAP_FALLBACK
 
 
 Path = paths.StatusPath  # direct | relay | trying (unconfirmed) | none (no path)
@@ -177,6 +182,7 @@ class AgentStatus:
     backend: str
     peermap_serial: int
     peers: tuple[PeerStatus, ...]
+    peermap_source: str = "none"  # map_source.MapSource.status_text
 
     def to_json(self) -> dict[str, object]:
         """The documented `status --json` shape."""
@@ -185,6 +191,7 @@ class AgentStatus:
             "control": {"url": self.control_url, "connected": self.connected},
             "backend": self.backend,
             "peermap_serial": self.peermap_serial,
+            "peermap_source": self.peermap_source,
             "peers": [
                 {
                     "name": p.name,
@@ -239,6 +246,7 @@ class NodeAgent:
         self._token_expires: datetime | None = None
         self._acceptor: PeerMapAcceptor | None = None
         self._map: PeerMap | None = None
+        self.map_source: MapSource | None = None
         self._addresses: tuple[IPInterface, ...] = ()
         self._routes: tuple[IPNetwork, ...] = ()
         self._listed_since: dict[TunnelKey, datetime] = {}
@@ -367,15 +375,18 @@ class NodeAgent:
         now = self.clock.now()
         trust = self._trust(state.root_certificate, state.signing_certificates, now)
         self._acceptor = PeerMapAcceptor(trust, state.node_id, state.peer_map_watermark)
+        held = None
         if state.last_peer_map is not None:
             try:
                 saved = accept_peer_map(
                     state.last_peer_map, trust, state.node_id, state.peer_map_watermark - 1, now
                 )
                 if saved.serial == state.peer_map_watermark:
-                    self._map = saved
+                    held = saved
             except PeerMapRejected as exc:
                 _log.info("peer_map.saved_unusable", extra={"reason": str(exc)[:200]})
+        # No peer before control speaks (or the bound passes): see application/map_source.py.
+        self.map_source = MapSource.at_start(now, held, self.settings.stored_map_fallback)
         desired = self._desired(now, {})
         await self.tunnel.start(
             reconcile.interface_config(
@@ -436,7 +447,7 @@ class NodeAgent:
     async def poll(self, timeout: float | None = None) -> bool:
         """One long poll; True when a newer map was accepted and applied."""
         wait = self.settings.long_poll_seconds if timeout is None else timeout
-        if not self.connected:
+        if not self.connected or (self.map_source is not None and self.map_source.pending):
             wait = 0.0  # (re)connecting: ask without parking, so status and the map catch up now
         await self._ensure_token()
         after = self._acceptor.watermark if self._acceptor else 0
@@ -449,8 +460,15 @@ class NodeAgent:
             delivery = await self.control.peer_map(self._creds(), after, wait)
         self.connected = True
         if delivery is None:
+            # Nothing newer than our watermark: the saved map (held back at start) is current.
+            confirmed = self.map_source.control_answered(False) if self.map_source else None
+            if confirmed is not None and self._map is None:
+                self._map = confirmed  # step() reconciles it
             return False
-        return await self.offer_peer_map(delivery.envelope, delivery.trust)
+        applied = await self.offer_peer_map(delivery.envelope, delivery.trust)
+        if applied and self.map_source is not None:
+            self.map_source.control_answered(True)
+        return applied
 
     async def offer_peer_map(self, envelope: str, trust: TrustTexts) -> bool:
         """Accept and apply a map; a rejection is logged, counted and changes nothing."""
@@ -574,6 +592,10 @@ class NodeAgent:
         if not self._started:
             return ()
         now = self.clock.now()
+        fallback = self.map_source.fallback_due(now) if self.map_source else None
+        if fallback is not None and self._map is None:
+            self._map = fallback
+            _events.warning("peer_map.stored_applied", extra={"serial": fallback.serial})
         stats = await self.tunnel.stats()
         endpoints = await self._path_endpoints(now, stats)
         await self._restart_sessions(stats)
@@ -830,4 +852,5 @@ class NodeAgent:
             backend=self.tunnel.name,
             peermap_serial=self._acceptor.watermark if self._acceptor else state.peer_map_watermark,
             peers=tuple(peers),
+            peermap_source=self.map_source.status_text() if self.map_source else "none",
         )
