@@ -13,17 +13,29 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import ALLOW_ALL_POLICY, PYTHON, Mesh, Node, dig, run_in, wait_for
+from tests.e2e.harness import (
+    ALLOW_ALL_POLICY,
+    CONTROL_IP,
+    PYTHON,
+    Mesh,
+    Node,
+    dig,
+    run_in,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 MESH_UP_S = 10.0
 GONE_S = 3.0
-CAPTURE_S = 14.0
+CAPTURE_S = 16.0
+HOLD_S = 3.0
+CUT_TABLE = "e2ecut"
 _IPV4, _UDP = b"\x08\x00", 17
 
 
@@ -62,6 +74,19 @@ def _ipv4_packets(capture: bytes, src: str, dst: str) -> list[tuple[int, bytes]]
     return found
 
 
+def _cut(mesh: Mesh, node: Node, address: str) -> None:
+    """The switch drops everything between `node` and `address` (until CUT_TABLE goes)."""
+    pair = f"ip saddr {node.underlay_ip} ip daddr {address}"
+    back = f"ip saddr {address} ip daddr {node.underlay_ip}"
+    rules = (
+        f"table bridge {CUT_TABLE} {{\n  chain forward {{\n"
+        "    type filter hook forward priority 0; policy accept;\n"
+        f"    {pair} drop\n    {back} drop\n  }}\n}}\n"
+    )
+    done = run_in(mesh.lab.bridge(), "nft", "-f", "-", stdin=rules)
+    assert done.returncode == 0, done.stderr
+
+
 def _pid(node: Node) -> int:
     assert node.program.proc is not None
     return node.program.proc.pid  # `ip netns exec` execs: this is rustynetd itself
@@ -97,7 +122,17 @@ def test_kill_9_fails_closed_keeps_a_revoked_peer_out_and_restarts_clean(mesh: M
         table = ["nft", "list", "table", "inet", f"rustynet-{a.interface}"]
         assert run_in(a.ns, *table).returncode == 0
 
+        # A restarts while it cannot reach control (shorter than the stored-map fallback):
+        # its saved map still lists C, yet A configures no peer at all until control speaks.
+        _cut(mesh, a, CONTROL_IP)
         a.start()
+        waiting = str(dig(a.status(), "peermap_source"))
+        assert waiting.startswith("none (waiting for the control plane"), waiting
+        held_until = time.monotonic() + HOLD_S
+        while time.monotonic() < held_until:
+            assert a.tunnel_peer_keys() == set(), "a peer configured before control spoke"
+            time.sleep(0.05)
+        run_in(mesh.lab.bridge(), "nft", "delete", "table", "bridge", CUT_TABLE)
         wait_for("A pings B after the restart", lambda: a.ping(b), MESH_UP_S, interval=0.0)
         assert dig(a.status(), "node") == identity
         assert a.tunnel_key() == a_key
