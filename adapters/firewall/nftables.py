@@ -20,6 +20,14 @@ The chain's policy is accept and every rule matches `iifname`, so traffic on oth
 is never judged here (other tables still see it). `current()` parses `nft -j list table` back
 into a `Ruleset`; anything not of this shape (a hand edit) is reported as a `FirewallError`.
 
+After a crash: the table outlives a SIGKILLed daemon (harmless: its interface went with
+wireguard-go). The restarted daemon's first reconcile replaces it in one transaction, before
+any peer exists, so stale allow rules never meet a live interface; `remove()` deletes it by
+its exact name. Nothing here deletes tables by prefix or flushes the ruleset, which is the
+exemption hook for a table that must survive the daemon (the planned kill switch): give it a
+name other than `table_name_for(interface)` and neither restart nor stop touches it
+(tests/e2e/test_crash.py keeps one across a crash and restart).
+
 Quirks: `nft` prints single-element sets and one-port ranges back as plain values, so the parser
 accepts both; `ip netns exec NS` runs nft in a named network namespace (nft has no netns flag).
 """

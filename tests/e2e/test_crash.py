@@ -36,6 +36,7 @@ GONE_S = 3.0
 CAPTURE_S = 16.0
 HOLD_S = 3.0
 CUT_TABLE = "e2ecut"
+KEPT_TABLE = "rustynet-killswitch"
 _IPV4, _UDP = b"\x08\x00", 17
 
 
@@ -109,6 +110,8 @@ def test_kill_9_fails_closed_keeps_a_revoked_peer_out_and_restarts_clean(mesh: M
     pinger = subprocess.Popen(c_ping, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for("C's ping stream reaches A", lambda: c.ping(a), 5)[0]
+        # A table of someone else's (a future kill switch) must survive crash and restart.
+        assert run_in(a.ns, "nft", "add", "table", "inet", KEPT_TABLE).returncode == 0
         os.kill(_pid(a), signal.SIGKILL)
         assert a.program.proc is not None
         a.program.proc.wait(5)
@@ -141,6 +144,7 @@ def test_kill_9_fails_closed_keeps_a_revoked_peer_out_and_restarts_clean(mesh: M
         assert c_key not in a.tunnel_peer_keys()
         assert c.overlay_ip not in run_in(a.ns, *table).stdout
         assert not c.ping(a)
+        assert run_in(a.ns, "nft", "list", "table", "inet", KEPT_TABLE).returncode == 0
         sniffer.wait(CAPTURE_S + 10)
         assert sniffer.stdout is not None
         sniffer.stdout.close()
