@@ -43,6 +43,7 @@ from typing import Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
+from rustynet.adapters.config_file import ConfigFileRefused, read_config_file
 
 from rustynet.domain.errors import DecodeError, RustynetError
 from rustynet.domain.netmap import RELAY_ID_RE, RelayEntry, check_relays, parse_relay_url
@@ -195,13 +196,9 @@ class _Reader:
 
 def _read_toml(path: Path) -> dict[str, object]:
     try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    if len(raw) > MAX_CONFIG_SIZE:
-        raise ConfigError(f"{path}: larger than {MAX_CONFIG_SIZE} bytes")
+        raw = read_config_file(Path(path), max_size=MAX_CONFIG_SIZE)
+    except ConfigFileRefused as exc:  # missing, unreadable, or writable by someone else
+        raise ConfigError(str(exc)) from None
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

@@ -14,8 +14,11 @@ single-user machine, and never with a reusable join key.
 from `status`) and runs `ping -c 3 -W 1 OVERLAY_IP` in the CALLER's network namespace, which
 must be the daemon's for the packets to use the tunnel.
 
-Exit codes: 0 ok, 1 the daemon refused or failed (message on stderr) or the ping got no
-answer, 2 usage error, 3 cannot reach the daemon (not running, or no permission on the socket).
+Exit codes: 0 ok, 1 the daemon refused or failed (message on stderr), the join token is
+unusable (a token file that is missing, unreadable, empty or holds more than one line: the same
+code as a token the daemon refuses) or the ping got no answer, 2 usage error (argparse: unknown
+option, --token with --token-file), 3 cannot reach the daemon (not running, or no permission on
+the socket).
 """
 
 from __future__ import annotations
@@ -107,22 +110,26 @@ def call(path: Path, method: str, route: str, body: Mapping[str, object] | None 
 
 def _read_token(ns: argparse.Namespace, stdin: TextIO) -> str:
     if ns.token is not None:
-        return str(ns.token).strip()
-    source: str = ns.token_file
-    try:
-        text = stdin.read(MAX_TOKEN + 1) if source == "-" else Path(source).read_text("utf-8")
-    except OSError as exc:
-        raise UsageProblem(f"--token-file {source}: {exc.strerror}") from exc
-    except UnicodeDecodeError:
-        raise UsageProblem(f"--token-file {source}: not text") from None
+        where, text = "--token", str(ns.token)
+    else:
+        source: str = ns.token_file
+        where = f"--token-file {source}"
+        try:
+            text = stdin.read(MAX_TOKEN + 1) if source == "-" else Path(source).read_text("utf-8")
+        except OSError as exc:
+            raise TokenUnusable(f"{where}: cannot read: {exc.strerror}") from exc
+        except UnicodeDecodeError:
+            raise TokenUnusable(f"{where}: not text") from None
     token = text.strip()
-    if not token or len(token) > MAX_TOKEN or "\n" in token:
-        raise UsageProblem(f"--token-file {source}: expected one join token (rnjoin1_...)")
+    if not token:
+        raise TokenUnusable(f"{where}: empty, expected one join token (rnjoin1_...)")
+    if len(token) > MAX_TOKEN or "\n" in token:
+        raise TokenUnusable(f"{where}: expected one join token (rnjoin1_...)")
     return token
 
 
-class UsageProblem(Exception):  # noqa: N818 - a usage error, exit 2
-    """The command line is wrong (reported like argparse errors)."""
+class TokenUnusable(Exception):  # noqa: N818 - names the outcome, like DaemonRefused
+    """The join token cannot be used (exit 1, like a token the daemon refuses)."""
 
 
 def _doc(value: object) -> dict[str, object]:
@@ -364,9 +371,9 @@ def run_node_command(
     ns.err = err  # progress notes (`up` waiting for its first map) go to stderr
     try:
         return int(ns.node_run(ns, out, sys.stdin if stdin is None else stdin))
-    except UsageProblem as exc:
+    except TokenUnusable as exc:
         err.write(f"rustynet {ns.command}: {exc}\n")
-        return int(NodeExit.USAGE)
+        return int(NodeExit.FAILED)
     except DaemonUnreachable as exc:
         err.write(f"rustynet {ns.command}: cannot reach rustynetd: {exc}\n")
         return int(NodeExit.UNREACHABLE)

@@ -180,6 +180,8 @@ def stat_private_path(
         st = os.lstat(path)
     except FileNotFoundError:
         return [KeystoreFinding(str(path), "does not exist")]
+    except OSError as exc:  # a directory on the way we may not search
+        return [KeystoreFinding(str(path), f"cannot be examined ({exc.strerror})")]
     return file_findings(
         path, st, uid=uid, allow_read_only=allow_read_only, root_owner_ok=root_owner_ok
     )

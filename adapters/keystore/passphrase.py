@@ -152,6 +152,11 @@ class PassphraseSource:
                 )
             except FileNotFoundError:
                 raise KeystoreUnavailable(f"{self.path}: passphrase file does not exist") from None
+            except OSError as exc:  # EACCES and friends: say what, where and whom it concerns
+                raise KeystoreUnavailable(
+                    f"{self.path}: cannot read the passphrase file ({exc.strerror}); it must be "
+                    f"a 0600/0400 file owned by uid {me}, the user this program runs as"
+                ) from None
             return _strip_newline(bytearray(data))
         if self.kind == "prompt":
             return _strip_newline(

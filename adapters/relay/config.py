@@ -31,6 +31,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 import attrs
+from rustynet.adapters.config_file import ConfigFileRefused, read_config_file
 
 from rustynet.domain.errors import DecodeError, RustynetError
 from rustynet.domain.keys import KeyFingerprint
@@ -123,11 +124,9 @@ def load_relay_config(path: Path) -> RelayConfig:
     """Parse relay.toml strictly; raise `RelayConfigError` naming the bad key."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise RelayConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    if len(raw) > MAX_CONFIG_SIZE:
-        raise RelayConfigError(f"{path}: larger than {MAX_CONFIG_SIZE} bytes")
+        raw = read_config_file(path, max_size=MAX_CONFIG_SIZE)
+    except ConfigFileRefused as exc:  # missing, unreadable, or writable by someone else
+        raise RelayConfigError(str(exc)) from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

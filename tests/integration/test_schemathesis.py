@@ -26,7 +26,9 @@ from rustynet.adapters.http_api.keys import METRICS_KEY
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
+    negative_data_rejection,
     not_a_server_error,
+    positive_data_acceptance,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -37,7 +39,9 @@ from tests.integration.http_server import GENEROUS_LIMITS, LiveApi, running_api
 # Per operation, half valid and half invalid requests on average: ~27 x 8 requests, a few seconds.
 MAX_EXAMPLES = 8
 CHECKS = [
+    negative_data_rejection,
     not_a_server_error,
+    positive_data_acceptance,
     status_code_conformance,
     content_type_conformance,
     response_schema_conformance,

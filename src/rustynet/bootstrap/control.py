@@ -52,6 +52,7 @@ from rustynet.adapters.config import (
     render_admin_config,
     render_control_config,
 )
+from rustynet.adapters.config_file import check_private_key_file
 from rustynet.adapters.entropy import OsEntropy
 from rustynet.adapters.http_api.app import create_app, make_runner
 from rustynet.adapters.http_api.settings import ApiSettings
@@ -353,6 +354,7 @@ def serve_control(request: control_cli.ServeRequest) -> int:
     configure_logging(request.log_level, json=request.log_json)
     data_dir = Path(request.data_dir).absolute()
     config = load_control_config(data_dir / CONTROL_TOML)
+    check_private_key_file(config.private_key)
     database = config.database
     if request.database is not None:
         try:

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import uvloop
 
 from rustynet.adapters.clock import SystemClock
+from rustynet.adapters.config_file import check_private_key_file
 from rustynet.adapters.entropy import OsEntropy
 from rustynet.adapters.http_api.tls import server_ssl_context
 from rustynet.adapters.logging import configure_logging
@@ -149,6 +150,7 @@ def serve_relay(args: argparse.Namespace) -> int:
     os.umask(0o077)
     configure_logging(args.log_level, json=args.log_format == "json")
     config = load_relay_config(Path(args.config))
+    check_private_key_file(config.private_key)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(_serve(config))
     return 0
