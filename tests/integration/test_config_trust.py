@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from rustynet.adapters.cli import main as cli
+from rustynet.adapters.cli import node as node_cli
 from rustynet.adapters.config import (
     AdminConfig,
     ConfigError,
@@ -111,8 +112,8 @@ def _write(tmp_path: Path, name: str, text: Callable[[Path], str], mode: int) ->
 
 
 @pytest.mark.parametrize(("_n", "name", "text", "load", "error"), LOADERS, ids=IDS)
-@pytest.mark.parametrize("mode", [0o644, 0o600, 0o400])
-def test_private_or_read_only_configs_load(  # noqa: PLR0913 - the table's columns
+@pytest.mark.parametrize("mode", [0o644, 0o600, 0o400], ids=["0644", "0600", "0400"])
+def test_private_or_read_only_configs_load(
     tmp_path: Path,
     _n: str,
     name: str,
@@ -127,9 +128,11 @@ def test_private_or_read_only_configs_load(  # noqa: PLR0913 - the table's colum
 
 @pytest.mark.parametrize(("_n", "name", "text", "load", "error"), LOADERS, ids=IDS)
 @pytest.mark.parametrize(
-    ("mode", "who"), [(0o666, "group and others"), (0o664, "its group"), (0o646, "others")]
+    ("mode", "who"),
+    [(0o666, "group and others"), (0o664, "its group"), (0o646, "others")],
+    ids=["0666", "0664", "0646"],
 )
-def test_config_writable_by_others_is_refused(  # noqa: PLR0913 - the table's columns
+def test_config_writable_by_others_is_refused(
     tmp_path: Path,
     _n: str,
     name: str,
@@ -149,7 +152,7 @@ def test_config_writable_by_others_is_refused(  # noqa: PLR0913 - the table's co
 
 
 @pytest.mark.parametrize(("_n", "name", "text", "load", "error"), LOADERS, ids=IDS)
-def test_config_owned_by_another_user_is_refused(  # noqa: PLR0913 - the table's columns
+def test_config_owned_by_another_user_is_refused(
     tmp_path: Path,
     _n: str,
     name: str,
@@ -198,7 +201,7 @@ def test_missing_and_oversized_files_keep_their_messages(tmp_path: Path) -> None
 def _run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
     env["HOME"] = "/nonexistent"
-    return subprocess.run(  # noqa: S603 - our own console scripts
+    return subprocess.run(
         list(args), input=stdin, capture_output=True, text=True, timeout=60, env=env, check=False
     )
 
@@ -297,7 +300,7 @@ def test_an_unusable_join_token_exits_1_like_a_refused_one(
     argv = [a.format(**names) for a in args]
     err = io.StringIO()
     ns = cli.build_parser().parse_args(["--socket", str(tmp_path / "no.sock"), "up", *argv])
-    code = cli.node_cli.run_node_command(ns, io.StringIO(), err, io.StringIO(stdin or ""))
+    code = node_cli.run_node_command(ns, io.StringIO(), err, io.StringIO(stdin or ""))
     assert code == 1, err.getvalue()
     assert message in err.getvalue()
     assert "cannot reach rustynetd" not in err.getvalue()
@@ -308,7 +311,12 @@ def test_empty_token_file_exits_1_from_the_console_script(tmp_path: Path) -> Non
     empty = tmp_path / "token"
     empty.write_text("")
     done = _run(
-        str(BIN / "rustynet"), "--socket", str(tmp_path / "no.sock"), "up", "--token-file", str(empty)
+        str(BIN / "rustynet"),
+        "--socket",
+        str(tmp_path / "no.sock"),
+        "up",
+        "--token-file",
+        str(empty),
     )
     assert done.returncode == 1, done.stderr
     assert "empty, expected one join token" in done.stderr
