@@ -73,6 +73,7 @@ pytestmark = pytest.mark.asyncio
 
 URL = "https://127.0.0.1"  # the load balancer's URL: both instances issue tokens for it
 WAKE_BUDGET = 1.0  # seconds: a change on A reaches a long poll on B
+UNKNOWN_NODE = "node_AAAAAAAAAAAAAAAA"  # well formed, never enrolled
 MESH: dict[str, Any] = {
     "tagOwners": {"tag:mesh": []},
     "acls": [{"action": "accept", "src": ["tag:mesh"], "dst": ["tag:mesh:*"]}],
@@ -451,13 +452,13 @@ async def test_per_ip_bucket_is_shared_by_a_and_b(tmp_path: Path, postgres_dsn: 
         statuses = []
         for n in range(6):
             status, _, _ = await _call(
-                (a, b)[n % 2], "POST", "/v1/token/challenge", json={"node_id": "node_x"}
+                (a, b)[n % 2], "POST", "/v1/token/challenge", json={"node_id": UNKNOWN_NODE}
             )
             statuses.append(status)
         assert statuses == [200] * 6
         for instance in (a, b):
             status, headers, _ = await _call(
-                instance, "POST", "/v1/token/challenge", json={"node_id": "node_x"}
+                instance, "POST", "/v1/token/challenge", json={"node_id": UNKNOWN_NODE}
             )
             assert status == 429, instance.name
             assert "Retry-After" in headers

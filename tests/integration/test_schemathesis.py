@@ -1,9 +1,23 @@
-"""Schemathesis against the live control API over TLS 1.3: no 5xx, no schema violations.
+"""Schemathesis against the live control API over TLS 1.3: no 5xx, no schema violations, and
+the document says what the server enforces.
 
-The server (real SqliteStore, real TLS) runs on its own event loop in a thread for the module,
+The server (real SqliteStore, real TLS) runs on its own event loop in a thread, one per test,
 because schemathesis drives it with blocking `requests` calls. Every generated request carries
 the initial admin key, so the admin routes are exercised past authentication. Examples are
 bounded (a few per operation, derandomized) to keep the run well under a minute.
+
+Both data checks run: `positive_data_acceptance` (a request the document calls valid is not
+answered 400) and `negative_data_rejection` (a request it calls invalid is not answered 2xx).
+Three kinds of 400 to schema-valid data are accepted, each because JSON Schema cannot state the
+rule, and each named by the error's `pointer` (`_beyond_json_schema`):
+- a whole float (`87.0`) where an integer goes: JSON Schema calls it an integer, the API takes
+  JSON integers only (nothing is coerced; the document's description says so);
+- `/tunnel_key_binding` of an enrollment: a signed envelope, whose inner structure and
+  signature the document can only describe;
+- a pointer inside a section of a policy document (`/acls/0/src/1`, never `/unknown`):
+  references (tags owned in tagOwners, declared groups and hosts), CIDRs and the policy's
+  tests are checked by the server.
+(And `/ttl_seconds` while the document does not state its bounds: `_ttl_bounds_documented`.)
 """
 
 from __future__ import annotations
@@ -33,15 +47,79 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.core.failures import Failure
 
 from tests.integration.http_server import GENEROUS_LIMITS, LiveApi, running_api
 
 # Per operation, half valid and half invalid requests on average: ~27 x 8 requests, a few seconds.
 MAX_EXAMPLES = 8
+POLICY_PATHS = frozenset({"/v1/admin/policy", "/v1/admin/policy/check"})
+POLICY_SECTIONS = frozenset({"groups", "tagOwners", "hosts", "acls", "tests"})
+ENVELOPES = frozenset({("/v1/enroll", "/tunnel_key_binding")})
+
+
+def _at(document: object, pointer: str) -> object:
+    """The value at an RFC 6901 `pointer` in `document` (None when there is none)."""
+    value = document
+    for raw in pointer.split("/")[1:] if pointer else []:
+        part = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
+def _beyond_json_schema(case: Any, response: Any) -> bool:
+    """A 400 to schema-valid data for a rule JSON Schema cannot state (module docstring)."""
+    if response.status_code != 400:
+        return False
+    try:
+        pointer = json.loads(response.content).get("pointer")
+    except (ValueError, AttributeError):
+        return False
+    if not isinstance(pointer, str):
+        return False
+    value = _at(case.body, pointer)
+    if isinstance(value, float) and value.is_integer():
+        return True
+    if (case.operation.path, pointer) in ENVELOPES:
+        return True
+    if pointer == "/ttl_seconds" and not _ttl_bounds_documented():
+        return True
+    section = pointer.split("/")[1] if pointer.count("/") >= 2 else ""
+    return case.operation.path in POLICY_PATHS and section in POLICY_SECTIONS
+
+
+def _ttl_bounds_documented() -> bool:
+    """Whether the document states `ttl_seconds` bounds. They land with the server-side fix of
+    the ttl overflow (issue 11, section 2); until then a 400 there is the one known gap, and
+    the moment the document states a minimum this allowance stops applying by itself."""
+    schemas = json.loads(openapi_document())["components"]["schemas"]
+    return all(
+        "minimum" in schemas[name]["properties"]["ttl_seconds"]
+        for name in ("CreateJoinKeyRequest", "CreateApiKeyRequest")
+    )
+
+
+@schemathesis.check
+def positive_data_accepted(ctx: Any, response: Any, case: Any) -> bool | None:
+    """`positive_data_acceptance`, less the 400s `_beyond_json_schema` explains."""
+    try:
+        result: bool | None = positive_data_acceptance(ctx, response, case)
+    except Failure:
+        if _beyond_json_schema(case, response):
+            return None
+        raise
+    return result
+
+
 CHECKS = [
     negative_data_rejection,
     not_a_server_error,
-    positive_data_acceptance,
+    positive_data_accepted,
     status_code_conformance,
     content_type_conformance,
     response_schema_conformance,
@@ -91,9 +169,10 @@ class _ServerThread:
         self._thread.join(timeout=30)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def live_api() -> Iterator[LiveApi]:
-    """The control API served over TLS in a background thread for this module."""
+    """The control API served over TLS in a background thread, fresh for each test (a run may
+    revoke the admin key, change the policy or spend rate limits)."""
     with tempfile.TemporaryDirectory(prefix="rustynet-schemathesis-") as directory:
         server = _ServerThread(Path(directory))
         api = server.start()
@@ -107,21 +186,26 @@ def _operations(live_api: LiveApi, document: dict[str, Any] | None = None) -> li
     schema = schemathesis.openapi.from_dict(document or json.loads(openapi_document()))
     schema.config.update(base_url=live_api.base_url)
     results: list[Any] = list(schema.get_all_operations())
-    return [result.ok() for result in results]
+    # Revoking an API key may revoke the one every request carries (ids come back from the
+    # listing): that operation goes last, so it cannot turn the rest into plain 401s.
+    return sorted(
+        (result.ok() for result in results),
+        key=lambda op: (op.method.upper(), op.path) == ("DELETE", "/v1/admin/api-keys/{id}"),
+    )
 
 
-def _run(live_api: LiveApi, operations: list[Any]) -> list[str]:
+def _run(
+    live_api: LiveApi,
+    operations: list[Any],
+    modes: tuple[GenerationMode, ...] = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE),
+    max_examples: int = MAX_EXAMPLES,
+) -> list[str]:
     failures: list[str] = []
     for operation in operations:
 
-        @given(
-            case=st.one_of(
-                operation.as_strategy(GenerationMode.POSITIVE),
-                operation.as_strategy(GenerationMode.NEGATIVE),
-            )
-        )
+        @given(case=st.one_of(*(operation.as_strategy(mode) for mode in modes)))
         @settings(
-            max_examples=MAX_EXAMPLES,
+            max_examples=max_examples,
             derandomize=True,
             deadline=None,
             database=None,
@@ -168,3 +252,31 @@ def test_a_response_off_the_document_is_caught(live_api: LiveApi) -> None:
     failures = _run(live_api, healthz)
     assert len(failures) == 1
     assert '"ok" is not one of "degraded"' in failures[0]
+
+
+def test_a_document_looser_than_the_server_is_caught(live_api: LiveApi) -> None:
+    """Negative control for the positive check: a document that admits `limit=0` (the issue's
+    example; the server takes 1..1000) is reported as "schema-valid request rejected"."""
+    document = json.loads(openapi_document())
+    limit = next(
+        p for p in document["paths"]["/v1/admin/audit"]["get"]["parameters"] if p["name"] == "limit"
+    )
+    limit.update(required=True, schema={"type": "integer", "const": 0})
+    audit = [op for op in _operations(live_api, document) if op.path == "/v1/admin/audit"]
+    failures = _run(live_api, audit, (GenerationMode.POSITIVE,))
+    assert len(failures) == 1
+    assert "Schema-valid request rejected" in failures[0]
+
+
+def test_a_document_tighter_than_the_server_is_caught(live_api: LiveApi) -> None:
+    """Negative control for the negative check: a document that demands an integer `since`
+    query parameter on /healthz (which the server never reads) is reported, since the server
+    answers 200 to requests the document calls invalid ("API accepted schema-violating
+    request")."""
+    document = json.loads(openapi_document())
+    since = {"name": "since", "in": "query", "required": True, "schema": {"type": "integer"}}
+    document["paths"]["/healthz"]["get"]["parameters"] = [since]
+    healthz = [op for op in _operations(live_api, document) if op.path == "/healthz"]
+    failures = _run(live_api, healthz, (GenerationMode.NEGATIVE,))
+    assert len(failures) == 1
+    assert "Schema-violating request accepted" in failures[0]

@@ -164,6 +164,8 @@ from rustynet.ports.entropy import Entropy
 from rustynet.ports.store import (
     MAX_ENDPOINTS,
     MAX_NAME_LENGTH,
+    NODE_ID_BYTES,
+    NODE_ID_RE,
     AlreadyExists,
     ApiKeyRecord,
     ApiKeyScope,
@@ -882,7 +884,7 @@ class ControlService:
                 credential = await uow.credentials.redeem(pending.credential_id, now)
                 if await uow.nodes.get_by_identity(effect.identity_key) is not None:
                     raise Conflict("this identity key is already enrolled")
-                node_id = "node_" + b64encode(self.entropy.token_bytes(12))
+                node_id = "node_" + b64encode(self.entropy.token_bytes(NODE_ID_BYTES))
                 name = await self._free_name(uow, effect.hostname)
                 address = await uow.ipam.allocate(node_id)
                 node = NodeRecord(
@@ -1001,8 +1003,8 @@ class ControlService:
         """POST /v1/token/challenge: a single-use challenge (answered for any node id alike)."""
         await self._limit(ip=client_ip)
         node_id = request.node_id
-        if not isinstance(node_id, str) or not 0 < len(node_id) <= 128 or not node_id.isprintable():
-            raise ValidationError.at("/node_id", "not a node id")
+        if not isinstance(node_id, str) or not NODE_ID_RE.fullmatch(node_id):
+            raise ValidationError.at("/node_id", "not a node id (node_ + 16 base64url characters)")
         now = self.clock.now()
         challenge_id = self.entropy.token_bytes(CHALLENGE_BYTES)
         expires_at = now + RENEWAL_CHALLENGE_TTL

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -58,6 +59,8 @@ from rustynet.domain.scope import Tag
 MAX_NAME_LENGTH: Final = 63  # a DNS label
 MAX_ENDPOINTS: Final = 16  # underlay endpoints one node may report
 MAX_ENDPOINT_LENGTH: Final = 64  # "[full IPv6 literal]:65535" fits
+NODE_ID_BYTES: Final = 12  # a node id is "node_" + base64url of this many random bytes
+NODE_ID_RE: Final = re.compile(r"node_[A-Za-z0-9_-]{16}")
 
 
 # --- errors -----------------------------------------------------------------------------------
