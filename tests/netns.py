@@ -19,7 +19,7 @@ Use from a test module::
         lab.veth(a, "198.51.100.1/24", b, "198.51.100.2/24")
         a.run("ping", "-c1", "-W1", "198.51.100.2")
 
-Address rules (LAB.md): underlay 198.51.100.0/24 and 203.0.113.0/24 only, overlay
+Address rules (docs/lab.md): underlay 198.51.100.0/24 and 203.0.113.0/24 only, overlay
 100.64.0.0/10, never 192.0.2.0/24.
 """
 

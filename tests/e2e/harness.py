@@ -4,7 +4,7 @@ The one rule: the harness drives the system only the way an operator would — t
 CLI (`up`, `status`, `peers`, `ping`, `admin ...`), the control plane's REST API and plain
 tools (`ping`, `wg show` for cross-checks) — and removes everything it made, even on failure.
 
-Layout (LAB.md address rules: underlay 198.51.100.0/24 inside our namespaces only, overlay
+Layout (docs/lab.md address rules: underlay 198.51.100.0/24 inside our namespaces only, overlay
 100.64.0.0/10, never 192.0.2.0/24, no route to the outside)::
 
     rnb<rand>  bridge namespace, Linux bridge br0

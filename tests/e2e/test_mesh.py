@@ -21,7 +21,7 @@ from tests.e2e.harness import ALLOW_ALL_POLICY, Mesh, Node, dig, run_in, wait_fo
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-# Connectivity must come quickly: LAB.md pitfall 1 (handshake collision) stalls 5-25 s, and a
+# Connectivity must come quickly: docs/lab.md pitfall 1 (handshake collision) stalls 5-25 s, and a
 # generous timeout would hide it.
 MESH_UP_S = 10.0
 CHANGE_S = 10.0

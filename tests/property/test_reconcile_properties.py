@@ -3,7 +3,7 @@
 - applying `plan(desired, actual)` to `actual` yields exactly `desired`;
 - re-planning after applying yields no actions (idempotence);
 - a one-peer change in the map yields exactly one peer action (and no rule/address change);
-- for every pair of distinct keys exactly one side initiates first (LAB.md pitfall 1).
+- for every pair of distinct keys exactly one side initiates first (docs/lab.md pitfall 1).
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def test_broken_planner_that_forgets_removals_is_caught() -> None:
 
 
 def test_broken_planner_that_replaces_every_peer_is_caught() -> None:
-    """A full-replacement planner (LAB.md pitfall 2) fails the one-peer-change property."""
+    """A full-replacement planner (docs/lab.md pitfall 2) fails the one-peer-change property."""
     assert_property_catches(broken_settings()(check_one_peer_change(_replaces_every_peer)))
 
 

@@ -1,5 +1,5 @@
 """The reconciliation planner: desired state from a peer map, minimal ordered actions, and the
-one-side-initiates rule that avoids the handshake collision (LAB.md pitfall 1)."""
+one-side-initiates rule that avoids the handshake collision (docs/lab.md pitfall 1)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ Theory of operation.
   `run()` retries with jittered exponential backoff; the first successful poll resyncs.
   A 401 on a node route triggers one token renewal; a 401 on renewal means the node was
   revoked: the agent tears the tunnel and the firewall down and `run()` returns.
-* Reconcile: `reconcile.desired_state` (who initiates each pair: LAB.md pitfall 1) vs the
+* Reconcile: `reconcile.desired_state` (who initiates each pair: docs/lab.md pitfall 1) vs the
   backends' actual state → `reconcile.plan` → firewall first, then addresses, peers (one
   `PeerDiff`), routes.
 * Tunnel-key rotation: the tunnel protocol holds ONE private key per interface, so rotation is
@@ -147,7 +147,7 @@ class AgentSettings:
     backoff_max: float = 30.0
     endpoints: tuple[str, ...] = ()
     # Re-plan this often while a long poll is parked: the responder side of a pair must start
-    # talking within the handshake-retry window (LAB.md pitfall 1), not after the next map.
+    # talking within the handshake-retry window (docs/lab.md pitfall 1), not after the next map.
     reconcile_interval: float = 1.0
     path_policy: paths.PathPolicy = attrs.field(factory=paths.PathPolicy)
     # After a start, how long without the control plane before the saved map applies.

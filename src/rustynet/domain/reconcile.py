@@ -10,7 +10,7 @@ Theory of operation.
 * Desired state: one `PeerConfig` per map peer (key, overlay prefixes, maybe an underlay
   endpoint and a keepalive), routes = the union of the peers' overlay prefixes, addresses =
   the node's own overlay addresses, and the `Ruleset` compiled from the map's inbound rules.
-* Handshake collision (LAB.md pitfall 1): if both ends of a pair start a handshake at the same
+* Handshake collision (docs/lab.md pitfall 1): if both ends of a pair start a handshake at the same
   instant, the crossing responses are rejected and traffic waits for the 5 s retry, which may
   collide again. So exactly one side of every pair speaks first: the side whose tunnel key
   sorts lower (`initiates(own, peer)`, a strict total order, so for two distinct keys exactly
