@@ -13,8 +13,9 @@ parsing a byte of it, a file that:
 - sits in a directory that group or others may write to without the sticky bit (they could
   replace the file under its name).
 
-`check_private_key_file` holds the TLS private key the control plane and relay configs name
-to the rule of the key store's own files (0600/0400, ours or root's).
+A leaf module: it imports no other adapter, so both config adapters (`rustynet.adapters.config`
+and `rustynet.adapters.relay.config`) may share it (the one exception to the import contract
+"adapters do not import each other", named in pyproject.toml).
 
 Symbolic links are followed (configuration management often links /etc files) but every check
 is made on what was opened, through the descriptor (`fstat`), and on the real directory. As
@@ -29,8 +30,6 @@ import os
 import stat
 from pathlib import Path
 from typing import Final
-
-from rustynet.adapters.keystore import files
 
 from rustynet.domain.errors import RustynetError
 
@@ -118,17 +117,3 @@ def read_config_file(path: Path, *, max_size: int, uid: int | None = None) -> by
         raise ConfigFileRefused(f"{path}: cannot read: {exc.strerror}") from None
     finally:
         os.close(fd)
-
-
-def check_private_key_file(path: Path, *, uid: int | None = None) -> None:
-    """Refuse a TLS private key that a config names unless it is private: a regular file,
-    0600 or 0400, owned by us or root (the rule of the key store's files and passphrase file).
-    A missing file is left to the TLS loader, which names it."""
-    me = os.geteuid() if uid is None else uid
-    findings = [
-        f
-        for f in files.stat_private_path(path, uid=me, allow_read_only=True, root_owner_ok=True)
-        if f.problem != "does not exist"
-    ]
-    if findings:
-        raise ConfigFileRefused(f"TLS private key {findings[0].message()}; refusing to serve")

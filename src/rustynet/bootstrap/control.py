@@ -52,7 +52,6 @@ from rustynet.adapters.config import (
     render_admin_config,
     render_control_config,
 )
-from rustynet.adapters.config_file import check_private_key_file
 from rustynet.adapters.entropy import OsEntropy
 from rustynet.adapters.http_api.app import create_app, make_runner
 from rustynet.adapters.http_api.settings import ApiSettings
@@ -78,7 +77,11 @@ from rustynet.application.control_keys import (
 )
 from rustynet.bootstrap.control_reload import RelayReloader
 from rustynet.bootstrap.crypto_policy import load_crypto_policy
-from rustynet.bootstrap.keystores import KeystoreSettings, build_keystore
+from rustynet.bootstrap.keystores import (
+    KeystoreSettings,
+    build_keystore,
+    check_private_key_file,
+)
 from rustynet.bootstrap.process import disable_core_dumps
 from rustynet.domain.errors import RustynetError
 from rustynet.domain.keys import b64encode

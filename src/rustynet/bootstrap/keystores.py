@@ -16,6 +16,8 @@ from typing import Final, Literal
 
 import attrs
 
+from rustynet.adapters.config_file import ConfigFileRefused
+from rustynet.adapters.keystore import files
 from rustynet.adapters.keystore.encrypted_file import FileKeystore
 from rustynet.adapters.keystore.memory import MemoryKeystore
 from rustynet.adapters.keystore.passphrase import PassphraseSource
@@ -123,3 +125,17 @@ def build_keystore(
         store = FileKeystore(settings.keys_dir, source.read())
     store.open()
     return store
+
+
+def check_private_key_file(path: Path, *, uid: int | None = None) -> None:
+    """Refuse a TLS private key that a config names unless it is private: a regular file,
+    0600 or 0400, owned by us or root (the rule of the key store's files and passphrase file).
+    A missing file is left to the TLS loader, which names it."""
+    me = os.geteuid() if uid is None else uid
+    findings = [
+        f
+        for f in files.stat_private_path(path, uid=me, allow_read_only=True, root_owner_ok=True)
+        if f.problem != "does not exist"
+    ]
+    if findings:
+        raise ConfigFileRefused(f"TLS private key {findings[0].message()}; refusing to serve")

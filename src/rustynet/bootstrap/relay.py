@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 import uvloop
 
 from rustynet.adapters.clock import SystemClock
-from rustynet.adapters.config_file import check_private_key_file
 from rustynet.adapters.entropy import OsEntropy
 from rustynet.adapters.http_api.tls import server_ssl_context
 from rustynet.adapters.logging import configure_logging
@@ -45,6 +44,7 @@ from rustynet.adapters.relay.server import create_relay_app, make_runner
 from rustynet.adapters.tls_cert import create_self_signed, spki_pin_of_pem_file
 from rustynet.application.relay import RelayService
 from rustynet.bootstrap.crypto_policy import load_crypto_policy
+from rustynet.bootstrap.keystores import check_private_key_file
 from rustynet.bootstrap.process import disable_core_dumps
 from rustynet.domain.errors import DecodeError, RustynetError
 from rustynet.domain.keys import KeyFingerprint
