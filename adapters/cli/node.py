@@ -16,9 +16,9 @@ must be the daemon's for the packets to use the tunnel.
 
 Exit codes: 0 ok, 1 the daemon refused or failed (message on stderr), the join token is
 unusable (a token file that is missing, unreadable, empty or holds more than one line: the same
-code as a token the daemon refuses) or the ping got no answer, 2 usage error (argparse: unknown
-option, --token with --token-file), 3 cannot reach the daemon (not running, or no permission on
-the socket).
+code as a token the daemon refuses) or the ping got no answer, 2 usage error (unknown
+option, --token with --token-file, --reenroll without a token), 3 cannot reach the daemon
+(not running, or no permission on the socket).
 """
 
 from __future__ import annotations
@@ -130,6 +130,10 @@ def _read_token(ns: argparse.Namespace, stdin: TextIO) -> str:
 
 class TokenUnusable(Exception):  # noqa: N818 - names the outcome, like DaemonRefused
     """The join token cannot be used (exit 1, like a token the daemon refuses)."""
+
+
+class UsageProblem(Exception):  # noqa: N818 - a usage error, exit 2
+    """The command line is wrong in a way argparse cannot see (reported like its errors)."""
 
 
 def _doc(value: object) -> dict[str, object]:
@@ -371,6 +375,9 @@ def run_node_command(
     ns.err = err  # progress notes (`up` waiting for its first map) go to stderr
     try:
         return int(ns.node_run(ns, out, sys.stdin if stdin is None else stdin))
+    except UsageProblem as exc:
+        err.write(f"rustynet {ns.command}: {exc}\n")
+        return int(NodeExit.USAGE)
     except TokenUnusable as exc:
         err.write(f"rustynet {ns.command}: {exc}\n")
         return int(NodeExit.FAILED)
