@@ -171,6 +171,29 @@ async def test_missing_body_is_refused_with_400(http: aiohttp.ClientSession) -> 
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("node_id", "status"),
+    [
+        ("node_AAAAAAAAAAAAAAAA", 200),  # the one form the server issues (unknown ids alike)
+        ("n1", 400),
+        ("node_x", 400),
+        ("node_AAAAAAAAAAAAAAA\u00e9", 400),
+        ("node_AAAAAAAAAAAAAAAAA", 400),
+    ],
+    ids=["well-formed", "short", "node_x", "non-ascii", "17-chars"],
+)
+async def test_token_challenge_takes_only_node_ids_of_the_issued_form(
+    http: aiohttp.ClientSession, node_id: str, status: int
+) -> None:
+    """openapi.json states the node id pattern, so the server enforces exactly that pattern:
+    anything else is a 400 naming /node_id (it used to take any printable text)."""
+    got, _, body = await _call(http, "POST", "/v1/token/challenge", json={"node_id": node_id})
+    assert got == status
+    if status == 400:
+        assert body["pointer"] == "/node_id"
+
+
+@pytest.mark.asyncio
 async def test_unknown_field_is_refused_with_its_path(http: aiohttp.ClientSession) -> None:
     """An unknown key is a 400 whose pointer names it (forbid_extra_keys)."""
     status, _, body = await _call(
