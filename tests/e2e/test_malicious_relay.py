@@ -186,7 +186,8 @@ def test_replayed_frames_are_not_accepted_twice(blocked: tuple[Mesh, Relay, Node
     started = time.monotonic()
     wait_for("A pings B through the relay", lambda: a.ping(b), RELAY_UP_S, interval=0.0)
     _timing("replaying relay: joined → first ping", time.monotonic() - started)
-    assert "relay" in (a.path_to(b), b.path_to(a))
+    # `status` says `relay` once a path controller has seen a handshake on it (its next tick).
+    wait_for("A or B reports relay", lambda: "relay" in (a.path_to(b), b.path_to(a)), 10)
     time.sleep(0.5)  # the copies of the first pings are forwarded and counted
     before = int(_evil_counts(evil)["replayed"])
     done = run_in(a.ns, "ping", "-n", "-c", str(PINGS), "-i", "0.2", "-W", "2", b.overlay_ip)
