@@ -23,6 +23,14 @@ control.toml:
     kind = "file"                          # file | os
     passphrase_file = "keystore.pass"      # optional (file kind); see docs/control-plane.md
 
+    [connections]                          # optional; every key optional, defaults shown
+    tls_handshake_timeout = 10.0           # seconds: accept -> TLS handshake done
+    header_timeout = 10.0                  # seconds: first byte -> request headers complete
+    body_timeout = 30.0                    # seconds: headers -> request body complete
+    keepalive_timeout = 30.0               # seconds: response sent -> next request starts
+    max_connections = 16384                # open connections in total
+    max_connections_per_ip = 256           # ... per IPv4 address / IPv6 /64
+
     [[relays]]                             # optional, any number; the first is the home relay
     id = "relay-1"                         # 1-64 characters a-z 0-9 -; relay tokens' audience
     url = "wss://relay.example.org:443/v1/relay"
@@ -45,6 +53,12 @@ from urllib.parse import urlsplit
 import attrs
 from rustynet.adapters.config_file import ConfigFileRefused, read_config_file
 
+from rustynet.domain.connection_limits import (
+    ConnectionLimits,
+    ConnectionLimitsError,
+    connection_limits_from,
+    render_connection_limits,
+)
 from rustynet.domain.errors import DecodeError, RustynetError
 from rustynet.domain.netmap import RELAY_ID_RE, RelayEntry, check_relays, parse_relay_url
 from rustynet.domain.tls_pin import SpkiPin
@@ -136,6 +150,7 @@ class ControlConfig:
     passphrase_file: Path | None = None
     backlog: int = DEFAULT_BACKLOG
     relays: tuple[RelayEntry, ...] = ()
+    connections: ConnectionLimits = attrs.field(factory=ConnectionLimits)
 
 
 @attrs.frozen
@@ -235,6 +250,18 @@ def _relays(top: _Reader) -> tuple[RelayEntry, ...]:
         raise top.fail("relays", str(exc)) from None
 
 
+def _connections(top: _Reader) -> ConnectionLimits:
+    """`[connections]` (optional): deadlines and connection caps, see docs/control-plane.md."""
+    if "connections" not in top.table:
+        top.used.add("connections")
+        return ConnectionLimits()
+    table = top.sub("connections")
+    try:
+        return connection_limits_from(table.table)
+    except ConnectionLimitsError as exc:
+        raise table.fail(exc.key, exc.problem) from None
+
+
 def load_control_config(path: Path) -> ControlConfig:
     """Parse `control.toml` strictly; raise `ConfigError` naming the bad key."""
     path = Path(path)
@@ -247,6 +274,7 @@ def load_control_config(path: Path) -> ControlConfig:
         top.sub("keystore"),
     )
     relays = _relays(top)
+    connections = _connections(top)
     top.finish()
     url = control.convert("url", control.text("url") or "", parse_control_url)
     listen = control.convert("listen", control.text("listen") or "", parse_listen)
@@ -278,6 +306,7 @@ def load_control_config(path: Path) -> ControlConfig:
         passphrase_file=_resolve(base, passphrase) if passphrase is not None else None,
         backlog=backlog,
         relays=relays,
+        connections=connections,
     )
 
 
@@ -323,6 +352,8 @@ def render_control_config(config: ControlConfig, base: Path) -> str:
     ]
     if config.passphrase_file is not None:
         lines.append(f"passphrase_file = {_q(_relative(config.passphrase_file, base))}")
+    lines += ["", "# Deadlines (seconds) and caps of client connections: docs/control-plane.md."]
+    lines += render_connection_limits(config.connections)
     for relay in config.relays:
         lines += [
             "",

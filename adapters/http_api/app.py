@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 
 from aiohttp import web
@@ -25,6 +25,7 @@ from rustynet.adapters.http_api.admission import admission_gate
 from rustynet.adapters.http_api.keys import (
     ADMISSION_KEY,
     CONVERTER_KEY,
+    EXTRA_METRICS_KEY,
     METRICS_KEY,
     SERVICE_KEY,
     SETTINGS_KEY,
@@ -82,8 +83,12 @@ async def _wake_waiters(app: web.Application) -> None:
     app[SERVICE_KEY].waiters.wake_all()
 
 
-def create_app(service: ControlService, settings: ApiSettings | None = None) -> web.Application:
-    """The control API application for `service`."""
+def create_app(
+    service: ControlService,
+    settings: ApiSettings | None = None,
+    extra_metrics: Sequence[Callable[[], str]] = (),
+) -> web.Application:
+    """The control API application for `service`; `extra_metrics` add text to /metrics."""
     settings = settings if settings is not None else ApiSettings()
     app = web.Application(
         middlewares=[
@@ -109,6 +114,7 @@ def create_app(service: ControlService, settings: ApiSettings | None = None) -> 
     app[ADMISSION_KEY] = RequestAdmission.for_limits(
         service.clock, service.settings.limits, service.settings.admin_per_ip
     )
+    app[EXTRA_METRICS_KEY] = tuple(extra_metrics)
     add_routes(app)
     app.on_shutdown.append(_wake_waiters)
     app.cleanup_ctx.append(_upkeep)

@@ -15,7 +15,12 @@ from typing import Any, Final
 
 from aiohttp import web
 from rustynet.adapters.http_api.errors import JSON_CONTENT_TYPE
-from rustynet.adapters.http_api.keys import METRICS_KEY, SERVICE_KEY, SETTINGS_KEY
+from rustynet.adapters.http_api.keys import (
+    EXTRA_METRICS_KEY,
+    METRICS_KEY,
+    SERVICE_KEY,
+    SETTINGS_KEY,
+)
 from rustynet.adapters.http_api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rustynet.adapters.http_api.middleware import read_json, read_json_object
 from rustynet.adapters.http_api.schemas import dump_json, to_json_value
@@ -277,6 +282,7 @@ async def healthz(_request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: Prometheus text exposition."""
     text = request.app[METRICS_KEY].render(_service(request).stats())
+    text += "".join(render() for render in request.app[EXTRA_METRICS_KEY])
     return web.Response(body=text.encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Final
+
 import cattrs
 from aiohttp import web
 from rustynet.adapters.http_api.metrics import ApiMetrics
@@ -15,3 +18,5 @@ SETTINGS_KEY = web.AppKey("settings", ApiSettings)
 METRICS_KEY = web.AppKey("metrics", ApiMetrics)
 CONVERTER_KEY = web.AppKey("converter", cattrs.Converter)
 ADMISSION_KEY = web.AppKey("admission", RequestAdmission)
+# More Prometheus text for /metrics from outside the app (the connection guard's counters).
+EXTRA_METRICS_KEY: Final[web.AppKey[tuple[Callable[[], str], ...]]] = web.AppKey("extra_metrics")

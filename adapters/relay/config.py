@@ -19,6 +19,17 @@ file and key, never a silently ignored setting; relative paths are relative to t
     [limits]                                    # optional; every key optional (defaults:
     packets_per_second = 50000                  # rustynet.domain.relay.RelayLimits)
     ...
+
+    [connections]                               # optional; every key optional, defaults shown
+    tls_handshake_timeout = 10.0                # seconds: accept -> TLS handshake done
+    header_timeout = 10.0                       # seconds: first byte -> request headers done
+    body_timeout = 30.0                         # seconds: headers -> request body complete
+    keepalive_timeout = 30.0                    # seconds: response sent -> next request
+    max_connections = 16384                     # >= [limits].max_sessions
+    max_connections_per_ip = 256                # per IPv4 address / IPv6 /64
+
+`[connections]` bounds every connection before the WebSocket upgrade (and caps all of them);
+after the upgrade, `[limits].handshake_timeout` bounds authentication (docs/relay-protocol.md).
 """
 
 from __future__ import annotations
@@ -33,6 +44,15 @@ from urllib.parse import urlsplit
 import attrs
 from rustynet.adapters.config_file import ConfigFileRefused, read_config_file
 
+from rustynet.domain.connection_limits import (
+    SETTINGS as CONNECTION_SETTINGS,
+)
+from rustynet.domain.connection_limits import (
+    ConnectionLimits,
+    ConnectionLimitsError,
+    connection_limits_from,
+    render_connection_limits,
+)
 from rustynet.domain.errors import DecodeError, RustynetError
 from rustynet.domain.keys import KeyFingerprint
 from rustynet.domain.relay import RelayLimits, validate_relay_id
@@ -53,7 +73,9 @@ _SECTIONS: Final = {
     "control": frozenset({"url", "root_fingerprint"}),
     "tls": frozenset({"certificate", "private_key"}),
     "limits": frozenset({*_INT_LIMITS, "handshake_timeout"}),
+    "connections": frozenset(CONNECTION_SETTINGS),
 }
+_OPTIONAL: Final = frozenset({"limits", "connections"})
 
 
 class RelayConfigError(RustynetError):
@@ -72,6 +94,7 @@ class RelayConfig:
     certificate: Path
     private_key: Path
     limits: RelayLimits = attrs.field(factory=RelayLimits)
+    connections: ConnectionLimits = attrs.field(factory=ConnectionLimits)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -135,7 +158,7 @@ def load_relay_config(path: Path) -> RelayConfig:
         raise _fail(path, f"[{name}]", "unknown table")
     tables: dict[str, dict[str, object]] = {}
     for name, keys in _SECTIONS.items():
-        table = data.get(name, {} if name == "limits" else None)
+        table = data.get(name, {} if name in _OPTIONAL else None)
         if not isinstance(table, dict):
             raise _fail(path, f"[{name}]", "missing table")
         for key in sorted(set(table) - keys):
@@ -154,6 +177,17 @@ def load_relay_config(path: Path) -> RelayConfig:
         raise RelayConfigError(f"{path}: {exc}") from None
     certificate = base / _text(path, tables["tls"], "tls", "certificate")
     private_key = base / _text(path, tables["tls"], "tls", "private_key")
+    limits = _limits(path, tables["limits"])
+    try:
+        connections = connection_limits_from(tables["connections"])
+    except ConnectionLimitsError as exc:
+        raise _fail(path, f"[connections].{exc.key}", exc.problem) from None
+    if connections.max_connections < limits.max_sessions:
+        raise _fail(
+            path,
+            "[connections].max_connections",
+            f"below [limits].max_sessions ({limits.max_sessions}): sessions are connections",
+        )
     return RelayConfig(
         relay_id=relay_id,
         url=url,
@@ -162,7 +196,8 @@ def load_relay_config(path: Path) -> RelayConfig:
         root_fingerprint=root,
         certificate=certificate,
         private_key=private_key,
-        limits=_limits(path, tables["limits"]),
+        limits=limits,
+        connections=connections,
     )
 
 
@@ -214,5 +249,7 @@ def render_relay_config(config: RelayConfig, base: Path) -> str:
         "",
         "[limits]",
         *(f"{key} = {value!r}" for key, value in limits.items()),
+        "",
+        *render_connection_limits(config.connections),
     ]
     return "\n".join(lines) + "\n"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import structlog
@@ -45,6 +45,7 @@ HEARTBEAT: Final = 30.0  # seconds; finds half-open TCP connections
 METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 SERVICE_KEY: Final = web.AppKey("relay_service", RelayService)
 SOCKETS_KEY: Final[web.AppKey[set[web.WebSocketResponse]]] = web.AppKey("relay_sockets")
+EXTRA_METRICS_KEY: Final[web.AppKey[tuple[Callable[[], str], ...]]] = web.AppKey("extra_metrics")
 _log = structlog.get_logger("rustynet.relay")
 
 
@@ -311,16 +312,20 @@ async def metrics(request: web.Request) -> web.Response:
         "# TYPE rustynet_relay_rejected_requests_total counter\n"
         f"rustynet_relay_rejected_requests_total {rejected}\n"
     )
+    text += "".join(render() for render in request.app[EXTRA_METRICS_KEY])
     return web.Response(
         body=text.encode("utf-8"),
         headers={"Content-Type": METRICS_CONTENT_TYPE},
     )
 
 
-def create_relay_app(service: RelayService) -> web.Application:
-    """The relay's aiohttp application."""
+def create_relay_app(
+    service: RelayService, extra_metrics: Sequence[Callable[[], str]] = ()
+) -> web.Application:
+    """The relay's aiohttp application; `extra_metrics` add text to /metrics."""
     app = web.Application(client_max_size=4096)
     app[SERVICE_KEY] = service
+    app[EXTRA_METRICS_KEY] = tuple(extra_metrics)
     app[SOCKETS_KEY] = set()
     app[REJECTIONS_KEY] = Rejections()
     app.on_shutdown.append(_close_all)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import signal
 import sys
@@ -54,6 +55,8 @@ from rustynet.adapters.config import (
 )
 from rustynet.adapters.entropy import OsEntropy
 from rustynet.adapters.http_api.app import create_app, make_runner
+from rustynet.adapters.http_api.connection_guard import ConnectionGuard, GuardedRequestHandler
+from rustynet.adapters.http_api.guarded_site import GuardedSite
 from rustynet.adapters.http_api.settings import ApiSettings
 from rustynet.adapters.http_api.tls import server_ssl_context
 from rustynet.adapters.keystore.encrypted_file import FileKeystore
@@ -82,7 +85,7 @@ from rustynet.bootstrap.keystores import (
     build_keystore,
     check_private_key_file,
 )
-from rustynet.bootstrap.process import disable_core_dumps
+from rustynet.bootstrap.process import disable_core_dumps, fit_connections_to_fd_limit
 from rustynet.domain.errors import RustynetError
 from rustynet.domain.keys import b64encode
 from rustynet.ports.change_feed import ChangeFeed
@@ -319,7 +322,11 @@ async def _serve(data_dir: Path, prepared: _Prepared, ready: Sequence[str]) -> N
         changes=_change_feed_for(store),
     )
     await service.start()
-    runner = make_runner(create_app(service, ApiSettings()))
+    connections, fd_warning = fit_connections_to_fd_limit(config.connections)
+    if fd_warning is not None:
+        logging.getLogger("rustynet.control").warning(fd_warning)
+    guard = ConnectionGuard(connections)
+    runner = make_runner(create_app(service, ApiSettings(), extra_metrics=(guard.render_metrics,)))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -329,9 +336,17 @@ async def _serve(data_dir: Path, prepared: _Prepared, ready: Sequence[str]) -> N
     try:
         await runner.setup()
         host, port = config.listen
-        from aiohttp import web  # noqa: PLC0415 - the one server import, only when serving
-
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=config.backlog)
+        # Deadlines and caps on every connection ([connections] in control.toml). The protocol
+        # class is the composition point for other RequestHandler extensions.
+        site = GuardedSite(
+            runner,
+            host,
+            port,
+            ssl_context=ssl_context,
+            guard=guard,
+            backlog=config.backlog,
+            handler_class=GuardedRequestHandler,
+        )
         await site.start()
         # Start-up garbage (imports, keys, schema) is long-lived: move it out of the
         # collector's generations so full collections stay short under load.

@@ -8,8 +8,11 @@ Linux only (netlink, nftables), so prctl is not optional.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import resource
+
+from rustynet.domain.connection_limits import ConnectionLimits
 
 _PR_GET_DUMPABLE = 3
 _PR_SET_DUMPABLE = 4
@@ -30,3 +33,32 @@ def is_dumpable() -> bool:
         return True
     libc = ctypes.CDLL(None, use_errno=True)
     return bool(libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0))
+
+
+# Descriptors kept free for everything that is not a client connection: the database (a pool
+# on PostgreSQL), log and key files, the event loop's own, the listening socket.
+FD_RESERVE = 256
+
+
+def fit_connections_to_fd_limit(
+    limits: ConnectionLimits, reserve: int = FD_RESERVE
+) -> tuple[ConnectionLimits, str | None]:
+    """Make `limits.max_connections` + `reserve` fit RLIMIT_NOFILE: raise the soft limit up
+    to the hard one if needed, else lower the cap. Returns the limits to serve with and, when
+    the cap was lowered, a warning for the operator. With the caps, clients can never exhaust
+    the descriptors (accept(2) would fail with EMFILE for everyone)."""
+    want = limits.max_connections + reserve
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return limits, None
+    fitted = limits.capped(soft - reserve)
+    return fitted, (
+        f"the descriptor limit (RLIMIT_NOFILE {soft}) leaves room for {fitted.max_connections} "
+        f"connections, not max_connections = {limits.max_connections}; serving with "
+        f"{fitted.max_connections} (raise LimitNOFILE, or lower [connections].max_connections)"
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -30,6 +31,8 @@ import uvloop
 
 from rustynet.adapters.clock import SystemClock
 from rustynet.adapters.entropy import OsEntropy
+from rustynet.adapters.http_api.connection_guard import ConnectionGuard, GuardedRequestHandler
+from rustynet.adapters.http_api.guarded_site import GuardedSite
 from rustynet.adapters.http_api.tls import server_ssl_context
 from rustynet.adapters.logging import configure_logging
 from rustynet.adapters.relay.config import (
@@ -45,7 +48,7 @@ from rustynet.adapters.tls_cert import create_self_signed, spki_pin_of_pem_file
 from rustynet.application.relay import RelayService
 from rustynet.bootstrap.crypto_policy import load_crypto_policy
 from rustynet.bootstrap.keystores import check_private_key_file
-from rustynet.bootstrap.process import disable_core_dumps
+from rustynet.bootstrap.process import disable_core_dumps, fit_connections_to_fd_limit
 from rustynet.domain.errors import DecodeError, RustynetError
 from rustynet.domain.keys import KeyFingerprint
 from rustynet.domain.relay import RelayTrust, validate_relay_id
@@ -120,7 +123,11 @@ async def _serve(config: RelayConfig) -> None:
     service = RelayService(trust, config.limits, clock, entropy)
     pin = spki_pin_of_pem_file(config.certificate)
     ssl_context = server_ssl_context(config.certificate, config.private_key)
-    runner = make_runner(create_relay_app(service))
+    connections, fd_warning = fit_connections_to_fd_limit(config.connections)
+    if fd_warning is not None:
+        logging.getLogger("rustynet.relay").warning(fd_warning)
+    guard = ConnectionGuard(connections)
+    runner = make_runner(create_relay_app(service, extra_metrics=(guard.render_metrics,)))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -128,9 +135,16 @@ async def _serve(config: RelayConfig) -> None:
     try:
         await runner.setup()
         host, port = config.listen
-        from aiohttp import web  # noqa: PLC0415 - the one server import, only when serving
-
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=LISTEN_BACKLOG)
+        # Deadlines and caps on every connection before the WebSocket upgrade ([connections]).
+        site = GuardedSite(
+            runner,
+            host,
+            port,
+            ssl_context=ssl_context,
+            guard=guard,
+            backlog=LISTEN_BACKLOG,
+            handler_class=GuardedRequestHandler,
+        )
         await site.start()
         sys.stderr.write(
             f"rustynet-relay: ready; relay {config.relay_id} listening on {host}:{port} "
