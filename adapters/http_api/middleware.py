@@ -143,7 +143,12 @@ async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
     chunks: list[bytes] = []
     size = 0
     while size <= limit:
-        chunk = await request.content.read(limit + 1 - size)
+        try:
+            chunk = await request.content.read(limit + 1 - size)
+        except ConnectionResetError:
+            # The client went away mid-body, or the connection guard aborted it at its body
+            # deadline: a client's doing, so a 400 without an error log (no reply arrives).
+            raise body_invalid("the request body did not arrive") from None
         if not chunk:
             break
         chunks.append(chunk)
