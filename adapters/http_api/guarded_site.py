@@ -177,8 +177,11 @@ class GuardedSite(web.BaseSite):
         # Server.__call__ builds RequestHandler(server, loop=..., **server._kwargs); aiohttp has
         # no public way to choose the protocol class, so the same arguments are read here.
         kwargs: dict[str, Any] = dict(server._kwargs)
-        # aiohttp's own idle timer stays as a backstop behind the guard's keep-alive deadline.
-        kwargs["keepalive_timeout"] = limits.keepalive_timeout + limits.header_timeout
+        # aiohttp's own idle timer (from connection start or the last response, while no request
+        # is parsed) stays as a backstop well behind the guard's deadlines.
+        kwargs["keepalive_timeout"] = (
+            limits.keepalive_timeout + limits.header_timeout + limits.body_timeout
+        )
         # After a response to a request whose body was not read, aiohttp drains the rest.
         kwargs["lingering_time"] = min(
             float(kwargs.get("lingering_time", 10.0)), limits.body_timeout
