@@ -4,6 +4,9 @@ Core dumps would write key material (seeds, passphrases, derived keys) to disk, 
 point turns them off: RLIMIT_CORE = 0 and, on Linux, PR_SET_DUMPABLE = 0 (which also stops
 non-root ptrace attach and /proc/PID/mem reads by the same uid). Rustynet's programs run on
 Linux only (netlink, nftables), so prctl is not optional.
+
+The servers also size their descriptor limit to their connection caps
+(`fit_connections_to_fd_limit`), so clients can never use up the descriptors.
 """
 
 from __future__ import annotations
