@@ -159,16 +159,16 @@ class GuardedSite(web.BaseSite):
                 ssl=self._tls,
                 ssl_handshake_timeout=timeout,
             )
-        except (OSError, ssl.SSLError, EOFError) as exc:
+        except asyncio.CancelledError:
+            slot.release()
+            _close_quietly(conn)
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever ends the handshake frees the slot
             # asyncio/uvloop raise ConnectionAbortedError at the handshake deadline.
             late = isinstance(exc, ConnectionAbortedError) and loop.time() - started >= timeout
             self._guard.count_handshake_end(timed_out=late)
             slot.release()
             _close_quietly(conn)
-        except asyncio.CancelledError:
-            slot.release()
-            _close_quietly(conn)
-            raise
 
     def _make_handler(self, slot: Connection) -> GuardedRequestHandler:
         server = self._runner.server

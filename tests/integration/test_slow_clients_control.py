@@ -28,6 +28,7 @@ from tests.integration.slowloris import (
     deadline_of,
     insecure_tls13,
     late,
+    let_tls_close,
     parse_metrics,
     per_ip_cap,
     settle,
@@ -121,7 +122,9 @@ async def _metrics(served: Served) -> dict[str, float]:
         session.get(f"https://127.0.0.1:{served.port}/metrics") as response,
     ):
         assert response.status == 200
-        return parse_metrics(await response.text())
+        text = await response.text()
+    await let_tls_close()
+    return parse_metrics(text)
 
 
 async def _fresh_healthz(served: Served) -> int:
@@ -133,7 +136,9 @@ async def _fresh_healthz(served: Served) -> int:
         aiohttp.ClientSession(connector=connector) as session,
         session.get(f"https://127.0.0.1:{served.port}/healthz") as response,
     ):
-        return response.status
+        status = response.status
+    await let_tls_close()
+    return status
 
 
 async def _enrolled_node(served: Served, http: aiohttp.ClientSession) -> dict[str, str]:
@@ -154,6 +159,7 @@ async def test_slowloris_waves_are_closed_in_time_while_clients_and_long_polls_a
     memory and descriptors are bounded (see the module docstring)."""
     async with _session(served) as http:
         await _waves(served, http)
+    await let_tls_close()
 
 
 async def _waves(served: Served, http: aiohttp.ClientSession) -> None:

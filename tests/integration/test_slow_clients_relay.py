@@ -24,6 +24,7 @@ from tests.integration.slowloris import (
     Target,
     insecure_tls13,
     late,
+    let_tls_close,
     parse_metrics,
     per_ip_cap,
     settle,
@@ -96,7 +97,9 @@ async def _get(served: Served, path: str, *, source: str = "127.0.0.3") -> tuple
         aiohttp.ClientSession(connector=connector) as session,
         session.get(f"https://127.0.0.1:{served.port}{path}") as response,
     ):
-        return response.status, await response.text()
+        answer = response.status, await response.text()
+    await let_tls_close()
+    return answer
 
 
 async def _metrics(served: Served) -> dict[str, float]:
@@ -138,6 +141,7 @@ async def test_slowloris_before_upgrade_is_closed_while_sessions_relay(served: S
         assert await asyncio.wait_for(session.receive(), 5) == ("node_a", b"still here")
     finally:
         await session.close()
+        await let_tls_close()
     assert late(wave, LIMITS) == []
     assert wave.normal, "the normal client made no request"
     assert set(wave.normal) == {200}, wave.normal
