@@ -7,9 +7,9 @@ so holding server resources costs a client as much as it costs the server
 
 aiohttp has a keep-alive timer and nothing else: no deadline on the TLS handshake (the loop's
 `ssl_handshake_timeout` does that, see `guarded_site`), on request headers or on a request
-body. `GuardedRequestHandler` is aiohttp's `RequestHandler` plus bookkeeping of the phase each
-connection is in; `ConnectionGuard` keeps the caps and, a few times per shortest timeout,
-aborts every connection past its phase's deadline:
+body. `GuardedProtocol` wraps the `RequestHandler` the runner's server makes for a connection
+and notes the phase the connection is in; `ConnectionGuard` keeps the caps and, a few times
+per shortest timeout, aborts every connection past its phase's deadline:
 
     phase     from                                        deadline
     header    connection ready (TLS done), or first byte   + header_timeout
@@ -19,13 +19,17 @@ aborts every connection past its phase's deadline:
     (served)  body complete: the handler runs             none (long polls, WebSockets)
 
 A timed-out connection is aborted (no TLS close_notify exchange to wait for; the descriptor is
-freed at once) and counted in `rustynet_connections_timed_out_total{phase}`.
+freed at once) and counted in `rustynet_connections_timed_out_total{phase}`. A response is
+noticed as finished at the next sweep, so the keep-alive deadline may start up to one sweep
+late (in the client's favour).
 
-Composition: `GuardedRequestHandler` only extends `connection_made`, `connection_lost`,
-`data_received` and `log_access`, each calling `super()`, and declares no `__slots__`, so
-another `RequestHandler` subclass (parser-error handling, say) combines with it by plain
-multiple inheritance: `class Handler(GuardedRequestHandler, OtherHandler): pass`, passed to
-`GuardedSite(handler_class=Handler)`.
+Composition: the guard WRAPS the protocol instead of subclassing it, so whatever handler the
+runner's `web.Server` makes (`RejectingRequestHandler` of `rejections.py`, which answers
+parser errors) keeps all its behaviour; the wrapper forwards every protocol call and reads,
+without changing, a few of aiohttp's handler attributes (`_request_count`, `_messages`,
+`_request_in_progress`, `_current_request`, `_upgraded`, `_payload_parser`; aiohttp is pinned
+in requirements.lock and the slowloris tests exercise each). After a WebSocket upgrade the
+wrapper only forwards.
 """
 
 from __future__ import annotations
@@ -34,17 +38,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final, Literal
+from typing import Final, Literal
 
 from aiohttp.web_protocol import RequestHandler
 
 from rustynet.domain.connection_limits import ConnectionLimits
 from rustynet.domain.errors import LocalProtocolError
 from rustynet.domain.limits import LimitPolicy, ip_key
-
-if TYPE_CHECKING:
-    from aiohttp.web_request import BaseRequest
-    from aiohttp.web_response import StreamResponse
 
 REFUSAL_LOG_INTERVAL: Final = 60.0  # seconds between two "connections refused" log lines
 MIN_SWEEP: Final = 0.05
@@ -66,26 +66,28 @@ class Connection:
         "handler",
         "headers_at",
         "idle_since",
-        "in_request",
         "key",
+        "pending",
         "ready_at",
         "released",
         "served",
+        "upgraded",
     )
 
     def __init__(self, guard: ConnectionGuard, key: str) -> None:
         self._guard = guard
         self.key = key
-        self.handler: GuardedRequestHandler | None = None
+        self.handler: RequestHandler | None = None
         self.ready_at = 0.0
         self.first_byte_at: float | None = None
         self.headers_at = 0.0
         self.idle_since = 0.0
-        self.in_request = False
+        self.pending = False  # a request was parsed and not yet seen finished
         self.served = False
+        self.upgraded = False
         self.released = False
 
-    def made(self, handler: GuardedRequestHandler) -> None:
+    def made(self, handler: RequestHandler) -> None:
         """TLS is up and aiohttp took the connection: the header deadline starts."""
         self.handler = handler
         self.ready_at = self._guard.now()
@@ -98,74 +100,78 @@ class Connection:
             self._guard.release(self)
         self.handler = None
 
-
-class GuardedRequestHandler(RequestHandler):
-    """aiohttp's protocol plus the phase bookkeeping `ConnectionGuard` reads (see the module)."""
-
-    # No __slots__ on purpose (see "Composition" above); `_guard` is set by the factory.
-    _guard: Connection | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if self._guard is not None:
-            self._guard.made(self)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        conn, self._guard = self._guard, None
-        try:
-            super().connection_lost(exc)
-        finally:
-            if conn is not None:
-                conn.release()
-
-    def data_received(self, data: bytes) -> None:
-        conn = self._guard
-        if conn is None:
-            super().data_received(data)
-            return
-        if data and not conn.in_request and conn.first_byte_at is None:
-            conn.first_byte_at = conn._guard.now()
-        parsed = self._request_count  # aiohttp counts every request it parses
-        super().data_received(data)
-        if self._request_count != parsed:
-            conn.in_request = True
-            conn.headers_at = conn._guard.now()
-            conn.first_byte_at = None
-
-    def log_access(
-        self, request: BaseRequest, response: StreamResponse, time: float | None
-    ) -> None:
-        # aiohttp calls this once per finished response, logging enabled or not.
-        super().log_access(request, response, time)
-        conn = self._guard
-        if conn is None:
-            return
-        now = conn._guard.now()
-        if self._messages:  # a pipelined request was parsed while this one ran: it starts now
-            conn.headers_at = now
-            return
-        conn.in_request = False
-        conn.served = True
-        conn.idle_since = now
-
-    def deadline(self, conn: Connection, limits: ConnectionLimits) -> tuple[float, Phase] | None:
-        """When this connection's current phase ends, and which phase it is (None: served)."""
-        if conn.in_request:
-            request = self._current_request
-            if self._upgraded or request is None or request.content.is_eof():
+    def deadline(self, limits: ConnectionLimits, now: float) -> tuple[float, Phase] | None:
+        """When this connection's current phase ends, and which phase (None: served)."""
+        h = self.handler
+        if h is None or self.upgraded or h._upgraded:
+            return None
+        if h._request_in_progress or h._messages:
+            self.pending = True
+            request = h._current_request
+            if request is None or request.content.is_eof():
                 return None
-            return conn.headers_at + limits.body_timeout, "body"
-        if conn.first_byte_at is not None:
-            return conn.first_byte_at + limits.header_timeout, "header"
-        if conn.served:
-            return conn.idle_since + limits.keepalive_timeout, "idle"
-        return conn.ready_at + limits.header_timeout, "header"
+            return self.headers_at + limits.body_timeout, "body"
+        if self.pending:  # the request seen last time (or parsed since) has been answered
+            self.pending = False
+            self.served = True
+            self.idle_since = now
+        if self.first_byte_at is not None:
+            return self.first_byte_at + limits.header_timeout, "header"
+        if self.served:
+            return self.idle_since + limits.keepalive_timeout, "idle"
+        return self.ready_at + limits.header_timeout, "header"
 
     def abort(self) -> None:
         """Drop the connection now: no TLS shutdown exchange, the descriptor is freed."""
-        transport = self.transport
+        transport = self.handler.transport if self.handler is not None else None
         if transport is not None:
             transport.abort()
+
+
+class GuardedProtocol(asyncio.Protocol):
+    """The protocol of one admitted connection: forwards to aiohttp's handler, notes phases."""
+
+    __slots__ = ("_conn", "_handler")
+
+    def __init__(self, handler: RequestHandler, conn: Connection) -> None:
+        self._handler = handler
+        self._conn = conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._handler.connection_made(transport)
+        self._conn.made(self._handler)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._handler.connection_lost(exc)
+        finally:
+            self._conn.release()
+
+    def data_received(self, data: bytes) -> None:
+        conn, handler = self._conn, self._handler
+        if conn.upgraded:  # a WebSocket session: nothing to time, only forward
+            handler.data_received(data)
+            return
+        if data and conn.first_byte_at is None and not conn.pending:
+            conn.first_byte_at = conn._guard.now()
+        parsed = handler._request_count
+        handler.data_received(data)
+        if handler._request_count != parsed:
+            conn.pending = True
+            conn.headers_at = conn._guard.now()
+            conn.first_byte_at = None
+        if handler._payload_parser is not None:
+            conn.upgraded = True
+
+    def eof_received(self) -> bool | None:
+        self._handler.eof_received()
+        return None  # aiohttp's handler keeps nothing open on EOF: let the transport close
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
 
 
 class ConnectionGuard:
@@ -279,17 +285,14 @@ class ConnectionGuard:
     def sweep(self) -> int:
         """Abort every connection past its deadline; how many were aborted."""
         now = self.now()
-        late: list[tuple[GuardedRequestHandler, Phase]] = []
+        late: list[tuple[Connection, Phase]] = []
         for conn in self._watched:
-            handler = conn.handler
-            if handler is None:
-                continue
-            due = handler.deadline(conn, self.limits)
+            due = conn.deadline(self.limits, now)
             if due is not None and due[0] <= now:
-                late.append((handler, due[1]))
-        for handler, phase in late:
+                late.append((conn, due[1]))
+        for conn, phase in late:
             self.timed_out[phase] += 1
-            handler.abort()
+            conn.abort()
         self._log_refusals()
         return len(late)
 
@@ -318,4 +321,4 @@ def _series(name: str, label: str, items: Iterable[tuple[str, int]]) -> list[str
     return [f'{name}{{{label}="{value}"}} {count}' for value, count in items]
 
 
-__all__ = ["ConnectionGuard", "GuardedRequestHandler"]
+__all__ = ["Connection", "ConnectionGuard", "GuardedProtocol"]

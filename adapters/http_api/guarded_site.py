@@ -11,8 +11,9 @@ open descriptors fits there. Here each accepted socket goes through
 `loop.connect_accepted_socket(..., ssl_handshake_timeout=...)` (uvloop and asyncio both take
 it); a handshake that fails or times out gives its slot back at once.
 
-`handler_class` is the protocol of every admitted connection: `GuardedRequestHandler` or a
-subclass combining it with other `RequestHandler` extensions.
+Each admitted connection's protocol is `GuardedProtocol` around the handler the runner's
+server makes (`server()`, as `loop.create_server` would call it): any `RequestHandler`
+subclass the runner chose (parser-error answers, `rejections.py`) is kept as it is.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ import logging
 import socket
 import ssl
 import struct
-from typing import Any, Final
+from typing import Final
 
 from aiohttp import web
 from rustynet.adapters.http_api.connection_guard import (
     Connection,
     ConnectionGuard,
-    GuardedRequestHandler,
+    GuardedProtocol,
 )
 
 ACCEPT_PAUSE: Final = 0.1  # seconds to back off when accept(2) runs out of descriptors/memory
@@ -94,14 +95,12 @@ class GuardedSite(web.BaseSite):
         ssl_context: ssl.SSLContext,
         guard: ConnectionGuard,
         backlog: int = 128,
-        handler_class: type[GuardedRequestHandler] = GuardedRequestHandler,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self._host = host
         self._port = port
         self._tls = ssl_context
         self._guard = guard
-        self._handler_class = handler_class
 
     @property
     def name(self) -> str:
@@ -154,7 +153,7 @@ class GuardedSite(web.BaseSite):
         started = loop.time()
         try:
             await loop.connect_accepted_socket(
-                lambda: self._make_handler(slot),
+                lambda: self._make_protocol(slot),
                 conn,
                 ssl=self._tls,
                 ssl_handshake_timeout=timeout,
@@ -170,25 +169,10 @@ class GuardedSite(web.BaseSite):
             slot.release()
             _close_quietly(conn)
 
-    def _make_handler(self, slot: Connection) -> GuardedRequestHandler:
+    def _make_protocol(self, slot: Connection) -> GuardedProtocol:
         server = self._runner.server
         assert server is not None  # BaseSite refuses to exist before runner.setup()
-        limits = self._guard.limits
-        # Server.__call__ builds RequestHandler(server, loop=..., **server._kwargs); aiohttp has
-        # no public way to choose the protocol class, so the same arguments are read here.
-        kwargs: dict[str, Any] = dict(server._kwargs)
-        # aiohttp's own idle timer (from connection start or the last response, while no request
-        # is parsed) stays as a backstop well behind the guard's deadlines.
-        kwargs["keepalive_timeout"] = (
-            limits.keepalive_timeout + limits.header_timeout + limits.body_timeout
-        )
-        # After a response to a request whose body was not read, aiohttp drains the rest.
-        kwargs["lingering_time"] = min(
-            float(kwargs.get("lingering_time", 10.0)), limits.body_timeout
-        )
-        handler = self._handler_class(server, loop=asyncio.get_running_loop(), **kwargs)
-        handler._guard = slot
-        return handler
+        return GuardedProtocol(server(), slot)
 
 
 def _reset(conn: socket.socket) -> None:

@@ -382,3 +382,16 @@ async def total_cap(target: Target, limits: ConnectionLimits, metrics: Fetch) ->
     assert after[total] - before[total] == sum(closed) + probes
     per_ip = 'rustynet_connections_refused_total{reason="per_ip"}'
     assert after[per_ip] == before[per_ip]
+
+
+async def parser_rejection(target: Target) -> bytes:
+    """Send a request whose header line is over aiohttp's 8 KiB limit; the raw answer."""
+    reader, writer = await asyncio.open_connection(
+        target.host, target.port, ssl=target.client_ssl, server_hostname=target.host
+    )
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n")
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 5)  # the server closes after it
+    finally:
+        writer.transport.abort()

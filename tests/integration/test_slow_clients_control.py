@@ -30,6 +30,7 @@ from tests.integration.slowloris import (
     late,
     let_tls_close,
     parse_metrics,
+    parser_rejection,
     per_ip_cap,
     settle,
     slowloris_wave,
@@ -245,3 +246,13 @@ async def test_total_cap_refuses_beyond_max_connections(served: Served) -> None:
     (counted as total); afterwards a new client is served again."""
     await total_cap(_target(served), LIMITS, lambda: _metrics(served))
     assert await _fresh_healthz(served) == 200
+
+
+@pytest.mark.asyncio
+async def test_guard_keeps_the_runners_handler_for_parser_errors(served: Served) -> None:
+    """Behind the guard the runner's own handler still answers a request the parser refuses
+    (JSON 400, nothing echoed): the guard wraps the handler, it does not replace it."""
+    answer = await parser_rejection(_target(served))
+    assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), answer[:80]
+    assert b'"malformed HTTP request"' in answer
+    assert b"aaaa" not in answer

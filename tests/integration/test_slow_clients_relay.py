@@ -26,6 +26,7 @@ from tests.integration.slowloris import (
     late,
     let_tls_close,
     parse_metrics,
+    parser_rejection,
     per_ip_cap,
     settle,
     slowloris_wave,
@@ -176,3 +177,12 @@ def test_relay_config_refuses_fewer_connections_than_sessions(tmp_path: Path) ->
     path.write_text(text)
     with pytest.raises(Exception, match=r"\[connections\]\.max_connections: below"):
         load_relay_config(path)
+
+
+@pytest.mark.asyncio
+async def test_guard_keeps_the_runners_handler_for_parser_errors(served: Served) -> None:
+    """The relay's own answer to a request the parser refuses survives the guard."""
+    answer = await parser_rejection(_target(served))
+    assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), answer[:80]
+    assert b"malformed HTTP request" in answer
+    assert b"aaaa" not in answer

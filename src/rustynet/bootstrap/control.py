@@ -55,7 +55,7 @@ from rustynet.adapters.config import (
 )
 from rustynet.adapters.entropy import OsEntropy
 from rustynet.adapters.http_api.app import create_app, make_runner
-from rustynet.adapters.http_api.connection_guard import ConnectionGuard, GuardedRequestHandler
+from rustynet.adapters.http_api.connection_guard import ConnectionGuard
 from rustynet.adapters.http_api.guarded_site import GuardedSite
 from rustynet.adapters.http_api.settings import ApiSettings
 from rustynet.adapters.http_api.tls import server_ssl_context
@@ -336,8 +336,8 @@ async def _serve(data_dir: Path, prepared: _Prepared, ready: Sequence[str]) -> N
     try:
         await runner.setup()
         host, port = config.listen
-        # Deadlines and caps on every connection ([connections] in control.toml). The protocol
-        # class is the composition point for other RequestHandler extensions.
+        # Deadlines and caps on every connection ([connections] in control.toml), around the
+        # handler the runner makes (parser-error answers: rejections.py).
         site = GuardedSite(
             runner,
             host,
@@ -345,7 +345,6 @@ async def _serve(data_dir: Path, prepared: _Prepared, ready: Sequence[str]) -> N
             ssl_context=ssl_context,
             guard=guard,
             backlog=config.backlog,
-            handler_class=GuardedRequestHandler,
         )
         await site.start()
         # Start-up garbage (imports, keys, schema) is long-lived: move it out of the

@@ -31,7 +31,7 @@ import uvloop
 
 from rustynet.adapters.clock import SystemClock
 from rustynet.adapters.entropy import OsEntropy
-from rustynet.adapters.http_api.connection_guard import ConnectionGuard, GuardedRequestHandler
+from rustynet.adapters.http_api.connection_guard import ConnectionGuard
 from rustynet.adapters.http_api.guarded_site import GuardedSite
 from rustynet.adapters.http_api.tls import server_ssl_context
 from rustynet.adapters.logging import configure_logging
@@ -143,7 +143,6 @@ async def _serve(config: RelayConfig) -> None:
             ssl_context=ssl_context,
             guard=guard,
             backlog=LISTEN_BACKLOG,
-            handler_class=GuardedRequestHandler,
         )
         await site.start()
         sys.stderr.write(
