@@ -57,10 +57,10 @@ async def stores(
         await first.close()
 
 
-def _record(n: int = 0, kind: ChallengeKind = ChallengeKind.ENROLLMENT) -> ChallengeRecord:
+def _record(n: int = 0) -> ChallengeRecord:
     return ChallengeRecord(
         id=bytes([n]) * 32,
-        kind=kind,
+        kind=ChallengeKind.ENROLLMENT,
         subject=f"subject-{n}",
         payload='{"x":1}',
         expires_at=NOW + timedelta(seconds=60),
@@ -105,16 +105,15 @@ async def test_concurrent_consumes_of_one_challenge_have_one_winner(
     assert results.count(True) == 1
 
 
-async def test_expired_wrong_kind_and_unknown_challenges_are_not_consumable(
+async def test_expired_and_unknown_challenges_are_not_consumable(
     stores: tuple[Store, Store],
 ) -> None:
-    """Consumption checks freshness and kind; a failed consume changes nothing."""
+    """Consumption checks freshness and the id; a failed consume changes nothing."""
     a, _ = stores
     async with a.unit_of_work() as uow:
         await uow.challenges.issue(_record(), NOW, 10)
     for kind, challenge_id, at in (
         (ChallengeKind.ENROLLMENT, _record().id, NOW + timedelta(seconds=60)),
-        (ChallengeKind.RENEWAL, _record().id, NOW),
         (ChallengeKind.ENROLLMENT, bytes([9]) * 32, NOW),
     ):
         with pytest.raises(NotFound):
@@ -124,11 +123,11 @@ async def test_expired_wrong_kind_and_unknown_challenges_are_not_consumable(
         assert (await uow.challenges.consume(ChallengeKind.ENROLLMENT, _record().id, NOW)).used
 
 
-async def test_challenge_capacity_is_exact_per_kind_and_purge_frees_it(
+async def test_challenge_capacity_is_exact_and_purge_frees_it(
     stores: tuple[Store, Store],
 ) -> None:
-    """At `capacity` pending challenges of a kind the next is refused (on either store); another
-    kind is unaffected; consuming one or purging expired ones frees room."""
+    """At `capacity` pending challenges the next is refused (on either store); consuming one or
+    purging expired ones frees room."""
     a, b = stores
     for n in range(3):
         async with (a, b)[n % 2].unit_of_work() as uow:
@@ -137,7 +136,6 @@ async def test_challenge_capacity_is_exact_per_kind_and_purge_frees_it(
         async with b.unit_of_work() as uow:
             await uow.challenges.issue(_record(7), NOW, 3)
     async with a.unit_of_work() as uow:
-        await uow.challenges.issue(_record(8, ChallengeKind.RENEWAL), NOW, 3)
         assert await uow.challenges.count(ChallengeKind.ENROLLMENT, NOW) == 3
     async with b.unit_of_work() as uow:  # a used challenge is no longer pending: room again
         await uow.challenges.consume(ChallengeKind.ENROLLMENT, _record(1).id, NOW)
@@ -145,7 +143,7 @@ async def test_challenge_capacity_is_exact_per_kind_and_purge_frees_it(
         await uow.challenges.issue(_record(7), NOW, 3)
     later = NOW + timedelta(seconds=61)
     async with a.unit_of_work() as uow:
-        assert await uow.challenges.purge(later) == 5
+        assert await uow.challenges.purge(later) == 4
         assert await uow.challenges.count(ChallengeKind.ENROLLMENT, later) == 0
 
 
@@ -169,11 +167,11 @@ async def test_generation_counts_up_and_rolls_back(stores: tuple[Store, Store]) 
 async def test_challenge_records_validate_their_fields() -> None:
     """Ids shorter than 128 bits, naive times and oversized payloads are refused."""
     with pytest.raises(LocalProtocolError):
-        ChallengeRecord(bytes(8), ChallengeKind.RENEWAL, "n", "", NOW)
+        ChallengeRecord(bytes(8), ChallengeKind.ENROLLMENT, "n", "", NOW)
     with pytest.raises(LocalProtocolError):
-        ChallengeRecord(bytes(32), ChallengeKind.RENEWAL, "n", "", NOW.replace(tzinfo=None))
+        ChallengeRecord(bytes(32), ChallengeKind.ENROLLMENT, "n", "", NOW.replace(tzinfo=None))
     with pytest.raises(LocalProtocolError):
-        ChallengeRecord(bytes(32), ChallengeKind.RENEWAL, "n", "x" * 5000, NOW)
+        ChallengeRecord(bytes(32), ChallengeKind.ENROLLMENT, "n", "x" * 5000, NOW)
 
 
 async def test_local_change_feed_has_one_subscriber_and_stops_on_close() -> None:

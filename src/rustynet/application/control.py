@@ -11,9 +11,12 @@ Theory of operation.
   of the presented credential (join key id, node id, API key id) is checked for backoff and
   lockout. Unknown and wrong credentials fail the same way after the same hash compare, and
   every failure is counted and audited.
-* Enrollment drives `EnrollmentServer`; its challenges (≤ 60 s) and token-renewal challenges
-  live in the store (`uow.challenges`), so one issued by any instance can be answered on any
-  other, and their single use is the store's conditional update. A valid proof consumes the
+* Enrollment drives `EnrollmentServer`; its challenges (≤ 60 s) live in the store
+  (`uow.challenges`), so one issued by any instance can be answered on any other, and their
+  single use is the store's conditional update. Token-renewal challenges are stored nowhere:
+  they carry their node id binding and expiry under a MAC every instance can check
+  (`domain.renewal_challenge`), and their single use is the nonce store's insert, written
+  only once the node's signature verified. A valid enrollment proof consumes the
   challenge, redeems the credential with the store's atomic conditional update, leases the
   address, adds the node, bumps the serials of every node whose map changes and writes the
   audit entry, all in one unit of work.
@@ -30,7 +33,8 @@ runs under `uow.lock_writers()` (one writer at a time across instances, like SQL
 lock), validates the cache against the generation inside that lock, bumps the generation when
 it changed the network, and `announce`s the nodes it wakes, so the store tells the other
 instances on commit; `start()` subscribes the `ChangeFeed` that carries their announcements to
-this instance's waiters. Nonces, challenges, limiter records and serials all live in the store.
+this instance's waiters. Nonces, enrollment challenges, limiter records and serials all live
+in the store.
 
 * Underlay endpoints a node reports are validated here (IP literal and port, at most
   `MAX_ENDPOINTS`, canonical text) and stored on its node record, so they survive a restart.
@@ -147,7 +151,13 @@ from rustynet.domain.netmap import (
 )
 from rustynet.domain.policy import Policy, PolicyError, PolicyNode
 from rustynet.domain.policy_compile import PolicyIndex, changed_views, compile_policy
-from rustynet.domain.replay import DEFAULT_CAPACITY, NONCE_RETENTION, NonceRecord, ReplayError
+from rustynet.domain.renewal_challenge import (
+    InvalidChallenge,
+    RenewalChallenge,
+    issue_renewal_challenge,
+    verify_renewal_challenge,
+)
+from rustynet.domain.replay import DEFAULT_CAPACITY, NonceRecord, ReplayError
 from rustynet.domain.scope import Scope, Tag
 from rustynet.domain.signed import JsonValue, canonical_json, parse_canonical_json
 from rustynet.domain.tokens import (
@@ -187,8 +197,6 @@ ACCESS_TOKEN_LIFETIME: Final = timedelta(seconds=300)
 RELAY_TOKEN_LIFETIME: Final = timedelta(seconds=120)
 DEFAULT_PEER_MAP_TTL: Final = timedelta(hours=24)
 DEFAULT_LONG_POLL: Final = timedelta(seconds=60)
-RENEWAL_CHALLENGE_TTL: Final = timedelta(seconds=60)
-MAX_RENEWAL_CHALLENGES: Final = 10_000
 MAX_AUDIT_PAGE: Final = 1000
 _T = TypeVar("_T")
 DEFAULT_ADMIN_PER_IP: Final = BucketPolicy(burst=120, refill=60, per=timedelta(minutes=1))
@@ -1000,71 +1008,54 @@ class ControlService:
     async def token_challenge(
         self, request: TokenChallengeRequest, *, client_ip: str
     ) -> TokenChallenge:
-        """POST /v1/token/challenge: a single-use challenge (answered for any node id alike)."""
+        """POST /v1/token/challenge: a single-use challenge, answered for any node id alike and
+        stored nowhere (`domain.renewal_challenge`): asking costs the server no row."""
         await self._limit(ip=client_ip)
         node_id = request.node_id
         if not isinstance(node_id, str) or not NODE_ID_RE.fullmatch(node_id):
             raise ValidationError.at("/node_id", "not a node id (node_ + 16 base64url characters)")
-        now = self.clock.now()
-        challenge_id = self.entropy.token_bytes(CHALLENGE_BYTES)
-        expires_at = now + RENEWAL_CHALLENGE_TTL
-        record = ChallengeRecord(
-            id=challenge_id,
-            kind=ChallengeKind.RENEWAL,
-            subject=node_id,
-            payload="",
-            expires_at=expires_at,
+        challenge = issue_renewal_challenge(
+            self.keys.renewal_mac_key, node_id, self.clock.now(), self.entropy
         )
-        try:
-            async with self.store.unit_of_work() as uow:
-                await uow.challenges.issue(record, now, MAX_RENEWAL_CHALLENGES)
-        except TooManyChallenges:
-            self._rate_limited += 1
-            raise RateLimited(5, "too many renewals in progress") from None
-        return TokenChallenge(b64encode(challenge_id), expires_at)
+        return TokenChallenge(b64encode(challenge.id), challenge.expires_at)
 
     async def renew_token(self, request: TokenRenewRequest, *, client_ip: str) -> AccessToken:
-        """POST /v1/token: identity-key signature over a single-use challenge → access token."""
+        """POST /v1/token: identity-key signature over a single-use challenge → access token.
+
+        The challenge must be one this control plane issued for this node id and still live
+        (checked without the store); then the node's signature; then its single use, which is
+        the nonce store's atomic insert, the only row a renewal writes."""
         credential = f"node:{request.node_id}"
         await self._guard.admit(client_ip)  # a source out of failures: 429 before any write
         await self._limit(ip=client_ip, identity=credential, credential=credential)
         now = self.clock.now()
         challenge_id = _b64(request.challenge_id, "/challenge_id")
         signature = _b64(request.signature, "/signature")
-        issued: tuple[str, datetime] | None = None
-        if len(challenge_id) == CHALLENGE_BYTES:
-            try:  # single use, whatever happens next (one conditional update decides)
-                async with self.store.unit_of_work() as uow:
-                    used = await uow.challenges.consume(ChallengeKind.RENEWAL, challenge_id, now)
-                issued = (used.subject, used.expires_at)
-            except NotFound:
-                issued = None
+        challenge: RenewalChallenge | None = None
         node: NodeRecord | None = None
-        if isinstance(request.node_id, str) and 0 < len(request.node_id) <= 128:
+        if isinstance(request.node_id, str) and NODE_ID_RE.fullmatch(request.node_id):
+            try:
+                challenge = verify_renewal_challenge(
+                    self.keys.renewal_mac_key, challenge_id, request.node_id, now
+                )
+            except InvalidChallenge:
+                challenge = None
             async with self.store.unit_of_work() as uow:
                 node = await uow.nodes.get(request.node_id)
         ok = False
-        if node is not None:
+        if node is not None and challenge is not None:
             try:
                 node.identity_key.verify(
-                    Purpose.TOKEN_RENEWAL, token_renewal_message(challenge_id, node.id), signature
+                    Purpose.TOKEN_RENEWAL, token_renewal_message(challenge.id, node.id), signature
                 )
-                ok = True
+                ok = node.state is NodeState.ACTIVE
             except RemoteProtocolError:
                 ok = False
-        ok = (
-            ok
-            and node is not None
-            and node.state is NodeState.ACTIVE
-            and issued is not None
-            and issued[0] == request.node_id
-            and now < issued[1]
-        )
-        if ok and node is not None:
-            try:
+        if ok and node is not None and challenge is not None:
+            try:  # single use across instances: one insert of the challenge commits
                 async with self._write() as uow:
                     await uow.nonces.insert(
-                        NonceRecord(challenge_id, now + NONCE_RETENTION),
+                        NonceRecord(challenge.id, challenge.remember_until),
                         now,
                         self.settings.nonce_capacity,
                     )

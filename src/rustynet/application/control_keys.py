@@ -10,7 +10,9 @@ loads at start is re-verified against the root, so a swapped certificate or key 
 keyring snapshot, audit certificate) and is kept in the key store so the set is one unit.
 
 Access tokens are signed by a separate raw key (`token_key`): only the control plane verifies
-them, and PASETO needs the key itself, which a keyring does not hand out.
+them, and PASETO needs the key itself, which a keyring does not hand out. The MAC key of
+token-renewal challenges (`renewal_mac_key`, `domain.renewal_challenge`) is derived from it
+(HKDF), so every instance that shares the token key makes and checks the same challenges.
 
 Gaps (tracked for later issues): the root key lives in the online key store (no offline root
 yet), and nothing rotates the 90-day signing key automatically.
@@ -35,7 +37,8 @@ from rustynet.domain.key_hierarchy import (
     issue_root_certificate,
     verify_certificate,
 )
-from rustynet.domain.keys import Purpose, SigningKey
+from rustynet.domain.keys import MacKey, Purpose, SigningKey
+from rustynet.domain.renewal_challenge import MAC_LABEL
 from rustynet.domain.signed import JsonValue, canonical_json, parse_canonical_json
 from rustynet.ports.entropy import Entropy
 
@@ -61,6 +64,11 @@ class ControlKeys:
     audit_key: SigningKey = attrs.field(repr=False)
     audit_certificate: Certificate
     token_key: SigningKey = attrs.field(repr=False)
+    renewal_mac_key: MacKey = attrs.field(
+        init=False,
+        repr=False,
+        default=attrs.Factory(lambda keys: MacKey.derive(keys.token_key, MAC_LABEL), True),
+    )
 
     @property
     def root_certificate_text(self) -> str:
@@ -75,6 +83,7 @@ class ControlKeys:
         """Wipe the private keys this object owns (the keyring wipes its own on retire)."""
         for key in (self.root_key, self.audit_key, self.token_key):
             key.wipe()
+        self.renewal_mac_key.wipe()
 
 
 def create_control_keys(

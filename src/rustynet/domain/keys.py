@@ -1,4 +1,4 @@
-"""Key values: Ed25519 signing keys, scheme-tagged tunnel keys, fingerprints.
+"""Key values: Ed25519 signing keys, scheme-tagged tunnel keys, fingerprints, derived MAC keys.
 
 The one rule: every signature is domain-separated by a `Purpose`, so a signature made for one
 purpose never verifies for another, and verification raises instead of returning a bool.
@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import constant_time, hashes, serialization
+from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from rustynet.domain.errors import DecodeError, InvalidSignature, LocalProtocolError
 
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
 ED25519_KEY_SIZE: Final = 32
 ED25519_SIGNATURE_SIZE: Final = 64
 FINGERPRINT_SIZE: Final = 32
+MAC_KEY_SIZE: Final = 32  # HMAC-SHA-256 key, 256 bits
+MIN_MAC_TAG_SIZE: Final = 16  # 128 bits: the shortest tag `MacKey` makes or accepts
 
 _RAW = serialization.Encoding.Raw
 _RAW_PUB = serialization.PublicFormat.Raw
@@ -242,6 +246,64 @@ class SigningKey:
     def _check_live(self) -> None:
         if self._key is None:
             raise LocalProtocolError("this key was wiped")
+
+
+@attrs.frozen(eq=False)
+class MacKey:
+    """An HMAC-SHA-256 key derived (HKDF-SHA-256) from a signing key's seed for one `label`.
+
+    Derivation, not reuse: the Ed25519 seed is 256 uniform bits, and HKDF with the info
+    `rustynet:<label>:mac:v1` gives a key independent of the Ed25519 key and of every other label,
+    so one stored secret serves both without a signature ever verifying as a MAC or back.
+    Every control instance that holds the same signing key derives the same MAC key."""
+
+    _key: bytearray = attrs.field(repr=False, alias="key")
+    _wiped: bool = attrs.field(init=False, default=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self._key, bytearray) or len(self._key) != MAC_KEY_SIZE:
+            raise DecodeError(f"a MAC key is a {MAC_KEY_SIZE}-byte bytearray")
+
+    @classmethod
+    def derive(cls, secret: SigningKey, label: str) -> MacKey:
+        """The MAC key for `label` (lowercase letters and dashes) under `secret`."""
+        if not label or not all(c.isascii() and (c.islower() or c == "-") for c in label):
+            raise LocalProtocolError("a MAC key label is lowercase ASCII letters and dashes")
+        seed = secret.export_seed()
+        try:
+            info = f"rustynet:{label}:mac:v1".encode("ascii")
+            hkdf = HKDF(algorithm=hashes.SHA256(), length=MAC_KEY_SIZE, salt=None, info=info)
+            return cls(key=bytearray(hkdf.derive(bytes(seed))))
+        finally:
+            _wipe(seed)
+
+    def tag(self, message: bytes, size: int = MAC_KEY_SIZE) -> bytes:
+        """HMAC-SHA-256 of `message`, truncated to `size` bytes (16..32, RFC 2104 §5)."""
+        if not MIN_MAC_TAG_SIZE <= size <= MAC_KEY_SIZE:
+            raise LocalProtocolError(f"a MAC tag is {MIN_MAC_TAG_SIZE}..{MAC_KEY_SIZE} bytes")
+        if self.wiped:
+            raise LocalProtocolError("this key was wiped")
+        mac = crypto_hmac.HMAC(bytes(self._key), hashes.SHA256())
+        mac.update(bytes(message))
+        return mac.finalize()[:size]
+
+    def verify(self, message: bytes, tag: bytes) -> None:
+        """Raise `InvalidSignature` unless `tag` is this key's (truncated) tag of `message`;
+        the comparison takes the same time wherever the first differing byte is."""
+        if not isinstance(tag, bytes) or not MIN_MAC_TAG_SIZE <= len(tag) <= MAC_KEY_SIZE:
+            raise InvalidSignature("malformed MAC tag")
+        if not constant_time.bytes_eq(self.tag(message, len(tag)), tag):
+            raise InvalidSignature("MAC tag does not verify")
+
+    def wipe(self) -> None:
+        """Zero the key; it is unusable afterwards."""
+        _wipe(self._key)
+        object.__setattr__(self, "_wiped", True)
+
+    @property
+    def wiped(self) -> bool:
+        """True once `wipe()` ran."""
+        return self._wiped
 
 
 class TunnelKeyScheme(enum.Enum):

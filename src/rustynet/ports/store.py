@@ -226,10 +226,12 @@ class PolicyVersion:
 
 
 class ChallengeKind(enum.Enum):
-    """Which handshake a stored challenge belongs to."""
+    """Which handshake a stored challenge belongs to. Only enrollment stores its challenges:
+    token-renewal challenges are stateless (`domain.renewal_challenge`); rows of the former
+    kind `renewal` left by older versions are never read (every read names its kind) and are
+    purged when they expire."""
 
     ENROLLMENT = "enrollment"
-    RENEWAL = "renewal"
 
 
 MIN_CHALLENGE_ID: Final = 16  # bytes (128 bits)
@@ -253,7 +255,7 @@ def _payload(_: object, attribute: attrs.Attribute[str], value: object) -> None:
 class ChallengeRecord:
     """A single-use server challenge as stored, so any control instance can check the answer.
 
-    `subject` is what the challenge was issued for (a node id, a join key id); `payload` is
+    `subject` is what the challenge was issued for (a join key id); `payload` is
     opaque text the use case needs to verify the answer (public values only, never a secret).
     """
 
@@ -548,7 +550,7 @@ class SerialRepository(Protocol):
 
 
 class ChallengeRepository(Protocol):
-    """Single-use challenges (enrollment proofs, token renewals) shared by every instance."""
+    """Single-use enrollment challenges shared by every instance."""
 
     async def issue(self, record: ChallengeRecord, now: datetime, capacity: int) -> None:
         """Store a new, unused challenge; `TooManyChallenges` when `capacity` challenges of its
