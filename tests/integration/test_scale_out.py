@@ -4,8 +4,8 @@ guarantees of a single instance (ARCHITECTURE §9, issue 6 "Scale-out"):
 * a policy change, a revocation, an enrollment and a key rotation made on A wake a node that
   long-polls B within ~1 s (LISTEN/NOTIFY; the latency is printed);
 * one join token redeemed concurrently on A and B yields exactly one node, 20 times over;
-* an enrollment challenge (and a token-renewal challenge) issued by A is completed on B once,
-  and every replay, on either instance, fails;
+* an enrollment challenge (and a token-renewal challenge, which is stored nowhere) issued by A
+  is completed on B once, and every replay, on either instance, fails;
 * failed attempts spread over A and B lock a credential out as if on one instance, and the
   per-IP bucket is shared;
 * a killed listener connection (pg_terminate_backend) heals and B still hears A;
@@ -393,13 +393,16 @@ async def test_enrollment_challenge_from_a_completes_on_b_once_and_replays_fail(
 async def test_token_renewal_challenge_from_a_renews_on_b_once(
     tmp_path: Path, postgres_dsn: str
 ) -> None:
-    """A renewal challenge issued by A is answered on B once; a replay on A or B is 401."""
+    """A renewal challenge issued by A is answered on B once; a replay on A or B is 401.
+    Issuing it wrote nothing to the shared database; the one row is B's nonce on success."""
     async with two_instances(tmp_path, postgres_dsn) as (a, b):
         node = await _enroll(a, "renewer")
+        rows_before = _challenge_and_nonce_rows(postgres_dsn)
         status, _, challenge = await _call(
             a, "POST", "/v1/token/challenge", json={"node_id": node.id}
         )
         assert status == 200
+        assert _challenge_and_nonce_rows(postgres_dsn) == rows_before
         challenge_id = b64decode(challenge["challenge_id"])
         signature = node.identity.sign(
             Purpose.TOKEN_RENEWAL, token_renewal_message(challenge_id, node.id)
@@ -411,9 +414,19 @@ async def test_token_renewal_challenge_from_a_renews_on_b_once(
         }
         status, _, token = await _call(b, "POST", "/v1/token", json=body)
         assert status == 200, token
+        assert _challenge_and_nonce_rows(postgres_dsn) == (rows_before[0], rows_before[1] + 1)
         for instance in (a, b):
             status, _, _ = await _call(instance, "POST", "/v1/token", json=body)
             assert status == 401, instance.name
+
+
+def _challenge_and_nonce_rows(dsn: str) -> tuple[int, int]:
+    with psycopg.connect(dsn, autocommit=True) as db:
+        challenges = db.execute("SELECT COUNT(*) FROM challenges").fetchone()
+        nonces = db.execute("SELECT COUNT(*) FROM nonces").fetchone()
+    assert challenges is not None
+    assert nonces is not None
+    return int(challenges[0]), int(nonces[0])
 
 
 # --- (d) limiter state is shared --------------------------------------------------------------
