@@ -124,6 +124,13 @@ RUSTYNET_ALGORITHMS: Final[tuple[AlgorithmUse, ...]] = (
     *_uses(Use.HASH, Use.HASH_VERIFY, algorithm="BLAKE2s", where="tunnel handshake"),
     *_uses(Use.SIGN, Use.VERIFY, algorithm="ECDSA-P256", where="control TLS certificate"),
     *_uses(Use.TLS, algorithm="TLS1.3", where="control and relay HTTPS"),
+    *_uses(
+        Use.MAC,
+        Use.MAC_VERIFY,
+        algorithm="HMAC-SHA-256",
+        where="keys.py MacKey: token-renewal challenges",
+    ),
+    *_uses(Use.KDF, algorithm="HKDF-SHA-256", where="keys.py MacKey: renewal-challenge MAC key"),
     # What the TLS 1.3 contexts offer (rustynet.adapters.tls_policy: groups, suites); a test
     # reads the live contexts and checks every negotiable group and suite against this list.
     *_uses(Use.KEY_AGREEMENT, algorithm="X25519", where="TLS 1.3 group X25519"),
