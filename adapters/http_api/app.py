@@ -20,8 +20,9 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from rustynet.adapters.http_api.admission import admission_gate
+from rustynet.adapters.http_api.errors import SERVER_NAME
 from rustynet.adapters.http_api.keys import (
     ADMISSION_KEY,
     CONVERTER_KEY,
@@ -39,6 +40,7 @@ from rustynet.adapters.http_api.middleware import (
     metrics_middleware,
     secret_query_guard,
 )
+from rustynet.adapters.http_api.preauth import authenticate_first
 from rustynet.adapters.http_api.rejections import RejectingAppRunner
 from rustynet.adapters.http_api.routes import add_routes
 from rustynet.adapters.http_api.schemas import make_converter
@@ -79,6 +81,10 @@ async def _upkeep(app: web.Application) -> AsyncIterator[None]:
         await service.flush_audit()  # graceful shutdown: no counted failure is lost
 
 
+async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[hdrs.SERVER] = SERVER_NAME  # not aiohttp's `Python/3.x aiohttp/3.y`
+
+
 async def _wake_waiters(app: web.Application) -> None:
     app[SERVICE_KEY].waiters.wake_all()
 
@@ -95,6 +101,7 @@ def create_app(
             metrics_middleware,
             error_middleware,
             admission_gate,  # per-IP token spent before any body is read (admission.py)
+            authenticate_first,  # credential checked before any body is read (preauth.py)
             secret_query_guard,
             json_content_type,
         ],
@@ -116,6 +123,7 @@ def create_app(
     )
     app[EXTRA_METRICS_KEY] = tuple(extra_metrics)
     add_routes(app)
+    app.on_response_prepare.append(_server_header)
     app.on_shutdown.append(_wake_waiters)
     app.cleanup_ctx.append(_upkeep)
     return app
@@ -123,7 +131,8 @@ def create_app(
 
 def make_runner(app: web.Application, shutdown_timeout: float = SHUTDOWN_TIMEOUT) -> web.AppRunner:
     """A runner that logs access through `RouteAccessLogger` (never the request line) and
-    answers requests the HTTP parser refuses with a JSON 400 counted as `unmatched`."""
+    answers requests the HTTP parser refuses (JSON 400), and expectations other than
+    `100-continue` (JSON 417, expect.py), counted as `unmatched`."""
     metrics = app[METRICS_KEY]
 
     def on_rejected(method: str, status: int) -> None:

@@ -23,6 +23,9 @@ from rustynet.application.errors import (
 from rustynet.ports.store import StoreConflict, StoreUnavailable, UnitOfWorkAborted
 
 JSON_CONTENT_TYPE: Final = "application/json"
+# Every response's `Server` header (create_app sets it; error_response too, for the answers
+# given outside the app): aiohttp's default names the Python and aiohttp versions.
+SERVER_NAME: Final = "rustynet"
 
 
 class ApiError(Exception):
@@ -58,6 +61,7 @@ HTTP_EXCEPTION_CODES: Final[dict[int, str]] = {
     410: "gone",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    417: "expectation_failed",
     429: "rate_limited",
 }
 
@@ -102,7 +106,7 @@ def error_body(error: ApiError) -> dict[str, str]:
 
 def error_response(error: ApiError) -> web.Response:
     """The response for `error` (with `Retry-After` on 429)."""
-    headers = {}
+    headers = {"Server": SERVER_NAME}
     if error.retry_after is not None:
         headers["Retry-After"] = str(error.retry_after)
     if error.allow is not None:

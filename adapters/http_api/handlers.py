@@ -4,7 +4,8 @@ The one rule: no decisions here. A handler reads the credentials the request car
 text, `Rustynet-Node`, client address) without judging them, structures the body strictly,
 calls exactly one use case and renders its result; every refusal is an exception that the
 error table (errors.py) renders. Missing credentials are passed on as empty strings so the use
-case answers them exactly like wrong ones (one 401, one rate-limit counter).
+case answers them exactly like wrong ones (credentials.py). The credential of a route that
+takes a body was checked before its handler runs (preauth.py); the use case checks it again.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from functools import cache
 from typing import Any, Final
 
 from aiohttp import web
+from rustynet.adapters.http_api.credentials import admin_auth, client_ip, node_auth
 from rustynet.adapters.http_api.errors import JSON_CONTENT_TYPE
 from rustynet.adapters.http_api.keys import (
     EXTRA_METRICS_KEY,
@@ -27,13 +29,11 @@ from rustynet.adapters.http_api.schemas import dump_json, to_json_value
 
 from rustynet.application.control import ControlService
 from rustynet.application.control_types import (
-    AdminAuth,
     CreateApiKeyRequest,
     CreateJoinKeyRequest,
     EndpointsRequest,
     EnrollCompleteRequest,
     EnrollRequest,
-    NodeAuth,
     RelayTokenRequest,
     RotateTunnelKeyRequest,
     TokenChallengeRequest,
@@ -42,7 +42,6 @@ from rustynet.application.control_types import (
 )
 from rustynet.application.errors import ValidationError
 
-NODE_HEADER: Final = "Rustynet-Node"
 MAX_QUERY_INT: Final = 2**63 - 1
 OPENAPI_RESOURCE: Final = "openapi.json"
 
@@ -52,37 +51,6 @@ OPENAPI_RESOURCE: Final = "openapi.json"
 
 def _service(request: web.Request) -> ControlService:
     return request.app[SERVICE_KEY]
-
-
-def _client_ip(request: web.Request) -> str:
-    return request.remote or "unknown"
-
-
-def _header(request: web.Request, name: str) -> str:
-    """A credential header's text, or "" (answered like a missing one) unless printable ASCII.
-
-    aiohttp decodes header bytes that are not UTF-8 to lone surrogates; those reached the
-    SQL driver (UnicodeEncodeError, a 500). No credential of this API is anything but ASCII.
-    """
-    value = request.headers.get(name, "")
-    return value if value.isascii() and value.isprintable() else ""
-
-
-def _bearer(request: web.Request) -> str:
-    scheme, _, credentials = _header(request, "Authorization").partition(" ")
-    return credentials.strip() if scheme.lower() == "bearer" else ""
-
-
-def _admin(request: web.Request) -> AdminAuth:
-    return AdminAuth(api_key=_bearer(request), client_ip=_client_ip(request))
-
-
-def _node(request: web.Request) -> NodeAuth:
-    return NodeAuth(
-        node_id=_header(request, NODE_HEADER),
-        access_token=_bearer(request),
-        client_ip=_client_ip(request),
-    )
 
 
 def _query_int(request: web.Request, name: str, default: int) -> int:
@@ -110,40 +78,40 @@ def _listing(field: str, items: object) -> web.Response:
 async def enroll(request: web.Request) -> web.Response:
     """POST /v1/enroll."""
     body = await read_json(request, EnrollRequest)
-    return _json(await _service(request).enroll(body, client_ip=_client_ip(request)))
+    return _json(await _service(request).enroll(body, client_ip=client_ip(request)))
 
 
 async def enroll_complete(request: web.Request) -> web.Response:
     """POST /v1/enroll/complete."""
     body = await read_json(request, EnrollCompleteRequest)
-    result = await _service(request).enroll_complete(body, client_ip=_client_ip(request))
+    result = await _service(request).enroll_complete(body, client_ip=client_ip(request))
     return _json(result)
 
 
 async def token_challenge(request: web.Request) -> web.Response:
     """POST /v1/token/challenge."""
     body = await read_json(request, TokenChallengeRequest)
-    result = await _service(request).token_challenge(body, client_ip=_client_ip(request))
+    result = await _service(request).token_challenge(body, client_ip=client_ip(request))
     return _json(result)
 
 
 async def renew_token(request: web.Request) -> web.Response:
     """POST /v1/token."""
     body = await read_json(request, TokenRenewRequest)
-    result = await _service(request).renew_token(body, client_ip=_client_ip(request))
+    result = await _service(request).renew_token(body, client_ip=client_ip(request))
     return _json(result)
 
 
 async def rotate_tunnel_key(request: web.Request) -> web.Response:
     """POST /v1/node/tunnel-key."""
     body = await read_json(request, RotateTunnelKeyRequest)
-    return _json(await _service(request).rotate_tunnel_key(_node(request), body))
+    return _json(await _service(request).rotate_tunnel_key(node_auth(request), body))
 
 
 async def set_endpoints(request: web.Request) -> web.Response:
     """PUT /v1/node/endpoints → 204."""
     body = await read_json(request, EndpointsRequest)
-    await _service(request).set_endpoints(_node(request), body)
+    await _service(request).set_endpoints(node_auth(request), body)
     return web.Response(status=204)
 
 
@@ -154,7 +122,7 @@ async def peer_map(request: web.Request) -> web.Response:
     service = _service(request)
     longest = service.settings.long_poll_timeout.total_seconds()
     wait = min(float(_query_int(request, "wait", int(longest))), longest)
-    result = await service.peer_map(_node(request), after, wait)
+    result = await service.peer_map(node_auth(request), after, wait)
     if result is None:
         return web.Response(status=204)
     return _json({"envelope": result.envelope, "trust": result.trust})
@@ -163,7 +131,7 @@ async def peer_map(request: web.Request) -> web.Response:
 async def relay_token(request: web.Request) -> web.Response:
     """POST /v1/relay-token."""
     body = await read_json(request, RelayTokenRequest)
-    return _json(await _service(request).relay_token(_node(request), body))
+    return _json(await _service(request).relay_token(node_auth(request), body))
 
 
 # --- admin routes -----------------------------------------------------------------------------
@@ -172,69 +140,69 @@ async def relay_token(request: web.Request) -> web.Response:
 async def create_join_key(request: web.Request) -> web.Response:
     """POST /v1/admin/join-keys → 201 (the token is in this response only)."""
     body = await read_json(request, CreateJoinKeyRequest)
-    created = await _service(request).create_join_key(_admin(request), body)
+    created = await _service(request).create_join_key(admin_auth(request), body)
     return _json(created, status=201)
 
 
 async def list_join_keys(request: web.Request) -> web.Response:
     """GET /v1/admin/join-keys."""
-    items = await _service(request).list_join_keys(_admin(request))
+    items = await _service(request).list_join_keys(admin_auth(request))
     return _listing("join_keys", items)
 
 
 async def revoke_join_key(request: web.Request) -> web.Response:
     """DELETE /v1/admin/join-keys/{id}."""
     key_id = request.match_info["id"]
-    return _json(await _service(request).revoke_join_key(_admin(request), key_id))
+    return _json(await _service(request).revoke_join_key(admin_auth(request), key_id))
 
 
 async def list_nodes(request: web.Request) -> web.Response:
     """GET /v1/admin/nodes."""
-    return _listing("nodes", await _service(request).list_nodes(_admin(request)))
+    return _listing("nodes", await _service(request).list_nodes(admin_auth(request)))
 
 
 async def get_node(request: web.Request) -> web.Response:
     """GET /v1/admin/nodes/{id}."""
     node_id = request.match_info["id"]
-    return _json(await _service(request).get_node(_admin(request), node_id))
+    return _json(await _service(request).get_node(admin_auth(request), node_id))
 
 
 async def update_node(request: web.Request) -> web.Response:
     """PATCH /v1/admin/nodes/{id}."""
     body = await read_json(request, UpdateNodeRequest)
     node_id = request.match_info["id"]
-    return _json(await _service(request).update_node(_admin(request), node_id, body))
+    return _json(await _service(request).update_node(admin_auth(request), node_id, body))
 
 
 async def revoke_node(request: web.Request) -> web.Response:
     """POST /v1/admin/nodes/{id}/revoke."""
     node_id = request.match_info["id"]
-    return _json(await _service(request).revoke_node(_admin(request), node_id))
+    return _json(await _service(request).revoke_node(admin_auth(request), node_id))
 
 
 async def delete_node(request: web.Request) -> web.Response:
     """DELETE /v1/admin/nodes/{id} → 204."""
-    await _service(request).delete_node(_admin(request), request.match_info["id"])
+    await _service(request).delete_node(admin_auth(request), request.match_info["id"])
     return web.Response(status=204)
 
 
 async def create_api_key(request: web.Request) -> web.Response:
     """POST /v1/admin/api-keys → 201 (the key is in this response only)."""
     body = await read_json(request, CreateApiKeyRequest)
-    created = await _service(request).create_api_key(_admin(request), body)
+    created = await _service(request).create_api_key(admin_auth(request), body)
     return _json(created, status=201)
 
 
 async def list_api_keys(request: web.Request) -> web.Response:
     """GET /v1/admin/api-keys."""
-    items = await _service(request).list_api_keys(_admin(request))
+    items = await _service(request).list_api_keys(admin_auth(request))
     return _listing("api_keys", items)
 
 
 async def revoke_api_key(request: web.Request) -> web.Response:
     """DELETE /v1/admin/api-keys/{id}."""
     key_id = request.match_info["id"]
-    return _json(await _service(request).revoke_api_key(_admin(request), key_id))
+    return _json(await _service(request).revoke_api_key(admin_auth(request), key_id))
 
 
 async def _policy_document(request: web.Request) -> dict[str, Any]:
@@ -243,32 +211,32 @@ async def _policy_document(request: web.Request) -> dict[str, Any]:
 
 async def get_policy(request: web.Request) -> web.Response:
     """GET /v1/admin/policy."""
-    return _json(await _service(request).get_policy(_admin(request)))
+    return _json(await _service(request).get_policy(admin_auth(request)))
 
 
 async def put_policy(request: web.Request) -> web.Response:
     """PUT /v1/admin/policy (body: the policy document)."""
     document = await _policy_document(request)
-    return _json(await _service(request).put_policy(_admin(request), document))
+    return _json(await _service(request).put_policy(admin_auth(request), document))
 
 
 async def check_policy(request: web.Request) -> web.Response:
     """POST /v1/admin/policy/check (body: the policy document)."""
     document = await _policy_document(request)
-    return _json(await _service(request).check_policy(_admin(request), document))
+    return _json(await _service(request).check_policy(admin_auth(request), document))
 
 
 async def list_audit(request: web.Request) -> web.Response:
     """GET /v1/admin/audit?start=&limit=."""
     start = _query_int(request, "start", 0)
     limit = _query_int(request, "limit", 100)
-    entries = await _service(request).list_audit(_admin(request), start=start, limit=limit)
+    entries = await _service(request).list_audit(admin_auth(request), start=start, limit=limit)
     return _listing("entries", entries)
 
 
 async def verify_audit(request: web.Request) -> web.Response:
     """POST /v1/admin/audit/verify."""
-    return _json(await _service(request).verify_audit(_admin(request)))
+    return _json(await _service(request).verify_audit(admin_auth(request)))
 
 
 # --- operational ------------------------------------------------------------------------------

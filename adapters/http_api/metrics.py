@@ -59,15 +59,21 @@ class ApiMetrics:
         factory=lambda: defaultdict(_Histogram)
     )
     rate_limited: defaultdict[str, int] = attrs.field(factory=lambda: defaultdict(int))
+    auth_failures: int = 0
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one finished request and its latency under its route template."""
         self.requests[(method, route, str(status))] += 1
         self.latency[(method, route)].observe(seconds)
 
-    def count_rate_limited(self, route: str) -> None:
-        """One request was refused with 429."""
-        self.rate_limited[route] += 1
+    def count_refusal(self, route: str, status: int) -> None:
+        """An error answer left the app: a 429 is a rate-limit refusal, a 401 a failed
+        authentication (the only answers of those statuses; counted here, where the status is
+        final, they count exactly what the clients were told)."""
+        if status == 429:
+            self.rate_limited[route] += 1
+        elif status == 401:
+            self.auth_failures += 1
 
     def render(self, stats: ControlStats) -> str:
         """The exposition text (format 0.0.4): HTTP series plus the use cases' `stats`."""
@@ -106,10 +112,15 @@ class ApiMetrics:
             (
                 "rate_limit_rejections_total",
                 "counter",
-                "Requests refused by a rate limit or lockout.",
-                stats.rate_limited,
+                "Requests answered 429 by any rate limit (admission, use case, failure budget).",
+                sum(self.rate_limited.values()),
             ),
-            ("auth_failures_total", "counter", "Failed authentications.", stats.auth_failures),
+            (
+                "auth_failures_total",
+                "counter",
+                "Requests answered 401: failed authentications.",
+                self.auth_failures,
+            ),
             (
                 "peer_map_waiters",
                 "gauge",

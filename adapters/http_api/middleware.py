@@ -8,10 +8,12 @@ line, query string, headers or body. aiohttp's default access log prints the req
 Order (outermost first): `metrics_middleware` times every request and counts it under its
 template with the FINAL status; `error_middleware` turns every exception into the one JSON
 error shape (errors.py); `admission_gate` (admission.py) spends the client's per-IP token
-before a body-reading route reads its body; `secret_query_guard` refuses a query parameter
-named like a secret; `json_content_type` refuses a body that is not `application/json`. Body
-size caps are applied where the body is read (`read_json`), per route, before the body is
-buffered. Requests the HTTP parser refuses never reach this pipeline (rejections.py).
+before a body-reading route reads its body; `authenticate_first` (preauth.py) checks the
+credential of such an admin or node route before its body is read; `secret_query_guard`
+refuses a query parameter named like a secret; `json_content_type` refuses a body that is not
+`application/json`. Body size caps are applied where the body is read (`read_json`), per
+route, before the body is buffered. Requests the HTTP parser refuses (rejections.py) and
+expectations other than `100-continue` (expect.py) never reach this pipeline.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from rustynet.adapters.http_api.errors import (
     error_response,
     map_exception,
 )
+from rustynet.adapters.http_api.expect import send_continue
 from rustynet.adapters.http_api.keys import CONVERTER_KEY, METRICS_KEY, SETTINGS_KEY
 from rustynet.adapters.http_api.metrics import UNMATCHED_ROUTE
 from rustynet.adapters.http_api.schemas import body_invalid, parse_json_object, structure
@@ -92,8 +95,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 extra={"route": route_template(request), "error_type": type(exc).__name__},
                 exc_info=exc,
             )
-        if api_error.status == 429:
-            request.app[METRICS_KEY].count_rate_limited(route_template(request))
+        request.app[METRICS_KEY].count_refusal(route_template(request), api_error.status)
         return error_response(api_error)
 
 
@@ -138,6 +140,7 @@ async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
         raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes")
     if not _is_json(request.content_type):
         raise ApiError(415, "unsupported_media_type", "request body must be application/json")
+    await send_continue(request)  # admission and credential passed: now invite the body
     # `read(n)` returns what has arrived (up to n), not n bytes: a body larger than one TCP/TLS
     # read (a 150 KB policy document) came back cut short and failed as "not JSON".
     chunks: list[bytes] = []

@@ -17,8 +17,10 @@ traceback), and reports the rejection to `on_rejected` (the app counts it under 
 answer and an error log with the trace, which the redacting log handler scrubs.
 
 The hook: aiohttp has no public option for the handler class, so `RejectingAppRunner` builds
-the same `web.Server` the `AppRunner` would (same handler, request factory and handler args)
-as a `RejectingServer`, whose protocol factory makes `RejectingRequestHandler`s.
+the same `web.Server` the `AppRunner` would (same request factory and handler args) as a
+`RejectingServer`, whose protocol factory makes `RejectingRequestHandler`s; its request
+handler is the app's behind `guard_expect` (expect.py: a JSON 417 for an `Expect` other than
+`100-continue`, reported to `on_rejected` like a parser refusal).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from rustynet.adapters.http_api.errors import (
     ApiError,
     error_response,
 )
+from rustynet.adapters.http_api.expect import guard_expect
 from rustynet.adapters.http_api.middleware import route_template
 
 OnRejected = Callable[[str, int], None]  # (method, status) of a request the parser refused
@@ -112,7 +115,7 @@ class RejectingAppRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()  # runs the app's startup, freezes it
         return RejectingServer(
-            plain.request_handler,
+            guard_expect(plain.request_handler, self._on_rejected),
             request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation,
             loop=asyncio.get_running_loop(),

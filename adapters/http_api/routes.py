@@ -10,6 +10,7 @@ from typing import Final
 
 from aiohttp import web
 from rustynet.adapters.http_api import handlers as h
+from rustynet.adapters.http_api.expect import defer_continue
 
 ROUTES: Final = (
     # node routes
@@ -46,6 +47,7 @@ ROUTES: Final = (
 
 
 def add_routes(app: web.Application) -> None:
-    """Register every route of the table (GET routes do not also answer HEAD)."""
+    """Register every route of the table (GET routes do not also answer HEAD); `100 Continue`
+    waits until the handler reads the body (expect.py)."""
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, handler)
+        app.router.add_route(method, path, handler, expect_handler=defer_continue)

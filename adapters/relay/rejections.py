@@ -10,7 +10,9 @@ served by `RejectingAppRunner`, whose connections answer such a request with
 `{"error": "bad_request", "detail": "malformed HTTP request"}` (connection closed), log one
 `relay.request_rejected` event with the status and exception type only, and count it in
 `rustynet_relay_rejected_requests_total`. A 5xx reaching `handle_error` (an exception escaped
-a handler) is answered `{"error": "internal", ...}` and logged with its type only.
+a handler) is answered `{"error": "internal", ...}` and logged with its type only. The app's
+request handler runs behind `guard_expect` (errors.py): an `Expect` other than `100-continue`
+gets the JSON 417, counted in the same metric.
 
 The control API has the same hook (rustynet.adapters.http_api.rejections); adapters do not
 import each other, so the ~30 lines of aiohttp plumbing are repeated here on purpose.
@@ -26,6 +28,7 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
+from rustynet.adapters.relay.errors import error_response, guard_expect
 
 REJECTED_DETAIL: Final = "malformed HTTP request"
 _log = structlog.get_logger("rustynet.relay")
@@ -33,9 +36,14 @@ _log = structlog.get_logger("rustynet.relay")
 
 @attrs.define
 class Rejections:
-    """How many requests the relay answered from `handle_error` (metrics)."""
+    """How many requests the relay refused outside the app: from `handle_error`, or an
+    `Expect` other than `100-continue` (metrics)."""
 
     count: int = 0
+
+    def refused(self) -> None:
+        """Count one refusal."""
+        self.count += 1
 
 
 REJECTIONS_KEY: Final = web.AppKey("relay_rejections", Rejections)
@@ -58,12 +66,9 @@ class RejectingRequestHandler(RequestHandler):
         """The fixed JSON error for a request the parser (or a handler) could not serve."""
         if request.writer.output_size > 0:  # as aiohttp: a started response cannot be replaced
             raise ConnectionError("response already started; closing the connection")
-        code, detail = ("internal", "internal error") if status >= 500 else ("bad_request", "")
         _log.warning("relay.request_rejected", status=status, error_type=type(exc).__name__)
         self._rejections.count += 1
-        response = web.json_response(
-            {"error": code, "detail": detail or REJECTED_DETAIL}, status=status
-        )
+        response = error_response(status, detail=None if status >= 500 else REJECTED_DETAIL)
         response.force_close()
         return response
 
@@ -87,11 +92,12 @@ class RejectingAppRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()  # runs the app's startup, freezes it
+        rejections = self._app[REJECTIONS_KEY]
         return RejectingServer(
-            plain.request_handler,
+            guard_expect(plain.request_handler, rejections.refused),
             request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation,
             loop=asyncio.get_running_loop(),
-            rejections=self._app[REJECTIONS_KEY],
+            rejections=rejections,
             **plain._kwargs,  # the handler args the AppRunner computed (private, stable)
         )

@@ -8,8 +8,9 @@ The data path does no JSON, no logging and one copy per frame (header + memoryvi
 
 TLS is the caller's: serve the app on an `ssl.SSLContext` that allows TLS 1.3 only (bootstrap
 uses `rustynet.adapters.http_api.tls.server_ssl_context`). `make_runner` turns the access log
-off: a relay logs sessions, not requests; a request the HTTP parser refuses gets a fixed JSON 400
-that echoes nothing (rejections.py).
+off: a relay logs sessions, not requests; every HTTP error (router, WebSocket handshake, relay
+full, an unsupported `Expect`, a request the HTTP parser refuses) is the fixed JSON shape of
+errors.py and echoes nothing (rejections.py for the parser's).
 
 Messages larger than `max_frame_bytes` but within the WebSocket message cap (twice the frame
 limit, at least 64 KiB) are dropped and counted as oversize; beyond the cap aiohttp closes the
@@ -26,6 +27,7 @@ from typing import Final
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
+from rustynet.adapters.relay.errors import error_middleware, server_header
 from rustynet.adapters.relay.rejections import REJECTIONS_KEY, RejectingAppRunner, Rejections
 
 from rustynet.application.relay import DROP_REASONS, RelayService, Session
@@ -214,7 +216,7 @@ async def relay_socket(request: web.Request) -> web.StreamResponse:
     handle = _WebSocketHandle(ws, limits.send_queue_frames)
     session = service.open_connection(handle)
     if session is None:
-        raise web.HTTPServiceUnavailable(text="busy")
+        raise web.HTTPServiceUnavailable  # the JSON 503 of errors.py
     watcher: asyncio.Task[None] | None = None
     sockets = request.app[SOCKETS_KEY]
     sockets.add(ws)
@@ -308,7 +310,8 @@ async def metrics(request: web.Request) -> web.Response:
     """`GET /metrics`."""
     rejected = request.app[REJECTIONS_KEY].count
     text = render_metrics(request.app[SERVICE_KEY]) + (
-        "# HELP rustynet_relay_rejected_requests_total Requests the HTTP parser refused.\n"
+        "# HELP rustynet_relay_rejected_requests_total Requests refused outside the app "
+        "(HTTP parser; an Expect other than 100-continue).\n"
         "# TYPE rustynet_relay_rejected_requests_total counter\n"
         f"rustynet_relay_rejected_requests_total {rejected}\n"
     )
@@ -323,11 +326,12 @@ def create_relay_app(
     service: RelayService, extra_metrics: Sequence[Callable[[], str]] = ()
 ) -> web.Application:
     """The relay's aiohttp application; `extra_metrics` add text to /metrics."""
-    app = web.Application(client_max_size=4096)
+    app = web.Application(client_max_size=4096, middlewares=[error_middleware])
     app[SERVICE_KEY] = service
     app[EXTRA_METRICS_KEY] = tuple(extra_metrics)
     app[SOCKETS_KEY] = set()
     app[REJECTIONS_KEY] = Rejections()
+    app.on_response_prepare.append(server_header)
     app.on_shutdown.append(_close_all)
     app.router.add_get(PATH, relay_socket)
     app.router.add_get("/healthz", healthz)

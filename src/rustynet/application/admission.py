@@ -55,7 +55,6 @@ class RequestAdmission:
         self._limiters = {
             gate: Limiter(attrs.evolve(limits, per_ip=buckets[gate])) for gate in Gate
         }
-        self.rate_limited = 0
 
     @classmethod
     def for_limits(
@@ -78,7 +77,6 @@ class RequestAdmission:
         now = self._clock.now()
         decision = decide_or_deny(lambda: limiter.check(now, ip=client_ip), self._limits)
         if not decision.allowed:
-            self.rate_limited += 1
             retry = decision.retry_after_seconds
             raise RateLimited(retry if retry is not None else 1)
 

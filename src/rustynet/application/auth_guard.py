@@ -77,8 +77,6 @@ class AuthGuard:
         self.policy = policy
         self.admin_bucket = admin_bucket
         self.folder = folder if folder is not None else AuditFolder()
-        self.failures = 0  # every failed authentication, folded or not
-        self.rate_limited = 0  # requests refused because the source's budget was used up
 
     def source_key(self, ip: str) -> str:
         """The bucket key of a client address (its /32 or /64); a non-IP shares one key."""
@@ -88,7 +86,6 @@ class AuthGuard:
             return "not-an-ip"
 
     def _refuse(self, wait: timedelta) -> RateLimited:
-        self.rate_limited += 1
         return RateLimited(_seconds(wait), "too many failed authentications from this address")
 
     async def admit(self, ip: str) -> None:
@@ -119,7 +116,6 @@ class AuthGuard:
         except (StoreError, LocalProtocolError):
             raise self._refuse(self.policy.unavailable_retry_after) from None
         if not outcome.allowed:
-            self.rate_limited += 1
             raise RateLimited(_seconds(outcome.retry_after or self.policy.unavailable_retry_after))
 
     async def failed(
@@ -134,7 +130,6 @@ class AuthGuard:
     ) -> None:
         """Charge one failure to the source and the credential and audit it (folded).
         RateLimited instead, with nothing written, when the source's budget ran out meanwhile."""
-        self.failures += 1
         now = self.clock.now()
         key = FoldKey.of(action, actor, target, details)
         summaries: list[Summary] = []

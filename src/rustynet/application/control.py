@@ -450,7 +450,6 @@ class ControlService:
             folder=AuditFolder(settings.audit_fold_window),
         )
         self._enrollments = 0
-        self._rate_limited = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -563,7 +562,6 @@ class ControlService:
         except (StoreError, LocalProtocolError):
             retry = policy.unavailable_retry_after  # cannot decide: deny
         if retry is not None:
-            self._rate_limited += 1
             raise RateLimited(int(-(-retry.total_seconds() // 1)))
 
     async def _locked_out(self, credential: str) -> bool:
@@ -573,7 +571,6 @@ class ControlService:
             async with self.store.unit_of_work() as uow:
                 return (await uow.limiter.failures(credential)).disabled
         except (StoreError, LocalProtocolError):
-            self._rate_limited += 1
             retry = self.settings.limits.unavailable_retry_after
             raise RateLimited(int(-(-retry.total_seconds() // 1))) from None
 
@@ -685,8 +682,32 @@ class ControlService:
         if claims.subject != node.id:
             raise InvalidToken("token issued to another node")
 
+    async def authenticate(self, auth: AdminAuth | NodeAuth) -> None:
+        """The admin/node credential check alone (401/429), run by the HTTP adapter before it
+        reads a body; success writes nothing, the use case checks again (charged once)."""
+        if isinstance(auth, NodeAuth):
+            await self._node(auth)
+        else:
+            await self._admin_key(auth)
+
     async def _admin(self, auth: AdminAuth, action: AdminAction) -> ApiKeyRecord:
         """The API key record of an admin request allowed to perform `action`."""
+        record = await self._admin_key(auth)
+        ip, now, credential = auth.client_ip, self.clock.now(), f"apikey:{record.id}"
+        async with self.store.unit_of_work() as uow:  # authenticated: its own, larger bucket
+            await self._guard.authenticated_admin(uow, ip, now)
+        if not api_keys.permits(record.scope.value, action):
+            async with self._write() as uow:
+                details: dict[str, JsonValue] = {"scope": record.scope.value}
+                await self._audit(uow, now, credential, "admin.forbidden", action.value, details)
+            raise Forbidden
+        async with self.store.unit_of_work() as uow:
+            await uow.api_keys.touch(record.id, now)
+            await uow.limiter.record_success(credential)
+        return record
+
+    async def _admin_key(self, auth: AdminAuth) -> ApiKeyRecord:
+        """The usable API key record `auth` presents; Unauthorized (charged) otherwise."""
         ip = auth.client_ip
         await self._guard.admit(ip)  # a source out of failures: 429 before any other work
         try:
@@ -721,22 +742,6 @@ class ControlService:
                 details={"reason": "locked-out"} if locked_out else None,
             )
             raise Unauthorized
-        async with self.store.unit_of_work() as uow:  # authenticated: its own, larger bucket
-            await self._guard.authenticated_admin(uow, ip, now)
-        if not api_keys.permits(record.scope.value, action):
-            async with self._write() as uow:
-                await self._audit(
-                    uow,
-                    now,
-                    f"apikey:{record.id}",
-                    "admin.forbidden",
-                    action.value,
-                    {"scope": record.scope.value},
-                )
-            raise Forbidden
-        async with self.store.unit_of_work() as uow:
-            await uow.api_keys.touch(record.id, now)
-            await uow.limiter.record_success(credential)
         return record
 
     # --- node routes ---------------------------------------------------------------------------
@@ -866,7 +871,6 @@ class ControlService:
                     DEFAULT_MAX_PENDING,
                 )
         except TooManyChallenges:
-            self._rate_limited += 1
             raise RateLimited(5, "too many enrollments in progress") from None
         return EnrollChallenge(b64encode(effect.challenge_id), effect.expires_at)
 
@@ -1149,7 +1153,6 @@ class ControlService:
         try:
             subscription = self.waiters.subscribe(node.id)
         except TooManyWaiters:
-            self._rate_limited += 1
             raise RateLimited(5, "too many peer-map requests are waiting") from None
         with subscription:
             while True:
@@ -1578,8 +1581,6 @@ class ControlService:
             policy_version=0 if self._net is None else self._net.version,
             active_waiters=self.waiters.active,
             enrollments=self._enrollments,
-            rate_limited=self._rate_limited + self._guard.rate_limited,
-            auth_failures=self._guard.failures,
             pending_enrollments=self._pending_enrollments,
         )
 

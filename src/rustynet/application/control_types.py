@@ -309,6 +309,4 @@ class ControlStats:
     policy_version: int
     active_waiters: int
     enrollments: int
-    rate_limited: int
-    auth_failures: int
     pending_enrollments: int
