@@ -33,8 +33,6 @@ from tests.integration.http_server import (
     running_api,
 )
 
-ADMIN = {"Authorization": "Bearer rnk_nobody_nothing"}
-
 
 @pytest_asyncio.fixture
 async def api(tmp_path: Path) -> AsyncIterator[LiveApi]:
@@ -71,15 +69,18 @@ def _assert_error(body: Any, code: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_oversized_body_is_refused_with_413(http: aiohttp.ClientSession) -> None:
-    """A body over the 64 KiB cap is refused by its Content-Length, before it is parsed."""
+async def test_oversized_body_is_refused_with_413(
+    api: LiveApi, http: aiohttp.ClientSession
+) -> None:
+    """A body over the 64 KiB cap is refused by its Content-Length, before it is read (an
+    authenticated request: without a valid key it is a 401, preauth.py)."""
     big = json.dumps({"tags": ["x" * (DEFAULT_BODY_LIMIT + 1)]})
     status, _, body = await _call(
         http,
         "POST",
         "/v1/admin/join-keys",
         data=big,
-        headers={**ADMIN, "Content-Type": "application/json"},
+        headers={**api.admin_headers(), "Content-Type": "application/json"},
     )
     assert status == 413
     _assert_error(body, "payload_too_large")
@@ -219,10 +220,13 @@ async def test_unknown_field_is_refused_with_its_path(http: aiohttp.ClientSessio
     ids=["str-bool", "int-bool", "str-int", "bool-int", "float-int", "str-list", "int-item"],
 )
 async def test_wrong_json_types_are_not_coerced(
-    http: aiohttp.ClientSession, payload: dict[str, Any], pointer: str
+    api: LiveApi, http: aiohttp.ClientSession, payload: dict[str, Any], pointer: str
 ) -> None:
     """`"false"` is not a boolean and `"3"` is not an integer: 400 at the field's pointer."""
-    status, _, body = await _call(http, "POST", "/v1/admin/join-keys", json=payload, headers=ADMIN)
+    headers = api.admin_headers()
+    status, _, body = await _call(
+        http, "POST", "/v1/admin/join-keys", json=payload, headers=headers
+    )
     assert status == 400
     _assert_error(body, "bad_request")
     assert body["pointer"] == pointer
