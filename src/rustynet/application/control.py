@@ -683,8 +683,7 @@ class ControlService:
             raise InvalidToken("token issued to another node")
 
     async def authenticate(self, auth: AdminAuth | NodeAuth) -> None:
-        """The admin/node credential check alone (401/429), run by the HTTP adapter before it
-        reads a body; success writes nothing, the use case checks again (charged once)."""
+        """The credential check alone, before a body is read; writes nothing on success."""
         if isinstance(auth, NodeAuth):
             await self._node(auth)
         else:
