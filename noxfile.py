@@ -1,7 +1,9 @@
 """Quality gates. Every session runs in the project environment that tools/setup.sh builds
 (`.venv`, installed from the hash-pinned lock), so gates run offline and identically in CI.
 
-    nox -s ci          every gate that runs offline: lint, typecheck, arch, tests
+    nox -s ci          every gate that runs offline: lint, typecheck, arch, tests, mutants
+    nox -s mutants     the mutation gate: every security mutation in tests/mutation/mutants.toml
+                       must be killed by the tests the threat model names (`-- --only ID`)
     nox -s audit       pip-audit + safety against requirements.lock, CycloneDX SBOM (network;
                        `nox -s audit -- --strict` fails when the advisory service is unreachable)
     nox -s demo        the main job (root): a control plane and three nodes in namespaces,
@@ -57,6 +59,12 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def mutants(session: nox.Session) -> None:
+    """The mutation gate (tools/mutants.py): each curated security mutation must be killed."""
+    session.run("python", "-m", "tools.mutants", *session.posargs)
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     """The main job: control plane + three nodes in namespaces (root); `-- --check` for CI."""
     session.run("python", "-m", "tools.demo", *session.posargs)
@@ -98,3 +106,4 @@ def ci(session: nox.Session) -> None:
     typecheck(session)
     arch(session)
     tests(session)
+    mutants(session)
