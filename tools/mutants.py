@@ -149,6 +149,7 @@ def run(mutants: Sequence[Mutant], jobs: int, mode: str, verbose: bool) -> list[
         runner.warm_up()
     with tempfile.TemporaryDirectory(prefix="rustynet-mutants-") as tmp:
         workdir = Path(tmp)
+        runner.use_bytecode_cache(workdir / "pycache")
         slots = [runner.make_slot(workdir, i) for i in range(jobs)]
         slot_roots = [s.root for s in slots]
         tests = list(dict.fromkeys(t for m in runnable for t in m.tests))

@@ -16,8 +16,10 @@ the parent has imported pytest's plugins and the heavy third-party libraries onc
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
@@ -123,12 +125,23 @@ class Slot:
                     raise RuntimeError(f"{self.root / copied / rel} differs from {source}")
 
 
+def use_bytecode_cache(prefix: Path) -> None:
+    """Cache compiled modules (the copies, the tests, pytest's rewritten tests) under `prefix`
+    for this process and every child, even when the environment says PYTHONDONTWRITEBYTECODE:
+    without it every run compiles every module it imports. The checkout gets no __pycache__."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    sys.pycache_prefix = str(prefix)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.dont_write_bytecode = False
+
+
 def _write_source(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
     # A .pyc is reused when the source's size and mtime (whole seconds) match: a mutation of
     # the same size written within the same second would be ignored. Remove the cache entry.
-    for cached in (path.parent / "__pycache__").glob(f"{path.stem}.*.pyc"):
-        cached.unlink()
+    cached = Path(importlib.util.cache_from_source(str(path)))
+    cached.unlink(missing_ok=True)
 
 
 def make_slot(workdir: Path, index: int) -> Slot:
@@ -151,6 +164,10 @@ def warm_up() -> None:
     leaked = sorted(m for m in sys.modules if m.split(".")[0] in {"rustynet", "tests"})
     if leaked:
         raise RuntimeError(f"warm-up imported project modules: {leaked[:5]}")
+    # What is imported now is never collected: the forks' garbage collections (pytest runs
+    # several at the end of a session) skip it, and its pages stay shared with the parent.
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass
