@@ -414,18 +414,21 @@ async def test_read_only_key_may_read_but_not_write(
 async def test_unknown_and_wrong_api_keys_answer_identically(
     api: LiveApi, http: aiohttp.ClientSession
 ) -> None:
-    """An unknown key id and a known id with a wrong secret get byte-identical answers."""
+    """An unknown key id (well-formed, or not an id at all) and a known id with a wrong secret
+    get byte-identical answers."""
     real = api.admin_key
     prefix, _, secret = real.rpartition("_")
+    real_id = real.split("_")[1]
     wrong_secret = prefix + "_" + ("A" if secret[0] != "A" else "B") + secret[1:]
-    unknown_id = "rnk_" + "x" * len(real.split("_")[1]) + "_" + secret
+    unknown_id = "rnk_" + ("0" if real_id[0] != "0" else "1") + real_id[1:] + "_" + secret
+    malformed_id = "rnk_" + "x" * len(real_id) + "_" + secret
     answers = []
-    for key in (wrong_secret, unknown_id):
+    for key in (wrong_secret, unknown_id, malformed_id):
         async with http.get(
             "/v1/admin/nodes", headers={"Authorization": f"Bearer {key}"}
         ) as response:
             answers.append((response.status, await response.read()))
-    assert answers[0] == answers[1]
+    assert answers[0] == answers[1] == answers[2]
     assert answers[0][0] == 401
 
 

@@ -289,11 +289,13 @@ def test_redemption_carries_the_precondition_and_the_new_row() -> None:
 
 
 def test_stale_redemption_loses_the_race() -> None:
-    """Two redemptions planned from the same row: only the first precondition holds."""
-    cred = _one_time()
-    first, second = cred.redemption(NOW), cred.redemption(NOW)
-    stored = first.after
-    assert not second.precondition_holds(stored)
+    """Two redemptions planned from the same row: only the first precondition holds, for a
+    one-time token (its state changed) and a reusable one (only its use count changed)."""
+    for cred in (_one_time(), _reusable()):
+        first, second = cred.redemption(NOW), cred.redemption(NOW)
+        assert first.precondition_holds(cred)
+        stored = first.after
+        assert not second.precondition_holds(stored)
 
 
 def test_redemption_precondition_fails_after_revocation_or_expiry() -> None:

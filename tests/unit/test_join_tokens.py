@@ -69,6 +69,7 @@ def test_join_tokens_have_fresh_ids_and_secrets() -> None:
     assert a.secret_hash() != b.secret_hash()
     secret = a.export_secret()
     assert len(secret) == 32
+    assert bytes(secret) != bytes(b.export_secret())  # the hash alone differs by the id
 
 
 def test_secret_never_appears_in_repr_or_str() -> None:

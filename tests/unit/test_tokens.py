@@ -337,16 +337,17 @@ def test_v4_local_token_is_rejected() -> None:
     """A symmetric v4.local token is not accepted as a public token."""
     key = pyseto.Key.new(4, "local", b"k" * 32)
     token = bytes(pyseto.encode(key, json.dumps(_claims()).encode())).decode()
-    _rejected(token)
+    assert "v4.public" in _rejected(token).reason  # refused by the header, before any parsing
 
 
 def test_v3_and_v2_public_tokens_are_rejected() -> None:
     """Other PASETO versions are refused outright."""
     v2 = pyseto.Key.from_asymmetric_key_params(2, d=bytes(SIGNER.export_seed()))
     footer = json.dumps({"kid": str(SIGNER.public_key.fingerprint())}).encode()
-    _rejected(bytes(pyseto.encode(v2, json.dumps(_claims()).encode(), footer)).decode())
+    v2_token = bytes(pyseto.encode(v2, json.dumps(_claims()).encode(), footer)).decode()
     forged_v3 = _forge(_claims()).replace("v4.public.", "v3.public.", 1)
-    _rejected(forged_v3)
+    for token in (v2_token, forged_v3):
+        assert "v4.public" in _rejected(token).reason  # refused by the header, before parsing
 
 
 @pytest.mark.parametrize(
@@ -507,8 +508,20 @@ def test_issued_token_does_not_reveal_the_bound_identity() -> None:
     """The identity binding is an implicit assertion: signed but never transmitted."""
     token = _issue()
     assert NODE.to_text() not in token
-    payload = token.split(".")[2]
-    assert NODE.to_text().encode() not in base64.urlsafe_b64decode(payload + "==")
+    for part in token.split(".")[2:]:  # payload (with signature) and footer
+        decoded = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        assert NODE.to_text().encode() not in decoded
+        assert NODE.raw not in decoded
+
+
+@pytest.mark.parametrize("kind", list(TokenKind))
+def test_a_kind_claim_other_than_the_bound_kind_is_rejected(kind: TokenKind) -> None:
+    """The `kind` claim is checked on its own, not only through the binding: a token signed
+    and bound for `kind` whose claims name the other kind is refused for its kind claim."""
+    other = next(k for k in TokenKind if k is not kind)
+    claims = _claims(kind, kind=other.value, scope=other.scope)
+    token = _forge(claims, implicit=_implicit_assertion(kind, NODE))
+    assert "kind" in _rejected(token, kind).reason
 
 
 def test_forged_relay_token_with_valid_claims_is_accepted() -> None:
