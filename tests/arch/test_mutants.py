@@ -52,8 +52,6 @@ PAGES_PENDING: frozenset[str] = frozenset(
         "crypto-policy.md",
         "key-model.md",
         "assurance-plan.md",
-        "auth-controls.md",
-        "token-model.md",
     }
 )
 
