@@ -417,11 +417,10 @@ async def test_unknown_and_wrong_api_keys_answer_identically(
     """An unknown key id (well-formed, or not an id at all) and a known id with a wrong secret
     get byte-identical answers."""
     real = api.admin_key
-    prefix, _, secret = real.rpartition("_")
-    real_id = real.split("_")[1]
-    wrong_secret = prefix + "_" + ("A" if secret[0] != "A" else "B") + secret[1:]
-    unknown_id = "rnk_" + ("0" if real_id[0] != "0" else "1") + real_id[1:] + "_" + secret
-    malformed_id = "rnk_" + "x" * len(real_id) + "_" + secret
+    kind, real_id, secret = real.split("_", 2)  # the secret is base64url: it may hold "_"
+    wrong_secret = f"{kind}_{real_id}_{'A' if secret[0] != 'A' else 'B'}{secret[1:]}"
+    unknown_id = f"{kind}_{'0' if real_id[0] != '0' else '1'}{real_id[1:]}_{secret}"
+    malformed_id = f"{kind}_{'x' * len(real_id)}_{secret}"
     answers = []
     for key in (wrong_secret, unknown_id, malformed_id):
         async with http.get(
