@@ -8,6 +8,9 @@ The one rule: this module parses and formats; `init` and `serve` are composed in
     rustynet-control serve --data-dir DIR [--database URL] [--log-level LEVEL]
     rustynet-control show  --data-dir DIR [--json]
 
+Every command also takes `--crypto-policy-override FILE` (`rustynet.adapters.cli.crypto_option`):
+the crypto policy is checked with it before anything else, and a refusal exits 1.
+
 `show` prints what other components must be told about this control plane: its URL, the TLS
 SPKI pin, the root key fingerprint (`rnfp_...`, what `rustynet-relay init --root-fingerprint`
 needs and every join token carries) and the relays of control.toml. It reads the key store
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Literal, Protocol, TextIO
 
 import attrs
+from rustynet.adapters.cli.crypto_option import add_crypto_policy_option
 
 from rustynet.domain.errors import RustynetError
 
@@ -51,6 +55,7 @@ class InitRequest:
     listen: str | None
     database: str | None = attrs.field(default=None, repr=False)  # may hold a password
     keystore: InitKeystore = "auto"
+    crypto_policy_override: Path | None = None
 
 
 @attrs.frozen
@@ -76,6 +81,7 @@ class ServeRequest:
     database: str | None = attrs.field(default=None, repr=False)
     log_level: str = "info"
     log_json: bool = True
+    crypto_policy_override: Path | None = None
 
 
 @attrs.frozen
@@ -83,6 +89,7 @@ class ShowRequest:
     """`rustynet-control show`."""
 
     data_dir: Path
+    crypto_policy_override: Path | None = None
 
 
 @attrs.frozen
@@ -148,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: the OS key store when a real backend exists, else encrypted files",
     )
+    add_crypto_policy_option(init)
     init.set_defaults(run=_run_init)
     serve = sub.add_parser("serve", help="run the control plane until SIGTERM")
     serve.add_argument("--data-dir", type=Path, required=True, metavar="DIR")
@@ -156,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-format", choices=("json", "console"), default="json", help="log line format"
     )
+    add_crypto_policy_option(serve)
     serve.set_defaults(run=_run_serve)
     show = sub.add_parser(
         "show",
@@ -165,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--data-dir", type=Path, required=True, metavar="DIR")
     show.add_argument("--json", action="store_true", help="print JSON")
+    add_crypto_policy_option(show)
     show.set_defaults(run=_run_show)
     return parser
 
@@ -189,7 +199,9 @@ def render_show(report: ShowReport) -> str:
 
 
 def _run_show(commands: ControlCommands, ns: argparse.Namespace, out: TextIO) -> int:
-    report = commands.show(ShowRequest(data_dir=ns.data_dir))
+    report = commands.show(
+        ShowRequest(data_dir=ns.data_dir, crypto_policy_override=ns.crypto_policy_override)
+    )
     if ns.json:
         out.write(json.dumps(report.to_json(), indent=2) + "\n")
     else:
@@ -220,6 +232,7 @@ def _run_init(commands: ControlCommands, ns: argparse.Namespace, out: TextIO) ->
             listen=ns.listen,
             database=ns.database,
             keystore=ns.keystore,
+            crypto_policy_override=ns.crypto_policy_override,
         )
     )
     out.write(render_init(report))
@@ -233,6 +246,7 @@ def _run_serve(commands: ControlCommands, ns: argparse.Namespace, _out: TextIO) 
             database=ns.database,
             log_level=ns.log_level,
             log_json=ns.log_format == "json",
+            crypto_policy_override=ns.crypto_policy_override,
         )
     )
 

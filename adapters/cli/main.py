@@ -25,6 +25,7 @@ from typing import Protocol, TextIO
 import attrs
 from rustynet.adapters.cli import admin as admin_cli
 from rustynet.adapters.cli import node as node_cli
+from rustynet.adapters.cli.crypto_option import add_crypto_policy_option
 
 from rustynet.application.doctor import CheckResult, DoctorReport
 from rustynet.domain.errors import RustynetError
@@ -57,6 +58,7 @@ class DoctorRequest:
 
     keystore: KeystoreOptions
     json_output: bool
+    crypto_policy_override: Path | None = None
 
 
 class Commands(Protocol):
@@ -138,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "failed, 2: usage error.",
     )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_crypto_policy_option(doctor)
     doctor.set_defaults(run=_run_doctor)
     # Listed for --help only: main() hands `admin ...` to its own parser (other exit codes).
     sub.add_parser(
@@ -149,7 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_doctor(commands: Commands, ns: argparse.Namespace, out: TextIO) -> ExitCode:
-    report = commands.doctor(DoctorRequest(_keystore_options(ns), json_output=ns.json))
+    report = commands.doctor(
+        DoctorRequest(
+            _keystore_options(ns),
+            json_output=ns.json,
+            crypto_policy_override=ns.crypto_policy_override,
+        )
+    )
     if ns.json:
         out.write(json.dumps(report_to_json(report), indent=2, sort_keys=False) + "\n")
     else:

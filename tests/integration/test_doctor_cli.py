@@ -124,6 +124,34 @@ def test_doctor_passes_on_a_good_setup(state: State) -> None:
     assert passphrase["details"]["kind"] == "credential"
 
 
+def test_doctor_fails_when_the_crypto_policy_denies_an_algorithm_in_use(
+    state: State, tmp_path: Path
+) -> None:
+    """An override denying Ed25519 (which every program signs and verifies with): the
+    crypto-policy check fails naming both uses, the report is not ok, exit 1; the other checks
+    still run. The same setup without the override passes (the only difference)."""
+    override = tmp_path / "crypto-policy-override.toml"
+    override.write_text('version = 1\n[[deny]]\nname = "Ed25519"\nreason = "site rule"\n')
+    override.chmod(0o600)
+    args = ("--json", "--state-dir", str(state.state))
+    assert _doctor(*args, env_extra=state.env()).code == 0
+    run = _doctor(*args, "--crypto-policy-override", str(override), env_extra=state.env())
+    assert run.code == 1, run.stdout + run.stderr
+    assert run.report()["ok"] is False
+    check = run.check("crypto-policy")
+    assert check["status"] == "fail"
+    assert check["summary"] == "the crypto policy refuses start-up"
+    problems = "\n".join(check["problems"])
+    assert str(override) in problems  # the override was read and is named as a source
+    assert "Ed25519 is denied (site rule); sign refused" in problems
+    assert "Ed25519 is denied (site rule); verify refused" in problems
+    assert run.check("keystore-permissions")["status"] == "pass"
+    human = _doctor(*args[1:], "--crypto-policy-override", str(override), env_extra=state.env())
+    assert human.code == 1
+    assert "[FAIL] crypto-policy: the crypto policy refuses start-up" in human.stdout
+    assert "some checks FAILED" in human.stdout
+
+
 def test_doctor_fails_on_a_world_readable_key_file(state: State) -> None:
     """A 0644 key file: exit 1, the report names the file and both modes; mode unchanged."""
     key_file = state.keys / "node-identity"

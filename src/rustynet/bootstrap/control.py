@@ -202,7 +202,7 @@ def init_control(request: control_cli.InitRequest) -> control_cli.InitReport:
     """`rustynet-control init`: everything a first start needs, or nothing and an error."""
     clock, entropy = SystemClock(), OsEntropy()
     now = clock.now()
-    load_crypto_policy(now)
+    load_crypto_policy(now, request.crypto_policy_override)
     os.umask(0o077)  # the database, its WAL and every directory: private to this user
     data_dir = Path(request.data_dir).absolute()
     try:
@@ -366,7 +366,7 @@ async def _serve(data_dir: Path, prepared: _Prepared, ready: Sequence[str]) -> N
 
 def serve_control(request: control_cli.ServeRequest) -> int:
     """`rustynet-control serve`: run until SIGTERM/SIGINT, then stop cleanly (exit 0)."""
-    load_crypto_policy(SystemClock().now())
+    load_crypto_policy(SystemClock().now(), request.crypto_policy_override)
     os.umask(0o077)
     configure_logging(request.log_level, json=request.log_json)
     data_dir = Path(request.data_dir).absolute()
@@ -387,7 +387,7 @@ def serve_control(request: control_cli.ServeRequest) -> int:
 def show_control(request: control_cli.ShowRequest) -> control_cli.ShowReport:
     """`rustynet-control show`: public facts, read like `serve` reads them (keys wiped)."""
     clock = SystemClock()
-    load_crypto_policy(clock.now())
+    load_crypto_policy(clock.now(), request.crypto_policy_override)
     data_dir = Path(request.data_dir).absolute()
     config = load_control_config(data_dir / CONTROL_TOML)
     keystore = _open_serve_keystore(data_dir, config)

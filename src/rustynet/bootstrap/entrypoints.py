@@ -6,6 +6,7 @@ only when that command runs (so `rustynet doctor` never imports the network stac
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -36,7 +37,9 @@ class _Commands:
         choice = choose_keystore(settings, environ=os.environ, interactive=sys.stdin.isatty())
         return run_doctor(
             now=SystemClock().now(),
-            load_crypto_policy=load_crypto_policy,
+            load_crypto_policy=functools.partial(
+                load_crypto_policy, override_path=request.crypto_policy_override
+            ),
             keystore=choice,
         )
 

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from rustynet.adapters.cli.crypto_option import add_crypto_policy_option
 from rustynet.adapters.clock import SystemClock
 from rustynet.adapters.config import NodeConfig, load_node_config
 from rustynet.bootstrap.crypto_policy import load_crypto_policy
@@ -47,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", type=Path, metavar="FILE", help="rustynetd.toml (default: built-in defaults)"
     )
+    add_crypto_policy_option(parser)
     return parser
 
 
@@ -81,7 +83,7 @@ def rustynetd_main(argv: Sequence[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     try:
         config = load_node_config(ns.config)
-        load_crypto_policy(SystemClock().now())
+        load_crypto_policy(SystemClock().now(), ns.crypto_policy_override)
     except RustynetError as exc:
         sys.stderr.write(f"rustynetd: {exc}\n")
         return 1

@@ -9,6 +9,9 @@ it trusts relay tokens only through the control root fingerprint in its config.
                          [--id ID] [--listen ADDR:PORT]
     rustynet-relay serve --config FILE [--log-level LEVEL] [--log-format json|console]
 
+Both take `--crypto-policy-override FILE` (`rustynet.adapters.cli.crypto_option`), checked
+with the shipped crypto policy before anything else.
+
 `init` prints the `[[relays]]` block for control.toml (id, url, `tls_spki_sha256` pin). The
 root fingerprint is the `rnfp_...` every join token carries (and each node's state file).
 Exit codes: 0 ok (serve: stopped by SIGTERM/SIGINT), 1 failed, 2 usage.
@@ -29,6 +32,7 @@ from urllib.parse import urlsplit
 
 import uvloop
 
+from rustynet.adapters.cli.crypto_option import add_crypto_policy_option
 from rustynet.adapters.clock import SystemClock
 from rustynet.adapters.entropy import OsEntropy
 from rustynet.adapters.http_api.connection_guard import ConnectionGuard
@@ -77,7 +81,7 @@ def init_relay(args: argparse.Namespace) -> str:
     """`rustynet-relay init`: config + TLS key/cert; returns the text for the operator."""
     clock, entropy = SystemClock(), OsEntropy()
     now = clock.now()
-    load_crypto_policy(now)
+    load_crypto_policy(now, args.crypto_policy_override)
     os.umask(0o077)
     config_path = Path(args.config).absolute()
     base = config_path.parent
@@ -159,7 +163,7 @@ async def _serve(config: RelayConfig) -> None:
 
 def serve_relay(args: argparse.Namespace) -> int:
     """`rustynet-relay serve`: run until SIGTERM/SIGINT, then stop cleanly (exit 0)."""
-    load_crypto_policy(SystemClock().now())
+    load_crypto_policy(SystemClock().now(), args.crypto_policy_override)
     os.umask(0o077)
     configure_logging(args.log_level, json=args.log_format == "json")
     config = load_relay_config(Path(args.config))
@@ -183,10 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--root-fingerprint", required=True, help="control root key, rnfp_...")
     init.add_argument("--id", help="relay id, [a-z0-9-]{1,64} (default: relay-<random>)")
     init.add_argument("--listen", metavar="ADDR:PORT", help="bind address (default 0.0.0.0:PORT)")
+    add_crypto_policy_option(init)
     serve = sub.add_parser("serve", help="run the relay until SIGTERM")
     serve.add_argument("--config", type=Path, required=True, metavar="FILE")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
     serve.add_argument("--log-format", choices=("json", "console"), default="json")
+    add_crypto_policy_option(serve)
     return parser
 
 
