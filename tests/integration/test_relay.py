@@ -437,6 +437,12 @@ def _other_hierarchy_auth(node: Node, h: Hierarchy) -> RelayAuth:
     return node.auth(other, other.token(node))
 
 
+def _rogue_signing_certificate_auth(node: Node, h: Hierarchy) -> RelayAuth:
+    """The pinned root, but a signing certificate (and token) from another root."""
+    other = Hierarchy.make()
+    return node.auth(h, other.token(node), signing_certificates=(other.signing_certificate,))
+
+
 REJECTIONS: dict[str, Callable[[Node, Hierarchy], RelayAuth]] = {
     "garbage token": lambda n, h: n.auth(h, "v4.public.garbage"),
     "expired token": lambda n, h: n.auth(
@@ -457,6 +463,7 @@ REJECTIONS: dict[str, Callable[[Node, Hierarchy], RelayAuth]] = {
         h, h.token(n), sign=lambda m: n.identity.sign(Purpose.TOKEN_RENEWAL, m)
     ),
     "root certificate of another control plane": _other_hierarchy_auth,
+    "signing certificate issued by another root": _rogue_signing_certificate_auth,
     "signing certificate missing": lambda n, h: n.auth(
         h, h.token(n), signing_certificates=(h.root_certificate,)
     ),

@@ -151,6 +151,31 @@ def test_a_different_root_is_refused() -> None:
         PeerMapAcceptor(trust(), "node_a").accept(text, NOW)
 
 
+def test_signing_certificate_from_another_root_in_the_trust_is_refused_by_the_chain() -> None:
+    """The rogue certificate IS in the node's trust (so the lookup by key id succeeds and the
+    signature over the map is valid): only the chain check to the pinned root refuses it."""
+    entropy = CountingEntropy()
+    entropy.token_bytes(1)  # another control plane: another root, another signing key
+    other, _ = create_control_keys(entropy, NOW)
+    rogue_cert = other.signing_certificate_texts()[0]
+    poisoned = PeerMapTrust.from_texts(
+        KEYS.root_certificate_text,
+        KEYS.root.key_id,
+        (*KEYS.signing_certificate_texts(), rogue_cert),
+        NOW,
+    )
+    rogue_map = seal_peer_map(other.signing, make_map(), NOW)
+    rogue = poisoned.certificate_for(rogue_map.key_id)
+    assert rogue.issuer == other.root.key_id != KEYS.root.key_id
+    assert Purpose.PEER_MAP in rogue.scope  # only the chain is wrong
+    acceptor = PeerMapAcceptor(poisoned, "node_a")
+    with pytest.raises(PeerMapSignatureError, match="not issued by the trusted root"):
+        acceptor.accept(rogue_map.to_text(), NOW)
+    assert acceptor.watermark == 0
+    # Positive control: the same trust accepts the same map signed by the pinned root's key.
+    assert acceptor.accept(sealed(make_map()), NOW).serial == 3
+
+
 def test_payload_with_an_extra_field_is_malformed() -> None:
     """The payload parser is strict: an unknown field is refused."""
     payload = dict(make_map().to_payload())
