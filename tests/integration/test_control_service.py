@@ -133,9 +133,9 @@ class Node:
 
 
 async def start_enroll(
-    w: World, join_text: str, hostname: str, ip: str
+    w: World, join_text: str, hostname: str, ip: str, identity: SigningKey | None = None
 ) -> tuple[EnrollmentClient, SigningKey, str, str]:
-    identity = SigningKey.generate(w.entropy)
+    identity = identity if identity is not None else SigningKey.generate(w.entropy)
     tunnel = TunnelPrivateKey.generate(w.entropy, TunnelKeyScheme.X25519).public_key
     binding = issue_tunnel_key_binding(identity, tunnel, w.clock.now())
     token = JoinToken.parse(join_text)
