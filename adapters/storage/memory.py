@@ -22,7 +22,7 @@ from typing import Self
 import attrs
 
 from rustynet.domain.audit import AuditEntry, Checkpoint
-from rustynet.domain.credentials import Credential, CredentialId, CredentialState
+from rustynet.domain.credentials import Credential, CredentialId, CredentialState, Redemption
 from rustynet.domain.errors import LocalProtocolError
 from rustynet.domain.ipam import AddressPlan, AddressPoolExhausted
 from rustynet.domain.keys import TunnelKey, VerifyKey
@@ -207,10 +207,16 @@ class _Credentials:
         if current is None:
             raise UnknownCredential("credential is unknown")
         redemption = current.redemption(now)
-        if not redemption.precondition_holds(current):  # pragma: no cover - serialized UoWs
+        if not await self.apply_redemption(redemption):  # pragma: no cover - serialized UoWs
             raise _spoil(self._s, StoreConflict("credential changed under redemption"))
-        self._s.credentials[credential_id] = redemption.after
         return redemption.after
+
+    async def apply_redemption(self, redemption: Redemption) -> bool:
+        stored = self._s.credentials.get(redemption.credential_id)
+        if stored is None or not redemption.precondition_holds(stored):
+            return False  # planned on a read that no longer holds: write nothing
+        self._s.credentials[redemption.credential_id] = redemption.after
+        return True
 
     async def revoke(self, credential_id: CredentialId, now: datetime) -> Credential:
         current = self._s.credentials.get(credential_id)

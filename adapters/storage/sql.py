@@ -25,7 +25,7 @@ from typing import Any, Final, Protocol
 import attrs
 
 from rustynet.domain.audit import AuditEntry, Checkpoint
-from rustynet.domain.credentials import Credential, CredentialId, CredentialState
+from rustynet.domain.credentials import Credential, CredentialId, CredentialState, Redemption
 from rustynet.domain.errors import LocalProtocolError
 from rustynet.domain.ipam import AddressPlan, AddressPoolExhausted
 from rustynet.domain.keys import TunnelKey, VerifyKey
@@ -533,29 +533,33 @@ class SqlCredentials:
             if current is None:
                 raise UnknownCredential("credential is unknown")
             redemption = current.redemption(now)  # raises the specific rejection
-            after = redemption.after
-            won = await _count(
-                self._ex,
-                self._d.sql(
-                    "UPDATE credentials SET state = :state, uses = :uses,"
-                    " last_used_at = :now, ended_at = :ended"
-                    " WHERE id = :id AND state = :expected_state"
-                    " AND uses = :expected_uses AND expires_at > :now"
-                ),
-                {
-                    "state": after.state.value,
-                    "uses": after.uses,
-                    "now": to_micros(now),
-                    "ended": _opt_micros(after.ended_at),
-                    "id": credential_id.to_text(),
-                    "expected_state": redemption.expected_state.value,
-                    "expected_uses": redemption.expected_uses,
-                },
-            )
-            if won == 1:
-                return after
+            if await self.apply_redemption(redemption):
+                return redemption.after
             # Another redemption (or a revocation) committed first: re-read and decide again.
         raise spoil(self._ex, StoreConflict("credential kept changing under redemption"))
+
+    async def apply_redemption(self, redemption: Redemption) -> bool:
+        """See `CredentialRepository.apply_redemption`: the conditional UPDATE's row count."""
+        after = redemption.after
+        won = await _count(
+            self._ex,
+            self._d.sql(
+                "UPDATE credentials SET state = :state, uses = :uses,"
+                " last_used_at = :now, ended_at = :ended"
+                " WHERE id = :id AND state = :expected_state"
+                " AND uses = :expected_uses AND expires_at > :now"
+            ),
+            {
+                "state": after.state.value,
+                "uses": after.uses,
+                "now": to_micros(redemption.now),
+                "ended": _opt_micros(after.ended_at),
+                "id": redemption.credential_id.to_text(),
+                "expected_state": redemption.expected_state.value,
+                "expected_uses": redemption.expected_uses,
+            },
+        )
+        return won == 1
 
     async def revoke(self, credential_id: CredentialId, now: datetime) -> Credential:
         """See `CredentialRepository.revoke`."""

@@ -49,7 +49,7 @@ from typing import Final, Protocol, Self
 import attrs
 
 from rustynet.domain.audit import AuditEntry, Checkpoint
-from rustynet.domain.credentials import Credential, CredentialId, CredentialRejected
+from rustynet.domain.credentials import Credential, CredentialId, CredentialRejected, Redemption
 from rustynet.domain.errors import LocalProtocolError, RustynetError
 from rustynet.domain.keys import TunnelKey, VerifyKey
 from rustynet.domain.limits import BucketOutcome, BucketPolicy, FailureRecord, LimitPolicy
@@ -357,12 +357,22 @@ class CredentialRepository(Protocol):
         ...
 
     async def redeem(self, credential_id: CredentialId, now: datetime) -> Credential:
-        """Spend one use at `now` with ONE atomic conditional UPDATE (`Credential.redemption`)
-        whose row count decides; return the credential after the redemption. Raises
+        """Spend one use at `now`: read, plan (`Credential.redemption`) and `apply_redemption`,
+        whose conditional write decides; return the credential after the redemption. Raises
         `UnknownCredential` or the foundation's `CredentialRejected` subclass (used, exhausted,
         expired, revoked) and changes nothing. Losing a race on a reusable credential that
         still has uses re-reads and tries again, so N concurrent redemptions of a credential
         with k uses left yield exactly min(N, k) successes."""
+        ...
+
+    async def apply_redemption(self, redemption: Redemption) -> bool:
+        """The compare-and-set under `redeem`: write `redemption.after` only if the stored
+        credential still has the state and use count the redemption was planned on and is
+        unexpired at its `now`; True if it was written, False (nothing written) when the
+        credential changed since it was read or is gone. Every adapter decides this in the
+        write itself (SQL: the UPDATE's WHERE clause and its row count), never from an earlier
+        read, so a redemption planned on a stale read is refused however the units of work
+        interleave."""
         ...
 
     async def revoke(self, credential_id: CredentialId, now: datetime) -> Credential:
