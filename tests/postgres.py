@@ -5,7 +5,10 @@
 initdb), data directory in a private temp dir, listening on a unix socket in that dir only
 (no TCP). At session end it stops exactly the postmaster it started (`pg_ctl stop` on its own
 data directory, then SIGKILL of that PID if it lingers) and removes the directory. Without the
-binaries every PostgreSQL test is skipped with the reason. `tools/setup.sh` installs them.
+binaries every PostgreSQL test is skipped with the reason — except in CI (`CI=true`, exported
+by `.ci/run`), where a PostgreSQL that cannot be started is an error: the store contract and
+the redemption race must not pass there by not running. `tools/setup.sh` installs them; a
+cluster that fails to start is an error everywhere.
 
 `postgres_dsn` (function): a fresh database per test (CREATE DATABASE ... / DROP ... FORCE).
 """
@@ -21,7 +24,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn
 
 import attrs
 import psycopg
@@ -105,13 +108,30 @@ def stop_cluster(cluster: PostgresCluster) -> None:
     shutil.rmtree(cluster.root, ignore_errors=True)
 
 
+def required() -> bool:
+    """True in CI (`CI` is `true`/`1`/`yes`): PostgreSQL must run, never be skipped."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the PostgreSQL tests with `reason`; in CI fail them instead."""
+    if required():
+        pytest.fail(f"{reason}; CI requires PostgreSQL (CI={os.environ['CI']})", pytrace=False)
+    pytest.skip(reason)
+
+
+def check_prerequisites() -> None:
+    """Skip (in CI: fail) unless this machine can run a cluster."""
+    if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
+        unavailable(f"PostgreSQL 15 binaries not found in {PG_BIN} (tools/setup.sh installs them)")
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        unavailable("running as root but runuser is missing (initdb refuses to run as root)")
+
+
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[PostgresCluster]:
     """One throwaway PostgreSQL 15 cluster for the whole test session."""
-    if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
-        pytest.skip(f"PostgreSQL 15 binaries not found in {PG_BIN} (tools/setup.sh installs them)")
-    if os.geteuid() == 0 and shutil.which("runuser") is None:
-        pytest.skip("running as root but runuser is missing (initdb refuses to run as root)")
+    check_prerequisites()
     cluster = start_cluster()
     try:
         yield cluster
