@@ -15,9 +15,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from rustynet.adapters.storage.sqlite import SqliteStore
 
+from rustynet.application.control import ControlService
 from rustynet.application.control_types import (
     CreateJoinKeyRequest,
     EnrollCompleteRequest,
@@ -33,6 +36,7 @@ from tests.integration.test_control_service import (
     Node,
     World,
     enroll,
+    make_world,
     start_enroll,
     world,
 )
@@ -237,3 +241,28 @@ async def test_node_credential_is_disabled_after_100_failures_spread_over_100_ad
         world.clock.advance(DEFAULTS.backoff_max + timedelta(seconds=1))
         with pytest.raises(RateLimited):
             await renew(world, node, next(source))
+
+
+@pytest.mark.asyncio
+async def test_a_join_keys_backoff_survives_a_restart_of_the_control_plane(tmp_path: Path) -> None:
+    """The limiter state that refuses is the store's, not the process's: after five failures
+    the control plane restarts on the same SQLite file and the right secret is still 429."""
+    store = SqliteStore(tmp_path / "control.db")
+    w = await make_world(store)
+    created = await w.service.create_join_key(w.admin, CreateJoinKeyRequest())
+    bad = wrong_secret(created.token, w)
+    source = addresses()
+    for _ in range(DEFAULTS.backoff_after_failures):
+        with pytest.raises(Unauthorized):
+            await start_enroll(w, bad, "guess", next(source))
+    await w.service.close()
+    await store.close()
+    reopened = SqliteStore(tmp_path / "control.db")
+    await reopened.open()
+    try:
+        w.service = ControlService(reopened, w.keys, w.clock, w.entropy, w.service.settings)
+        with pytest.raises(RateLimited) as caught:
+            await start_enroll(w, created.token, "genuine", next(source))
+        assert caught.value.retry_after == 30
+    finally:
+        await reopened.close()

@@ -55,7 +55,7 @@ TUNNEL_KEY_DEFAULT_LIFETIME: Final = timedelta(days=180)
 TUNNEL_KEY_MIN_LIFETIME: Final = timedelta(days=1)
 TUNNEL_KEY_MAX_LIFETIME: Final = timedelta(days=180)
 # A binding is checked by the control plane and by peers whose clocks may run behind the node
-# that made it; the same ±90 s the replay window allows.
+# that made it: ±90 s of clock leeway.
 BINDING_CLOCK_LEEWAY: Final = timedelta(seconds=90)
 _T = TypeVar("_T")
 _MAX_TIMESTAMP: Final = 253_402_300_799  # 9999-12-31T23:59:59Z

@@ -468,7 +468,7 @@ class AuditRepository(Protocol):
 
 
 class NonceRepository(Protocol):
-    """Persisted replay-guard nonces (`replay.admit` makes the record)."""
+    """Persisted single-use nonces (`domain.replay.NonceRecord`): the live replay control."""
 
     async def insert(self, record: NonceRecord, now: datetime, capacity: int) -> None:
         """Remember `record.nonce` until `record.expires_at` in one atomic step: refuse with
