@@ -214,7 +214,7 @@ class _Credentials:
     async def apply_redemption(self, redemption: Redemption) -> bool:
         stored = self._s.credentials.get(redemption.credential_id)
         if stored is None or not redemption.precondition_holds(stored):
-            return False  # planned on a read that no longer holds: write nothing
+            return False  # computed from a read that no longer holds: write nothing
         self._s.credentials[redemption.credential_id] = redemption.after
         return True
 

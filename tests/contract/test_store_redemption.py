@@ -4,7 +4,7 @@ The concurrency test (`tests/integration/test_store_concurrency.py`) races 50 en
 only PostgreSQL lets two units of work overlap: SQLite (`BEGIN IMMEDIATE`) and the memory store
 (one lock) serialise whole units, so there a redemption without its condition would still pass
 the race. Here the interleaving is written out — both redemptions read the credential, then
-both write — so each write must itself check that what it was planned on still holds
+both write — so each write must itself check that what it was computed from still holds
 (`CredentialRepository.apply_redemption`: SQL's conditional UPDATE, the memory store's
 precondition check). Drop that condition on any adapter and these tests fail on it.
 """
@@ -80,7 +80,7 @@ async def test_two_redemptions_of_a_reusable_key_from_one_read_spend_two_uses_no
 
 
 @pytest.mark.asyncio
-async def test_a_redemption_planned_before_a_revocation_is_refused(store: Store) -> None:
+async def test_a_redemption_read_before_a_revocation_is_refused(store: Store) -> None:
     """Read live, revoked by an admin before the write: the redemption is refused and the key
     stays revoked (the use count alone would not notice: a revocation spends no use)."""
     cred = make_credential(1)
@@ -94,7 +94,7 @@ async def test_a_redemption_planned_before_a_revocation_is_refused(store: Store)
 
 @pytest.mark.asyncio
 async def test_a_redemption_of_an_unknown_key_writes_nothing(store: Store) -> None:
-    """A planned redemption whose credential is gone is refused, not inserted."""
+    """A redemption whose credential is gone is refused, not inserted."""
     cred = make_credential(1)
     redemption = cred.redemption(NOW + timedelta(seconds=1))
     assert await apply(store, redemption) is False

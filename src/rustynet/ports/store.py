@@ -367,11 +367,11 @@ class CredentialRepository(Protocol):
 
     async def apply_redemption(self, redemption: Redemption) -> bool:
         """The compare-and-set under `redeem`: write `redemption.after` only if the stored
-        credential still has the state and use count the redemption was planned on and is
+        credential still has the state and use count the redemption was computed from and is
         unexpired at its `now`; True if it was written, False (nothing written) when the
         credential changed since it was read or is gone. Every adapter decides this in the
         write itself (SQL: the UPDATE's WHERE clause and its row count), never from an earlier
-        read, so a redemption planned on a stale read is refused however the units of work
+        read, so a redemption computed from a stale read is refused however the units of work
         interleave."""
         ...
 
