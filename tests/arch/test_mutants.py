@@ -50,7 +50,6 @@ PAGES_PENDING: frozenset[str] = frozenset(
         "secrets-handling.md",
         "key-custody.md",
         "crypto-policy.md",
-        "key-model.md",
         "assurance-plan.md",
     }
 )

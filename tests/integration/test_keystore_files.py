@@ -209,6 +209,26 @@ def test_every_flipped_header_byte_is_refused(setup: Setup) -> None:
     assert setup.store.get(NAME) == bytearray(SECRET)
 
 
+def test_a_key_file_relabelled_as_another_key_is_refused(setup: Setup) -> None:
+    """Key substitution: NAME's file copied under another name of the same length, its header
+    name rewritten to match, passes every field check; the header is AEAD associated data, so
+    it is refused, and the other key's own value still reads back."""
+    other = "node-identitx"
+    assert len(other) == len(NAME)
+    setup.store.put(other, b"\x22" * 32)
+    data = setup.key_file.read_bytes()
+    start = FIXED_HEADER_SIZE
+    assert data[start : start + len(NAME)] == NAME.encode("ascii")
+    relabelled = data[:start] + other.encode("ascii") + data[start + len(NAME) :]
+    target = setup.keys / other
+    target.write_bytes(relabelled)
+    with pytest.raises(KeystoreIntegrityError, match="authentication failed"):
+        setup.store.get(other)
+    target.unlink()
+    setup.store.put(other, b"\x22" * 32)
+    assert setup.store.get(other) == bytearray(b"\x22" * 32)
+
+
 @pytest.mark.parametrize("where", ["ciphertext", "tag"])
 def test_tampered_ciphertext_is_refused(setup: Setup, where: str) -> None:
     """A flipped ciphertext or tag byte fails authentication; the file stays as planted."""

@@ -186,6 +186,24 @@ def test_claimed_key_id_is_bound_by_the_signature() -> None:
         claimed.open(OTHER.public_key, Purpose.PEER_MAP)
 
 
+def test_a_signature_that_does_not_cover_the_key_id_is_refused() -> None:
+    """The right key's signature over the tagged payload alone (no signer frame, as a protocol
+    that signs only the payload would make it) does not open: the key id is signed too."""
+    key_id = KEY.public_key.fingerprint()
+    payload = canonical_json(PAYLOAD)
+    signature = KEY.sign(Purpose.PEER_MAP, b"rnenv1\x00" + payload)
+    unbound = SignedEnvelope(Purpose.PEER_MAP, key_id, payload, signature)
+    with pytest.raises(InvalidSignature):
+        unbound.open(KEY.public_key, Purpose.PEER_MAP)
+    bound = KEY.sign(Purpose.PEER_MAP, SignedEnvelope.signed_message(key_id, payload))
+    assert (
+        SignedEnvelope(Purpose.PEER_MAP, key_id, payload, bound).open(
+            KEY.public_key, Purpose.PEER_MAP
+        )
+        == PAYLOAD
+    )
+
+
 def test_signed_but_non_canonical_payload_is_refused() -> None:
     """Even a genuine signature does not make a non-canonical payload readable."""
     payload = b'{"b":1, "a":2}'
