@@ -49,7 +49,6 @@ PAGES_PENDING: frozenset[str] = frozenset(
         "relay.md",
         "secrets-handling.md",
         "key-custody.md",
-        "crypto-policy.md",
         "assurance-plan.md",
     }
 )
