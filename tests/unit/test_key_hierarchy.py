@@ -524,6 +524,17 @@ def test_keyring_unknown_key_id_is_rejected() -> None:
         keyring.open(SignedEnvelope.seal(key(47), Purpose.PEER_MAP, {}), Purpose.PEER_MAP, T0)
 
 
+def test_keyring_refuses_a_certificate_another_root_issued() -> None:
+    """A certificate another root issued never enters the keyring, so nothing its key signs
+    can be opened; the keyring is unchanged."""
+    keyring = keyring_with(46)
+    with pytest.raises(RemoteProtocolError):
+        keyring.add(forged_certificate(key(71)), T0)
+    assert keyring.key_ids == (key(46).public_key.fingerprint(),)
+    with pytest.raises(UnknownSigner):
+        keyring.open(SignedEnvelope.seal(key(50), Purpose.PEER_MAP, {}), Purpose.PEER_MAP, T0)
+
+
 def test_keyring_snapshot_restores_order_retirement_and_private_keys() -> None:
     """A restart rebuilds the same keyring: newest still signs, retired still rejected."""
     state = RevocationState()

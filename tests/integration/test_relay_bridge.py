@@ -1,0 +1,117 @@
+"""The node's relay bridge moves datagrams unchanged, and only the tunnel's own (T53).
+
+The tunnel protocol authenticates and de-duplicates relayed packets end to end (the root e2e
+tests in tests/e2e/test_malicious_relay.py tamper and replay through a real relay). What
+Rustynet's own code must do is narrower and is proven here without root: every byte the tunnel
+hands the bridge reaches the relay session as sent, every byte the session delivers reaches the
+tunnel as sent and from the peer's own loopback endpoint, and a datagram from anything but the
+tunnel's socket is never forwarded. Real UDP sockets on loopback; the session is an in-memory
+stand-in for the WebSocket session (the relay itself is tested in test_relay.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+
+import pytest
+import pytest_asyncio
+from rustynet.adapters.relay.bridge import RelayBridge
+
+pytestmark = pytest.mark.asyncio
+
+PEER = "node_AAAAAAAAAAAAAAAA"
+
+
+class QueueSession:
+    """A relay session whose two directions are queues the test reads and fills."""
+
+    def __init__(self) -> None:
+        self.sent: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self.incoming: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+    @property
+    def expires_at(self) -> datetime:
+        return datetime.max.replace(tzinfo=UTC)
+
+    async def send(self, destination_node_id: str, packet: bytes) -> None:
+        await self.sent.put((destination_node_id, packet))
+
+    async def send_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        for item in items:
+            await self.sent.put(item)
+
+    async def receive(self) -> tuple[str, bytes]:
+        return await self.incoming.get()
+
+    async def renew(self, token: str) -> datetime:
+        return self.expires_at
+
+    async def close(self) -> None:
+        return None
+
+
+def _udp() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(2.0)
+    return sock
+
+
+@pytest_asyncio.fixture
+async def wired() -> AsyncIterator[tuple[RelayBridge, QueueSession, socket.socket]]:
+    tunnel = _udp()  # stands in for wireguard-go's UDP socket
+    bridge = RelayBridge(lambda: int(tunnel.getsockname()[1]))
+    bridge.allowed = lambda node_id: node_id == PEER
+    session = QueueSession()
+    task = asyncio.create_task(bridge.run(session))
+    try:
+        yield bridge, session, tunnel
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        bridge.close()
+        tunnel.close()
+
+
+async def test_datagrams_cross_the_bridge_unchanged_both_ways(
+    wired: tuple[RelayBridge, QueueSession, socket.socket],
+) -> None:
+    bridge, session, tunnel = wired
+    endpoint = await bridge.endpoint_for(PEER)
+    outgoing = [os.urandom(n) for n in (1, 148, 1420, 64)]
+    for packet in outgoing:
+        tunnel.sendto(packet, (str(endpoint.address), endpoint.port))
+    got = [await asyncio.wait_for(session.sent.get(), 2.0) for _ in outgoing]
+    assert got == [(PEER, packet) for packet in outgoing]
+
+    incoming = [os.urandom(n) for n in (92, 1420, 32)]
+    for packet in incoming:
+        await session.incoming.put((PEER, packet))
+    loop = asyncio.get_running_loop()
+    for packet in incoming:
+        data, source = await loop.run_in_executor(None, tunnel.recvfrom, 65535)
+        assert data == packet
+        assert source == (str(endpoint.address), endpoint.port)  # from the peer's own endpoint
+
+
+async def test_a_datagram_from_anything_but_the_tunnel_is_not_forwarded(
+    wired: tuple[RelayBridge, QueueSession, socket.socket],
+) -> None:
+    bridge, session, tunnel = wired
+    endpoint = await bridge.endpoint_for(PEER)
+    stranger = _udp()
+    try:
+        stranger.sendto(b"injected", (str(endpoint.address), endpoint.port))
+        tunnel.sendto(b"genuine", (str(endpoint.address), endpoint.port))
+        assert await asyncio.wait_for(session.sent.get(), 2.0) == (PEER, b"genuine")
+        await asyncio.sleep(0.1)
+        assert session.sent.empty()
+        assert bridge.dropped == 1
+    finally:
+        stranger.close()
