@@ -124,13 +124,16 @@ def _sources(counts: dict[str, str]) -> dict[str, int]:
 
 
 def _tunnel_view(node: Node, peer: Node) -> tuple[int, int, int]:
-    """(latest handshake epoch, rx bytes, tx bytes) of `peer` on `node`'s interface (`wg show`)."""
+    """(latest handshake epoch, rx bytes, tx bytes) of `peer` on `node`'s interface, from one
+    `wg show dump` (one UAPI read: two separate reads once disagreed under load in CI)."""
     key = peer.tunnel_key()
-    shake = run_in(node.ns, "wg", "show", node.interface, "latest-handshakes").stdout
-    transfer = run_in(node.ns, "wg", "show", node.interface, "transfer").stdout
-    handshakes = dict(line.split("\t") for line in shake.splitlines())
-    rx, tx = next(line.split("\t")[1:] for line in transfer.splitlines() if line.startswith(key))
-    return int(handshakes[key]), int(rx), int(tx)
+    done = run_in(node.ns, "wg", "show", node.interface, "dump")
+    assert done.returncode == 0, done.stderr
+    for line in done.stdout.splitlines()[1:]:  # the first line is the interface itself
+        fields = line.split("\t")
+        if fields[0] == key:
+            return int(fields[4]), int(fields[5]), int(fields[6])
+    raise AssertionError(f"{peer.name}'s key is not a peer of {node.name}: {done.stdout}")
 
 
 def _ping_window(src: Node, dst: Node, seconds: int) -> subprocess.Popen[str]:
@@ -173,7 +176,7 @@ def test_tampering_relay_gets_no_packet_accepted(blocked: tuple[Mesh, Relay, Nod
     wait_for("A pings B through the honest relay", lambda: a.ping(b), RELAY_UP_S, interval=0.0)
     _timing("honest relay back → first ping through it", time.monotonic() - started)
     assert b.ping(a)
-    assert _tunnel_view(a, b)[0] > 0
+    wait_for("A's tunnel shows a handshake with B", lambda: _tunnel_view(a, b)[0] > 0, 5)
 
 
 def test_replayed_frames_are_not_accepted_twice(blocked: tuple[Mesh, Relay, Node, Node]) -> None:
