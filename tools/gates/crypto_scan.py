@@ -1,4 +1,4 @@
-"""Gate: fail on denied crypto APIs (the denylist of ARCHITECTURE.md section 7).
+"""Gate: fail on denied crypto APIs (the denylist of docs/threat-model/crypto-policy.md).
 
 The one rule: code uses only allowlisted primitives (Ed25519, X25519, ChaCha20-Poly1305,
 AES-256-GCM, SHA-2/3, BLAKE2, HMAC-SHA-256, HKDF, Argon2id) and never a way to skip a check.

@@ -2,7 +2,7 @@
 
 The one rule: WireGuard words stay inside the WireGuard adapter. The core says `TunnelKey`,
 `overlay_prefixes`, `underlay_endpoints`; the adapter maps those to its protocol
-(ARCHITECTURE.md section 2).
+(the hexagon rules: docs/development.md).
 
 What is scanned:
 - Python files (`*.py`, `*.pyi`): every identifier, attribute name, string literal (docstrings
