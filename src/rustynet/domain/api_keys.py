@@ -25,7 +25,7 @@ from rustynet.domain.errors import DecodeError, LocalProtocolError, RemoteProtoc
 from rustynet.domain.keys import b64decode, b64encode, constant_time_equal
 
 if TYPE_CHECKING:
-    from rustynet.ports.entropy import Entropy
+    from rustynet.domain.entropy import Entropy
 
 PREFIX: Final = "rnk_"
 ID_BYTES: Final = 8

@@ -41,7 +41,7 @@ from rustynet.domain.keys import b64decode, b64encode, decode_prefixed
 from rustynet.domain.scope import Scope
 
 if TYPE_CHECKING:
-    from rustynet.ports.entropy import Entropy
+    from rustynet.domain.entropy import Entropy
 
 CREDENTIAL_ID_BYTES: Final = 16
 SECRET_HASH_BYTES: Final = 32

@@ -46,7 +46,7 @@ from rustynet.domain.keys import ED25519_SIGNATURE_SIZE, Purpose, SigningKey, Tu
 from rustynet.domain.scope import Scope
 
 if TYPE_CHECKING:
-    from rustynet.ports.entropy import Entropy
+    from rustynet.domain.entropy import Entropy
 
 CHALLENGE_BYTES: Final = 32  # 256 bits, above the 128-bit floor
 MAX_CHALLENGE_TTL: Final = timedelta(seconds=60)

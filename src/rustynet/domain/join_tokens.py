@@ -41,7 +41,7 @@ from rustynet.domain.keys import (
 )
 
 if TYPE_CHECKING:
-    from rustynet.ports.entropy import Entropy
+    from rustynet.domain.entropy import Entropy
 
 PREFIX: Final = "rnjoin1_"
 SECRET_BYTES: Final = 32

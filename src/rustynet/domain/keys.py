@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from rustynet.domain.errors import DecodeError, InvalidSignature, LocalProtocolError
 
 if TYPE_CHECKING:
-    from rustynet.ports.entropy import Entropy
+    from rustynet.domain.entropy import Entropy
 
 ED25519_KEY_SIZE: Final = 32
 ED25519_SIGNATURE_SIZE: Final = 64

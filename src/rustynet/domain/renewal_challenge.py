@@ -35,7 +35,7 @@ from rustynet.domain.keys import MacKey
 from rustynet.domain.replay import NONCE_RETENTION
 
 if TYPE_CHECKING:
-    from rustynet.ports.entropy import Entropy
+    from rustynet.domain.entropy import Entropy
 
 RENEWAL_CHALLENGE_BYTES: Final = 32
 RENEWAL_CHALLENGE_TTL: Final = timedelta(seconds=60)

@@ -42,7 +42,7 @@ from rustynet.domain.keys import KeyFingerprint, SigningKey, VerifyKey, b64decod
 if TYPE_CHECKING:
     from pyseto import KeyInterface
 
-    from rustynet.ports.entropy import Entropy
+    from rustynet.domain.entropy import Entropy
 
 JTI_BYTES: Final = 16  # 128 bits, the floor for a token id
 MAX_FUTURE_IAT: Final = timedelta(seconds=90)

@@ -1,13 +1,11 @@
-"""Entropy port: the only way the core gets randomness."""
+"""Entropy port: the only way the core gets randomness.
+
+The Protocol is the domain's (`rustynet.domain.entropy.Entropy`, defined where it is consumed so
+no domain module depends on a port); use cases and adapters name it through this port.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from rustynet.domain.entropy import Entropy
 
-
-class Entropy(Protocol):
-    """Cryptographically secure random bytes."""
-
-    def token_bytes(self, n: int) -> bytes:
-        """Return `n` bytes from a CSPRNG. Never fails silently: raises if none is available."""
-        ...
+__all__ = ["Entropy"]
