@@ -21,10 +21,8 @@ from rustynet.domain.key_hierarchy.roles import (
 )
 from rustynet.domain.key_hierarchy.validity import (
     Validity,
-    check_scope_value,
     exact_fields,
-    purposes_from,
-    purposes_to,
+    sorted_unique_strings,
     str_field,
 )
 from rustynet.domain.keys import KeyFingerprint, Purpose, SigningKey, VerifyKey
@@ -39,6 +37,27 @@ if TYPE_CHECKING:
 
 
 # --- certificates -----------------------------------------------------------------------------
+
+
+def _purposes_from(value: object) -> frozenset[Purpose]:
+    purposes = []
+    for text in sorted_unique_strings(value, "scope"):
+        try:
+            purposes.append(Purpose(text))
+        except ValueError as exc:
+            raise DecodeError(f"unknown purpose {text[:40]!r} in scope") from exc
+    return frozenset(purposes)
+
+
+def _purposes_to(scope: frozenset[Purpose]) -> list[str]:
+    return sorted(p.value for p in scope)
+
+
+def _check_scope_value(scope: object) -> frozenset[Purpose]:
+    if not isinstance(scope, frozenset) or not all(isinstance(p, Purpose) for p in scope):
+        raise LocalProtocolError("a scope is a frozenset of Purpose")
+    return scope
+
 
 _CERT_FIELDS: Final = frozenset(
     {"v", "subject", "role", "scope", "not_before", "not_after", "issuer"}
@@ -75,7 +94,7 @@ class Certificate:
             raise DecodeError("certificate issuer differs from its signer")
         object.__setattr__(self, "subject", VerifyKey.from_text(str_field(payload, "subject")))
         object.__setattr__(self, "role", role)
-        object.__setattr__(self, "scope", purposes_from(payload.get("scope")))
+        object.__setattr__(self, "scope", _purposes_from(payload.get("scope")))
         object.__setattr__(self, "validity", Validity.from_json(payload))
         object.__setattr__(self, "issuer", issuer)
 
@@ -105,7 +124,7 @@ def _certificate_payload(
         "v": FORMAT_VERSION,
         "subject": subject.to_text(),
         "role": role.value,
-        "scope": purposes_to(scope),
+        "scope": _purposes_to(scope),
         **validity.to_json(),
         "issuer": issuer.to_text(),
     }
@@ -214,7 +233,7 @@ def issue_root_certificate(
 ) -> Certificate:
     """Self-sign the root's description; refuses a lifetime over 2 y or an unknown scope."""
     validity = Validity.of(not_before, not_after)
-    scope = check_scope_value(scope)
+    scope = _check_scope_value(scope)
     problem = _lifetime_and_scope_problem(KeyRole.ROOT, validity, scope)
     if problem:
         raise IssuePolicyError(problem)
@@ -239,7 +258,7 @@ def issue_certificate(
     if not isinstance(subject, VerifyKey) or not isinstance(role, KeyRole):
         raise LocalProtocolError("subject must be a VerifyKey and role a KeyRole")
     validity = Validity.of(not_before, not_after)
-    problem = _child_problem(root, subject, role, validity, check_scope_value(scope))
+    problem = _child_problem(root, subject, role, validity, _check_scope_value(scope))
     if problem:
         raise IssuePolicyError(problem)
     payload = _certificate_payload(subject, role, scope, validity, root.key_id)

@@ -1,6 +1,5 @@
-"""Validity windows in whole UTC seconds and the strict payload readers every signed record of
-the hierarchy shares (exact field sets, sorted string lists, scopes, timestamps).
-"""
+"""Validity windows in whole UTC seconds and the strict payload readers the hierarchy's signed
+records share (exact field sets, strings, sorted string lists, timestamps, fingerprint lists)."""
 
 from __future__ import annotations
 
@@ -16,12 +15,12 @@ from rustynet.domain.key_hierarchy.roles import (
     ExpiredError,
     NotYetValidError,
 )
-from rustynet.domain.keys import KeyFingerprint, Purpose
+from rustynet.domain.keys import KeyFingerprint
 from rustynet.domain.signed import (
     JsonValue,
 )
 
-MAX_TIMESTAMP: Final = 253_402_300_799  # 9999-12-31T23:59:59Z
+_MAX_TIMESTAMP: Final = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 
 # --- time -------------------------------------------------------------------------------------
@@ -42,7 +41,7 @@ def to_timestamp(value: datetime) -> int:
 
 
 def from_timestamp(value: object, what: str) -> datetime:
-    if type(value) is not int or not 0 <= value <= MAX_TIMESTAMP:
+    if type(value) is not int or not 0 <= value <= _MAX_TIMESTAMP:
         raise DecodeError(f"{what} must be an integer UNIX time")
     return datetime.fromtimestamp(value, UTC)
 
@@ -137,26 +136,6 @@ def sorted_unique_strings(value: object, name: str) -> list[str]:
     if value != sorted(set(value)):
         raise DecodeError(f"{name} must be sorted and without duplicates")
     return value
-
-
-def purposes_from(value: object) -> frozenset[Purpose]:
-    purposes = []
-    for text in sorted_unique_strings(value, "scope"):
-        try:
-            purposes.append(Purpose(text))
-        except ValueError as exc:
-            raise DecodeError(f"unknown purpose {text[:40]!r} in scope") from exc
-    return frozenset(purposes)
-
-
-def purposes_to(scope: frozenset[Purpose]) -> list[str]:
-    return sorted(p.value for p in scope)
-
-
-def check_scope_value(scope: object) -> frozenset[Purpose]:
-    if not isinstance(scope, frozenset) or not all(isinstance(p, Purpose) for p in scope):
-        raise LocalProtocolError("a scope is a frozenset of Purpose")
-    return scope
 
 
 def fingerprints_from(value: object) -> frozenset[KeyFingerprint]:
