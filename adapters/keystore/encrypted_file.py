@@ -20,7 +20,7 @@ m = 64 MiB, t = 3, p = 4; about 0.15 s), so a nonce is never reused under one ke
 name in the header is checked against the name asked for, so files cannot be swapped.
 
 Where the passphrase comes from (see `passphrase.py`, `PassphraseSource`; the operator doc is
-docs/keystore-passphrase.md): in order of preference
+docs/threat-model/key-custody.md, section 4): in order of preference
 1. a systemd credential: `$CREDENTIALS_DIRECTORY/rustynet-keystore-passphrase`, set up with
    `LoadCredentialEncrypted=` (TPM-sealed where available) — the passphrase never sits in
    plain text on disk and only the unit can read it;

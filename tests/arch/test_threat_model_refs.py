@@ -1,14 +1,18 @@
 """docs/threat-model/ stays honest: what it cites exists, and every control names a test.
 
 A reference is a backticked span that starts with a repository path this checker knows
-(`src/`, `adapters/`, `tests/`, `tools/`, `.ci/`, `noxfile.py`, `pyproject.toml`), optionally
+(`src/`, `adapters/`, `tests/`, `tools/`, `bench/`, `docs/`, `packaging/`, `.ci/`, `noxfile.py`,
+`pyproject.toml`, `README.md`), optionally
 followed by `::symbol`:
 
-- `path` - the file (or, with a trailing `/`, the folder) must exist;
+- `path` - the file or folder must exist (with a trailing `/`, a folder);
 - `path.py::name` - `name` must be defined at the top level of the module (function, class or
   assignment, parsed with `ast`, nothing is imported); `path.py::Class.method` or the pytest
   form `path.py::Class::method` walks into classes; a pytest parameter suffix `[...]` is ignored;
 - `path.toml::a.b` - the dotted key path must exist in the TOML document.
+
+Paths under `GENERATED` (what a run writes and git ignores, such as the bench reports) are
+outputs, not sources: they are not looked up.
 
 Relative markdown links between the pages must point at files that exist.
 
@@ -46,7 +50,21 @@ REQUIRED_DOCS = (
     "performance-budgets.md",
 )
 
-_REF_PREFIXES = ("src/", "adapters/", "tests/", "tools/", ".ci/", "noxfile.py", "pyproject.toml")
+_REF_PREFIXES = (
+    "src/",
+    "adapters/",
+    "tests/",
+    "tools/",
+    "bench/",
+    "docs/",
+    "packaging/",
+    ".ci/",
+    "noxfile.py",
+    "pyproject.toml",
+    "README.md",
+)
+# Written by a run, ignored by git (.gitignore): named as outputs, never present in a clone.
+GENERATED = ("bench/results/",)
 _BACKTICKED = re.compile(r"`([^`\n]+)`")
 _PLANNED = re.compile(r"planned \([^()\n]+\)")
 _SEPARATOR_CELL = re.compile(r":?-{3,}:?")
@@ -116,12 +134,30 @@ def _toml_key_exists(source: str, parts: list[str]) -> bool:
     return True
 
 
+_BRACES = re.compile(r"\{([^{}]*,[^{}]*)\}")
+
+
 def reference_problem(ref: str, root: Path) -> str | None:
-    """Why `ref` does not resolve under `root`, or None when it does."""
+    """Why `ref` does not resolve under `root`, or None when it does.
+
+    A brace list, `src/rustynet/{domain,ports}/`, stands for each of its paths.
+    """
+    braces = _BRACES.search(ref)
+    if braces is not None:
+        for choice in braces.group(1).split(","):
+            expanded = ref[: braces.start()] + choice + ref[braces.end() :]
+            problem = reference_problem(expanded, root)
+            if problem is not None:
+                return problem
+        return None
     path_text, parts = _split_reference(ref)
+    if path_text.startswith(GENERATED):
+        return None
     target = root / path_text
     if path_text.endswith("/"):
         return None if target.is_dir() else f"{ref}: no such folder"
+    if not parts and target.is_dir():
+        return None
     if not target.is_file():
         return f"{ref}: no such file"
     if not parts:
@@ -200,21 +236,30 @@ def table_problems(name: str, text: str) -> list[str]:
     return problems
 
 
+def reference_and_link_problems(doc: Path, text: str, root: Path, name: str) -> list[str]:
+    """Dangling backticked references and broken relative links in one markdown text."""
+    problems = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        for ref in references_in(line):
+            problem = reference_problem(ref, root)
+            if problem is not None:
+                problems.append(f"{name}:{line_no}: {problem}")
+        problems.extend(
+            f"{name}:{line_no}: link to {target}: no such file"
+            for target in _LINK.findall(line)
+            if "://" not in target
+            and not target.startswith("mailto:")
+            and not (doc.parent / target).exists()
+        )
+    return problems
+
+
 def check_docs(docs: Iterable[Path], root: Path) -> list[str]:
     """Every problem in the given markdown files: dangling references and untested controls."""
     problems = []
     for doc in sorted(docs):
         text = doc.read_text(encoding="utf-8")
-        for line_no, line in enumerate(text.splitlines(), start=1):
-            for ref in references_in(line):
-                problem = reference_problem(ref, root)
-                if problem is not None:
-                    problems.append(f"{doc.name}:{line_no}: {problem}")
-            problems.extend(
-                f"{doc.name}:{line_no}: link to {target}: no such file"
-                for target in _LINK.findall(line)
-                if "://" not in target and not (doc.parent / target).exists()
-            )
+        problems.extend(reference_and_link_problems(doc, text, root, doc.name))
         problems.extend(table_problems(doc.name, text))
     return problems
 
@@ -284,6 +329,10 @@ def test_checker_accepts_references_that_resolve(tree: Path) -> None:
     [
         ("src/rustynet/domain/nothing.py", "no such file"),
         ("tests/unit/", None),
+        ("tests/unit", None),
+        ("tests/{unit/test_box.py,unit/}", None),
+        ("tests/{unit,nowhere}/", "tests/nowhere/: no such folder"),
+        ("tests/{unit}/", "no such folder"),
         ("tests/nowhere/", "no such folder"),
         ("tests/unit/test_box.py::test_box_closes", "is not defined"),
         ("tests/unit/test_box.py::Box.close", "is not defined"),
