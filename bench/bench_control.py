@@ -38,7 +38,7 @@ TLS 1.3 client (`rustynet.adapters.control_client`):
 5. Server RSS before the long-polls and with N waiting (→ KB per connected node), server CPU
    seconds per phase.
 
-Targets (ARCHITECTURE §8, bench/budgets.toml [control]): policy change / revocation applied on
+Targets (budgets.toml [control], performance-budgets.md): policy change / revocation applied on
 every node p95 ≤ 0.3 s at 1,000 nodes, ≤ 2 s at 10,000; enrollment ≥ 200 nodes/s (SQLite, 2
 cores) while 10,000 are connected; ≤ 100 KB per connected node.
 """

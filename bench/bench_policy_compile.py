@@ -5,7 +5,8 @@ Run standalone (not part of the test suite):
     .venv/bin/python -m bench.bench_policy_compile                # 1k and 10k nodes
     .venv/bin/python -m bench.bench_policy_compile --nodes 10000 --profile full
 
-Targets (ARCHITECTURE §8, bench/budgets.toml [policy_compile]): 10,000 nodes x 1,000 rules
+Targets (docs/threat-model/performance-budgets.md, bench/budgets.toml
+[policy_compile]): 10,000 nodes x 1,000 rules
 <= 1 s full (index + every view), <= 10 ms per one-node change (the index update, p95 of each
 kind; the update plus the woken views is reported beside it). Figures go to
 bench/results/policy_compile.json and .md next to their budgets; exit status 1 on a miss.
@@ -188,7 +189,7 @@ def run(
     n_nodes: int, n_rules: int, *, all_to_all: bool, profile: str | None, freeze: bool
 ) -> dict[str, Any]:
     document, nodes = make_workload(n_nodes, n_rules, all_to_all=all_to_all)
-    if freeze:  # what the control plane does after start-up (ARCHITECTURE §8): no gen-2 pauses
+    if freeze:  # what the control plane does after start-up: no gen-2 pauses
         gc.collect()
         gc.freeze()
     extra = (" + all-to-all" if all_to_all else "") + ("" if freeze else ", no gc.freeze")

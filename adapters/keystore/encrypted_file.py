@@ -90,7 +90,7 @@ class KdfParams:
 
 
 FLOOR: Final = KdfParams(memory_kib=64 * 1024, iterations=3, lanes=4)
-"""Lowest parameters accepted on read and used on write (ARCHITECTURE §7)."""
+"""Lowest parameters accepted on read and used on write (docs/threat-model/key-custody.md)."""
 
 CEILING: Final = KdfParams(memory_kib=4 * 1024 * 1024, iterations=64, lanes=64)
 """Highest parameters accepted on read: a planted header must not make us allocate 16 GiB."""

@@ -8,7 +8,12 @@ threat-model rules of `tests/arch/test_threat_model_refs.py` (whose reference sy
    `path.py::symbol`, `path.toml::key`) resolves, each relative link points at a file that
    exists, and each document its text names (a word ending in `.md`) exists.
 2. Every comment and docstring of the Python files in `src/`, `adapters/`, `tools/`, `tests/`,
-   `bench/` and `noxfile.py`: each document it names (a word ending in `.md`) exists.
+   `bench/` and `noxfile.py`, and every comment of the repository's TOML files (configuration,
+   budgets, the mutant list): each document it names (a word ending in `.md`) exists.
+3. In all of the above, no text sends the reader to the design notes kept outside the
+   repository by section: one of their upper-case names (architecture, style, anchors,
+   developers, lab) followed by a section sign or the word habit, section or rule. (Named as
+   documents, with `.md`, rule 1 or 2 already fails them.)
 
 A named document resolves when it is a path from the repository root (`docs/lab.md`), or,
 written bare or as a path tail (`lab.md`, `threat-model/README.md`), when some markdown file of
@@ -49,7 +54,11 @@ _SKIPPED_DIRS = frozenset(
 CODE_ROOTS = ("src", "adapters", "tools", "tests", "bench", "noxfile.py")
 
 # In markdown, backticked spans and link targets have their own rules (checked above them).
+_BACKTICKED = re.compile(r"`[^`\n]+`")
 _CITED = re.compile(r"`[^`\n]+`|\]\([^)\s]*\)")
+_OUTSIDE_NOTE = re.compile(
+    r"\b(?:ARCHITECTURE|STYLE|ANCHORS|DEVELOPERS|LAB)\b\s*(?:§|habit\b|section\b|rule\b)"
+)
 _DOC_NAME = re.compile(r"(?<![\w./*-])((?:[\w.-]+/)*[\w-][\w.-]*\.md)(?![\w])")
 
 
@@ -72,8 +81,9 @@ def markdown_files(root: Path) -> list[Path]:
 
 
 def code_files(root: Path) -> list[Path]:
-    """Every Python file under the code roots that exist below `root`."""
-    return [p for top in CODE_ROOTS if (root / top).exists() for p in _walk(root / top, ".py")]
+    """Every Python file under the code roots, and every TOML file of the repository."""
+    python = [p for top in CODE_ROOTS if (root / top).exists() for p in _walk(root / top, ".py")]
+    return python + list(_walk(root, ".toml"))
 
 
 def document_names(text: str) -> list[str]:
@@ -97,6 +107,21 @@ def document_problem(
     if any(doc == name or doc.endswith(tail) for doc in documents):
         return None
     return f"names {name}: no such document in the repository"
+
+
+def text_problems(
+    text: str, root: Path, documents: Iterable[str], here: Path | None = None
+) -> list[str]:
+    """Outside design notes and missing documents named in one line of prose or comment."""
+    problems = [
+        f"cites {m.group(0).strip()!r}: a note outside the repository"
+        for m in _OUTSIDE_NOTE.finditer(text)
+    ]
+    for named in document_names(text):
+        problem = document_problem(named, root, documents, here)
+        if problem is not None:
+            problems.append(problem)
+    return problems
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -124,33 +149,58 @@ def _comments_and_docstrings(source: str) -> Iterator[tuple[int, str]]:
                 yield first + offset, line
 
 
+def _toml_comments(source: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every whole-line or trailing `#` comment of a TOML file."""
+    for line_no, line in enumerate(source.splitlines(), start=1):
+        stripped = line.lstrip()
+        if stripped.startswith("#"):
+            yield line_no, stripped
+        elif " # " in line:
+            yield line_no, line.split(" # ", 1)[1]
+
+
+def _cited_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The lines of a code or configuration file that may cite a document."""
+    source = path.read_text(encoding="utf-8")
+    if ".md" not in source and _OUTSIDE_NOTE.search(source) is None:
+        return iter(())  # nothing to cite: spare the (slow) tokenizer
+    if path.suffix == ".py":
+        return _comments_and_docstrings(source)
+    return _toml_comments(source)
+
+
 def check_markdown(docs: Iterable[Path], root: Path) -> list[str]:
     """Dangling references, broken links and missing named documents in markdown files."""
     known = [_relative(d, root) for d in markdown_files(root)]
-    problems = []
+    problems: list[str] = []
     for doc in sorted(docs):
         name = _relative(doc, root)
         text = doc.read_text(encoding="utf-8")
         problems.extend(reference_and_link_problems(doc, text, root, name))
         for line_no, line in enumerate(text.splitlines(), start=1):
-            for named in document_names(_CITED.sub(" ", line)):
-                problem = document_problem(named, root, known, doc.parent)
-                if problem is not None:
-                    problems.append(f"{name}:{line_no}: {problem}")
+            problems.extend(
+                f"{name}:{line_no}: {problem}"
+                for problem in text_problems(_CITED.sub(" ", line), root, known, doc.parent)
+            )
+            problems.extend(
+                f"{name}:{line_no}: cites {m.group(0).strip()!r}: a note outside the repository"
+                for span in _BACKTICKED.findall(line)
+                for m in _OUTSIDE_NOTE.finditer(span)
+            )
     return problems
 
 
 def check_code(files: Iterable[Path], root: Path) -> list[str]:
-    """Comments and docstrings that name a document the repository does not hold."""
+    """Comments and docstrings (Python) and comments (TOML) citing what the repository lacks."""
     known = [_relative(d, root) for d in markdown_files(root)]
-    problems = []
+    problems: list[str] = []
     for path in sorted(files):
         name = _relative(path, root)
-        for line_no, text in _comments_and_docstrings(path.read_text(encoding="utf-8")):
-            for named in document_names(text):
-                problem = document_problem(named, root, known, path.parent)
-                if problem is not None:
-                    problems.append(f"{name}:{line_no}: {problem}")
+        for line_no, text in _cited_lines(path):
+            problems.extend(
+                f"{name}:{line_no}: {problem}"
+                for problem in text_problems(text, root, known, path.parent)
+            )
     return sorted(set(problems))
 
 
@@ -175,7 +225,7 @@ def test_code_names_documents_at_all() -> None:
     named = [
         n
         for path in code_files(ROOT)
-        for _, text in _comments_and_docstrings(path.read_text("utf-8"))
+        for _, text in _cited_lines(path)
         for n in document_names(text)
     ]
     assert len(named) >= 20
@@ -226,6 +276,8 @@ def test_markdown_checker_accepts_what_resolves(tree: Path) -> None:
         ("See [design](../shared/ARCHITECTURE.md).", "link to ../shared/ARCHITECTURE.md"),
         ("The design notes (ARCHITECTURE.md) say so.", "names ARCHITECTURE.md: no such"),
         ("See other/lab.md.", "names other/lab.md: no such document"),
+        ("The defaults are ARCHITECTURE §7.", "cites 'ARCHITECTURE §': a note outside"),
+        ("Race-free (`STYLE habit 5`).", "cites 'STYLE habit': a note outside"),
     ],
 )
 def test_markdown_checker_rejects_a_planted_dangling_citation(
@@ -246,6 +298,8 @@ def test_markdown_checker_rejects_a_planted_dangling_citation(
         '"""Module.\n\nThe rules are in STYLE.md."""\n',
         "def f() -> None:\n    pass  # see ../shared/LAB.md, pitfall 2\n",
         'class C:\n    """Owns the cache.\n\n    See docs/nowhere.md.\n    """\n',
+        "X = 1  # the defaults are ARCHITECTURE §7\n",
+        '"""Race-free by construction (STYLE habit 5)."""\n',
     ],
 )
 def test_code_checker_rejects_a_comment_naming_a_missing_document(tree: Path, source: str) -> None:
@@ -255,7 +309,20 @@ def test_code_checker_rejects_a_comment_naming_a_missing_document(tree: Path, so
     problems = check_code([module], tree)
     assert len(problems) == 1, problems
     assert problems[0].startswith("src/pkg/bad.py:")
-    assert "no such document" in problems[0]
+    assert "no such document" in problems[0] or "a note outside the repository" in problems[0]
+
+
+def test_code_checker_reads_toml_comments(tree: Path) -> None:
+    """A configuration file's comment is held to the same rules; its values are data."""
+    config = tree / "budgets.toml"
+    config.write_text(
+        '# targets: docs/guide/lab.md\n[a]\nx = 1  # ARCHITECTURE §8\npage = "gone.md"\n'
+        "# see missing.md\n"
+    )
+    assert check_code([config], tree) == [
+        "budgets.toml:3: cites 'ARCHITECTURE §': a note outside the repository",
+        "budgets.toml:5: names missing.md: no such document in the repository",
+    ]
 
 
 def test_code_checker_accepts_existing_documents_and_ignores_plain_strings(tree: Path) -> None:

@@ -1,4 +1,4 @@
-"""Contract of the store methods several control instances rely on (ARCHITECTURE §9), run
+"""Contract of the store methods several control instances rely on (scale-out.md), run
 against memory, SQLite and a real PostgreSQL 15: challenges are single use (exactly one of
 concurrent consumes wins, also from two stores on one database), capacity is exact, the
 network generation counts up and survives a rollback-free commit only, `lock_writers` and

@@ -1,5 +1,5 @@
 """Two live control instances (real TLS, real HTTP) on ONE real PostgreSQL 15 database keep the
-guarantees of a single instance (ARCHITECTURE §9, issue 6 "Scale-out"):
+guarantees of a single instance (docs/operations/scale-out.md, issue 6 "Scale-out"):
 
 * a policy change, a revocation, an enrollment and a key rotation made on A wake a node that
   long-polls B within ~1 s (LISTEN/NOTIFY; the latency is printed);

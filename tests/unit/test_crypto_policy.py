@@ -68,7 +68,7 @@ def test_every_denylisted_algorithm_is_refused_for_every_use() -> None:
 
 @pytest.mark.parametrize("name", ["MD5", "SHA-1", "RC4", "DES", "3DES", "Blowfish", "JWT-none"])
 def test_named_denylist_members_are_present(name: str) -> None:
-    """The shipped denylist names the algorithms ARCHITECTURE §7 forbids."""
+    """The shipped denylist names the algorithms docs/threat-model/crypto-policy.md forbids."""
     with pytest.raises(CryptoPolicyViolation):
         SHIPPED.check_use(name, Use.HASH, NOW)
     assert name.casefold() in SHIPPED.denied

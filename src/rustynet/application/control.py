@@ -28,7 +28,7 @@ Theory of operation.
   changed it).
 * Long polls subscribe to `PeerMapWaiters` before reading their serial, so no wake-up is lost.
 
-Several instances on one database (ARCHITECTURE §9): every write that may touch the network
+Several instances on one database (scale-out.md): every write that may touch the network
 runs under `uow.lock_writers()` (one writer at a time across instances, like SQLite's write
 lock), validates the cache against the generation inside that lock, bumps the generation when
 it changed the network, and `announce`s the nodes it wakes, so the store tells the other

@@ -97,7 +97,7 @@ def _prefix(bits: int) -> Callable[[object, attrs.Attribute[int], int], None]:
 
 @attrs.frozen
 class LimitPolicy:
-    """Every number of the abuse limits; the defaults are ARCHITECTURE §7."""
+    """Every number of the abuse limits; the defaults: docs/threat-model/auth-controls.md."""
 
     per_ip: BucketPolicy = BucketPolicy(burst=20, refill=10, per=timedelta(minutes=1))
     per_identity: BucketPolicy = BucketPolicy(burst=10, refill=5, per=timedelta(minutes=15))

@@ -5,7 +5,7 @@ as uow:` commits together when the block exits normally and not at all when it r
 written is visible to any other unit of work before the commit, and a success is reported to
 a client only after the commit returned.
 
-Race-free by construction (STYLE habit 5): every decision that two requests could race for is
+Race-free by construction (development.md): every decision that two requests could race for is
 ONE repository call that the database decides atomically — `credentials.redeem` (a conditional
 UPDATE whose row count decides), `nonces.insert` (insert-if-absent with a capacity bound),
 `ipam.allocate` (an insert a unique constraint decides), `serials.bump` (an increment),
@@ -13,7 +13,7 @@ UPDATE whose row count decides), `nonces.insert` (insert-if-absent with a capaci
 (a conditional UPDATE whose row count decides). Use cases never implement these as
 get-then-put.
 
-Several control instances on one database (ARCHITECTURE §9): every nonce, challenge, limiter
+Several control instances on one database (scale-out.md): every nonce, challenge, limiter
 record and serial lives here, never in one process; `UnitOfWork.lock_writers` serializes the
 units of work that change the network (so each instance's cached view can be validated against
 `serials.generation()`), and `UnitOfWork.announce` tells the other instances, on commit only,
