@@ -49,7 +49,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import json
 import os
 import random
 import resource
@@ -71,6 +70,7 @@ from typing import Any, Final
 import aiohttp
 import attrs
 import uvloop
+from bench.report import BIN, RESULTS, budgets_of, start_py_spy, write_results
 from rustynet.adapters.control_client import ControlClient, NodeAuth, pinned_ssl_context
 from rustynet.adapters.entropy import OsEntropy
 
@@ -89,16 +89,12 @@ from rustynet.domain.netmap import PeerMap, PeerMapAcceptor, PeerMapTrust
 from rustynet.domain.tls_pin import SpkiPin
 from rustynet.ports.control_api import ControlRejected
 
-BIN: Final = Path(sys.executable).parent
 CONTROL: Final = str(BIN / "rustynet-control")
 BLOCK: Final = 50  # nodes per policy block: ~49 peers per map (N/2 when N < 100)
 NODES_PER_IP: Final = 8  # 2 per-IP takes per enrollment, burst 20
 TAG: Final = "tag:bench"
 START_TIMEOUT: Final = 60.0
 PHASE_TIMEOUT: Final = 120.0
-HERE: Final = Path(__file__).resolve().parent
-RESULTS: Final = HERE / "results" / "control.json"
-BUDGETS: Final = HERE / "budgets.toml"
 
 # --- small helpers -------------------------------------------------------------------------------
 
@@ -729,16 +725,6 @@ class Bench:
         await self.metrics.close()
 
 
-def start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
-    """py-spy (pip install py-spy, not in the lock) sampling the server; raw collapsed stacks."""
-    spy = shutil.which("py-spy") or str(BIN / "py-spy")
-    return subprocess.Popen(
-        [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "-o", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 async def run(args: argparse.Namespace, data_dir: Path, port: int) -> dict[str, Any]:
     """Start the server, run the three phases, stop the server (this PID only)."""
     url = f"https://127.0.0.1:{port}"
@@ -771,7 +757,7 @@ async def run(args: argparse.Namespace, data_dir: Path, port: int) -> dict[str, 
             spy = None
             if args.py_spy is not None:
                 out = args.py_spy.with_name(f"{args.py_spy.name}.{phase.__name__}.txt")
-                spy = start_py_spy(server.proc.pid, out)
+                spy = start_py_spy(server.proc.pid, out, rate=200, gil=False)
                 await asyncio.sleep(1.0)  # py-spy attaches
             try:
                 await phase()
@@ -961,7 +947,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--enroll-extra", type=int, default=500, help="nodes enrolled while N are connected"
     )
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, default=RESULTS / "control.json")
     parser.add_argument(
         "--py-spy",
         type=Path,
@@ -974,7 +960,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(n < 4 or n + args.enroll_extra > 250 * 250 * NODES_PER_IP for n in args.nodes):
         parser.error("--nodes out of range")
     raise_fd_limit()
-    budgets = tomllib.loads(BUDGETS.read_text())["control"]
+    budgets = budgets_of("control")
     runs: dict[str, dict[str, Any]] = {}
     for n in args.nodes:
         try:
@@ -997,10 +983,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": runs,
     }
     report["figures"] = figures(runs, budgets)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
-    args.output.with_suffix(".md").write_text(text)
+    write_results(args.output, report, text)
     print(text)
     print(f"(JSON: {args.output}, report: {args.output.with_suffix('.md')})")
     return 1 if any(f["verdict"] in {"MISS", "not achieved"} for f in report["figures"]) else 0

@@ -50,20 +50,26 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from bench.bench_relay import iperf, machine_busy, process_cpu, tree_cpu
+from bench.lab import (
+    finish,
+    iperf,
+    lab_run,
+    machine_busy,
+    preflight,
+    process_cpu,
+    program_pid,
+    tree_cpu,
+)
+from bench.report import RESULTS, budgets_of, write_results
 from tests.e2e.harness import (
     ALLOW_ALL_POLICY,
     BIN,
@@ -72,17 +78,11 @@ from tests.e2e.harness import (
     Mesh,
     Node,
     Program,
-    missing_programs,
-    new_mesh,
     run_in,
     wait_for,
 )
 from tests.netns import Namespace
 
-HERE: Final = Path(__file__).resolve().parent
-RESULTS: Final = HERE / "results"
-BUDGETS: Final = HERE / "budgets.toml"
-TICK: Final = os.sysconf("SC_CLK_TCK")
 PAGE: Final = os.sysconf("SC_PAGE_SIZE")
 MB: Final = 1024 * 1024
 WG_PORT: Final = 51820
@@ -145,12 +145,6 @@ def children_named(root: int, comm: str) -> list[int]:
     return [int(k.split("[")[1][:-1]) for k in tree_cpu(root) if k.split("[")[0] == comm]
 
 
-def _pid(program: Program) -> int:
-    if program.proc is None or program.proc.poll() is not None:
-        raise LabError(f"{program.argv[0]} is not running:\n{program.tail()}")
-    return program.proc.pid
-
-
 # --- baseline 1: hand-configured wireguard-go ----------------------------------------------------
 
 
@@ -201,7 +195,7 @@ class WgGoPair:
         )
 
     def pid(self, node: Node) -> int:
-        return _pid(self.programs[node.name])
+        return program_pid(self.programs[node.name])
 
 
 # --- baseline 2: Nebula --------------------------------------------------------------------------
@@ -490,17 +484,17 @@ def run(args: argparse.Namespace, mesh: Mesh, results: dict[str, Any]) -> None:
         wait_for("A's daemon answers", lambda: a.cli("status", "--json").returncode == 0, 10)
 
     processes = {
-        "rustynetd_a": _pid(a.program),
-        "rustynetd_b": _pid(b.program),
+        "rustynetd_a": program_pid(a.program),
+        "rustynetd_b": program_pid(b.program),
         "wireguard_go_a": wg.pid(a),
         "wireguard_go_b": wg.pid(b),
     }
     for node in (a, b):
-        children = children_named(_pid(node.program), "wireguard-go")
+        children = children_named(program_pid(node.program), "wireguard-go")
         if children:
             processes[f"rustynetd_{node.name}_wireguard_go"] = children[0]
     if nebula is not None:
-        processes |= {f"nebula_{n.name}": _pid(nebula.program(n)) for n in (a, b)}
+        processes |= {f"nebula_{n.name}": program_pid(nebula.program(n)) for n in (a, b)}
     print(f"idle: {args.idle_seconds:.0f} s, nothing sent ...")
     time.sleep(2.0)  # the last start's own work (first map poll, probes) settles
     results["idle"] = idle_window(processes, args.idle_seconds)
@@ -665,14 +659,6 @@ def compile_bytecode() -> str:
     return f"compiled ahead: {', '.join(roots)}"
 
 
-def preflight() -> str | None:
-    """Why this cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, nftables, wireguard-go)"
-    missing = missing_programs() + [p for p in ("iperf3",) if shutil.which(p) is None]
-    return f"missing programs: {', '.join(missing)}" if missing else None
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Options; --quick shortens the defaults."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -698,40 +684,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem is not None:
         print(f"bench_node: {problem}", file=sys.stderr)
         return 2
-    budgets = tomllib.loads(BUDGETS.read_text())["node"]
-    bytecode = compile_bytecode()
-    workdir = Path(tempfile.mkdtemp(prefix="rustynet-bench-node-"))
-    mesh = new_mesh(workdir)
-    for signum in (signal.SIGINT, signal.SIGTERM):  # end through the cleanup below
-        signal.signal(signum, signal.default_int_handler)
-    results: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, "-m", "bench.bench_node", *sys.argv[1:]]),
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": socket.gethostname(),
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "budgets": budgets,
-        "bytecode": bytecode,
+    budgets = budgets_of("node")
+    extra = {
+        "bytecode": compile_bytecode(),
         "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
     }
-    started = time.monotonic()
-    failed = False
-    try:
-        run(args, mesh, results)
-    except (LabError, KeyboardInterrupt) as exc:
-        failed = True
-        results["error"] = f"{type(exc).__name__}: {exc}"
-        print(f"bench_node: {results['error']}\n{mesh.logs()}", file=sys.stderr)
-    finally:
-        mesh.close()
-        shutil.rmtree(workdir, ignore_errors=True)
-    results["duration_s"] = round(time.monotonic() - started, 1)
+    results, failed = lab_run("node", args, run, budgets, extra)
     derive(results)
     verdict = verdicts(results, budgets)
     results["verdicts"] = verdict
     report = table(results, budgets, verdict)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
     busy = results.get("idle", {}).get("_window", {}).get("machine_busy_cores")
     context = (
         f"`{results['command']}` ({results['started_at']}, {results['cpus']} CPUs, load average "
@@ -739,7 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{busy} cores). Start-up times grow with the load: compare with the baselines of the "
         "same run.\n\n"
     )
-    args.output.with_suffix(".md").write_text(context + report)
+    write_results(args.output, results, context + report)
     print(f"\n{report}")
     profile = results.get("start_profile")
     if profile:
@@ -747,12 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("  incl %  own %  function")
         for row in profile["top_inclusive"]:
             print(f"  {row['inclusive_percent']:6.1f} {row['own_percent']:6.1f}  {row['function']}")
-    misses = [k for k, v in verdict.items() if v != "ok"]
-    print(f"wrote {args.output} and {args.output.with_suffix('.md')} ({results['duration_s']} s)")
-    if misses or failed:
-        print(f"bench_node: budget missed or not achieved: {', '.join(misses) or 'run failed'}")
-        return 1
-    return 0
+    return finish("node", args.output, results, verdict, failed)
 
 
 if __name__ == "__main__":

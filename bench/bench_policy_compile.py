@@ -25,25 +25,22 @@ import argparse
 import cProfile
 import gc
 import ipaddress
-import json
 import pstats
 import random
 import statistics
 import sys
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
+
+from bench.report import RESULTS, budgets_of, write_results
 
 from rustynet.domain.policy import Policy, PolicyNode
 from rustynet.domain.policy_compile import PolicyIndex, compile_policy
 from rustynet.domain.scope import Tag
 
 BASE = int(ipaddress.ip_address("100.64.0.0"))
-HERE: Final = Path(__file__).resolve().parent
-RESULTS: Final = HERE / "results" / "policy_compile.json"
-BUDGETS: Final = HERE / "budgets.toml"
 
 
 def address(i: int) -> ipaddress.IPv4Network:
@@ -252,7 +249,7 @@ def main() -> int:
     parser.add_argument("--all-to-all", action="store_true")
     parser.add_argument("--profile", choices=("full", "change"))
     parser.add_argument("--no-gc-freeze", action="store_true", help="leave the inventory to gc")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, default=RESULTS / "policy_compile.json")
     args = parser.parse_args()
     runs = [
         run(
@@ -264,7 +261,7 @@ def main() -> int:
         )
         for n in args.nodes or [1000, 10000]
     ]
-    budgets = tomllib.loads(BUDGETS.read_text())["policy_compile"]
+    budgets = budgets_of("policy_compile")
     if args.rules != 1000 or args.all_to_all:
         budgets = {}  # the budgets are for the 1,000-rule segmentation workload
     figures = verdicts(runs, budgets)
@@ -280,11 +277,7 @@ def main() -> int:
         target = "—" if f["target"] is None else f"<= {f['target']:g}"
         lines.append(f"| {f['figure']} | {f['value']:g} | {target} | {f['verdict']} |")
     report = "\n".join(lines) + "\n"
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
-        json.dumps({"runs": runs, "budgets": budgets, "figures": figures}, indent=2) + "\n"
-    )
-    args.output.with_suffix(".md").write_text(report)
+    write_results(args.output, {"runs": runs, "budgets": budgets, "figures": figures}, report)
     print(report)
     return 1 if any(f["verdict"] == "MISS" for f in figures) else 0
 

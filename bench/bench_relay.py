@@ -38,98 +38,48 @@ Exit codes: 0 every budget met, 1 a budget missed or a figure not achieved, 2 ca
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
+from bench.lab import (
+    finish,
+    iperf,
+    lab_run,
+    machine_busy,
+    preflight,
+    process_cpu,
+    program_pid,
+    tree_cpu,
+)
+from bench.report import RESULTS, budgets_of, start_py_spy, write_results
 from tests.e2e.harness import (
     ALLOW_ALL_POLICY,
-    BIN,
     PYTHON,
     RELAY_BIN,
     LabError,
     Mesh,
     Node,
-    Program,
     Relay,
     block_direct,
-    missing_programs,
-    new_mesh,
     run_in,
     start_control_with_relay,
     unblock_direct,
     wait_for,
 )
 
-HERE: Final = Path(__file__).resolve().parent
-RESULTS: Final = HERE / "results"
-BUDGETS: Final = HERE / "budgets.toml"
-TICK: Final = os.sysconf("SC_CLK_TCK")
-IPERF_PORT: Final = 5201
 PATH_TIMEOUT: Final = 40.0  # a restarted pair: direct_timeout 6 s + relay_timeout 11 s, margin
 RELAY_UP_S: Final = 30.0  # as tests/e2e/test_relay.py: first ping through the relay
-
-
-# --- /proc accounting ----------------------------------------------------------------------------
-
-
-def _stat(pid: str) -> tuple[str, int, float] | None:
-    """(comm, parent PID, CPU seconds) of a live process, None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    comm = text[text.index("(") + 1 : text.rindex(")")]
-    fields = text[text.rindex(")") + 2 :].split()
-    return comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
-
-
-def process_cpu(pid: int) -> float:
-    """utime + stime of one process, seconds."""
-    found = _stat(str(pid))
-    if found is None:
-        raise LabError(f"process {pid} is gone")
-    return found[2]
-
-
-def tree_cpu(root: int) -> dict[str, float]:
-    """CPU seconds of `root` and every live descendant, keyed `comm[pid]` (rustynetd starts
-    wireguard-go in a session of its own, so process groups would miss it)."""
-    table = {int(e.name): _stat(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()}
-    live = {pid: found for pid, found in table.items() if found is not None}
-    children: dict[int, list[int]] = {}
-    for pid, (_, parent, _) in live.items():
-        children.setdefault(parent, []).append(pid)
-    out: dict[str, float] = {}
-    pending = [root] if root in live else []
-    while pending:
-        pid = pending.pop()
-        comm, _, seconds = live[pid]
-        out[f"{comm}[{pid}]"] = seconds
-        pending += children.get(pid, [])
-    return out
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs from /proc/stat (busy = total - idle - iowait)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    total = float(sum(values[:8]))
-    return total - values[3] - values[4], total
 
 
 @contextmanager
@@ -153,46 +103,6 @@ def cpu_window(trees: dict[str, int], relay_pid: int | None) -> Iterator[dict[st
         after = tree_cpu(pid)
         used = {p: round(s - before[name].get(p, 0.0), 3) for p, s in after.items()}
         out[f"{name}_cpu_s"] = {p: s for p, s in used.items() if s > 0}
-
-
-# --- iperf3 --------------------------------------------------------------------------------------
-
-
-def iperf(mesh: Mesh, client: Node, server: Node, address: str, seconds: int) -> dict[str, Any]:
-    """TCP throughput client → server's `address`: a one-off `iperf3 -s -1` in the server's
-    namespace, `iperf3 -c ADDRESS -t SECONDS -J` in the client's. Failures are recorded."""
-    listener = Program(
-        server.ns,
-        ["iperf3", "-s", "-1", "-p", str(IPERF_PORT), "--forceflush"],
-        mesh.workdir / f"iperf3-{server.name}-{time.monotonic_ns()}.log",  # a fresh marker
-    )
-    mesh.servers.append(listener)
-    listener.start()
-    try:
-        listener.wait_log("Server listening", timeout=10)
-        argv = ["iperf3", "-c", address, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"]
-        argv += ["--connect-timeout", "5000"]
-        try:
-            done = run_in(client.ns, *argv, timeout=seconds + 30)
-        except subprocess.TimeoutExpired:
-            return {"error": f"iperf3 did not finish within {seconds + 30} s"}
-        try:
-            report = json.loads(done.stdout)
-        except json.JSONDecodeError:
-            return {"error": f"iperf3 exit {done.returncode}: {done.stderr.strip()[:300]}"}
-        if "error" in report:
-            return {"error": str(report["error"])}
-        end = report["end"]
-        received, sent = end["sum_received"], end["sum_sent"]
-        return {
-            "mbit_s": round(received["bits_per_second"] / 1e6, 1),
-            "bytes": int(received["bytes"]),
-            "seconds": round(received["seconds"], 3),
-            "retransmits": sent.get("retransmits"),
-            "client_cpu_percent": round(end["cpu_utilization_percent"]["host_total"], 1),
-        }
-    finally:
-        listener.kill()
 
 
 def udp_counters(node: Node) -> dict[str, int]:
@@ -245,20 +155,6 @@ def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str
 
 
 # --- py-spy ---------------------------------------------------------------------------------------
-
-
-def start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
-    """py-spy (not in the lock: `pip install py-spy`) sampling `pid`; raw collapsed stacks.
-
-    `--gil`: only samples holding the GIL, i.e. Python (and uvloop) at work, not threads
-    parked in waitpid or a thread-pool queue."""
-    spy = shutil.which("py-spy") or str(BIN / "py-spy")
-    argv = [spy, "record", "--pid", str(pid), "--gil", "--format", "raw", "--rate", "100"]
-    return subprocess.Popen(
-        [*argv, "-o", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def top_functions(collapsed: Path, limit: int = 15) -> list[tuple[str, float, float]]:
@@ -343,7 +239,7 @@ def run(args: argparse.Namespace, mesh: Mesh, results: dict[str, Any]) -> None:
     results["underlay"] = iperf(mesh, a, b, b.underlay_ip, args.underlay_seconds)
     print(f"  {results['underlay']}")
     print(f"direct path TCP A→B over the overlay ({args.seconds} s) ...")
-    daemons = {"daemon_a": _pid(a.program), "daemon_b": _pid(b.program)}
+    daemons = {"daemon_a": program_pid(a.program), "daemon_b": program_pid(b.program)}
     with cpu_window(daemons, None) as cpu, udp_window((a, b)) as udp:
         results["direct"] = iperf(mesh, a, b, b.overlay_ip, args.seconds)
     results["direct"] |= {"cpu": cpu, "udp_errors": udp}
@@ -382,9 +278,9 @@ def relay_run(
 ) -> None:
     """iperf3 over the relay path with CPU accounting, relay counters and optional py-spy."""
     a, b = pair
-    mesh, relay_pid = relay.mesh, _pid(relay.program)
+    mesh, relay_pid = relay.mesh, program_pid(relay.program)
     print(f"relay path TCP A→B over the overlay ({args.seconds} s) ...")
-    daemons = {"daemon_a": _pid(a.program), "daemon_b": _pid(b.program)}
+    daemons = {"daemon_a": program_pid(a.program), "daemon_b": program_pid(b.program)}
     spies: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
     if args.py_spy is not None:
         args.py_spy.parent.mkdir(parents=True, exist_ok=True)
@@ -415,13 +311,6 @@ def relay_run(
                 {"function": f, "own_percent": round(o, 1), "inclusive_percent": round(i, 1)}
                 for f, o, i in top
             ]
-
-
-def _pid(program: Program) -> int:
-    """The program's PID (`ip netns exec` execs: it is the program's own)."""
-    if program.proc is None:
-        raise LabError(f"{program.argv[0]} is not running")
-    return program.proc.pid
 
 
 # --- figures, budgets and the report -------------------------------------------------------------
@@ -519,16 +408,6 @@ def table(results: dict[str, Any], budgets: dict[str, float], verdict: dict[str,
     return "\n".join(lines) + "\n"
 
 
-def preflight() -> str | None:
-    """Why this cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, nftables, wireguard-go)"
-    missing = missing_programs() + [p for p in ("iperf3",) if shutil.which(p) is None]
-    if not Path(RELAY_BIN).exists():
-        missing.append("rustynet-relay")
-    return f"missing programs: {', '.join(missing)}" if missing else None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=int, default=10, help="each overlay iperf3 run")
@@ -540,53 +419,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--py-spy", type=Path, metavar="PREFIX", help="sample relay + daemons in the relay run"
     )
     args = parser.parse_args(argv)
-    problem = preflight()
+    problem = preflight(RELAY_BIN)
     if problem is not None:
         print(f"bench_relay: {problem}", file=sys.stderr)
         return 2
-    budgets = tomllib.loads(BUDGETS.read_text())["relay"]
-    workdir = Path(tempfile.mkdtemp(prefix="rustynet-bench-relay-"))
-    mesh = new_mesh(workdir)
-    for signum in (signal.SIGINT, signal.SIGTERM):  # end through the cleanup below
-        signal.signal(signum, signal.default_int_handler)
-    results: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, "-m", "bench.bench_relay", *sys.argv[1:]]),
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": socket.gethostname(),
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "budgets": budgets,
-    }
-    started = time.monotonic()
-    failed = False
-    try:
-        run(args, mesh, results)
-    except (LabError, KeyboardInterrupt) as exc:
-        failed = True
-        results["error"] = f"{type(exc).__name__}: {exc}"
-        print(f"bench_relay: {results['error']}\n{mesh.logs()}", file=sys.stderr)
-    finally:
-        mesh.close()
-        shutil.rmtree(workdir, ignore_errors=True)
-    results["duration_s"] = round(time.monotonic() - started, 1)
+    budgets = budgets_of("relay")
+    results, failed = lab_run("relay", args, run, budgets)
     derive(results)
     verdict = verdicts(results, budgets)
     results["verdicts"] = verdict
     report = table(results, budgets, verdict)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    args.output.with_suffix(".md").write_text(report)
+    write_results(args.output, results, report)
     print(f"\n{report}")
     for name, top in results.get("profile", {}).items():
         print(f"py-spy {name}: top functions by own samples (own % / inclusive %)")
         for row in top:
             print(f"  {row['own_percent']:5.1f} {row['inclusive_percent']:5.1f}  {row['function']}")
-    misses = [k for k, v in verdict.items() if v != "ok"]
-    print(f"wrote {args.output} and {args.output.with_suffix('.md')} ({results['duration_s']} s)")
-    if misses or failed:
-        print(f"bench_relay: budget missed or not achieved: {', '.join(misses) or 'run failed'}")
-        return 1
-    return 0
+    return finish("relay", args.output, results, verdict, failed)
 
 
 if __name__ == "__main__":

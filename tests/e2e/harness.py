@@ -26,19 +26,20 @@ pytest itself beyond what `tests.netns` does.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final, TypeVar
+
+from rustynet.adapters.cli.node import DaemonRefused, DaemonUnreachable
+from rustynet.adapters.cli.node import call as local_api_call
 
 from rustynet.domain.join_tokens import JoinToken
 from tests.netns import Namespace, NetLab, unique_name
@@ -340,24 +341,6 @@ class ControlPlane:
         raise LabError(f"no node named {name!r} at control: {listing}")
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over a daemon's UNIX socket (path sockets are not bound to a namespace)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__("rustynetd", timeout=10)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(str(self._path))
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 class Node:
     """`rustynetd` in its own namespace with its own state dir, socket and interface."""
 
@@ -478,15 +461,13 @@ class Node:
     def metrics(self) -> dict[str, float]:
         """The daemon's `GET /metrics` on its local socket, as a scraper reads it: sample name
         (with its labels, if any) → value."""
-        conn = _UnixHTTPConnection(self.socket)
+        # The CLI's own client of the local API (path sockets are not bound to a namespace).
         try:
-            conn.request("GET", "/metrics")
-            response = conn.getresponse()
-            text = response.read().decode("utf-8")
-        finally:
-            conn.close()
-        if response.status != 200:
-            raise LabError(f"{self.name}: GET /metrics → {response.status}: {text[:200]}")
+            text = local_api_call(self.socket, "GET", "/metrics")
+        except (DaemonRefused, DaemonUnreachable) as exc:
+            raise LabError(f"{self.name}: GET /metrics: {exc}") from exc
+        if not isinstance(text, str):
+            raise LabError(f"{self.name}: GET /metrics answered JSON, not the text format")
         lines = [line for line in text.splitlines() if line and not line.startswith("#")]
         samples = (line.rsplit(" ", 1) for line in lines)
         return {name: float(value) for name, value in samples}

@@ -56,7 +56,7 @@ from rustynet.domain.scope import Scope
 from rustynet.domain.signed import JsonValue
 from rustynet.domain.tokens import token_renewal_message
 from rustynet.ports.store import Store
-from tests.doubles import CountingEntropy
+from tests.doubles import CountingEntropy, FakeClock
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 URL = "https://control.example.net:8443"
@@ -64,19 +64,6 @@ POLICY: dict[str, JsonValue] = {
     "tagOwners": {"tag:server": [], "tag:client": []},
     "acls": [{"action": "accept", "src": ["tag:client"], "dst": ["tag:server:22"], "proto": "tcp"}],
 }
-
-
-class FakeClock:
-    """A settable clock satisfying the Clock port."""
-
-    def __init__(self, now: datetime) -> None:
-        self.current = now
-
-    def now(self) -> datetime:
-        return self.current
-
-    def advance(self, delta: timedelta) -> None:
-        self.current += delta
 
 
 @attrs.define

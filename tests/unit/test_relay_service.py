@@ -30,21 +30,11 @@ from rustynet.domain.relay import (
     encode_frame,
 )
 from rustynet.domain.tokens import TokenKind, issue_token
-from tests.doubles import CountingEntropy
+from tests.doubles import CountingEntropy, FakeClock
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 ISSUER = "https://control.example.net:8443"
 ENTROPY = CountingEntropy()
-
-
-class FakeClock:
-    """A settable clock satisfying the Clock port."""
-
-    def __init__(self) -> None:
-        self.current = NOW
-
-    def now(self) -> datetime:
-        return self.current
 
 
 class FakeHandle:
@@ -82,7 +72,7 @@ TRUST = RelayTrust("relay-1", ISSUER, ROOT_KEY.public_key.fingerprint())
 
 
 def _service(**limits: object) -> tuple[RelayService, FakeClock]:
-    clock = FakeClock()
+    clock = FakeClock(NOW)
     return RelayService(TRUST, RelayLimits(**limits), clock, ENTROPY), clock  # type: ignore[arg-type]
 
 
