@@ -37,6 +37,19 @@ class Kind(enum.Enum):
 
 
 KINDS = tuple(Kind)
+
+# The deadlines and caps both servers are tested with (control.toml [connections], relay.toml).
+LIMITS = ConnectionLimits(
+    tls_handshake_timeout=2.0,
+    header_timeout=1.0,
+    body_timeout=1.5,
+    keepalive_timeout=1.0,
+    max_connections=250,
+    max_connections_per_ip=60,
+)
+PER_KIND = 40  # x 5 kinds = 200 slow connections, 50 from each of 4 addresses
+SLOW_SOURCES = ("127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.13")
+MEMORY_PEAK_BOUND = 48 * 1024  # KiB over the idle RSS while 200 slow connections are open
 TRICKLE_EVERY = 0.1
 
 

@@ -9,32 +9,18 @@ passed its expiry, a 401 byte-identical to the one an unknown key gets.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
-import pytest_asyncio
-from rustynet.adapters.storage.memory import MemoryStore
-from rustynet.adapters.storage.sqlite import SqliteStore
 
 from rustynet.application.control_types import AdminAuth, CreateApiKeyRequest
 from rustynet.application.errors import Unauthorized
-from rustynet.ports.store import Store
 from tests.integration.http_server import running_api
-from tests.integration.test_control_service import World, make_world
+from tests.integration.test_control_service import World, world
 
-
-@pytest_asyncio.fixture(params=["memory", "sqlite"])
-async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
-    """A fresh control plane over each store."""
-    store: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "c.db")
-    made = await make_world(store)
-    try:
-        yield made
-    finally:
-        await store.close()
+__all__ = ["world"]  # the store-parametrised fixture
 
 
 @pytest.mark.asyncio

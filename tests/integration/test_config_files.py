@@ -22,7 +22,8 @@ from rustynet.domain.tls_pin import SpkiPin
 PIN = SpkiPin(bytes(range(32)))
 
 
-def _control(tmp_path: Path) -> ControlConfig:
+def sample_control_config(tmp_path: Path) -> ControlConfig:
+    """A complete control.toml value whose files live under `tmp_path`."""
     return ControlConfig(
         url="https://ctl.example.org:8443",
         listen=("::", 8443),
@@ -36,7 +37,7 @@ def _control(tmp_path: Path) -> ControlConfig:
 
 def test_control_config_round_trips_with_relative_paths(tmp_path: Path) -> None:
     """What init renders is what serve loads; paths are stored relative to the directory."""
-    config = _control(tmp_path)
+    config = sample_control_config(tmp_path)
     text = render_control_config(config, tmp_path)
     assert str(tmp_path) not in text
     (tmp_path / "control.toml").write_text(text)
@@ -69,7 +70,7 @@ def test_invalid_control_config_names_file_and_key(
     tmp_path: Path, edit: Callable[[str], str], message: str
 ) -> None:
     """Every kind of mistake is an error naming where it is, never silently ignored."""
-    text = edit(render_control_config(_control(tmp_path), tmp_path))
+    text = edit(render_control_config(sample_control_config(tmp_path), tmp_path))
     path = tmp_path / "control.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=r"control\.toml") as caught:

@@ -28,8 +28,6 @@ from rustynet.adapters.cli import node as node_cli
 from rustynet.adapters.config import (
     AdminConfig,
     ConfigError,
-    ControlConfig,
-    DatabaseUrl,
     load_admin_config,
     load_control_config,
     load_node_config,
@@ -46,24 +44,14 @@ from rustynet.adapters.relay.config import (
 
 from rustynet.domain.keys import KeyFingerprint
 from rustynet.domain.tls_pin import SpkiPin
+from tests.integration.test_config_files import sample_control_config
 
 BIN = Path(sys.executable).parent
 NOBODY = 65534
 
 
 def _control_text(base: Path) -> str:
-    return render_control_config(
-        ControlConfig(
-            url="https://ctl.example.org:8443",
-            listen=("127.0.0.1", 8443),
-            database=DatabaseUrl("sqlite", sqlite_path=base / "control.db"),
-            certificate=base / "tls" / "control.crt",
-            private_key=base / "tls" / "control.key",
-            keystore="file",
-            passphrase_file=base / "keystore.pass",
-        ),
-        base,
-    )
+    return render_control_config(sample_control_config(base), base)
 
 
 def _relay_text(base: Path) -> str:

@@ -110,6 +110,23 @@ class Plane:
         raise AssertionError("no pin in admin.toml")
 
 
+def init_listening(data_dir: Path, port: int) -> None:
+    """`rustynet-control init` (file key store) for https://127.0.0.1:PORT, listening there."""
+    done = run(
+        CONTROL,
+        "init",
+        "--data-dir",
+        str(data_dir),
+        "--url",
+        f"https://127.0.0.1:{port}",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--keystore",
+        "file",
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def spawn_until_ready(
     argv: list[str],
 ) -> tuple[subprocess.Popen[str], list[str], threading.Thread]:

@@ -70,6 +70,7 @@ from tests.integration.http_server import (
 from tests.integration.test_control_cli import (
     CONTROL,
     _free_port,
+    init_listening,
     run,
     spawn_until_ready,
     terminate,
@@ -405,19 +406,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     """One `rustynet-control init` (file key store) listening on 127.0.0.1:<free port>."""
     data_dir = tmp_path_factory.mktemp("negative") / "data"
     port = _free_port()
-    done = run(
-        CONTROL,
-        "init",
-        "--data-dir",
-        str(data_dir),
-        "--url",
-        f"https://127.0.0.1:{port}",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--keystore",
-        "file",
-    )
-    assert done.returncode == 0, done.stderr
+    init_listening(data_dir, port)
     return data_dir, port
 
 

@@ -5,6 +5,7 @@ long-poll wake-ups, policy validation, abuse limits, API key scopes and the audi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -104,6 +105,17 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield made
     finally:
         await store.close()
+
+
+@contextlib.asynccontextmanager
+async def world_with_policy() -> AsyncIterator[World]:
+    """An in-process control plane over a memory store with POLICY stored, closed at the end."""
+    made = await make_world(MemoryStore())
+    await made.service.put_policy(made.admin, POLICY)
+    try:
+        yield made
+    finally:
+        await made.store.close()
 
 
 @attrs.define

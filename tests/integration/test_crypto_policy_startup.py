@@ -19,7 +19,7 @@ import pytest
 
 from rustynet.domain.keys import SigningKey
 from tests.doubles import CountingEntropy
-from tests.integration.test_control_cli import CONTROL, _env, _free_port, run
+from tests.integration.test_control_cli import CONTROL, _env, _free_port, init_listening, run
 
 BIN = Path(sys.executable).parent
 RUSTYNETD = str(BIN / "rustynetd")
@@ -86,19 +86,7 @@ def test_control_serve_refuses_a_policy_denying_its_tls_certificate_algorithm(
     """`rustynet-control serve` on an initialised data directory, ECDSA-P256 denied: exit 1."""
     port = _free_port()
     data_dir = tmp_path / "data"
-    done = run(
-        CONTROL,
-        "init",
-        "--data-dir",
-        str(data_dir),
-        "--url",
-        f"https://127.0.0.1:{port}",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--keystore",
-        "file",
-    )
-    assert done.returncode == 0, done.stderr
+    init_listening(data_dir, port)
     override = deny(tmp_path, "ECDSA-P256")
     stderr = refused(
         [

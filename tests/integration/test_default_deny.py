@@ -11,33 +11,18 @@ and an admitted flow, so an empty answer above is not an artefact of the harness
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-import pytest_asyncio
-from rustynet.adapters.storage.memory import MemoryStore
-from rustynet.adapters.storage.sqlite import SqliteStore
 
 from rustynet.domain.netmap import PeerMap
 from rustynet.domain.packet_filter import DENY_ALL
 from rustynet.domain.policy import Proto
 from rustynet.domain.reconcile import DesiredState, desired_state
-from rustynet.ports.store import Store
-from tests.integration.test_control_service import POLICY, Node, World, enroll, make_world
+from tests.integration.test_control_service import POLICY, Node, World, enroll, world
+
+__all__ = ["world"]  # the store-parametrised fixture: a fresh control plane, no policy stored
 
 FLOWS = [(Proto.TCP, 22), (Proto.TCP, 443), (Proto.UDP, 53), (Proto.UDP, 41641), (Proto.ICMP, None)]
-
-
-@pytest_asyncio.fixture(params=["memory", "sqlite"])
-async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
-    """A fresh control plane over each store, with no policy stored."""
-    store: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "c.db")
-    made = await make_world(store)
-    try:
-        yield made
-    finally:
-        await store.close()
 
 
 async def accepted_map(world: World, node: Node) -> PeerMap:

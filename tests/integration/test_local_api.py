@@ -19,24 +19,19 @@ from rustynet.adapters.firewall.memory import MemoryFirewall
 from rustynet.adapters.keystore.memory import MemoryKeystore
 from rustynet.adapters.local_api import LocalApiError, bind_socket, create_local_app
 from rustynet.adapters.node_state_file import FileNodeStateStore
-from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
 from rustynet.application.control_types import CreateJoinKeyRequest
 from rustynet.application.node_agent import AgentSettings
 from rustynet.bootstrap.node import NodeDaemon, NodePorts
-from tests.integration.test_control_service import POLICY, World, make_world
+from tests.integration.test_control_service import World, world_with_policy
 
 
 @pytest_asyncio.fixture
 async def world() -> AsyncIterator[World]:
-    """An in-process control plane with a policy."""
-    made = await make_world(MemoryStore())
-    await made.service.put_policy(made.admin, POLICY)
-    try:
+    """An in-process control plane over a memory store, with POLICY."""
+    async with world_with_policy() as made:
         yield made
-    finally:
-        await made.store.close()
 
 
 def _interface(tunnel: MemoryTunnelBackend) -> str | None:

@@ -19,9 +19,12 @@ import attrs
 import pytest
 from rustynet.adapters.config import load_control_config, render_control_config
 
-from rustynet.domain.connection_limits import ConnectionLimits
 from tests.integration.http_server import enroll_over_http, node_headers
 from tests.integration.slowloris import (
+    LIMITS,
+    MEMORY_PEAK_BOUND,
+    PER_KIND,
+    SLOW_SOURCES,
     Kind,
     ProcessProbe,
     Target,
@@ -40,6 +43,7 @@ from tests.integration.test_control_cli import (
     CONTROL,
     RUSTYNET,
     _free_port,
+    init_listening,
     run,
     spawn_until_ready,
     terminate,
@@ -47,17 +51,6 @@ from tests.integration.test_control_cli import (
 
 pytestmark = pytest.mark.slow
 
-LIMITS = ConnectionLimits(
-    tls_handshake_timeout=2.0,
-    header_timeout=1.0,
-    body_timeout=1.5,
-    keepalive_timeout=1.0,
-    max_connections=250,
-    max_connections_per_ip=60,
-)
-PER_KIND = 40  # x 5 kinds = 200 slow connections, 50 from each of 4 addresses
-SLOW_SOURCES = ("127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.13")
-MEMORY_PEAK_BOUND = 48 * 1024  # KiB over the idle RSS while 200 slow connections are open
 MEMORY_REPEAT_BOUND = 8 * 1024  # KiB from wave 1 to wave 2: < 40 KiB per slow connection
 LONG_POLL = 4  # seconds: longer than every deadline in LIMITS
 
@@ -74,19 +67,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """init, then serve with LIMITS written into control.toml's [connections]."""
     data_dir = tmp_path_factory.mktemp("slow") / "data"
     port = _free_port()
-    done = run(
-        CONTROL,
-        "init",
-        "--data-dir",
-        str(data_dir),
-        "--url",
-        f"https://127.0.0.1:{port}",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--keystore",
-        "file",
-    )
-    assert done.returncode == 0, done.stderr
+    init_listening(data_dir, port)
     config = attrs.evolve(load_control_config(data_dir / "control.toml"), connections=LIMITS)
     (data_dir / "control.toml").write_text(render_control_config(config, data_dir))
     assert load_control_config(data_dir / "control.toml").connections == LIMITS

@@ -16,10 +16,13 @@ from rustynet.adapters.control_client import pinned_ssl_context
 from rustynet.adapters.relay.client import WebSocketRelayTransport
 from rustynet.adapters.relay.config import load_relay_config, render_relay_config
 
-from rustynet.domain.connection_limits import ConnectionLimits
 from rustynet.domain.tls_pin import SpkiPin
 from rustynet.ports.relay import RelayEndpoint
 from tests.integration.slowloris import (
+    LIMITS,
+    MEMORY_PEAK_BOUND,
+    PER_KIND,
+    SLOW_SOURCES,
     ProcessProbe,
     Target,
     insecure_tls13,
@@ -38,17 +41,6 @@ from tests.integration.test_relay_cli import RELAY, _free_port, _init
 
 pytestmark = pytest.mark.slow
 
-LIMITS = ConnectionLimits(
-    tls_handshake_timeout=2.0,
-    header_timeout=1.0,
-    body_timeout=1.5,
-    keepalive_timeout=1.0,
-    max_connections=250,
-    max_connections_per_ip=60,
-)
-PER_KIND = 40  # x 5 kinds = 200 slow connections
-SLOW_SOURCES = ("127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.13")
-MEMORY_PEAK_BOUND = 48 * 1024  # KiB over the idle RSS while 200 slow connections are open
 SESSION_HELD = 3.0  # seconds: longer than every deadline in LIMITS
 
 

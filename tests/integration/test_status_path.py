@@ -21,14 +21,13 @@ from rustynet.adapters.firewall.memory import MemoryFirewall
 from rustynet.adapters.keystore.memory import MemoryKeystore
 from rustynet.adapters.node_state_file import FileNodeStateStore
 from rustynet.adapters.relay.bridge import RelayBridge
-from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
 from rustynet.application.control_types import CreateJoinKeyRequest
 from rustynet.application.node_agent import AgentSettings, NodeAgent
 from rustynet.domain.keys import TunnelKey
 from rustynet.domain.tunnel import PeerStats
-from tests.integration.test_control_service import POLICY, World, make_world
+from tests.integration.test_control_service import World, world_with_policy
 
 pytestmark = pytest.mark.asyncio
 
@@ -47,12 +46,9 @@ class HandshakeTunnel(MemoryTunnelBackend):
 
 @pytest_asyncio.fixture
 async def world() -> AsyncIterator[World]:
-    made = await make_world(MemoryStore())
-    await made.service.put_policy(made.admin, POLICY)
-    try:
+    """An in-process control plane over a memory store, with POLICY."""
+    async with world_with_policy() as made:
         yield made
-    finally:
-        await made.store.close()
 
 
 async def _agent(

@@ -23,14 +23,13 @@ from rustynet.adapters.firewall.memory import MemoryFirewall
 from rustynet.adapters.keystore.memory import MemoryKeystore
 from rustynet.adapters.local_api import LocalApiServer
 from rustynet.adapters.node_state_file import FileNodeStateStore
-from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
 from rustynet.application.control_types import CreateJoinKeyRequest
 from rustynet.application.node_agent import AgentSettings
 from rustynet.bootstrap.node import NodeDaemon, NodePorts
 from rustynet.ports.control_plane import ControlUnreachable, NodeCredentials, PeerMapDelivery
-from tests.integration.test_control_service import POLICY, World, make_world
+from tests.integration.test_control_service import World, world_with_policy
 
 pytestmark = pytest.mark.asyncio
 
@@ -52,12 +51,9 @@ class DistantControl(LocalControlPlane):
 
 @pytest_asyncio.fixture
 async def world() -> AsyncIterator[World]:
-    made = await make_world(MemoryStore())
-    await made.service.put_policy(made.admin, POLICY)
-    try:
+    """An in-process control plane over a memory store, with POLICY."""
+    async with world_with_policy() as made:
         yield made
-    finally:
-        await made.store.close()
 
 
 async def _serve(w: World, tmp: Path, control: DistantControl) -> tuple[NodeDaemon, LocalApiServer]:
