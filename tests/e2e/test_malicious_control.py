@@ -29,12 +29,6 @@ import attrs
 import pytest
 from rustynet.adapters.entropy import OsEntropy
 
-from rustynet.domain.key_hierarchy import (
-    KeyRole,
-    TrustedRoot,
-    issue_certificate,
-    issue_root_certificate,
-)
 from rustynet.domain.keys import KeyFingerprint, Purpose, SigningKey
 from rustynet.domain.netmap import PeerMap, PeerMapTrust, accept_peer_map, format_time
 from rustynet.domain.signed import JsonObject, SignedEnvelope
@@ -49,6 +43,7 @@ from tests.e2e.harness import (
     run_in,
     wait_for,
 )
+from tests.key_chain import SigningChain
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -131,20 +126,17 @@ class Rogue:
     def create(cls, now: datetime) -> Rogue:
         """Fresh keys; certificates valid around `now`."""
         entropy = OsEntropy()
-        root_key, signing_key = SigningKey.generate(entropy), SigningKey.generate(entropy)
         start = now.replace(microsecond=0) - timedelta(minutes=5)
-        root_cert = issue_root_certificate(root_key, start, start + timedelta(days=60))
-        root = TrustedRoot.pinned(root_cert, root_cert.key_id, now)
-        cert = issue_certificate(
-            root_key,
-            root,
-            subject=signing_key.public_key,
-            role=KeyRole.SIGNING,
-            not_before=start,
-            not_after=start + timedelta(days=30),
-            scope=frozenset({Purpose.PEER_MAP}),
+        chain = SigningChain.make(
+            entropy, start, root_not_after=start + timedelta(days=60), pinned_at=now
         )
-        return cls(root_cert.to_text(), root_cert.key_id, cert.to_text(), signing_key)
+        root_cert = chain.root_certificate
+        return cls(
+            root_cert.to_text(),
+            root_cert.key_id,
+            chain.signing_certificate.to_text(),
+            chain.signing_key,
+        )
 
     def seal(self, payload: JsonObject) -> str:
         """`payload` signed as a peer map by the rogue signing key."""

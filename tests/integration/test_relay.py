@@ -31,9 +31,6 @@ from rustynet.application.relay import RelayService
 from rustynet.domain.key_hierarchy import (
     ROLE_MAX_LIFETIME,
     KeyRole,
-    TrustedRoot,
-    issue_certificate,
-    issue_root_certificate,
 )
 from rustynet.domain.keys import Purpose, SigningKey
 from rustynet.domain.relay import RelayLimits, RelayTrust, encode_frame
@@ -48,6 +45,7 @@ from rustynet.ports.relay import (
     RelayUntrusted,
 )
 from tests.integration.tls_probe import assert_groups_and_alerts
+from tests.key_chain import SigningChain
 
 ISSUER = "https://control.example.net:8443"
 RELAY_ID = "relay-test"
@@ -66,22 +64,18 @@ class Hierarchy:
     @classmethod
     def make(cls) -> Hierarchy:
         now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
-        root_key = SigningKey.generate(ENTROPY)
-        root_cert = issue_root_certificate(
-            root_key, now, now + ROLE_MAX_LIFETIME[KeyRole.ROOT] - timedelta(seconds=1)
-        )
-        root = TrustedRoot.pinned(root_cert, root_key.public_key.fingerprint(), now)
-        signing_key = SigningKey.generate(ENTROPY)
-        cert = issue_certificate(
-            root_key,
-            root,
-            subject=signing_key.public_key,
-            role=KeyRole.SIGNING,
-            not_before=now,
-            not_after=now + timedelta(days=30),
+        chain = SigningChain.make(
+            ENTROPY,
+            now,
+            root_not_after=now + ROLE_MAX_LIFETIME[KeyRole.ROOT] - timedelta(seconds=1),
             scope=frozenset({Purpose.PEER_MAP, Purpose.REVOCATION}),
         )
-        return cls(root_key, root_cert.to_text(), signing_key, cert.to_text())
+        return cls(
+            chain.root_key,
+            chain.root_certificate.to_text(),
+            chain.signing_key,
+            chain.signing_certificate.to_text(),
+        )
 
     def token(
         self,

@@ -11,16 +11,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import attrs
 import pytest
 
 from rustynet.domain.key_hierarchy import (
-    ROLE_MAX_LIFETIME,
     Certificate,
-    KeyRole,
-    TrustedRoot,
-    issue_certificate,
-    issue_root_certificate,
 )
 from rustynet.domain.keys import Purpose, SigningKey
 from rustynet.domain.relay import (
@@ -32,6 +26,7 @@ from rustynet.domain.relay import (
 )
 from rustynet.domain.tokens import TokenKind, issue_token
 from tests.doubles import CountingEntropy
+from tests.key_chain import SigningChain
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 ISSUER = "https://control.example.net:8443"
@@ -40,35 +35,12 @@ ENTROPY = CountingEntropy()
 NONCE = bytes(range(32))
 
 
-@attrs.frozen
-class Hierarchy:
-    """One control plane: root key and certificate, one certified signing key."""
-
-    root_key: SigningKey
-    root_certificate: Certificate
-    signing_key: SigningKey
-    signing_certificate: Certificate
-
-    @classmethod
-    def make(cls) -> Hierarchy:
-        root_key = SigningKey.generate(ENTROPY)
-        root_cert = issue_root_certificate(root_key, NOW, NOW + ROLE_MAX_LIFETIME[KeyRole.ROOT])
-        root = TrustedRoot.pinned(root_cert, root_key.public_key.fingerprint(), NOW)
-        signing_key = SigningKey.generate(ENTROPY)
-        cert = issue_certificate(
-            root_key,
-            root,
-            subject=signing_key.public_key,
-            role=KeyRole.SIGNING,
-            not_before=NOW,
-            not_after=NOW + timedelta(days=30),
-            scope=frozenset({Purpose.PEER_MAP, Purpose.REVOCATION}),
-        )
-        return cls(root_key, root_cert, signing_key, cert)
+def _chain() -> SigningChain:
+    return SigningChain.make(ENTROPY, NOW, scope=frozenset({Purpose.PEER_MAP, Purpose.REVOCATION}))
 
 
-OURS = Hierarchy.make()
-OTHER = Hierarchy.make()
+OURS = _chain()
+OTHER = _chain()
 TRUST = RelayTrust(RELAY_ID, ISSUER, OURS.root_key.public_key.fingerprint())
 NODE = SigningKey.generate(ENTROPY)
 

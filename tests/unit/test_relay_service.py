@@ -8,13 +8,6 @@ import pytest
 
 from rustynet.application.relay import RelayService, Session
 from rustynet.domain.errors import LocalProtocolError
-from rustynet.domain.key_hierarchy import (
-    ROLE_MAX_LIFETIME,
-    KeyRole,
-    TrustedRoot,
-    issue_certificate,
-    issue_root_certificate,
-)
 from rustynet.domain.keys import Purpose, SigningKey, b64encode
 from rustynet.domain.relay import (
     SESSION_TRANSITIONS,
@@ -31,6 +24,7 @@ from rustynet.domain.relay import (
 )
 from rustynet.domain.tokens import TokenKind, issue_token
 from tests.doubles import CountingEntropy, FakeClock
+from tests.key_chain import SigningChain
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 ISSUER = "https://control.example.net:8443"
@@ -55,18 +49,12 @@ class FakeHandle:
         self.closed = True
 
 
-ROOT_KEY = SigningKey.generate(ENTROPY)
-ROOT_CERT = issue_root_certificate(ROOT_KEY, NOW, NOW + ROLE_MAX_LIFETIME[KeyRole.ROOT])
-ROOT = TrustedRoot.pinned(ROOT_CERT, ROOT_KEY.public_key.fingerprint(), NOW)
-SIGNER = SigningKey.generate(ENTROPY)
-SIGNER_CERT = issue_certificate(
-    ROOT_KEY,
-    ROOT,
-    subject=SIGNER.public_key,
-    role=KeyRole.SIGNING,
-    not_before=NOW,
-    not_after=NOW + timedelta(days=30),
-    scope=frozenset({Purpose.PEER_MAP}),
+CHAIN = SigningChain.make(ENTROPY, NOW)
+ROOT_KEY, ROOT_CERT, SIGNER, SIGNER_CERT = (
+    CHAIN.root_key,
+    CHAIN.root_certificate,
+    CHAIN.signing_key,
+    CHAIN.signing_certificate,
 )
 TRUST = RelayTrust("relay-1", ISSUER, ROOT_KEY.public_key.fingerprint())
 
