@@ -9,6 +9,7 @@ certificate.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import ssl
@@ -19,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import attrs
+import yarl
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -298,3 +300,22 @@ def node_headers(result: Any) -> dict[str, str]:
         "Authorization": f"Bearer {result['access_token']}",
         "Rustynet-Node": result["node_id"],
     }
+
+
+@contextlib.asynccontextmanager
+async def tls_connection(
+    base_url: str, context: ssl.SSLContext
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A raw TLS connection to the server at `base_url` (for bytes no HTTP client would send)."""
+    url = yarl.URL(base_url)
+    assert url.host is not None
+    assert url.port is not None
+    reader, writer = await asyncio.open_connection(
+        url.host, url.port, ssl=context, server_hostname=url.host
+    )
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()

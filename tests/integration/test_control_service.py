@@ -108,9 +108,10 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 @contextlib.asynccontextmanager
-async def world_with_policy() -> AsyncIterator[World]:
-    """An in-process control plane over a memory store with POLICY stored, closed at the end."""
-    made = await make_world(MemoryStore())
+async def world_with_policy(store: Store | None = None) -> AsyncIterator[World]:
+    """An in-process control plane over `store` (default: a memory store) with POLICY stored;
+    the store is closed at the end."""
+    made = await make_world(store or MemoryStore())
     await made.service.put_policy(made.admin, POLICY)
     try:
         yield made

@@ -46,7 +46,7 @@ from rustynet.application.relay import RelayService
 from rustynet.domain.keys import SigningKey
 from rustynet.domain.limits import BucketPolicy
 from rustynet.domain.relay import RelayLimits, RelayTrust
-from tests.integration.http_server import GENEROUS_LIMITS, LiveApi, running_api
+from tests.integration.http_server import GENEROUS_LIMITS, LiveApi, running_api, tls_connection
 
 SECRET: Final = "rnk_h0stile1nput2must3never4echo5back6"
 GENEROUS_ADMIN: Final = BucketPolicy(burst=100_000, refill=100_000, per=timedelta(minutes=1))
@@ -117,20 +117,10 @@ async def _session(api: LiveApi) -> AsyncIterator[aiohttp.ClientSession]:
 
 async def _exchange(base_url: str, context: ssl.SSLContext, data: bytes) -> tuple[int, bytes]:
     """Send raw bytes over TLS; the status and the whole raw response (the server closes)."""
-    url = yarl.URL(base_url)
-    assert url.host is not None
-    assert url.port is not None
-    reader, writer = await asyncio.open_connection(
-        url.host, url.port, ssl=context, server_hostname=url.host
-    )
-    try:
+    async with tls_connection(base_url, context) as (reader, writer):
         writer.write(data)
         await writer.drain()
         raw = await asyncio.wait_for(reader.read(), timeout=10)
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await writer.wait_closed()
     status = int(raw.split(b" ", 2)[1])
     return status, raw
 

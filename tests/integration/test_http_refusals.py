@@ -25,7 +25,6 @@ from typing import Any, Final
 
 import aiohttp
 import pytest
-import yarl
 from aiohttp import web
 from rustynet.adapters.clock import SystemClock
 from rustynet.adapters.control_client import pinned_ssl_context
@@ -38,7 +37,7 @@ from rustynet.application.relay import RelayService
 from rustynet.domain.keys import SigningKey
 from rustynet.domain.limits import BucketPolicy
 from rustynet.domain.relay import RelayLimits, RelayTrust
-from tests.integration.http_server import LiveApi, running_api
+from tests.integration.http_server import LiveApi, running_api, tls_connection
 
 CANARY: Final = "rnk_SECRETCANARY0must1never2echo3back"
 EXPECT_VALUES: Final = (f"100-{CANARY}", CANARY, f"100-Continue, {CANARY}")
@@ -49,24 +48,6 @@ EMPTY: Final = b""
 
 
 # --- raw HTTP over TLS -------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def _connection(
-    base_url: str, context: ssl.SSLContext
-) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-    url = yarl.URL(base_url)
-    assert url.host is not None
-    assert url.port is not None
-    reader, writer = await asyncio.open_connection(
-        url.host, url.port, ssl=context, server_hostname=url.host
-    )
-    try:
-        yield reader, writer
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await writer.wait_closed()
 
 
 async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes, bytes]:
@@ -86,7 +67,7 @@ async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], 
 async def _ask(
     base_url: str, context: ssl.SSLContext, data: bytes
 ) -> tuple[int, dict[str, str], bytes, bytes]:
-    async with _connection(base_url, context) as (reader, writer):
+    async with tls_connection(base_url, context) as (reader, writer):
         writer.write(data)
         await writer.drain()
         return await _response(reader)
@@ -156,7 +137,7 @@ async def test_control_api_refuses_unknown_expectations_with_json_417_echoing_no
         for method, path in paths:
             for value in EXPECT_VALUES:
                 data = _request(method, path, f"Expect: {value}", "Content-Length: 2", body=b"{}")
-                async with _connection(api.base_url, api.client_ssl) as (reader, writer):
+                async with tls_connection(api.base_url, api.client_ssl) as (reader, writer):
                     writer.write(data)
                     status, headers, body, raw = await _response(reader)
                     assert status == 417, (path, raw)
@@ -241,7 +222,7 @@ async def test_continue_is_sent_only_after_admission_and_authentication(tmp_path
             "Expect: 100-continue",
             f"Content-Length: {len(document)}",
         )
-        async with _connection(api.base_url, api.client_ssl) as (reader, writer):
+        async with tls_connection(api.base_url, api.client_ssl) as (reader, writer):
             writer.write(good)
             interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=PROMPTLY)
             assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -34,7 +34,7 @@ from rustynet.ports.control_plane import (
     TrustTexts,
 )
 from rustynet.ports.store import Store
-from tests.integration.test_control_service import POLICY, World, make_world
+from tests.integration.test_control_service import World, make_world, world_with_policy
 
 pytestmark = pytest.mark.asyncio
 
@@ -43,12 +43,8 @@ pytestmark = pytest.mark.asyncio
 async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
     """A control plane with a client→server:22 policy, over each store."""
     store: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "c.db")
-    made = await make_world(store)
-    await made.service.put_policy(made.admin, POLICY)
-    try:
+    async with world_with_policy(store) as made:
         yield made
-    finally:
-        await store.close()
 
 
 @attrs.define

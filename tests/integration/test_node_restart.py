@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
 from rustynet.application.map_source import STORED_MAP_FALLBACK
 from rustynet.domain.keys import TunnelKey
 from rustynet.domain.tunnel import PeerDiff
-from tests.integration.test_control_service import POLICY, World, make_world
+from tests.integration.test_control_service import World, world_with_policy
 from tests.integration.test_node_agent import Node, joined, make_agent
 
 pytestmark = pytest.mark.asyncio
@@ -41,13 +40,8 @@ class RecordingTunnel(MemoryTunnelBackend):
 @pytest_asyncio.fixture
 async def world() -> AsyncIterator[World]:
     """A control plane with a client→server:22 policy."""
-    store = MemoryStore()
-    made = await make_world(store)
-    await made.service.put_policy(made.admin, POLICY)
-    try:
+    async with world_with_policy() as made:
         yield made
-    finally:
-        await store.close()
 
 
 async def _mesh(w: World, tmp: Path) -> tuple[Node, Node, Node]:
