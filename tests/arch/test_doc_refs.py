@@ -8,8 +8,10 @@ threat-model rules of `tests/arch/test_threat_model_refs.py` (whose reference sy
    `path.py::symbol`, `path.toml::key`) resolves, each relative link points at a file that
    exists, and each document its text names (a word ending in `.md`) exists.
 2. Every comment and docstring of the Python files in `src/`, `adapters/`, `tools/`, `tests/`,
-   `bench/` and `noxfile.py`, and every comment of the repository's TOML files (configuration,
-   budgets, the mutant list): each document it names (a word ending in `.md`) exists.
+   `bench/` and `noxfile.py`; every comment of the repository's TOML files (configuration,
+   budgets, the mutant list), shell scripts and systemd units; every line of its JSON files
+   (the OpenAPI document's descriptions): each document it names (a word ending in `.md`)
+   exists.
 3. In all of the above, no text sends the reader to the design notes kept outside the
    repository by section: one of their upper-case names (architecture, style, anchors,
    developers, lab) followed by a section sign or the word habit, section or rule. (Named as
@@ -52,6 +54,7 @@ _SKIPPED_DIRS = frozenset(
     }
 )
 CODE_ROOTS = ("src", "adapters", "tools", "tests", "bench", "noxfile.py")
+_HASH_COMMENTED = (".toml", ".sh", ".service")
 
 # In markdown, backticked spans and link targets have their own rules (checked above them).
 _BACKTICKED = re.compile(r"`[^`\n]+`")
@@ -81,9 +84,9 @@ def markdown_files(root: Path) -> list[Path]:
 
 
 def code_files(root: Path) -> list[Path]:
-    """Every Python file under the code roots, and every TOML file of the repository."""
+    """Every Python file under the code roots; every TOML, JSON, shell and unit file."""
     python = [p for top in CODE_ROOTS if (root / top).exists() for p in _walk(root / top, ".py")]
-    return python + list(_walk(root, ".toml"))
+    return python + [p for suffix in (*_HASH_COMMENTED, ".json") for p in _walk(root, suffix)]
 
 
 def document_names(text: str) -> list[str]:
@@ -149,8 +152,8 @@ def _comments_and_docstrings(source: str) -> Iterator[tuple[int, str]]:
                 yield first + offset, line
 
 
-def _toml_comments(source: str) -> Iterator[tuple[int, str]]:
-    """(line number, text) of every whole-line or trailing `#` comment of a TOML file."""
+def _hash_comments(source: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every whole-line or trailing `#` comment (TOML, shell, units)."""
     for line_no, line in enumerate(source.splitlines(), start=1):
         stripped = line.lstrip()
         if stripped.startswith("#"):
@@ -166,7 +169,9 @@ def _cited_lines(path: Path) -> Iterator[tuple[int, str]]:
         return iter(())  # nothing to cite: spare the (slow) tokenizer
     if path.suffix == ".py":
         return _comments_and_docstrings(source)
-    return _toml_comments(source)
+    if path.suffix == ".json":
+        return enumerate(source.splitlines(), start=1)
+    return _hash_comments(source)
 
 
 def check_markdown(docs: Iterable[Path], root: Path) -> list[str]:
@@ -191,7 +196,7 @@ def check_markdown(docs: Iterable[Path], root: Path) -> list[str]:
 
 
 def check_code(files: Iterable[Path], root: Path) -> list[str]:
-    """Comments and docstrings (Python) and comments (TOML) citing what the repository lacks."""
+    """Comments, docstrings and JSON text that cite what the repository does not hold."""
     known = [_relative(d, root) for d in markdown_files(root)]
     problems: list[str] = []
     for path in sorted(files):
@@ -322,6 +327,16 @@ def test_code_checker_reads_toml_comments(tree: Path) -> None:
     assert check_code([config], tree) == [
         "budgets.toml:3: cites 'ARCHITECTURE §': a note outside the repository",
         "budgets.toml:5: names missing.md: no such document in the repository",
+    ]
+
+
+def test_code_checker_reads_json_and_unit_files(tree: Path) -> None:
+    """An API description or a unit file's comment that names a missing page fails."""
+    (tree / "api.json").write_text('{\n  "description": "the language: see docs/policy.md"\n}\n')
+    (tree / "x.service").write_text("[Unit]\n# see docs/guide/lab.md\n# and docs/gone.md\n")
+    assert check_code(code_files(tree), tree) == [
+        "api.json:2: names docs/policy.md: no such document in the repository",
+        "x.service:3: names docs/gone.md: no such document in the repository",
     ]
 
 
