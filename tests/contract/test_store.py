@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.storage.postgres import PostgresStore
-from rustynet.adapters.storage.sql import load_migrations
+from rustynet.adapters.storage.sql.migrations import load_migrations
 from rustynet.adapters.storage.sqlite import SqliteStore
 
 from rustynet.domain.audit import AuditChain, Checkpoint
