@@ -21,7 +21,9 @@ from typing import Self
 
 import attrs
 
+from rustynet.domain.api_keys import ApiKeyRecord
 from rustynet.domain.audit import AuditEntry, Checkpoint
+from rustynet.domain.challenges import ChallengeKind, ChallengeRecord
 from rustynet.domain.credentials import Credential, CredentialId, CredentialState, Redemption
 from rustynet.domain.errors import LocalProtocolError
 from rustynet.domain.ipam import AddressPlan, AddressPoolExhausted
@@ -29,24 +31,20 @@ from rustynet.domain.keys import TunnelKey, VerifyKey
 from rustynet.domain.limits import (
     BucketOutcome,
     BucketPolicy,
+    BucketTable,
     FailureRecord,
     LimitPolicy,
     after_failure,
     after_success,
     bucket_take,
 )
+from rustynet.domain.nodes import NodeRecord, NodeStatus
+from rustynet.domain.policy_versions import PolicyVersion
 from rustynet.domain.replay import NonceRecord, ReplayCacheFullError, ReplayedNonceError
 from rustynet.domain.scope import Tag
 from rustynet.ports.store import (
     AlreadyExists,
-    ApiKeyRecord,
-    BucketTable,
-    ChallengeKind,
-    ChallengeRecord,
-    NodeRecord,
-    NodeState,
     NotFound,
-    PolicyVersion,
     StoreConflict,
     StoreError,
     TooManyChallenges,
@@ -151,9 +149,9 @@ class _Nodes:
 
     async def revoke(self, node_id: str, now: datetime) -> NodeRecord:
         node = self._require(node_id)
-        if node.state is NodeState.REVOKED:
+        if node.state is NodeStatus.REVOKED:
             return node
-        return self._put(attrs.evolve(node, state=NodeState.REVOKED, revoked_at=now))
+        return self._put(attrs.evolve(node, state=NodeStatus.REVOKED, revoked_at=now))
 
     async def delete(self, node_id: str) -> None:
         node = self._require(node_id)
@@ -428,7 +426,7 @@ class _Serials:
         return {
             i: self._s.serials.get(i, 0)
             for i in node_ids
-            if (n := nodes.get(i)) is not None and n.state is NodeState.ACTIVE
+            if (n := nodes.get(i)) is not None and n.state is NodeStatus.ACTIVE
         }
 
     async def generation(self) -> int:

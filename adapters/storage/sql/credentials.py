@@ -25,14 +25,9 @@ from rustynet.adapters.storage.sql.dialect import (
     to_micros,
 )
 
+from rustynet.domain.api_keys import ApiKeyRecord, ApiKeyScope
 from rustynet.domain.credentials import Credential, CredentialId, CredentialState, Redemption
-from rustynet.ports.store import (
-    ApiKeyRecord,
-    ApiKeyScope,
-    NotFound,
-    StoreConflict,
-    UnknownCredential,
-)
+from rustynet.ports.store import NotFound, StoreConflict, UnknownCredential
 
 _MAX_REDEEM_ROUNDS: Final = 10_000  # each lost round means another redemption committed
 _CREDENTIAL_TIMES: Final = ("created_at", "expires_at", "last_used_at", "ended_at")

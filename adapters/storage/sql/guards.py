@@ -23,9 +23,11 @@ from rustynet.adapters.storage.sql.dialect import (
     to_micros,
 )
 
+from rustynet.domain.challenges import ChallengeKind, ChallengeRecord
 from rustynet.domain.limits import (
     BucketOutcome,
     BucketPolicy,
+    BucketTable,
     FailureRecord,
     LimitPolicy,
     after_failure,
@@ -33,13 +35,7 @@ from rustynet.domain.limits import (
     bucket_take,
 )
 from rustynet.domain.replay import NonceRecord, ReplayCacheFullError, ReplayedNonceError
-from rustynet.ports.store import (
-    BucketTable,
-    ChallengeKind,
-    ChallengeRecord,
-    NotFound,
-    TooManyChallenges,
-)
+from rustynet.ports.store import NotFound, TooManyChallenges
 
 
 class SqlNonces:

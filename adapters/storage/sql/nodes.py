@@ -30,8 +30,9 @@ from rustynet.adapters.storage.sql.dialect import (
 
 from rustynet.domain.ipam import AddressPlan, AddressPoolExhausted
 from rustynet.domain.keys import TunnelKey, VerifyKey
+from rustynet.domain.nodes import NodeRecord, NodeStatus
 from rustynet.domain.scope import Tag
-from rustynet.ports.store import AlreadyExists, NodeRecord, NodeState, NotFound
+from rustynet.ports.store import AlreadyExists, NotFound
 
 _PROBE_BATCHES: Final = (4, 64)  # candidates per probe query: the first few, then 64 at a time
 
@@ -50,7 +51,7 @@ def _node(row: Row) -> NodeRecord:
         tunnel_key_expires_at=from_micros(row[4]),
         overlay_ipv4=ipaddress.IPv4Address(row[5]),
         tags=frozenset(Tag(t) for t in json.loads(row[6])),
-        state=NodeState(row[7]),
+        state=NodeStatus(row[7]),
         created_at=from_micros(row[8]),
         last_seen_at=opt_time(row[9]),
         revoked_at=opt_time(row[10]),

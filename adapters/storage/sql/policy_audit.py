@@ -24,7 +24,8 @@ from rustynet.adapters.storage.sql.dialect import (
 
 from rustynet.domain.audit import AuditEntry, Checkpoint
 from rustynet.domain.errors import LocalProtocolError
-from rustynet.ports.store import AlreadyExists, NotFound, PolicyVersion, StoreConflict
+from rustynet.domain.policy_versions import PolicyVersion
+from rustynet.ports.store import AlreadyExists, NotFound, StoreConflict
 
 
 def _policy(row: Row) -> PolicyVersion:
