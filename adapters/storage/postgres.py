@@ -38,15 +38,9 @@ from typing import Any, Final, Self
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
-from rustynet.adapters.storage.sql import (
-    POSTGRES,
-    Dialect,
-    Params,
-    RepositoryAccess,
-    Row,
-    SqlRepositories,
-    migrate,
-)
+from rustynet.adapters.storage.sql.dialect import POSTGRES, Dialect, Params, Row
+from rustynet.adapters.storage.sql.migrations import migrate
+from rustynet.adapters.storage.sql.repositories import RepositoryAccess, SqlRepositories
 
 from rustynet.domain.errors import LocalProtocolError
 from rustynet.domain.ipam import AddressPlan

@@ -25,15 +25,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from rustynet.adapters.storage.sql import (
-    SQLITE,
-    Dialect,
-    Params,
-    RepositoryAccess,
-    Row,
-    SqlRepositories,
-    migrate,
-)
+from rustynet.adapters.storage.sql.dialect import SQLITE, Dialect, Params, Row
+from rustynet.adapters.storage.sql.migrations import migrate
+from rustynet.adapters.storage.sql.repositories import RepositoryAccess, SqlRepositories
 
 from rustynet.domain.ipam import AddressPlan
 from rustynet.ports.store import (

@@ -61,6 +61,18 @@ CLEAN_TREE = {
     "rustynet/adapters/control_client.py": "from rustynet.adapters import tls_policy\n",
     "rustynet/adapters/http_api/__init__.py": "",
     "rustynet/adapters/http_api/tls.py": "from rustynet.adapters import tls_policy\n",
+    # The stores: two SQL stores over the driver-free storage.sql, and two that share nothing.
+    "rustynet/adapters/storage/__init__.py": "",
+    "rustynet/adapters/storage/sql/__init__.py": "",
+    "rustynet/adapters/storage/sql/dialect.py": "import re\nfrom rustynet.domain import errors\n",
+    "rustynet/adapters/storage/sqlite.py": (
+        "import sqlite3\nfrom rustynet.adapters.storage.sql import dialect\n"
+    ),
+    "rustynet/adapters/storage/postgres.py": (
+        "import psycopg\nimport psycopg_pool\nfrom rustynet.adapters.storage.sql import dialect\n"
+    ),
+    "rustynet/adapters/storage/memory.py": "import asyncio\nfrom rustynet.domain import errors\n",
+    "rustynet/adapters/storage/local_feed.py": "import asyncio\n",
 }
 
 # (module file, planted line, contract that must break)
@@ -86,6 +98,23 @@ IMPORT_PLANTS = [
         "rustynet/adapters/cli/planted.py",
         "from rustynet.adapters import tls_policy",
         "Adapters do not import each other",
+    ),
+    ("rustynet/adapters/storage/sql/planted.py", "import sqlite3", "SQL repositories import no"),
+    ("rustynet/adapters/storage/sql/planted.py", "import psycopg", "SQL repositories import no"),
+    (
+        "rustynet/adapters/storage/sql/planted.py",
+        "from rustynet.adapters.storage import memory",
+        "SQL repositories import no",
+    ),
+    (
+        "rustynet/adapters/storage/memory.py",
+        "from rustynet.adapters.storage import sqlite",
+        "Stores do not import each other",
+    ),
+    (
+        "rustynet/adapters/storage/postgres.py",
+        "from rustynet.adapters.storage import sqlite",
+        "Stores do not import each other",
     ),
 ]
 

@@ -217,7 +217,7 @@ _PAGE = """
 | control | code | test |
 |---|---|---|
 | a | `src/rustynet/domain/limits.py::Limiter` | `tests/unit/test_l.py::test_a` `mutant:limit-a` |
-| b | `adapters/storage/sql.py::SqlLimiter` | `tests/unit/test_limits.py::test_b` |
+| b | `adapters/storage/sql/guards.py::SqlLimiter` | `tests/unit/test_limits.py::test_b` |
 | c | `tools/gates/crypto_scan.py` | `tests/arch/test_gates.py::test_c` |
 | d | planned (issue 99) | planned (issue 99) |
 | e | `src/rustynet/domain/limits.py::Limiter` | `tests/unit/test_limits.py::test_e` `mutant:nope` |

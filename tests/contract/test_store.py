@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.storage.postgres import PostgresStore
-from rustynet.adapters.storage.sql import load_migrations
+from rustynet.adapters.storage.sql.migrations import load_migrations
 from rustynet.adapters.storage.sqlite import SqliteStore
 
 from rustynet.domain.audit import AuditChain, Checkpoint
@@ -44,7 +44,7 @@ from rustynet.ports.store import (
     ApiKeyScope,
     BucketTable,
     NodeRecord,
-    NodeState,
+    NodeStatus,
     NotFound,
     Store,
     StoreConflict,
@@ -251,7 +251,7 @@ async def test_node_updates(store: Store) -> None:
         tunnel_key=new_key,
         tunnel_key_expires_at=later,
         last_seen_at=later,
-        state=NodeState.REVOKED,
+        state=NodeStatus.REVOKED,
         revoked_at=later,
     )
     with pytest.raises(AlreadyExists):

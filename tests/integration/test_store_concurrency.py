@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.storage.postgres import PostgresStore, PostgresUnitOfWork
-from rustynet.adapters.storage.sql import SqlCredentials
+from rustynet.adapters.storage.sql.credentials import SqlCredentials
 from rustynet.adapters.storage.sqlite import SqliteStore
 
 from rustynet.domain.credentials import (

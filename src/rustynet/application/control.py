@@ -183,7 +183,7 @@ from rustynet.ports.store import (
     ChallengeKind,
     ChallengeRecord,
     NodeRecord,
-    NodeState,
+    NodeStatus,
     NotFound,
     Store,
     StoreConflict,
@@ -514,7 +514,7 @@ class ControlService:
             if current is None
             else Policy.parse(parse_canonical_json(current.document.encode("utf-8")))
         )
-        nodes = {n.id: n for n in await uow.nodes.list_all() if n.state is NodeState.ACTIVE}
+        nodes = {n.id: n for n in await uow.nodes.list_all() if n.state is NodeStatus.ACTIVE}
         index = compile_policy(policy, [_policy_node(n) for n in nodes.values()])
         self._net = _Net(policy, version, index, nodes, generation)
         return self._net
@@ -668,7 +668,7 @@ class ControlService:
         return node
 
     def _verify_node_token(self, auth: NodeAuth, node: NodeRecord | None, now: datetime) -> None:
-        if node is None or node.state is not NodeState.ACTIVE:
+        if node is None or node.state is not NodeStatus.ACTIVE:
             raise InvalidToken("unknown or revoked node")
         claims = verify_token(
             auth.access_token,
@@ -1051,7 +1051,7 @@ class ControlService:
                 node.identity_key.verify(
                     Purpose.TOKEN_RENEWAL, token_renewal_message(challenge.id, node.id), signature
                 )
-                ok = node.state is NodeState.ACTIVE
+                ok = node.state is NodeStatus.ACTIVE
             except RemoteProtocolError:
                 ok = False
         if ok and node is not None and challenge is not None:
@@ -1197,7 +1197,7 @@ class ControlService:
             for node_id, after in requests:
                 serial = serials.get(node_id)
                 node = net.nodes.get(node_id) or fresh.get(node_id)
-                if serial is None or node is None or node.state is not NodeState.ACTIVE:
+                if serial is None or node is None or node.state is not NodeStatus.ACTIVE:
                     out.append(Unauthorized())
                     continue
                 if serial <= after:
@@ -1361,7 +1361,7 @@ class ControlService:
                     node = await uow.nodes.rename(node_id, name)
                 if tags is not None and tags != node.tags:
                     node = await uow.nodes.set_tags(node_id, tags)
-                if node.state is NodeState.ACTIVE:
+                if node.state is NodeStatus.ACTIVE:
                     woken = await self._net_put(uow, node)
                     await uow.serials.bump(sorted(woken))
                     await uow.announce(woken)
@@ -1385,7 +1385,7 @@ class ControlService:
         if node is None:
             raise NotFoundError("no such node")
         woken: frozenset[str] = frozenset()
-        if node.state is NodeState.ACTIVE:
+        if node.state is NodeStatus.ACTIVE:
             node = await uow.nodes.revoke(node_id, now)
             woken = await self._net_remove(uow, node_id)
             others = sorted(woken - {node_id})
@@ -1511,7 +1511,7 @@ class ControlService:
         await self._admin(auth, AdminAction.READ)
         policy = _policy_from(document)
         async with self.store.unit_of_work() as uow:
-            nodes = [n for n in await uow.nodes.list_all() if n.state is NodeState.ACTIVE]
+            nodes = [n for n in await uow.nodes.list_all() if n.state is NodeStatus.ACTIVE]
         try:
             policy.check(_policy_node(n) for n in nodes)
         except PolicyError as exc:

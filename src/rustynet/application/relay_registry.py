@@ -19,7 +19,7 @@ import attrs
 
 from rustynet.application.control import ControlService
 from rustynet.domain.netmap import RelayEntry, check_relays
-from rustynet.ports.store import NodeState
+from rustynet.ports.store import NodeStatus
 
 
 @attrs.frozen
@@ -46,7 +46,7 @@ async def replace_relays(
         # peer-map assembly, which takes the same lock) on this instance and, through
         # `lock_writers`, across instances.
         async with service._write() as uow:
-            woken = [n.id for n in await uow.nodes.list_all() if n.state is NodeState.ACTIVE]
+            woken = [n.id for n in await uow.nodes.list_all() if n.state is NodeStatus.ACTIVE]
             if woken:
                 await uow.serials.bump(woken)
                 await uow.announce(woken)

@@ -7,8 +7,9 @@ Text form: `rnk_` + 16 lowercase hex digits (the 64-bit id, what audit entries a
 show) + `_` + base64url of 32 random bytes (the secret). `rnk_` is one of the audit/logging
 secret markers, so a whole key never reaches a log or the audit chain; the id alone is fine.
 
-Scopes (values match `ports.store.ApiKeyScope`): `admin` may do everything, `read-only` may
-read, `enroll-only` may only create join keys.
+Scopes (`ApiKeyScope`; `SCOPE_PERMITS` is keyed by their values): `admin` may do everything,
+`read-only` may read, `enroll-only` may only create join keys. `ApiKeyRecord` is a key as the
+store keeps it: the hash, never the secret.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
 import attrs
 
 from rustynet.domain.errors import DecodeError, LocalProtocolError, RemoteProtocolError
 from rustynet.domain.keys import b64decode, b64encode, constant_time_equal
+from rustynet.domain.record_fields import aware_utc, optional_aware_utc, text_id
 
 if TYPE_CHECKING:
     from rustynet.domain.entropy import Entropy
@@ -139,3 +141,29 @@ def burn_compare(presented: bytes | bytearray | None = None) -> None:
     """Do the work of one hash compare against nothing (unknown key ids cost the same time)."""
     digest = hash_api_secret(_DUMMY_ID, presented if presented else bytes(SECRET_BYTES))
     constant_time_equal(digest, bytes(HASH_BYTES))
+
+
+class ApiKeyScope(enum.Enum):
+    """What an admin API key may do."""
+
+    ADMIN = "admin"
+    READ_ONLY = "read-only"
+    ENROLL_ONLY = "enroll-only"
+
+
+@attrs.frozen
+class ApiKeyRecord:
+    """An admin API key as stored: its id, the secret's hash (never the secret), scope, times."""
+
+    id: str = attrs.field(validator=text_id)
+    secret_hash: bytes = attrs.field(repr=False, validator=attrs.validators.instance_of(bytes))
+    scope: ApiKeyScope = attrs.field(validator=attrs.validators.instance_of(ApiKeyScope))
+    description: str = attrs.field(validator=attrs.validators.instance_of(str))
+    created_at: datetime = attrs.field(validator=aware_utc)
+    expires_at: datetime = attrs.field(validator=aware_utc)
+    revoked_at: datetime | None = attrs.field(default=None, validator=optional_aware_utc)
+    last_used_at: datetime | None = attrs.field(default=None, validator=optional_aware_utc)
+
+    def usable_at(self, now: datetime) -> bool:
+        """True when the key is neither revoked nor expired at `now`."""
+        return self.revoked_at is None and now < self.expires_at

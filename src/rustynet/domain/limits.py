@@ -122,6 +122,15 @@ class LimitPolicy:
             raise LocalProtocolError("backoff_max must be at least backoff_initial")
 
 
+class BucketTable(enum.Enum):
+    """Which rate-limit table a GCRA key lives in."""
+
+    IP = "ip"
+    IDENTITY = "identity"
+    AUTH_FAILURE = "auth-failure"  # failed authentications per source network
+    ADMIN = "admin"  # authenticated admin calls per source network
+
+
 class DenyReason(enum.Enum):
     """Why a request was denied (the edge maps these to 429 / 403)."""
 

@@ -5,7 +5,7 @@ at most once while it is remembered, and when the memory is full new nonces are 
 closed) — an unexpired nonce is never evicted to make room.
 
 The decision is the store's, in one atomic step: `NonceRepository.insert` ("insert if absent
-and fewer than `capacity` live rows", `adapters/storage/sql.py::SqlNonces.insert`; the memory
+and fewer than `capacity` live rows", `adapters/storage/sql/guards.py::SqlNonces.insert`; the memory
 store's `insert` for tests), so it holds across restarts and across several control instances
 on one database. This module only names the record and the refusals. There is no signed
 request with a client timestamp in API v1, so there is no timestamp window here: a renewal
