@@ -62,8 +62,7 @@ class AdminNodes:
                     node = await uow.nodes.set_tags(node_id, new_tags)
                 if node.state is NodeState.ACTIVE:
                     woken = await ctx.net_put(uow, node)
-                    await uow.serials.bump(sorted(woken))
-                    await uow.announce(woken)
+                    await ctx.publish(uow, woken)
                 await ctx.audit(
                     uow,
                     now,

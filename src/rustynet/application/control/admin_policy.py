@@ -68,9 +68,7 @@ class AdminPolicy:
                 index = compile_policy(policy, [policy_node(n) for n in net.nodes.values()])
                 woken = changed_views(net.index, index)
                 ctx.net_replace(Net(policy, stored.version, index, dict(net.nodes), net.generation))
-                if woken:
-                    await uow.serials.bump(sorted(woken))
-                    await uow.announce(woken)
+                await ctx.publish(uow, woken)
                 await ctx.audit(
                     uow,
                     now,

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Final
 
 import attrs
@@ -35,7 +35,7 @@ from rustynet.domain.netmap import RelayEntry, check_relays
 from rustynet.domain.policy import Policy
 from rustynet.domain.policy_compile import PolicyIndex, compile_policy
 from rustynet.domain.replay import DEFAULT_CAPACITY
-from rustynet.domain.signed import JsonValue, parse_canonical_json
+from rustynet.domain.signed import parse_canonical_json
 from rustynet.ports.change_feed import ChangeFeed
 from rustynet.ports.clock import Clock
 from rustynet.ports.entropy import Entropy
@@ -99,6 +99,8 @@ class ControlContext:
         self.changes = changes
         self.lock = asyncio.Lock()  # the writer lock; peer-map assembly takes it too
         self.audit_writer = AuditWriter(keys)
+        # Append one audit entry (and a checkpoint when due) in a unit of work under `write`.
+        self.audit = self.audit_writer.append
         self.guard = AuthGuard(
             store,
             clock=clock,
@@ -191,17 +193,12 @@ class ControlContext:
         self._net_touched = True
         self._net = net
 
-    async def audit(  # noqa: PLR0917 - the audit fields, in entry order
-        self,
-        uow: UnitOfWork,
-        now: datetime,
-        actor: str,
-        action: str,
-        target: str,
-        details: Mapping[str, JsonValue] | None = None,
-    ) -> None:
-        """Append one audit entry (and a checkpoint when due) in `uow`; call under `write`."""
-        await self.audit_writer.append(uow, now, actor, action, target, details)
+    async def publish(self, uow: UnitOfWork, woken: frozenset[str]) -> None:
+        """Bump the serials of the `woken` nodes and announce them to the other instances (in
+        `uow`, under `write`); the caller wakes this instance's waiters after the commit."""
+        if woken:
+            await uow.serials.bump(sorted(woken))
+            await uow.announce(woken)
 
     def trust(self) -> Trust:
         """The certificates a node verifies peer maps with."""

@@ -249,8 +249,7 @@ class Enrollment:
                 )
                 await uow.nodes.add(node)
                 woken = await ctx.net_put(uow, node)
-                await uow.serials.bump(sorted(woken))
-                await uow.announce(woken)
+                await ctx.publish(uow, woken)
                 await uow.limiter.record_success(pending.credential_key)
                 await ctx.audit(
                     uow,

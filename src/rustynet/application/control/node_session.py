@@ -145,8 +145,7 @@ class NodeSession:
             )
             woken = await ctx.net_put(uow, updated)
             woken |= (await ctx.net_state(uow)).index.view(node.id).visible_peers
-            await uow.serials.bump(sorted(woken))
-            await uow.announce(woken)
+            await ctx.publish(uow, woken)
             await ctx.audit(
                 uow,
                 now,
@@ -169,9 +168,7 @@ class NodeSession:
             updated = await uow.nodes.set_endpoints(node.id, checked)
             await uow.nodes.touch(node.id, ctx.clock.now())
             woken = await ctx.net_refresh(uow, updated)
-            if woken:
-                await uow.serials.bump(sorted(woken))
-                await uow.announce(woken)
+            await ctx.publish(uow, woken)
         ctx.waiters.wake(woken)
 
     async def relay_token(self, auth: NodeAuth, request: RelayTokenRequest) -> RelayToken:
