@@ -14,8 +14,10 @@ Where each part lives (arrows point one way: service -> use cases -> guards -> c
 * `admin_join_keys`, `admin_nodes`, `admin_api_keys`, `admin_policy`, `admin_audit` - admin;
 * `relays` - replacing the relay list of a running control plane;
 * `upkeep` - the periodic tick, the change feed, shutdown, /metrics numbers;
-* `guards` - abuse limits and authentication, shared by every route;
-* `inputs` - request fields to domain values; `projections` - records to JSON-ready views;
+* `guards` - abuse limits and authentication, shared by every route (`auth_guard`: the
+  failure budget per source and the folded audit of failures);
+* `inputs` - request fields (and requested lifetimes) to domain values;
+* `projections` - records to JSON-ready views;
 * `context` - `ControlContext` (store, keys, clock, entropy, settings, waiters, audit writer,
   failure budget) and the one writer of the network cache.
 

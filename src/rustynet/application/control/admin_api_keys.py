@@ -10,6 +10,7 @@ from datetime import datetime
 
 from rustynet.application.control.context import ControlContext
 from rustynet.application.control.guards import Guards
+from rustynet.application.control.inputs import API_KEY_MAX_TTL_SECONDS, requested_ttl
 from rustynet.application.control.projections import api_key_info
 from rustynet.application.control_keys import ControlKeys
 from rustynet.application.control_types import (
@@ -19,7 +20,6 @@ from rustynet.application.control_types import (
     CreatedApiKey,
 )
 from rustynet.application.errors import NotFoundError, ValidationError
-from rustynet.application.lifetimes import API_KEY_MAX_TTL_SECONDS, requested_ttl
 from rustynet.domain import api_keys
 from rustynet.domain.api_keys import AdminAction, ApiKey
 from rustynet.domain.audit import AuditChain

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from rustynet.application.control.context import ControlContext
 from rustynet.application.control.guards import Guards
-from rustynet.application.control.inputs import tags
+from rustynet.application.control.inputs import JOIN_KEY_MAX_TTL_SECONDS, requested_ttl, tags
 from rustynet.application.control.projections import join_key_info
 from rustynet.application.control_types import (
     AdminAuth,
@@ -17,7 +17,6 @@ from rustynet.application.control_types import (
     JoinKeyInfo,
 )
 from rustynet.application.errors import Conflict, NotFoundError, ValidationError
-from rustynet.application.lifetimes import JOIN_KEY_MAX_TTL_SECONDS, requested_ttl
 from rustynet.domain.api_keys import AdminAction
 from rustynet.domain.credentials import (
     Credential,

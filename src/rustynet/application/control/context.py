@@ -24,7 +24,7 @@ from typing import Final
 import attrs
 
 from rustynet.application.audit_writer import AuditWriter
-from rustynet.application.auth_guard import AuthGuard
+from rustynet.application.control.auth_guard import AuthGuard
 from rustynet.application.control.projections import policy_node
 from rustynet.application.control_keys import ControlKeys
 from rustynet.application.control_types import Trust

@@ -1,14 +1,23 @@
 """Request fields turned into domain values: each refusal is a `ValidationError` naming the
 field by JSON pointer. The value rules themselves belong to the domain types (`Tag`,
 `UnderlayEndpoint`, `Policy`, the key types); this module only maps their errors to fields.
+
+Requested lifetimes (`ttl_seconds`) of join keys and API keys are bounded BEFORE any arithmetic:
+an integer number of seconds in 1..maximum (`timedelta(seconds=10**17)` raises OverflowError,
+which was a 500). The maxima are the domain's: a one-time join key lives at most 7 days (a
+reusable one at most 24 hours, which `Credential.create` enforces), an API key at most 365 days.
+The OpenAPI document (rustynet.adapters.http_api/openapi.json) states the same bounds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Final, TypeVar
 
 from rustynet.application.errors import FieldProblem, ValidationError
+from rustynet.domain import api_keys
+from rustynet.domain.credentials import MAX_ONE_TIME_TTL
 from rustynet.domain.errors import DecodeError
 from rustynet.domain.keys import b64decode
 from rustynet.domain.policy import Policy, PolicyError
@@ -18,6 +27,8 @@ from rustynet.ports.store import MAX_ENDPOINTS, MAX_NAME_LENGTH
 
 _T = TypeVar("_T")
 _HOSTNAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+JOIN_KEY_MAX_TTL_SECONDS: Final = int(MAX_ONE_TIME_TTL.total_seconds())  # 604,800 (7 days)
+API_KEY_MAX_TTL_SECONDS: Final = int(api_keys.MAX_TTL.total_seconds())  # 31,536,000 (365 days)
 
 
 def tags(values: Iterable[str], where: str) -> frozenset[Tag]:
@@ -85,3 +96,10 @@ def node_name(name: str, where: str) -> str:
     ):
         raise ValidationError.at(where, "one lowercase DNS label (a-z, 0-9, '-', ≤ 63)")
     return name
+
+
+def requested_ttl(value: object, maximum_seconds: int, pointer: str = "/ttl_seconds") -> timedelta:
+    """`value` seconds as a timedelta; 400 (`ValidationError`) unless an int in 1..maximum."""
+    if type(value) is not int or not 1 <= value <= maximum_seconds:
+        raise ValidationError.at(pointer, f"an integer number of seconds, 1..{maximum_seconds}")
+    return timedelta(seconds=value)
