@@ -23,6 +23,17 @@ from tools.gates import crypto_scan, vocabulary
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
+_CONTROL_USE_CASES = (
+    "admin_api_keys",
+    "admin_audit",
+    "admin_join_keys",
+    "admin_nodes",
+    "admin_policy",
+    "enrollment",
+    "node_session",
+    "peer_maps",
+)
+
 # A minimal copy of the hexagon: every module the contracts name, importing what it may.
 CLEAN_TREE = {
     "rustynet/__init__.py": "",
@@ -73,6 +84,26 @@ CLEAN_TREE = {
     ),
     "rustynet/adapters/storage/memory.py": "import asyncio\nfrom rustynet.domain import errors\n",
     "rustynet/adapters/storage/local_feed.py": "import asyncio\n",
+    # The control use-case package: each layer imports the one below it.
+    "rustynet/application/control/__init__.py": "",
+    **{
+        f"rustynet/application/control/{name}.py": (
+            f"from rustynet.application.control import {below}\n" if below else ""
+        )
+        for name, below in (
+            ("service", "enrollment"),
+            *((m, "guards") for m in _CONTROL_USE_CASES),
+            ("guards", "context"),
+            ("relays", "context"),
+            ("upkeep", "context"),
+            ("context", "auth_guard"),
+            ("auth_guard", "projections"),
+            ("map_batch", "projections"),
+            ("inputs", None),
+            ("pending", None),
+            ("projections", None),
+        )
+    },
 }
 
 # (module file, planted line, contract that must break)
@@ -92,6 +123,17 @@ IMPORT_PLANTS = [
         "rustynet/adapters/cli/planted.py",
         "from rustynet.adapters.keystore import files",
         "Adapters do not import each other",
+    ),
+    # Control use cases: the context never reaches up, one use case never imports another.
+    (
+        "rustynet/application/control/context.py",
+        "from rustynet.application.control import guards",
+        "Control use cases",
+    ),
+    (
+        "rustynet/application/control/enrollment.py",
+        "from rustynet.application.control import node_session",
+        "Control use cases",
     ),
     # The tls_policy exception is for exactly two importers, not for every adapter.
     (

@@ -41,7 +41,7 @@ from rustynet.adapters.http_api.tls import server_ssl_context
 from rustynet.adapters.relay.server import create_relay_app, make_runner
 from rustynet.adapters.tls_cert import create_self_signed
 
-from rustynet.application.lifetimes import API_KEY_MAX_TTL_SECONDS, JOIN_KEY_MAX_TTL_SECONDS
+from rustynet.application.control.inputs import API_KEY_MAX_TTL_SECONDS, JOIN_KEY_MAX_TTL_SECONDS
 from rustynet.application.relay import RelayService
 from rustynet.domain.keys import SigningKey
 from rustynet.domain.limits import BucketPolicy

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from rustynet.application.relay_registry import replace_relays
 from rustynet.domain.errors import RustynetError
 from rustynet.domain.netmap import RelayEntry
 from rustynet.domain.tls_pin import SpkiPin
@@ -32,7 +31,7 @@ async def test_new_list_bumps_every_active_node_and_is_audited(world: World) -> 
     a = await enroll(world, "a")
     b = await enroll(world, "b")
     before = {n.result.node_id: await _serial(world, n.result.node_id) for n in (a, b)}
-    outcome = await replace_relays(world.service, [RELAY], actor="config:control.toml")
+    outcome = await world.service.replace_relays([RELAY], actor="config:control.toml")
     assert outcome.changed
     assert outcome.woken == 2
     for node_id, serial in before.items():
@@ -46,13 +45,13 @@ async def test_new_list_bumps_every_active_node_and_is_audited(world: World) -> 
 
 async def test_unchanged_or_invalid_list_changes_nothing(world: World) -> None:
     a = await enroll(world, "a")
-    await replace_relays(world.service, [RELAY], actor="test")
+    await world.service.replace_relays([RELAY], actor="test")
     serial = await _serial(world, a.result.node_id)
     audit = await _actions(world)
-    same = await replace_relays(world.service, [RELAY], actor="test")
+    same = await world.service.replace_relays([RELAY], actor="test")
     assert not same.changed
     with pytest.raises(RustynetError):
-        await replace_relays(world.service, [RELAY, RELAY], actor="test")  # duplicate id
+        await world.service.replace_relays([RELAY, RELAY], actor="test")  # duplicate id
     assert world.service.settings.relays == (RELAY,)
     assert await _serial(world, a.result.node_id) == serial
     assert await _actions(world) == audit

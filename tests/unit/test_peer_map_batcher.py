@@ -7,8 +7,8 @@ from collections.abc import AsyncGenerator, Sequence
 
 import pytest
 
+from rustynet.application.control.map_batch import PeerMapBatcher, Request
 from rustynet.application.errors import Unauthorized
-from rustynet.application.peer_maps import PeerMapBatcher, Request
 
 
 class Recorder:

@@ -21,7 +21,6 @@ import attrs
 
 from rustynet.adapters.config import ConfigError, ControlConfig, load_control_config
 from rustynet.application.control import ControlService
-from rustynet.application.relay_registry import replace_relays
 from rustynet.domain.errors import RustynetError
 
 RELOAD_ACTOR: Final = "config:control.toml"
@@ -68,7 +67,7 @@ class RelayReloader:
         if stale:
             _log.warning("config.reload_needs_restart", extra={"settings": list(stale)})
         try:
-            outcome = await replace_relays(self._service, fresh.relays, actor=RELOAD_ACTOR)
+            outcome = await self._service.replace_relays(fresh.relays, actor=RELOAD_ACTOR)
         except RustynetError as exc:
             _log.error("config.reload_failed", extra={"path": str(self._path), "error": str(exc)})
             return

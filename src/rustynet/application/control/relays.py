@@ -1,8 +1,9 @@
-"""Relays as live configuration: replace the relay list of a running control plane.
+"""Relays as live configuration: replace the relay list of a running control plane
+(`ControlService.replace_relays`).
 
 The one rule: a new relay list reaches every node at once. Replacing it bumps the serial of
 every active node and announces them to the other instances in the same unit of work as its
-audit entry (`relays.replaced`), under the service's writer lock, so no peer map is built
+audit entry (`relays.replaced`), under the context's writer lock, so no peer map is built
 between the commit and the switch with the old list under the new serial; the long polls are
 woken after. An unchanged list changes nothing (no bump, no audit entry).
 
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from rustynet.application.control import ControlService
+from rustynet.application.control.context import ControlContext
 from rustynet.domain.netmap import RelayEntry, check_relays
 from rustynet.ports.store import NodeStatus
 
@@ -32,27 +33,27 @@ class RelaysReplaced:
 
 
 async def replace_relays(
-    service: ControlService, relays: Sequence[RelayEntry], *, actor: str
+    ctx: ControlContext, relays: Sequence[RelayEntry], *, actor: str
 ) -> RelaysReplaced:
     """Make `relays` (checked: valid, unique ids, order kept) the live list and wake every
     active node; `actor` names the source in the audit entry (e.g. `config:control.toml`)."""
     wanted = check_relays(relays)
-    previous = service.settings
+    previous = ctx.settings
     if wanted == previous.relays:
         return RelaysReplaced(changed=False, relays=wanted, woken=0)
     woken: list[str] = []
     try:
-        # The service's writer: one unit of work serialized with every other writer (and with
-        # peer-map assembly, which takes the same lock) on this instance and, through
-        # `lock_writers`, across instances.
-        async with service._write() as uow:
+        # The one writer: a unit of work serialized with every other writer (and with peer-map
+        # assembly, which takes the same lock) on this instance and, through `lock_writers`,
+        # across instances.
+        async with ctx.write() as uow:
             woken = [n.id for n in await uow.nodes.list_all() if n.state is NodeStatus.ACTIVE]
             if woken:
                 await uow.serials.bump(woken)
                 await uow.announce(woken)
-            await service._audit(  # the service's one audit chain
+            await ctx.audit(  # the one audit chain
                 uow,
-                service.clock.now(),
+                ctx.clock.now(),
                 actor,
                 "relays.replaced",
                 "relays",
@@ -62,11 +63,11 @@ async def replace_relays(
                     "woken": len(woken),
                 },
             )
-            service.settings = attrs.evolve(previous, relays=wanted)
+            ctx.settings = attrs.evolve(previous, relays=wanted)
     except BaseException:
-        service.settings = previous  # the unit of work rolled back: so does the list
+        ctx.settings = previous  # the unit of work rolled back: so does the list
         raise
-    service.waiters.wake(frozenset(woken))
+    ctx.waiters.wake(frozenset(woken))
     return RelaysReplaced(changed=True, relays=wanted, woken=len(woken))
 
 

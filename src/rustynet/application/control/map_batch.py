@@ -25,6 +25,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
+from rustynet.application.control.projections import addresses
 from rustynet.domain.netmap import InboundRule, PeerEntry, PeerMap, RelayEntry, SelfEntry
 from rustynet.domain.policy_compile import FilterRule
 from rustynet.ports.store import NodeRecord
@@ -34,11 +35,6 @@ Outcome = object  # per request: a response, None, or an exception to raise in t
 Compute = Callable[[Sequence[Request]], AsyncGenerator[Sequence[Outcome], None]]
 
 DEFAULT_SLICE = 32  # maps per slice: settled (and sent) before the next slice is built
-
-
-def addresses(node: NodeRecord) -> tuple[str, ...]:
-    """The node's overlay addresses as /32 prefixes (peer-map text form)."""
-    return tuple(f"{a}/32" for a in node.overlay_addresses)
 
 
 class PeerMapBatcher:
