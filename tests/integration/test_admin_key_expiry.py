@@ -19,9 +19,10 @@ import pytest_asyncio
 from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.storage.sqlite import SqliteStore
 
-from rustynet.application.control_types import AdminAuth, CreateApiKeyRequest
+from rustynet.application.control_types import AdminAuth
 from rustynet.application.errors import Unauthorized
 from rustynet.ports.store import Store
+from rustynet.ports.wire.v1 import CreateApiKeyRequest
 from tests.integration.http_server import running_api
 from tests.integration.test_control_service import World, make_world
 

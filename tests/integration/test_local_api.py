@@ -22,9 +22,9 @@ from rustynet.adapters.node_state_file import FileNodeStateStore
 from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
-from rustynet.application.control_types import CreateJoinKeyRequest
 from rustynet.application.node_agent import AgentSettings
 from rustynet.bootstrap.node import NodeDaemon, NodePorts
+from rustynet.ports.wire.v1 import CreateJoinKeyRequest
 from tests.integration.test_control_service import POLICY, World, make_world
 
 

@@ -19,7 +19,7 @@ from rustynet.adapters.control_plane_local import LocalControlPlane
 from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.storage.sqlite import SqliteStore
 
-from rustynet.application.control_types import NodeAuth, RelayTokenRequest
+from rustynet.application.control_types import NodeAuth
 from rustynet.application.errors import NotFoundError, Unauthorized
 from rustynet.domain.key_hierarchy import verify_certificate
 from rustynet.domain.keys import KeyFingerprint, VerifyKey
@@ -32,7 +32,7 @@ from rustynet.ports.control_plane import (
     is_revocation,
 )
 from rustynet.ports.store import Store
-from rustynet.ports.wire.v1 import RelayToken
+from rustynet.ports.wire.v1 import RelayToken, RelayTokenRequest
 from tests.integration.test_control_service import URL, Node, World, enroll, make_world
 
 RELAYS = (

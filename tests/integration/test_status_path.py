@@ -24,10 +24,10 @@ from rustynet.adapters.relay.bridge import RelayBridge
 from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
-from rustynet.application.control_types import CreateJoinKeyRequest
 from rustynet.application.node_agent import AgentSettings, NodeAgent
 from rustynet.domain.keys import TunnelKey
 from rustynet.domain.tunnel import PeerStats
+from rustynet.ports.wire.v1 import CreateJoinKeyRequest
 from tests.integration.test_control_service import POLICY, World, make_world
 
 pytestmark = pytest.mark.asyncio

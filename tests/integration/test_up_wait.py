@@ -26,11 +26,10 @@ from rustynet.adapters.node_state_file import FileNodeStateStore
 from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
-from rustynet.application.control_types import CreateJoinKeyRequest
 from rustynet.application.node_agent import AgentSettings
 from rustynet.bootstrap.node import NodeDaemon, NodePorts
 from rustynet.ports.control_plane import ControlUnreachable, NodeCredentials
-from rustynet.ports.wire.v1 import PeerMapDelivery
+from rustynet.ports.wire.v1 import CreateJoinKeyRequest, PeerMapDelivery
 from tests.integration.test_control_service import POLICY, World, make_world
 
 pytestmark = pytest.mark.asyncio
