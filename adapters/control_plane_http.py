@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
+
+import attrs
 
 from rustynet.domain.errors import DecodeError
 from rustynet.domain.keys import b64decode, b64encode
@@ -36,6 +38,8 @@ from rustynet.ports.wire.v1 import (
 
 SERVER_LONG_POLL: Final = 60.0
 POLL_MARGIN: Final = 30.0
+
+_W = TypeVar("_W")
 
 
 class NodeRoutes(Protocol):
@@ -96,8 +100,24 @@ class NodeRoutes(Protocol):
         ...
 
 
+def _read(route: str, answer: JsonObject | None, cls: type[_W]) -> _W:
+    """`decode_answer`, and no text field of the answer (or of an object in it) is empty: an
+    empty node id, token, envelope or certificate is no answer the agent can act on."""
+    value = decode_answer(route, answer, cls)
+    stack: list[object] = [value]
+    while stack:
+        item = stack.pop()
+        for field in attrs.fields(type(item)):  # type: ignore[arg-type]  # wire types are attrs
+            inner = getattr(item, field.name)
+            if inner == "":
+                raise ControlUnreachable(f"{route}: the server sent an empty {field.name!r}")
+            if attrs.has(type(inner)):
+                stack.append(inner)
+    return value
+
+
 def _challenge(route: str, answer: JsonObject) -> SignableChallenge:
-    challenge = decode_answer(route, answer, Challenge)
+    challenge = _read(route, answer, Challenge)
     try:
         return SignableChallenge(b64decode(challenge.challenge_id), challenge.expires_at)
     except DecodeError as exc:
@@ -127,7 +147,7 @@ class HttpControlPlane:
         answer = await self._client.complete_enrollment(
             challenge_id=b64encode(challenge_id), signature=b64encode(signature)
         )
-        return decode_answer("POST /v1/enroll/complete", answer, EnrollResult)
+        return _read("POST /v1/enroll/complete", answer, EnrollResult)
 
     async def token_challenge(self, node_id: str) -> SignableChallenge:
         """`POST /v1/token/challenge`."""
@@ -139,7 +159,7 @@ class HttpControlPlane:
         answer = await self._client.renew_token(
             node_id=node_id, challenge_id=b64encode(challenge_id), signature=b64encode(signature)
         )
-        return decode_answer("POST /v1/token", answer, AccessToken)
+        return _read("POST /v1/token", answer, AccessToken)
 
     async def peer_map(
         self, auth: NodeCredentials, after: int, timeout: float
@@ -151,7 +171,7 @@ class HttpControlPlane:
         )
         if answer is None:
             return None
-        return decode_answer("GET /v1/peermap", answer, PeerMapDelivery)
+        return _read("GET /v1/peermap", answer, PeerMapDelivery)
 
     async def rotate_tunnel_key(
         self, auth: NodeCredentials, tunnel_key: str, tunnel_key_binding: str
@@ -160,7 +180,7 @@ class HttpControlPlane:
         answer = await self._client.rotate_tunnel_key(
             auth, tunnel_key=tunnel_key, tunnel_key_binding=tunnel_key_binding
         )
-        info = decode_answer("POST /v1/node/tunnel-key", answer, NodeInfo)
+        info = _read("POST /v1/node/tunnel-key", answer, NodeInfo)
         return info.tunnel_key_expires_at
 
     async def put_endpoints(self, auth: NodeCredentials, endpoints: Sequence[str]) -> None:
@@ -170,7 +190,7 @@ class HttpControlPlane:
     async def relay_token(self, auth: NodeCredentials, relay_id: str) -> RelayToken:
         """`POST /v1/relay-token`."""
         answer = await self._client.relay_token(auth, relay_id=relay_id)
-        return decode_answer("POST /v1/relay-token", answer, RelayToken)
+        return _read("POST /v1/relay-token", answer, RelayToken)
 
     async def close(self) -> None:
         """Close the client's connections; idempotent."""

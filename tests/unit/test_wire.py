@@ -144,3 +144,12 @@ def test_the_node_client_returns_wire_types() -> None:
     bad = HttpControlPlane(_NodeRoutes({"challenge_id": "!!", "expires_at": WHEN}))
     with pytest.raises(ControlUnreachable, match="challenge_id"):
         asyncio.run(bad.token_challenge("node_AAAAAAAAAAAAAAAA"))
+
+
+def test_the_node_client_refuses_empty_texts() -> None:
+    """An empty token (or envelope, node id, certificate) is no answer the agent can act on."""
+    trust: JsonObject = {"root_certificate": "", "signing_certificates": ["s"]}
+    plane = HttpControlPlane(_NodeRoutes({"envelope": "e", "trust": trust}))
+    auth = NodeCredentials("node_AAAAAAAAAAAAAAAA", "v4.public.x")
+    with pytest.raises(ControlUnreachable, match="empty 'root_certificate'"):
+        asyncio.run(plane.peer_map(auth, 0, 1.0))
