@@ -111,7 +111,11 @@ def _redacted(path: str) -> str:
 
 
 class ControlClient:
-    """`AdminApi` (and the node routes) over HTTPS with SPKI pinning.
+    """The routes of control API v1 over HTTPS with SPKI pinning, JSON in and JSON out.
+
+    Typed on top: `rustynet.adapters.control_admin_http.HttpAdminApi` (the `AdminApi` port)
+    and `rustynet.adapters.control_plane_http.HttpControlPlane` (the node routes) turn the
+    answers into the wire types of `rustynet.ports.wire.v1`.
 
     The constructor does no I/O; the aiohttp session is made on first use inside the running
     loop. `api_key` (the `rnk_...` text, as bytes) authenticates the admin routes;
@@ -252,7 +256,7 @@ class ControlClient:
             raise ControlUnreachable(f"GET {path}: expected a list of {field} from the server")
         return parsed
 
-    # --- admin routes (AdminApi) ---------------------------------------------------------
+    # --- admin routes (raw JSON) ---------------------------------------------------------
 
     async def create_join_key(
         self, *, reusable: bool, uses: int | None, tags: Sequence[str], ttl_seconds: int
@@ -299,11 +303,15 @@ class ControlClient:
         """`DELETE /v1/admin/nodes/{id}`."""
         return await self._admin_object("DELETE", f"/v1/admin/nodes/{_seg(node_id)}")
 
-    async def create_api_key(self, *, scope: str, ttl_seconds: int | None) -> JsonObject:
+    async def create_api_key(
+        self, *, scope: str, ttl_seconds: int | None, description: str = ""
+    ) -> JsonObject:
         """`POST /v1/admin/api-keys`."""
         body: dict[str, Any] = {"scope": scope}
         if ttl_seconds is not None:
             body["ttl_seconds"] = ttl_seconds
+        if description:
+            body["description"] = description
         return await self._admin_object("POST", "/v1/admin/api-keys", body)
 
     async def list_api_keys(self) -> list[JsonValue]:

@@ -5,7 +5,8 @@ the handshake, before a byte of the request is written) belong to
 `rustynet.adapters.control_client.ControlClient`, which bootstrap builds from the join token's
 (or the saved node state's) URL and pin and passes in; adapters do not import each other, so
 the client is typed here by the routes it must offer (`NodeRoutes`). Wire JSON becomes the
-port's typed values; a malformed answer is `ControlUnreachable` (the agent retries), never a
+wire types of `rustynet.ports.wire.v1` through the one strict converter (unknown fields and
+wrong types refused); a malformed answer is `ControlUnreachable` (the agent retries), never a
 half-built value.
 
 The server holds a long poll for up to its own limit (60 s by default) whatever `timeout` the
@@ -15,26 +16,30 @@ poll ends with 204 (None), not with a client-side timeout.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
+
+import attrs
 
 from rustynet.domain.errors import DecodeError
 from rustynet.domain.keys import b64decode, b64encode
-from rustynet.ports.control_api import ControlUnreachable, JsonObject, JsonValue
-from rustynet.ports.control_plane import (
-    AccessGrant,
+from rustynet.ports.control_api import ControlUnreachable, JsonObject, decode_answer
+from rustynet.ports.control_plane import NodeCredentials, SignableChallenge
+from rustynet.ports.wire.v1 import (
+    AccessToken,
     Challenge,
-    EnrollmentGrant,
-    EnrollmentOffer,
-    NodeCredentials,
+    EnrollRequest,
+    EnrollResult,
+    NodeInfo,
     PeerMapDelivery,
-    RelayGrant,
-    TrustTexts,
+    RelayToken,
 )
 
 SERVER_LONG_POLL: Final = 60.0
 POLL_MARGIN: Final = 30.0
+
+_W = TypeVar("_W")
 
 
 class NodeRoutes(Protocol):
@@ -95,58 +100,28 @@ class NodeRoutes(Protocol):
         ...
 
 
-class _Fields:
-    """Typed reads from one answer; any surprise is `ControlUnreachable` naming the route."""
-
-    def __init__(self, route: str, document: Mapping[str, JsonValue]) -> None:
-        self.route, self.document = route, document
-
-    def _bad(self, key: str, problem: str) -> ControlUnreachable:
-        return ControlUnreachable(f"{self.route}: the server sent a bad {key!r}: {problem}")
-
-    def text(self, key: str) -> str:
-        value = self.document.get(key)
-        if not isinstance(value, str) or not value:
-            raise self._bad(key, "expected a non-empty string")
-        return value
-
-    def texts(self, key: str) -> tuple[str, ...]:
-        value = self.document.get(key)
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self._bad(key, "expected a list of strings")
-        return tuple(str(v) for v in value)
-
-    def time(self, key: str) -> datetime:
-        text = self.text(key)
-        try:
-            when = datetime.fromisoformat(text)  # 3.11+ reads the `Z` suffix
-        except ValueError as exc:
-            raise self._bad(key, "not an RFC 3339 time") from exc
-        if when.tzinfo is None:
-            raise self._bad(key, "a time without a zone")
-        return when
-
-    def binary(self, key: str) -> bytes:
-        try:
-            return b64decode(self.text(key))
-        except DecodeError as exc:
-            raise self._bad(key, "not base64url") from exc
-
-    def sub(self, key: str) -> _Fields:
-        value = self.document.get(key)
-        if not isinstance(value, dict):
-            raise self._bad(key, "expected an object")
-        return _Fields(self.route, value)
+def _read(route: str, answer: JsonObject | None, cls: type[_W]) -> _W:
+    """`decode_answer`, and no text field of the answer (or of an object in it) is empty: an
+    empty node id, token, envelope or certificate is no answer the agent can act on."""
+    value = decode_answer(route, answer, cls)
+    stack: list[object] = [value]
+    while stack:
+        item = stack.pop()
+        for field in attrs.fields(type(item)):  # type: ignore[arg-type]  # wire types are attrs
+            inner = getattr(item, field.name)
+            if inner == "":
+                raise ControlUnreachable(f"{route}: the server sent an empty {field.name!r}")
+            if attrs.has(type(inner)):
+                stack.append(inner)
+    return value
 
 
-def _trust(fields: _Fields) -> TrustTexts:
-    trust = fields.sub("trust")
-    return TrustTexts(trust.text("root_certificate"), trust.texts("signing_certificates"))
-
-
-def _challenge(route: str, answer: JsonObject) -> Challenge:
-    fields = _Fields(route, answer)
-    return Challenge(fields.binary("challenge_id"), fields.time("expires_at"))
+def _challenge(route: str, answer: JsonObject) -> SignableChallenge:
+    challenge = _read(route, answer, Challenge)
+    try:
+        return SignableChallenge(b64decode(challenge.challenge_id), challenge.expires_at)
+    except DecodeError as exc:
+        raise ControlUnreachable(f"{route}: the server sent a bad 'challenge_id'") from exc
 
 
 class HttpControlPlane:
@@ -155,7 +130,7 @@ class HttpControlPlane:
     def __init__(self, client: NodeRoutes) -> None:
         self._client = client
 
-    async def enroll(self, offer: EnrollmentOffer) -> Challenge:
+    async def enroll(self, offer: EnrollRequest) -> SignableChallenge:
         """`POST /v1/enroll`."""
         answer = await self._client.enroll(
             join_secret=offer.join_secret,
@@ -167,33 +142,24 @@ class HttpControlPlane:
         )
         return _challenge("POST /v1/enroll", answer)
 
-    async def complete_enrollment(self, challenge_id: bytes, signature: bytes) -> EnrollmentGrant:
+    async def complete_enrollment(self, challenge_id: bytes, signature: bytes) -> EnrollResult:
         """`POST /v1/enroll/complete`."""
         answer = await self._client.complete_enrollment(
             challenge_id=b64encode(challenge_id), signature=b64encode(signature)
         )
-        fields = _Fields("POST /v1/enroll/complete", answer)
-        return EnrollmentGrant(
-            node_id=fields.text("node_id"),
-            name=fields.text("name"),
-            overlay_addresses=fields.texts("overlay_addresses"),
-            access_token=fields.text("access_token"),
-            access_token_expires_at=fields.time("access_token_expires_at"),
-            trust=_trust(fields),
-        )
+        return _read("POST /v1/enroll/complete", answer, EnrollResult)
 
-    async def token_challenge(self, node_id: str) -> Challenge:
+    async def token_challenge(self, node_id: str) -> SignableChallenge:
         """`POST /v1/token/challenge`."""
         answer = await self._client.token_challenge(node_id=node_id)
         return _challenge("POST /v1/token/challenge", answer)
 
-    async def renew_token(self, node_id: str, challenge_id: bytes, signature: bytes) -> AccessGrant:
+    async def renew_token(self, node_id: str, challenge_id: bytes, signature: bytes) -> AccessToken:
         """`POST /v1/token`."""
         answer = await self._client.renew_token(
             node_id=node_id, challenge_id=b64encode(challenge_id), signature=b64encode(signature)
         )
-        fields = _Fields("POST /v1/token", answer)
-        return AccessGrant(fields.text("access_token"), fields.time("expires_at"))
+        return _read("POST /v1/token", answer, AccessToken)
 
     async def peer_map(
         self, auth: NodeCredentials, after: int, timeout: float
@@ -205,8 +171,7 @@ class HttpControlPlane:
         )
         if answer is None:
             return None
-        fields = _Fields("GET /v1/peermap", answer)
-        return PeerMapDelivery(fields.text("envelope"), _trust(fields))
+        return _read("GET /v1/peermap", answer, PeerMapDelivery)
 
     async def rotate_tunnel_key(
         self, auth: NodeCredentials, tunnel_key: str, tunnel_key_binding: str
@@ -215,17 +180,17 @@ class HttpControlPlane:
         answer = await self._client.rotate_tunnel_key(
             auth, tunnel_key=tunnel_key, tunnel_key_binding=tunnel_key_binding
         )
-        return _Fields("POST /v1/node/tunnel-key", answer).time("tunnel_key_expires_at")
+        info = _read("POST /v1/node/tunnel-key", answer, NodeInfo)
+        return info.tunnel_key_expires_at
 
     async def put_endpoints(self, auth: NodeCredentials, endpoints: Sequence[str]) -> None:
         """`PUT /v1/node/endpoints`."""
         await self._client.put_endpoints(auth, list(endpoints))
 
-    async def relay_token(self, auth: NodeCredentials, relay_id: str) -> RelayGrant:
+    async def relay_token(self, auth: NodeCredentials, relay_id: str) -> RelayToken:
         """`POST /v1/relay-token`."""
         answer = await self._client.relay_token(auth, relay_id=relay_id)
-        fields = _Fields("POST /v1/relay-token", answer)
-        return RelayGrant(fields.text("token"), fields.time("expires_at"))
+        return _read("POST /v1/relay-token", answer, RelayToken)
 
     async def close(self) -> None:
         """Close the client's connections; idempotent."""

@@ -3,7 +3,9 @@
 The one rule: it behaves like the HTTPS adapter as far as the agent can tell: use-case refusals
 become `ControlRejected` with the status the HTTP adapter would send, and while `reachable` is
 False every call raises `ControlUnreachable` before touching the service (a control plane that
-is down). Used by tests and by simulated nodes in benchmarks.
+is down). The use cases take and return the wire types of `rustynet.ports.wire.v1`, as the
+port does, so answers pass through; only challenge ids and signatures are (de)coded. Used by
+tests and by simulated nodes in benchmarks.
 """
 
 from __future__ import annotations
@@ -13,36 +15,31 @@ from datetime import datetime
 from typing import TypeVar
 
 from rustynet.application.control import ControlService
-from rustynet.application.control_types import (
+from rustynet.application.control_types import NodeAuth
+from rustynet.application.errors import ApplicationError, RateLimited, status_of
+from rustynet.domain.keys import b64decode, b64encode
+from rustynet.ports.control_api import ControlRejected, ControlUnreachable
+from rustynet.ports.control_plane import NodeCredentials, SignableChallenge
+from rustynet.ports.wire.v1 import (
+    AccessToken,
+    Challenge,
     EndpointsRequest,
     EnrollCompleteRequest,
     EnrollRequest,
-    NodeAuth,
+    EnrollResult,
+    PeerMapDelivery,
+    RelayToken,
     RelayTokenRequest,
     RotateTunnelKeyRequest,
     TokenChallengeRequest,
     TokenRenewRequest,
-    Trust,
-)
-from rustynet.application.errors import ApplicationError, RateLimited, status_of
-from rustynet.domain.keys import b64decode, b64encode
-from rustynet.ports.control_api import ControlRejected, ControlUnreachable
-from rustynet.ports.control_plane import (
-    AccessGrant,
-    Challenge,
-    EnrollmentGrant,
-    EnrollmentOffer,
-    NodeCredentials,
-    PeerMapDelivery,
-    RelayGrant,
-    TrustTexts,
 )
 
 _T = TypeVar("_T")
 
 
-def _trust(trust: Trust) -> TrustTexts:
-    return TrustTexts(trust.root_certificate, tuple(trust.signing_certificates))
+def _signable(challenge: Challenge) -> SignableChallenge:
+    return SignableChallenge(b64decode(challenge.challenge_id), challenge.expires_at)
 
 
 class LocalControlPlane:
@@ -70,44 +67,27 @@ class LocalControlPlane:
     def _auth(self, auth: NodeCredentials) -> NodeAuth:
         return NodeAuth(auth.node_id, auth.access_token, self.client_ip)
 
-    async def enroll(self, offer: EnrollmentOffer) -> Challenge:
+    async def enroll(self, offer: EnrollRequest) -> SignableChallenge:
         """`POST /v1/enroll`."""
-        request = EnrollRequest(
-            join_secret=offer.join_secret,
-            identity_key=offer.identity_key,
-            tunnel_key=offer.tunnel_key,
-            tunnel_key_binding=offer.tunnel_key_binding,
-            hostname=offer.hostname,
-            requested_tags=offer.requested_tags,
-        )
-        answer = await self._call(self.service.enroll(request, client_ip=self.client_ip))
-        return Challenge(b64decode(answer.challenge_id), answer.expires_at)
+        answer = await self._call(self.service.enroll(offer, client_ip=self.client_ip))
+        return _signable(answer)
 
-    async def complete_enrollment(self, challenge_id: bytes, signature: bytes) -> EnrollmentGrant:
+    async def complete_enrollment(self, challenge_id: bytes, signature: bytes) -> EnrollResult:
         """`POST /v1/enroll/complete`."""
         request = EnrollCompleteRequest(b64encode(challenge_id), b64encode(signature))
-        result = await self._call(self.service.enroll_complete(request, client_ip=self.client_ip))
-        return EnrollmentGrant(
-            node_id=result.node_id,
-            name=result.name,
-            overlay_addresses=tuple(result.overlay_addresses),
-            access_token=result.access_token,
-            access_token_expires_at=result.access_token_expires_at,
-            trust=_trust(result.trust),
-        )
+        return await self._call(self.service.enroll_complete(request, client_ip=self.client_ip))
 
-    async def token_challenge(self, node_id: str) -> Challenge:
+    async def token_challenge(self, node_id: str) -> SignableChallenge:
         """`POST /v1/token/challenge`."""
         answer = await self._call(
             self.service.token_challenge(TokenChallengeRequest(node_id), client_ip=self.client_ip)
         )
-        return Challenge(b64decode(answer.challenge_id), answer.expires_at)
+        return _signable(answer)
 
-    async def renew_token(self, node_id: str, challenge_id: bytes, signature: bytes) -> AccessGrant:
+    async def renew_token(self, node_id: str, challenge_id: bytes, signature: bytes) -> AccessToken:
         """`POST /v1/token`."""
         request = TokenRenewRequest(node_id, b64encode(challenge_id), b64encode(signature))
-        token = await self._call(self.service.renew_token(request, client_ip=self.client_ip))
-        return AccessGrant(token.access_token, token.expires_at)
+        return await self._call(self.service.renew_token(request, client_ip=self.client_ip))
 
     async def peer_map(
         self, auth: NodeCredentials, after: int, timeout: float
@@ -116,7 +96,7 @@ class LocalControlPlane:
         response = await self._call(self.service.peer_map(self._auth(auth), after, timeout))
         if response is None:
             return None
-        return PeerMapDelivery(response.envelope, _trust(response.trust))
+        return PeerMapDelivery(response.envelope, response.trust)
 
     async def rotate_tunnel_key(
         self, auth: NodeCredentials, tunnel_key: str, tunnel_key_binding: str
@@ -135,12 +115,11 @@ class LocalControlPlane:
             self.service.set_endpoints(self._auth(auth), EndpointsRequest(tuple(endpoints)))
         )
 
-    async def relay_token(self, auth: NodeCredentials, relay_id: str) -> RelayGrant:
+    async def relay_token(self, auth: NodeCredentials, relay_id: str) -> RelayToken:
         """`POST /v1/relay-token`."""
-        token = await self._call(
+        return await self._call(
             self.service.relay_token(self._auth(auth), RelayTokenRequest(relay_id))
         )
-        return RelayGrant(token.token, token.expires_at)
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -1,8 +1,10 @@
 """`rustynet admin ...`: the operator's command line for the control plane's admin API.
 
 The one rule: this module parses, calls one `AdminApi` method, and formats; every decision is
-the server's. The connection (URL, TLS SPKI pin, API key file from `admin.toml`) is opened by
-the composition root through `AdminConnector`, and the pin is checked on every connection by
+the server's. Requests and answers are the typed wire bodies of `rustynet.ports.wire.v1`; the
+output renders them back as the server's JSON (`to_json_value`), field for field. The
+connection (URL, TLS SPKI pin, API key file from `admin.toml`) is opened by the composition
+root through `AdminConnector`, and the pin is checked on every connection by
 the client (`rustynet.adapters.control_client`).
 
 Output: human tables by default, the server's JSON with `--json` (accepted before or after the
@@ -31,7 +33,7 @@ import re
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Protocol, TextIO
+from typing import Any, NoReturn, Protocol, TextIO, cast
 
 from rustynet.domain.errors import RustynetError
 from rustynet.ports.control_api import (
@@ -40,6 +42,13 @@ from rustynet.ports.control_api import (
     ControlUnreachable,
     JsonObject,
     JsonValue,
+)
+from rustynet.ports.wire.codec import format_time, to_json_value
+from rustynet.ports.wire.v1 import (
+    AuditList,
+    CreateApiKeyRequest,
+    CreateJoinKeyRequest,
+    UpdateNodeRequest,
 )
 
 DEFAULT_CONFIG = Path("~/.config/rustynet/admin.toml")
@@ -176,39 +185,43 @@ AUDIT_COLUMNS = (
 # --- commands ---------------------------------------------------------------------------------
 
 
+def _plain(value: object) -> JsonValue:
+    """A wire value as the JSON the server sent for it."""
+    return cast("JsonValue", to_json_value(value))
+
+
 class _Io:
     def __init__(self, out: TextIO, err: TextIO, as_json: bool) -> None:
         self.out, self.err, self.as_json = out, err, as_json
 
-    def json(self, value: JsonValue) -> None:
-        self.out.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    def json(self, value: object) -> None:
+        self.out.write(json.dumps(_plain(value), indent=2, sort_keys=True) + "\n")
 
-    def rows(self, rows: list[JsonValue], columns: Sequence[tuple[str, str]]) -> None:
+    def rows(self, rows: Sequence[object], columns: Sequence[tuple[str, str]]) -> None:
+        plain = [_plain(row) for row in rows]
         if self.as_json:
-            self.json(rows)
+            self.json(plain)
         else:
-            self.out.write(render_table(rows, columns))
+            self.out.write(render_table(plain, columns))
 
-    def obj(self, obj: JsonObject, note: str | None = None) -> None:
+    def obj(self, value: object, note: str | None = None) -> None:
+        plain = cast("JsonObject", _plain(value))
         if self.as_json:
-            self.json(obj)
+            self.json(plain)
         else:
             if note:
                 self.err.write(note + "\n")
-            self.out.write(render_object(obj))
+            self.out.write(render_object(plain))
 
 
 Handler = Callable[[AdminApi, argparse.Namespace, _Io], Coroutine[Any, Any, AdminExit]]
 
 
-def _print_secret(io: _Io, created: JsonObject, field: str, what: str, note: str) -> AdminExit:
+def _print_secret(io: _Io, created: object, secret: str, note: str) -> AdminExit:
     """The new secret alone on stdout (the note on stderr), or the whole answer with --json."""
     if io.as_json:
         io.json(created)
         return AdminExit.OK
-    secret = created.get(field)
-    if not isinstance(secret, str):
-        raise ControlUnreachable(f"the server's answer has no {what}")
     io.err.write(note + "\n")
     io.out.write(secret + "\n")
     return AdminExit.OK
@@ -217,11 +230,12 @@ def _print_secret(io: _Io, created: JsonObject, field: str, what: str, note: str
 async def _keys_create(api: AdminApi, ns: argparse.Namespace, io: _Io) -> AdminExit:
     if ns.uses is not None and not ns.reusable and ns.uses != 1:
         raise UsageError("--uses N needs --reusable (a one-time key has exactly one use)")
-    created = await api.create_join_key(
-        reusable=ns.reusable, uses=ns.uses, tags=ns.tags or [], ttl_seconds=ns.ttl
+    request = CreateJoinKeyRequest(
+        reusable=ns.reusable, uses=ns.uses, tags=tuple(ns.tags or ()), ttl_seconds=ns.ttl
     )
-    note = f"join key {created.get('id')} expires {created.get('expires_at')}"
-    return _print_secret(io, created, "token", "join token", note)
+    created = await api.create_join_key(request)
+    note = f"join key {created.id} expires {format_time(created.expires_at)}"
+    return _print_secret(io, created, created.token, note)
 
 
 async def _keys_list(api: AdminApi, _ns: argparse.Namespace, io: _Io) -> AdminExit:
@@ -243,10 +257,8 @@ async def _resolve_node(api: AdminApi, node: str) -> str:
             raise
     else:
         return node
-    matches = [
-        n.get("id") for n in await api.list_nodes() if isinstance(n, dict) and n.get("name") == node
-    ]
-    if len(matches) == 1 and isinstance(matches[0], str):
+    matches = [n.id for n in await api.list_nodes() if n.name == node]
+    if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
         raise UsageError(f"several nodes are named {node!r}; use the node id")
@@ -271,13 +283,15 @@ async def _nodes_revoke(api: AdminApi, ns: argparse.Namespace, io: _Io) -> Admin
 
 async def _nodes_tag(api: AdminApi, ns: argparse.Namespace, io: _Io) -> AdminExit:
     node_id = await _resolve_node(api, ns.node)
-    io.obj(await api.update_node(node_id, tags=ns.tags), f"node {node_id} tags set")
+    request = UpdateNodeRequest(tags=tuple(ns.tags))
+    io.obj(await api.update_node(node_id, request), f"node {node_id} tags set")
     return AdminExit.OK
 
 
 async def _nodes_rename(api: AdminApi, ns: argparse.Namespace, io: _Io) -> AdminExit:
     node_id = await _resolve_node(api, ns.node)
-    io.obj(await api.update_node(node_id, name=ns.name), f"node {node_id} renamed")
+    request = UpdateNodeRequest(name=ns.name)
+    io.obj(await api.update_node(node_id, request), f"node {node_id} renamed")
     return AdminExit.OK
 
 
@@ -318,8 +332,8 @@ async def _policy_get(api: AdminApi, _ns: argparse.Namespace, io: _Io) -> AdminE
     if io.as_json:
         io.json(info)
         return AdminExit.OK
-    io.err.write(f"policy version {info.get('version')}\n")
-    document = info.get("document")
+    io.err.write(f"policy version {info.version}\n")
+    document = info.document
     if document is None:
         io.err.write("no policy: every connection is denied (default deny)\n")
     io.json(document)
@@ -331,7 +345,7 @@ async def _policy_set(api: AdminApi, ns: argparse.Namespace, io: _Io) -> AdminEx
     if io.as_json:
         io.json(info)
     else:
-        io.out.write(f"policy version {info.get('version')} is live\n")
+        io.out.write(f"policy version {info.version} is live\n")
     return AdminExit.OK
 
 
@@ -342,29 +356,27 @@ async def _policy_check(api: AdminApi, ns: argparse.Namespace, io: _Io) -> Admin
 
 
 async def _audit_list(api: AdminApi, ns: argparse.Namespace, io: _Io) -> AdminExit:
-    page = await api.list_audit(start=ns.start, limit=ns.limit)
+    entries = await api.list_audit(start=ns.start, limit=ns.limit)
     if io.as_json:
-        io.json(page)
+        io.json(AuditList(entries))
         return AdminExit.OK
-    entries = page.get("entries")
-    io.rows(entries if isinstance(entries, list) else [], AUDIT_COLUMNS)
+    io.rows(entries, AUDIT_COLUMNS)
     return AdminExit.OK
 
 
 async def _audit_verify(api: AdminApi, _ns: argparse.Namespace, io: _Io) -> AdminExit:
     result = await api.verify_audit()
-    ok = result.get("ok") is True
     if io.as_json:
         io.json(result)
     else:
-        io.out.write(f"{'ok' if ok else 'BROKEN'}: {result.get('message', '')}\n")
-    return AdminExit.OK if ok else AdminExit.REJECTED
+        io.out.write(f"{'ok' if result.ok else 'BROKEN'}: {result.message}\n")
+    return AdminExit.OK if result.ok else AdminExit.REJECTED
 
 
 async def _apikeys_create(api: AdminApi, ns: argparse.Namespace, io: _Io) -> AdminExit:
-    created = await api.create_api_key(scope=ns.scope, ttl_seconds=ns.ttl)
-    note = f"API key {created.get('id')} ({ns.scope}); it is shown only now"
-    return _print_secret(io, created, "key", "API key", note)
+    created = await api.create_api_key(CreateApiKeyRequest(scope=ns.scope, ttl_seconds=ns.ttl))
+    note = f"API key {created.id} ({ns.scope}); it is shown only now"
+    return _print_secret(io, created, created.key, note)
 
 
 async def _apikeys_list(api: AdminApi, _ns: argparse.Namespace, io: _Io) -> AdminExit:

@@ -25,7 +25,6 @@ from rustynet.adapters.http_api.admission import admission_gate
 from rustynet.adapters.http_api.errors import SERVER_NAME
 from rustynet.adapters.http_api.keys import (
     ADMISSION_KEY,
-    CONVERTER_KEY,
     EXTRA_METRICS_KEY,
     METRICS_KEY,
     SERVICE_KEY,
@@ -43,7 +42,6 @@ from rustynet.adapters.http_api.middleware import (
 from rustynet.adapters.http_api.preauth import authenticate_first
 from rustynet.adapters.http_api.rejections import RejectingAppRunner
 from rustynet.adapters.http_api.routes import add_routes
-from rustynet.adapters.http_api.schemas import make_converter
 from rustynet.adapters.http_api.settings import ApiSettings
 
 from rustynet.application.admission import RequestAdmission
@@ -117,7 +115,6 @@ def create_app(
     app[SERVICE_KEY] = service
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = ApiMetrics()
-    app[CONVERTER_KEY] = make_converter()
     app[ADMISSION_KEY] = RequestAdmission.for_limits(
         service.clock, service.settings.limits, service.settings.admin_per_ip
     )

@@ -2,7 +2,8 @@
 
 The one rule: no decisions here. A handler reads the credentials the request carries (bearer
 text, `Rustynet-Node`, client address) without judging them, structures the body strictly,
-calls exactly one use case and renders its result; every refusal is an exception that the
+calls exactly one use case and renders its result (bodies in and out are the wire types of
+`rustynet.ports.wire.v1`, through the one codec); every refusal is an exception that the
 error table (errors.py) renders. Missing credentials are passed on as empty strings so the use
 case answers them exactly like wrong ones (credentials.py). The credential of a route that
 takes a body was checked before its handler runs (preauth.py); the use case checks it again.
@@ -25,22 +26,28 @@ from rustynet.adapters.http_api.keys import (
 )
 from rustynet.adapters.http_api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rustynet.adapters.http_api.middleware import read_json, read_json_object
-from rustynet.adapters.http_api.schemas import dump_json, to_json_value
 
 from rustynet.application.control import ControlService
-from rustynet.application.control_types import (
+from rustynet.application.errors import ValidationError
+from rustynet.ports.wire.codec import encode
+from rustynet.ports.wire.v1 import (
+    ApiKeyList,
+    AuditList,
     CreateApiKeyRequest,
     CreateJoinKeyRequest,
     EndpointsRequest,
     EnrollCompleteRequest,
     EnrollRequest,
+    Health,
+    JoinKeyList,
+    NodeList,
+    PeerMapDelivery,
     RelayTokenRequest,
     RotateTunnelKeyRequest,
     TokenChallengeRequest,
     TokenRenewRequest,
     UpdateNodeRequest,
 )
-from rustynet.application.errors import ValidationError
 
 MAX_QUERY_INT: Final = 2**63 - 1
 OPENAPI_RESOURCE: Final = "openapi.json"
@@ -64,12 +71,7 @@ def _query_int(request: web.Request, name: str, default: int) -> int:
 
 
 def _json(value: object, status: int = 200) -> web.Response:
-    body = dump_json(to_json_value(value))
-    return web.Response(body=body, status=status, content_type=JSON_CONTENT_TYPE)
-
-
-def _listing(field: str, items: object) -> web.Response:
-    return _json({field: items})
+    return web.Response(body=encode(value), status=status, content_type=JSON_CONTENT_TYPE)
 
 
 # --- node routes ------------------------------------------------------------------------------
@@ -125,7 +127,7 @@ async def peer_map(request: web.Request) -> web.Response:
     result = await service.peer_map(node_auth(request), after, wait)
     if result is None:
         return web.Response(status=204)
-    return _json({"envelope": result.envelope, "trust": result.trust})
+    return _json(PeerMapDelivery(result.envelope, result.trust))
 
 
 async def relay_token(request: web.Request) -> web.Response:
@@ -147,7 +149,7 @@ async def create_join_key(request: web.Request) -> web.Response:
 async def list_join_keys(request: web.Request) -> web.Response:
     """GET /v1/admin/join-keys."""
     items = await _service(request).list_join_keys(admin_auth(request))
-    return _listing("join_keys", items)
+    return _json(JoinKeyList(items))
 
 
 async def revoke_join_key(request: web.Request) -> web.Response:
@@ -158,7 +160,7 @@ async def revoke_join_key(request: web.Request) -> web.Response:
 
 async def list_nodes(request: web.Request) -> web.Response:
     """GET /v1/admin/nodes."""
-    return _listing("nodes", await _service(request).list_nodes(admin_auth(request)))
+    return _json(NodeList(await _service(request).list_nodes(admin_auth(request))))
 
 
 async def get_node(request: web.Request) -> web.Response:
@@ -196,7 +198,7 @@ async def create_api_key(request: web.Request) -> web.Response:
 async def list_api_keys(request: web.Request) -> web.Response:
     """GET /v1/admin/api-keys."""
     items = await _service(request).list_api_keys(admin_auth(request))
-    return _listing("api_keys", items)
+    return _json(ApiKeyList(items))
 
 
 async def revoke_api_key(request: web.Request) -> web.Response:
@@ -231,7 +233,7 @@ async def list_audit(request: web.Request) -> web.Response:
     start = _query_int(request, "start", 0)
     limit = _query_int(request, "limit", 100)
     entries = await _service(request).list_audit(admin_auth(request), start=start, limit=limit)
-    return _listing("entries", entries)
+    return _json(AuditList(entries))
 
 
 async def verify_audit(request: web.Request) -> web.Response:
@@ -244,7 +246,7 @@ async def verify_audit(request: web.Request) -> web.Response:
 
 async def healthz(_request: web.Request) -> web.Response:
     """GET /healthz: the process serves requests."""
-    return _json({"status": "ok"})
+    return _json(Health("ok"))
 
 
 async def metrics(request: web.Request) -> web.Response:

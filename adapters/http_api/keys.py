@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-import cattrs
 from aiohttp import web
 from rustynet.adapters.http_api.metrics import ApiMetrics
 from rustynet.adapters.http_api.settings import ApiSettings
@@ -16,7 +15,6 @@ from rustynet.application.control import ControlService
 SERVICE_KEY = web.AppKey("service", ControlService)
 SETTINGS_KEY = web.AppKey("settings", ApiSettings)
 METRICS_KEY = web.AppKey("metrics", ApiMetrics)
-CONVERTER_KEY = web.AppKey("converter", cattrs.Converter)
 ADMISSION_KEY = web.AppKey("admission", RequestAdmission)
 # More Prometheus text for /metrics from outside the app (the connection guard's counters).
 EXTRA_METRICS_KEY: Final[web.AppKey[tuple[Callable[[], str], ...]]] = web.AppKey("extra_metrics")

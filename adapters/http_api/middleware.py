@@ -33,9 +33,11 @@ from rustynet.adapters.http_api.errors import (
     map_exception,
 )
 from rustynet.adapters.http_api.expect import send_continue
-from rustynet.adapters.http_api.keys import CONVERTER_KEY, METRICS_KEY, SETTINGS_KEY
+from rustynet.adapters.http_api.keys import METRICS_KEY, SETTINGS_KEY
 from rustynet.adapters.http_api.metrics import UNMATCHED_ROUTE
-from rustynet.adapters.http_api.schemas import body_invalid, parse_json_object, structure
+
+from rustynet.application.errors import BadRequest, FieldProblem, ValidationError
+from rustynet.ports.wire.codec import CONVERTER, WireError, parse_json_object, structure
 
 T = TypeVar("T")
 
@@ -128,6 +130,19 @@ async def json_content_type(request: web.Request, handler: Handler) -> web.Strea
     return await handler(request)
 
 
+def body_invalid(detail: str) -> BadRequest:
+    """The request body is missing or did not arrive: 400."""
+    return BadRequest(detail)
+
+
+def refused(error: WireError) -> BadRequest:
+    """A body the wire codec refused: 400 `bad_request`, with the first pointer when known."""
+    if not error.problems:
+        return BadRequest(error.detail)
+    problems = [FieldProblem(p.pointer, p.message) for p in error.problems]
+    return ValidationError(problems, error.detail)
+
+
 async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
     """Read at most `limit` bytes of body and parse it as one strict JSON object.
 
@@ -158,13 +173,21 @@ async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
         size += len(chunk)
     if size > limit:
         raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes")
-    return parse_json_object(b"".join(chunks))
+    try:
+        return parse_json_object(b"".join(chunks))
+    except WireError as exc:
+        raise refused(exc) from exc
 
 
 async def read_json(request: web.Request, cls: type[T]) -> T:
-    """Read a capped JSON body and structure it strictly into `cls` (400 with pointers)."""
+    """Read a capped JSON body and structure it strictly into the wire type `cls` (400 with
+    pointers)."""
     limit = request.app[SETTINGS_KEY].max_body_bytes
-    return structure(request.app[CONVERTER_KEY], await read_json_object(request, limit), cls)
+    body = await read_json_object(request, limit)
+    try:
+        return structure(CONVERTER, body, cls)
+    except WireError as exc:
+        raise refused(exc) from exc
 
 
 class RouteAccessLogger(AbstractAccessLogger):

@@ -15,8 +15,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from rustynet.application.control_types import AdminAuth, CreateApiKeyRequest
+from rustynet.application.control_types import AdminAuth
 from rustynet.application.errors import Unauthorized
+from rustynet.ports.wire.v1 import CreateApiKeyRequest
 from tests.integration.http_server import running_api
 from tests.integration.test_control_service import World, world
 

@@ -12,17 +12,7 @@ import pytest
 from rustynet.adapters.storage.memory import MemoryStore
 
 from rustynet.application.control import ControlService, ControlSettings
-from rustynet.application.control_types import (
-    AdminAuth,
-    CreateApiKeyRequest,
-    EndpointsRequest,
-    NodeAuth,
-    PeerMapResponse,
-    RotateTunnelKeyRequest,
-    TokenChallengeRequest,
-    TokenRenewRequest,
-    UpdateNodeRequest,
-)
+from rustynet.application.control_types import AdminAuth, NodeAuth, PeerMapResponse
 from rustynet.application.errors import (
     Conflict,
     NotFoundError,
@@ -44,6 +34,14 @@ from rustynet.domain.limits import LimitPolicy
 from rustynet.domain.netmap import PeerMap, PeerMapAcceptor
 from rustynet.domain.signed import JsonValue
 from rustynet.domain.tokens import token_renewal_message
+from rustynet.ports.wire.v1 import (
+    CreateApiKeyRequest,
+    EndpointsRequest,
+    RotateTunnelKeyRequest,
+    TokenChallengeRequest,
+    TokenRenewRequest,
+    UpdateNodeRequest,
+)
 from tests.integration.test_control_service import (
     URL,
     Node,

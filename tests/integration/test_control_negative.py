@@ -34,7 +34,7 @@ from rustynet.application.control_keys import (
     SIGNING_KEY,
     create_control_keys,
 )
-from rustynet.application.control_types import AdminAuth, CreateJoinKeyRequest, NodeAuth
+from rustynet.application.control_types import AdminAuth, NodeAuth
 from rustynet.application.errors import RateLimited, Unauthorized
 from rustynet.bootstrap.keystores import KeystoreSettings, build_keystore
 from rustynet.domain.key_hierarchy import (
@@ -61,6 +61,7 @@ from rustynet.ports.store import (
     StoreUnavailable,
     UnitOfWork,
 )
+from rustynet.ports.wire.v1 import CreateJoinKeyRequest
 from tests.integration.http_server import (
     LiveApi,
     enroll_over_http,

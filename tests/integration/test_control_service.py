@@ -22,17 +22,7 @@ from rustynet.application.control import (
     create_initial_admin_key,
 )
 from rustynet.application.control_keys import ControlKeys, create_control_keys
-from rustynet.application.control_types import (
-    AdminAuth,
-    CreateApiKeyRequest,
-    CreateJoinKeyRequest,
-    EnrollCompleteRequest,
-    EnrollRequest,
-    EnrollResult,
-    NodeAuth,
-    TokenChallengeRequest,
-    TokenRenewRequest,
-)
+from rustynet.application.control_types import AdminAuth, NodeAuth
 from rustynet.application.errors import (
     Forbidden,
     Gone,
@@ -57,6 +47,15 @@ from rustynet.domain.scope import Scope
 from rustynet.domain.signed import JsonValue
 from rustynet.domain.tokens import token_renewal_message
 from rustynet.ports.store import Store
+from rustynet.ports.wire.v1 import (
+    CreateApiKeyRequest,
+    CreateJoinKeyRequest,
+    EnrollCompleteRequest,
+    EnrollRequest,
+    EnrollResult,
+    TokenChallengeRequest,
+    TokenRenewRequest,
+)
 from tests.doubles import CountingEntropy, FakeClock
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

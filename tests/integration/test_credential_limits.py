@@ -21,17 +21,17 @@ import pytest
 from rustynet.adapters.storage.sqlite import SqliteStore
 
 from rustynet.application.control import ControlService
-from rustynet.application.control_types import (
-    CreateJoinKeyRequest,
-    EnrollCompleteRequest,
-    TokenChallengeRequest,
-    TokenRenewRequest,
-)
 from rustynet.application.errors import RateLimited, Unauthorized
 from rustynet.domain.join_tokens import JoinToken
 from rustynet.domain.keys import Purpose, SigningKey, b64decode, b64encode
 from rustynet.domain.limits import LimitPolicy
 from rustynet.domain.tokens import token_renewal_message
+from rustynet.ports.wire.v1 import (
+    CreateJoinKeyRequest,
+    EnrollCompleteRequest,
+    TokenChallengeRequest,
+    TokenRenewRequest,
+)
 from tests.integration.test_control_service import (
     Node,
     World,

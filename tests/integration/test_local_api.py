@@ -21,9 +21,9 @@ from rustynet.adapters.local_api import LocalApiError, bind_socket, create_local
 from rustynet.adapters.node_state_file import FileNodeStateStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
-from rustynet.application.control_types import CreateJoinKeyRequest
 from rustynet.application.node_agent import AgentSettings
 from rustynet.bootstrap.node import NodeDaemon, NodePorts
+from rustynet.ports.wire.v1 import CreateJoinKeyRequest
 from tests.integration.test_control_service import World, world_with_policy
 
 

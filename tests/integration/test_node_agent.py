@@ -24,16 +24,11 @@ from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.storage.sqlite import SqliteStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
-from rustynet.application.control_types import CreateJoinKeyRequest
 from rustynet.application.node_agent import AgentRevoked, AgentSettings, NodeAgent
 from rustynet.domain.policy import Proto
-from rustynet.ports.control_plane import (
-    ControlUnreachable,
-    NodeCredentials,
-    PeerMapDelivery,
-    TrustTexts,
-)
+from rustynet.ports.control_plane import ControlUnreachable, NodeCredentials, TrustTexts
 from rustynet.ports.store import Store
+from rustynet.ports.wire.v1 import CreateJoinKeyRequest, PeerMapDelivery
 from tests.integration.test_control_service import World, make_world, world_with_policy
 
 pytestmark = pytest.mark.asyncio

@@ -1,19 +1,25 @@
-"""The checked-in OpenAPI 3.1 document and the live app agree.
+"""The checked-in OpenAPI 3.1 document, the wire types and the live app agree.
 
-Every registered route is documented and every documented operation is registered; responses
-the live server gives (a scripted flow through HTTPS) validate against the document's schemas
-with `jsonschema` (Draft 2020-12, the dialect of OpenAPI 3.1).
+Every registered route is documented and every documented operation is registered; every wire
+type of `rustynet.ports.wire.v1` has the shape of its schema (fields, required fields, JSON
+types, nesting), derived from its annotations; responses the live server gives (a scripted flow
+through HTTPS) validate against the document's schemas with `jsonschema` (Draft 2020-12, the
+dialect of OpenAPI 3.1), decode strictly into their wire types and encode back to the same JSON.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+import types
+import typing
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import attrs
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -24,6 +30,8 @@ from rustynet.adapters.http_api.app import create_app
 from rustynet.adapters.http_api.handlers import openapi_document
 from rustynet.adapters.storage.memory import MemoryStore
 
+from rustynet.ports.wire.codec import decode, to_json_value
+from rustynet.ports.wire.v1 import COMPONENTS
 from tests.integration.http_server import (
     LiveApi,
     build_service,
@@ -120,6 +128,76 @@ def test_every_operation_documents_errors_and_an_id() -> None:
                 assert "default" in op["responses"]
 
 
+# Schemas without a wire class: the error document (rendered by the error table) and the
+# free-form policy document (the use cases parse it).
+UNTYPED_SCHEMAS = {"Error", "PolicyDocument"}
+_JSON_TYPES: dict[object, dict[str, str]] = {
+    str: {"type": "string"},
+    int: {"type": "integer"},
+    bool: {"type": "boolean"},
+    float: {"type": "number"},
+    datetime: {"type": "string", "format": "date-time"},
+}
+_SHAPE_KEYS = {"type", "format", "items", "$ref"}
+
+
+def _component_name(cls: type) -> str:
+    return next(name for name, klass in COMPONENTS.items() if klass is cls)
+
+
+def _shape(annotation: Any) -> dict[str, Any]:
+    """The JSON Schema shape (type, format, items, $ref) of a wire field's annotation."""
+    args = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType) and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        shape = _shape(inner)
+        assert "type" in shape, f"nullable {inner} needs a JSON type"
+        return {**shape, "type": [shape["type"], "null"]}
+    if annotation in _JSON_TYPES:
+        return dict(_JSON_TYPES[annotation])
+    if attrs.has(annotation):
+        return {"$ref": f"#/components/schemas/{_component_name(annotation)}"}
+    origin = typing.get_origin(annotation)
+    if origin is tuple and args[-1] is Ellipsis:
+        return {"type": "array", "items": _shape(args[0])}
+    if origin is Mapping:
+        return {"type": "object"}
+    raise AssertionError(f"no JSON shape for {annotation!r}")
+
+
+def _documented_shape(schema: dict[str, Any]) -> dict[str, Any]:
+    shape = {k: v for k, v in schema.items() if k in _SHAPE_KEYS}
+    if "items" in shape:
+        shape["items"] = _documented_shape(shape["items"])
+    return shape
+
+
+def test_the_wire_types_are_the_documents_schemas() -> None:
+    """One class per schema; each has exactly the schema's fields in its order, the same
+    required fields (a field with a default is optional) and the same JSON type per field."""
+    schemas = DOC["components"]["schemas"]
+    assert set(COMPONENTS) == set(schemas) - UNTYPED_SCHEMAS
+    for name, cls in COMPONENTS.items():
+        schema = schemas[name]
+        fields = attrs.fields(cls)
+        hints = typing.get_type_hints(cls)
+        assert schema["type"] == "object"
+        assert schema["additionalProperties"] is False, name
+        assert list(schema["properties"]) == [f.name for f in fields], name
+        required = [f.name for f in fields if f.default is attrs.NOTHING]
+        assert schema.get("required", []) == required, name
+        for field in fields:
+            documented = _documented_shape(schema["properties"][field.name])
+            assert documented == _shape(hints[field.name]), f"{name}.{field.name}"
+
+
+def _decodes_to_itself(schema: dict[str, Any], body: Any) -> None:
+    """A documented 2xx body decodes strictly into its wire type and encodes back unchanged."""
+    name = schema.get("$ref", "").rsplit("/", 1)[-1]
+    if name in COMPONENTS:
+        assert to_json_value(decode(body, COMPONENTS[name])) == body, name
+
+
 @pytest_asyncio.fixture
 async def api(tmp_path: Path) -> AsyncIterator[LiveApi]:
     """A live API over TLS 1.3 with a fresh SQLite database."""
@@ -151,6 +229,8 @@ async def _checked(
         if schema is not None:
             errors = sorted(_validator(schema).iter_errors(body), key=str)
             assert not errors, f"{method} {path} → {status}: {errors[0].message}"
+            if status < 300:
+                _decodes_to_itself(schema, body)
         return status, body
 
 

@@ -19,7 +19,7 @@ from rustynet.adapters.control_plane_local import LocalControlPlane
 from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.storage.sqlite import SqliteStore
 
-from rustynet.application.control_types import NodeAuth, RelayTokenRequest
+from rustynet.application.control_types import NodeAuth
 from rustynet.application.errors import NotFoundError, Unauthorized
 from rustynet.domain.key_hierarchy import verify_certificate
 from rustynet.domain.keys import KeyFingerprint, VerifyKey
@@ -29,10 +29,10 @@ from rustynet.domain.tokens import InvalidToken, TokenKind, key_allowlist, verif
 from rustynet.ports.control_plane import (
     ControlRejected,
     NodeCredentials,
-    RelayGrant,
     is_revocation,
 )
 from rustynet.ports.store import Store
+from rustynet.ports.wire.v1 import RelayToken, RelayTokenRequest
 from tests.integration.test_control_service import URL, Node, World, enroll, make_world
 
 RELAYS = (
@@ -203,13 +203,13 @@ async def test_every_peer_map_lists_the_configured_relays(world: World) -> None:
 
 @pytest.mark.asyncio
 async def test_local_adapter_relay_token(world: World) -> None:
-    """`LocalControlPlane.relay_token` returns a RelayGrant; 404 and revocation map as over
+    """`LocalControlPlane.relay_token` returns a RelayToken; 404 and revocation map as over
     HTTP."""
     node = await enroll(world, "alpha")
     plane = LocalControlPlane(world.service)
     auth = NodeCredentials(node.result.node_id, node.result.access_token)
     grant = await plane.relay_token(auth, "relay-2")
-    assert isinstance(grant, RelayGrant)
+    assert isinstance(grant, RelayToken)
     assert verify_at_relay(grant.token, node, world, relay_id="relay-2") == node.result.node_id
     with pytest.raises(ControlRejected) as unknown:
         await plane.relay_token(auth, "relay-9")

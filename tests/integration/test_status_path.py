@@ -23,10 +23,10 @@ from rustynet.adapters.node_state_file import FileNodeStateStore
 from rustynet.adapters.relay.bridge import RelayBridge
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
-from rustynet.application.control_types import CreateJoinKeyRequest
 from rustynet.application.node_agent import AgentSettings, NodeAgent
 from rustynet.domain.keys import TunnelKey
 from rustynet.domain.tunnel import PeerStats
+from rustynet.ports.wire.v1 import CreateJoinKeyRequest
 from tests.integration.test_control_service import World, world_with_policy
 
 pytestmark = pytest.mark.asyncio

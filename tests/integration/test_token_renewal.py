@@ -21,11 +21,11 @@ import pytest
 import pytest_asyncio
 from rustynet.adapters.storage.sqlite import SqliteStore
 
-from rustynet.application.control_types import TokenChallengeRequest, TokenRenewRequest
 from rustynet.application.errors import RateLimited, Unauthorized, ValidationError
 from rustynet.domain.keys import Purpose, SigningKey, b64decode, b64encode
 from rustynet.domain.tokens import token_renewal_message
 from rustynet.ports.store import ChallengeKind
+from rustynet.ports.wire.v1 import TokenChallengeRequest, TokenRenewRequest
 from tests.integration.http_server import GENEROUS_LIMITS, enroll_over_http, running_api
 from tests.integration.test_control_service import NOW, World, enroll, make_world
 

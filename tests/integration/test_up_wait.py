@@ -25,10 +25,10 @@ from rustynet.adapters.local_api import LocalApiServer
 from rustynet.adapters.node_state_file import FileNodeStateStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
-from rustynet.application.control_types import CreateJoinKeyRequest
 from rustynet.application.node_agent import AgentSettings
 from rustynet.bootstrap.node import NodeDaemon, NodePorts
-from rustynet.ports.control_plane import ControlUnreachable, NodeCredentials, PeerMapDelivery
+from rustynet.ports.control_plane import ControlUnreachable, NodeCredentials
+from rustynet.ports.wire.v1 import CreateJoinKeyRequest, PeerMapDelivery
 from tests.integration.test_control_service import World, world_with_policy
 
 pytestmark = pytest.mark.asyncio

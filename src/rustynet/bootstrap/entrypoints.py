@@ -45,10 +45,12 @@ class _Commands:
 
 
 class _AdminConnector:
-    """`AdminConnector`: admin.toml → pinned HTTPS client with the API key from its key file."""
+    """`AdminConnector`: admin.toml → typed admin API over a pinned HTTPS client with the API
+    key from its key file."""
 
     def admin_api(self, config: Path) -> AdminApi:
         from rustynet.adapters.config import load_admin_config  # noqa: PLC0415 - admin only
+        from rustynet.adapters.control_admin_http import HttpAdminApi  # noqa: PLC0415
         from rustynet.adapters.control_client import ControlClient  # noqa: PLC0415
 
         settings = load_admin_config(config)
@@ -62,7 +64,7 @@ class _AdminConnector:
             key = raw.strip()
             if not key.startswith(b"rnk_"):
                 raise admin_cli.UsageError(f"{settings.key_file}: not an API key (rnk_...)")
-            return ControlClient(settings.url, settings.spki_pin, api_key=key)
+            return HttpAdminApi(ControlClient(settings.url, settings.spki_pin, api_key=key))
         finally:
             raw[:] = bytes(len(raw))
 

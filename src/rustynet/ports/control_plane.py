@@ -9,7 +9,9 @@ exit-code table covers both.
 
 Adapters: `rustynet.adapters.control_plane_local.LocalControlPlane` (calls the use cases in
 process: tests and simulated nodes); an HTTPS adapter wraps `ControlClient`'s node routes.
-Binary values (challenge ids, signatures) are bytes here; adapters encode them for the wire.
+Requests and answers are the wire types of `rustynet.ports.wire.v1` (the same values the use
+cases take and return); only binary values (challenge ids, signatures) are bytes here, and
+adapters encode them for the wire.
 """
 
 from __future__ import annotations
@@ -21,19 +23,23 @@ from typing import Protocol
 import attrs
 
 from rustynet.ports.control_api import ControlRejected, ControlUnreachable, ControlUntrusted
+from rustynet.ports.wire.v1 import (
+    AccessToken,
+    EnrollRequest,
+    EnrollResult,
+    PeerMapDelivery,
+    RelayToken,
+    Trust,
+)
 
 __all__ = [
-    "AccessGrant",
-    "Challenge",
     "ControlPlaneClient",
     "ControlRejected",
     "ControlUnreachable",
     "ControlUntrusted",
-    "EnrollmentGrant",
     "EnrollmentOffer",
     "NodeCredentials",
-    "PeerMapDelivery",
-    "RelayGrant",
+    "SignableChallenge",
     "TrustTexts",
     "is_revocation",
 ]
@@ -53,67 +59,17 @@ class NodeCredentials:
 
 
 @attrs.frozen
-class EnrollmentOffer:
-    """The first enrollment message (`POST /v1/enroll`); keys in their typed text forms."""
-
-    join_secret: str = attrs.field(repr=False)  # the whole join token text
-    identity_key: str
-    tunnel_key: str
-    tunnel_key_binding: str
-    hostname: str
-    requested_tags: tuple[str, ...] | None = None
-
-
-@attrs.frozen
-class Challenge:
-    """A single-use challenge to sign before `expires_at`."""
+class SignableChallenge:
+    """A single-use challenge to sign before `expires_at`: the wire `Challenge` with its
+    base64url id decoded (the agent signs the bytes)."""
 
     challenge_id: bytes
     expires_at: datetime
 
 
-@attrs.frozen
-class TrustTexts:
-    """The root certificate and peer-map signing certificates, as control sent them."""
-
-    root_certificate: str
-    signing_certificates: tuple[str, ...]
-
-
-@attrs.frozen
-class EnrollmentGrant:
-    """What a completed enrollment returns."""
-
-    node_id: str
-    name: str
-    overlay_addresses: tuple[str, ...]
-    access_token: str = attrs.field(repr=False)
-    access_token_expires_at: datetime
-    trust: TrustTexts
-
-
-@attrs.frozen
-class AccessGrant:
-    """A fresh access token."""
-
-    access_token: str = attrs.field(repr=False)
-    expires_at: datetime
-
-
-@attrs.frozen
-class RelayGrant:
-    """A relay token (≤ 120 s) for one relay, to present on its session (relay-protocol.md)."""
-
-    token: str = attrs.field(repr=False)
-    expires_at: datetime
-
-
-@attrs.frozen
-class PeerMapDelivery:
-    """A signed peer map (not yet verified: the agent's acceptor decides) and its trust."""
-
-    envelope: str
-    trust: TrustTexts
+# The names the node agent has always used for two wire types (one class each).
+EnrollmentOffer = EnrollRequest
+TrustTexts = Trust
 
 
 class ControlPlaneClient(Protocol):
@@ -124,19 +80,19 @@ class ControlPlaneClient(Protocol):
     library errors). Nothing the server returns is trusted: peer maps are verified by the agent.
     """
 
-    async def enroll(self, offer: EnrollmentOffer) -> Challenge:
+    async def enroll(self, offer: EnrollRequest) -> SignableChallenge:
         """Present the join secret and keys; get the proof challenge."""
         ...
 
-    async def complete_enrollment(self, challenge_id: bytes, signature: bytes) -> EnrollmentGrant:
+    async def complete_enrollment(self, challenge_id: bytes, signature: bytes) -> EnrollResult:
         """Send the identity key's proof (Purpose.ENROLLMENT_PROOF); get the node record."""
         ...
 
-    async def token_challenge(self, node_id: str) -> Challenge:
+    async def token_challenge(self, node_id: str) -> SignableChallenge:
         """Ask for a token-renewal challenge."""
         ...
 
-    async def renew_token(self, node_id: str, challenge_id: bytes, signature: bytes) -> AccessGrant:
+    async def renew_token(self, node_id: str, challenge_id: bytes, signature: bytes) -> AccessToken:
         """Exchange a signature (Purpose.TOKEN_RENEWAL) over the challenge for a token."""
         ...
 
@@ -156,7 +112,7 @@ class ControlPlaneClient(Protocol):
         """Report the underlay endpoints (`IP:port`) peers may reach this node at."""
         ...
 
-    async def relay_token(self, auth: NodeCredentials, relay_id: str) -> RelayGrant:
+    async def relay_token(self, auth: NodeCredentials, relay_id: str) -> RelayToken:
         """A relay token for the relay `relay_id` of the peer map; `ControlRejected` 404 when
         control lists no such relay, 401 when the node is revoked."""
         ...

@@ -1,13 +1,15 @@
-"""Strict JSON edge: bytes → JSON value → typed request object, typed response → JSON bytes.
+"""The strict JSON codec of control API v1: bytes → JSON value → wire type, and back.
 
 The one rule: nothing is coerced. cattrs' default hooks call `bool(x)`, `int(x)`, `str(x)` and
 `list(x)`, so `"false"` becomes True, `"51820"` becomes 51820 and `"abc"` a list of letters;
-this converter registers hooks that accept exactly the JSON type the annotation names and
-reject everything else, and forbids unknown keys. A rejection becomes the application's
-`ValidationError` carrying every offending field as an RFC 6901 JSON pointer
-(`/requested_tags/0`), which the error table turns into a 400. JSON itself is parsed strictly
-too: duplicate keys, NaN/Infinity, out-of-range numbers, lone surrogates, nesting beyond
-MAX_JSON_DEPTH and non-object bodies are rejected (400, never 500) before cattrs sees them.
+the one converter here (`CONVERTER`) accepts exactly the JSON type the annotation names,
+rejects everything else and forbids unknown keys. A rejection is a `WireError` carrying every
+offending field as an RFC 6901 JSON pointer (`/requested_tags/0`): the server answers it with a
+400 (adapters/http_api/middleware.py), a client treats it as a server it cannot understand.
+JSON itself is parsed strictly too: duplicate keys, NaN/Infinity, out-of-range numbers, lone
+surrogates, nesting beyond MAX_JSON_DEPTH and non-object bodies are refused before cattrs sees
+them. The server, the node client, the admin client and the OpenAPI check all use this module
+with the types of `rustynet.ports.wire.v1`.
 """
 
 from __future__ import annotations
@@ -31,8 +33,7 @@ from cattrs.errors import (
     IterableValidationNote,
 )
 
-from rustynet.application.errors import BadRequest, FieldProblem, ValidationError
-from rustynet.domain.errors import RemoteProtocolError
+from rustynet.domain.errors import RemoteProtocolError, RustynetError
 
 T = TypeVar("T")
 
@@ -42,9 +43,27 @@ MAX_JSON_INT: Final = 2**63 - 1  # JSON integers are 64-bit signed on this API
 MAX_INT_DIGITS: Final = 19  # len(str(MAX_JSON_INT)); checked before int() parses the text
 
 
-def body_invalid(detail: str, problems: Sequence[FieldProblem] = ()) -> BadRequest:
-    """The request body is not JSON of the expected shape: 400, with pointers when known."""
-    return ValidationError(problems, detail) if problems else BadRequest(detail)
+@attrs.frozen
+class WireProblem:
+    """One finding: where (RFC 6901 pointer into the JSON document) and what."""
+
+    pointer: str
+    message: str
+
+
+class WireError(RustynetError):
+    """A JSON document is not what the contract says: `detail` for people, `problems` (maybe
+    empty) with pointers. Never holds a secret: messages name fields and types, not values."""
+
+    def __init__(self, detail: str, problems: Sequence[WireProblem] = ()) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.problems: tuple[WireProblem, ...] = tuple(problems)
+
+
+def body_invalid(detail: str, problems: Sequence[WireProblem] = ()) -> WireError:
+    """The document is not JSON of the expected shape, with pointers when known."""
+    return WireError(detail, problems)
 
 
 # --- JSON -------------------------------------------------------------------------------------
@@ -74,7 +93,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise body_invalid("duplicate key in JSON object", [FieldProblem(_pointer([key]), "")])
+            raise body_invalid("duplicate key in JSON object", [WireProblem(_pointer([key]), "")])
         result[key] = value
     return result
 
@@ -111,11 +130,12 @@ def _encodable(text: str) -> bool:
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
-    """Parse a request body that must be one UTF-8 JSON object.
+    """Parse a body that must be one UTF-8 JSON object.
 
-    Refused with 400 (never a 500): invalid UTF-8, invalid JSON, duplicate keys, NaN/Infinity,
-    numbers outside 64-bit integers or finite doubles, lone surrogates in strings, and nesting
-    deeper than MAX_JSON_DEPTH (30,000 nested arrays exhaust the C parser's recursion limit).
+    Refused with `WireError` (a 400 on the server, never a 500): invalid UTF-8, invalid JSON,
+    duplicate keys, NaN/Infinity, numbers outside 64-bit integers or finite doubles, lone
+    surrogates in strings, and nesting deeper than MAX_JSON_DEPTH (30,000 nested arrays exhaust
+    the C parser's recursion limit).
     """
     try:
         text = body.decode("utf-8")
@@ -133,7 +153,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     except RecursionError:
         raise body_invalid(f"JSON nests deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(value, dict):
-        raise body_invalid("request body must be a JSON object", [FieldProblem("", "object")])
+        raise body_invalid("request body must be a JSON object", [WireProblem("", "object")])
     problem = _unsound(value)
     if problem is not None:
         raise body_invalid(problem)
@@ -141,7 +161,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 
 
 def dump_json(value: object) -> bytes:
-    """Serialize a response value (already unstructured) to compact UTF-8 JSON."""
+    """Serialize a value (already unstructured) to compact UTF-8 JSON."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
@@ -198,7 +218,7 @@ def _is_collection_type(cls: Any) -> bool:
 def make_converter() -> cattrs.Converter:
     """A converter that structures only exact JSON types and forbids unknown keys.
 
-    Callers register hooks for their own text-encoded values (keys, tags) on the result.
+    `CONVERTER` is the one instance; this factory exists for tests that need a fresh one.
     """
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     conv.register_structure_hook(str, _exact(str, "string"))
@@ -322,10 +342,10 @@ def _message(exc: BaseException) -> str:
     return text or "invalid value"
 
 
-def _problems(exc: BaseException, path: tuple[str | int, ...]) -> Iterator[FieldProblem]:
+def _problems(exc: BaseException, path: tuple[str | int, ...]) -> Iterator[WireProblem]:
     if isinstance(exc, ForbiddenExtraKeysError):
         for extra in sorted(exc.extra_fields):
-            yield FieldProblem(_pointer([*path, extra]), "unknown field")
+            yield WireProblem(_pointer([*path, extra]), "unknown field")
         return
     if isinstance(exc, ClassValidationError | IterableValidationError):
         for sub in exc.exceptions:
@@ -339,11 +359,11 @@ def _problems(exc: BaseException, path: tuple[str | int, ...]) -> Iterator[Field
                     break
             yield from _problems(sub, path + step)
         return
-    yield FieldProblem(_pointer(path), _message(exc))
+    yield WireProblem(_pointer(path), _message(exc))
 
 
 def structure(conv: cattrs.Converter, body: Mapping[str, Any], cls: type[T]) -> T:
-    """Structure a parsed JSON object into `cls`; any mismatch → `ValidationError` with pointers."""
+    """Structure a parsed JSON object into `cls`; any mismatch → `WireError` with pointers."""
     try:
         return conv.structure(body, cls)
     except (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as exc:
@@ -351,4 +371,21 @@ def structure(conv: cattrs.Converter, body: Mapping[str, Any], cls: type[T]) -> 
         detail = "; ".join(f"{p.pointer or '/'}: {p.message}" for p in problems)
         raise body_invalid(detail or "invalid request body", problems) from exc
     except (TypeError, ValueError, RemoteProtocolError) as exc:
-        raise body_invalid(_message(exc), [FieldProblem("", _message(exc))]) from exc
+        raise body_invalid(_message(exc), [WireProblem("", _message(exc))]) from exc
+
+
+CONVERTER: Final = make_converter()
+"""The one strict converter of the v1 wire types (server, node client, admin client)."""
+
+
+def decode(value: object, cls: type[T]) -> T:
+    """A parsed JSON value (an answer or a request body) as `cls`, strictly; `WireError` if
+    it is not a JSON object of that shape."""
+    if type(value) is not dict:
+        raise body_invalid("expected a JSON object", [WireProblem("", "object")])
+    return structure(CONVERTER, typing.cast("dict[str, Any]", value), cls)
+
+
+def encode(value: object) -> bytes:
+    """A wire value (or plain JSON data) as compact UTF-8 JSON."""
+    return dump_json(to_json_value(value))
