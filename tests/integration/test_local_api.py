@@ -23,8 +23,8 @@ from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
 from rustynet.application.control_types import CreateJoinKeyRequest
-from rustynet.application.node_agent import AgentSettings
-from rustynet.bootstrap.node import NodeDaemon, NodePorts
+from rustynet.application.node import AgentSettings, NodeDaemon, NodePorts
+from rustynet.bootstrap.node import default_hostname
 from tests.integration.test_control_service import POLICY, World, make_world
 
 
@@ -55,6 +55,7 @@ def _daemon(w: World, tmp: Path) -> tuple[NodeDaemon, MemoryTunnelBackend]:
         clock=w.clock,
         entropy=w.entropy,
         control_factory=lambda _url, _pin: LocalControlPlane(w.service, "198.51.100.21"),
+        default_hostname=default_hostname,
     )
     return NodeDaemon(ports, AgentSettings(interface="rnapi0", long_poll_seconds=0.05)), tunnel
 

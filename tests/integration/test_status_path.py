@@ -25,7 +25,7 @@ from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
 from rustynet.application.control_types import CreateJoinKeyRequest
-from rustynet.application.node_agent import AgentSettings, NodeAgent
+from rustynet.application.node import AgentSettings, NodeAgent
 from rustynet.domain.keys import TunnelKey
 from rustynet.domain.tunnel import PeerStats
 from tests.integration.test_control_service import POLICY, World, make_world

@@ -27,8 +27,8 @@ from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
 from rustynet.application.control_types import CreateJoinKeyRequest
-from rustynet.application.node_agent import AgentSettings
-from rustynet.bootstrap.node import NodeDaemon, NodePorts
+from rustynet.application.node import AgentSettings, NodeDaemon, NodePorts
+from rustynet.bootstrap.node import default_hostname
 from rustynet.ports.control_plane import ControlUnreachable, NodeCredentials, PeerMapDelivery
 from tests.integration.test_control_service import POLICY, World, make_world
 
@@ -71,6 +71,7 @@ async def _serve(w: World, tmp: Path, control: DistantControl) -> tuple[NodeDaem
         clock=w.clock,
         entropy=w.entropy,
         control_factory=lambda _url, _pin: control,
+        default_hostname=default_hostname,
     )
     daemon = NodeDaemon(
         ports, AgentSettings(interface="rnupw0", long_poll_seconds=0.05, backoff_initial=0.05)
