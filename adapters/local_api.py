@@ -12,7 +12,7 @@ Routes (JSON unless said otherwise; errors are `{"error": code, "detail": text}`
     GET  /status   {"state", "node": {name, id, overlay_ip} | null, "control": {url, connected}
                     | null, "backend", "peermap_serial", "peermap_source", "peers": [...]}
                    peermap_source: "control", "none (waiting for the control plane since T)"
-                   or "stored (control plane unreachable since T)" (application/map_source.py)
+                   or "stored (control plane unreachable since T)" (application/node/map_source.py)
     GET  /peers    {"peers": [{name, overlay_ip, path, last_handshake, rx_bytes, tx_bytes}]}
     POST /up       body {"token": str | null, "hostname": str | null}: join (token) and/or bring
                    the tunnel up; answers the status document
@@ -41,15 +41,15 @@ from typing import Final, Protocol
 
 from aiohttp import web
 
-from rustynet.application.node_agent import (
+from rustynet.application.node import (
     AgentRevoked,
     AgentStatus,
     AlreadyEnrolled,
     JoinFailed,
     NotEnrolled,
+    NotRevoked,
     NotRunning,
 )
-from rustynet.application.reenroll import NotRevoked
 from rustynet.domain.errors import RustynetError
 from rustynet.ports.control_api import ControlRejected, ControlUnreachable, ControlUntrusted
 
@@ -63,7 +63,7 @@ class LocalApiError(RustynetError):
 
 
 class NodeControl(Protocol):
-    """What the daemon offers its local API (bootstrap's `NodeDaemon` implements it)."""
+    """What the daemon offers its local API (`rustynet.application.node.NodeDaemon` has it)."""
 
     @property
     def backend(self) -> str:

@@ -53,6 +53,9 @@ CLEAN_TREE = {
     "rustynet/application/doctor.py": (
         "import asyncio\nfrom rustynet.ports import keystore\nfrom rustynet.domain import tokens\n"
     ),
+    "rustynet/application/node/__init__.py": "import asyncio\nfrom rustynet.ports import clock\n",
+    "rustynet/application/control.py": "from rustynet.ports import keystore\n",
+    "rustynet/application/relay.py": "from rustynet.ports import clock\n",
     "rustynet/bootstrap/__init__.py": "",
     "rustynet/bootstrap/entrypoints.py": (
         "from rustynet.adapters import clock\nfrom rustynet.adapters.keystore import files\n"
@@ -112,6 +115,16 @@ IMPORT_PLANTS = [
     ("rustynet/domain/planted.py", "import socket", "Core does no I/O"),
     ("rustynet/ports/planted.py", "import logging", "Core does no I/O"),
     ("rustynet/application/planted.py", "import sqlite3", "Use cases know ports"),
+    (
+        "rustynet/application/node/planted.py",
+        "from rustynet.application import control",
+        "use cases do not import each other",
+    ),
+    (
+        "rustynet/application/control.py",
+        "from rustynet.application import relay",
+        "use cases do not import each other",
+    ),
     (
         "rustynet/application/planted.py",
         "from cryptography.hazmat.primitives import hashes",

@@ -51,7 +51,7 @@ from rustynet.ports.control_plane import NodeCredentials
 from rustynet.ports.relay import RelayAuth, RelayEndpoint, RelayError
 
 STATE_FILE: Final = "node-state.json"  # rustynet.bootstrap.node.STATE_FILE
-IDENTITY_KEY: Final = "node.identity"  # rustynet.application.node_agent.IDENTITY_KEY
+IDENTITY_KEY: Final = "node.identity"  # rustynet.application.node.IDENTITY_KEY
 SIGNATURE_BYTES: Final = 64
 TIMEOUT: Final = 5.0
 

@@ -21,8 +21,8 @@ from rustynet.adapters.local_api import LocalApiError, bind_socket, create_local
 from rustynet.adapters.node_state_file import FileNodeStateStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
-from rustynet.application.node_agent import AgentSettings
-from rustynet.bootstrap.node import NodeDaemon, NodePorts
+from rustynet.application.node import AgentSettings, NodeDaemon, NodePorts
+from rustynet.bootstrap.node import default_hostname
 from rustynet.ports.wire.v1 import CreateJoinKeyRequest
 from tests.integration.test_control_service import World, world_with_policy
 
@@ -50,6 +50,7 @@ def _daemon(w: World, tmp: Path) -> tuple[NodeDaemon, MemoryTunnelBackend]:
         clock=w.clock,
         entropy=w.entropy,
         control_factory=lambda _url, _pin: LocalControlPlane(w.service, "198.51.100.21"),
+        default_hostname=default_hostname,
     )
     return NodeDaemon(ports, AgentSettings(interface="rnapi0", long_poll_seconds=0.05)), tunnel
 

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import ipaddress
 import itertools
-import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import attrs
 import pytest
 import pytest_asyncio
+import structlog.testing
 from rustynet.adapters.control_plane_local import LocalControlPlane
 from rustynet.adapters.firewall.memory import MemoryFirewall
 from rustynet.adapters.keystore.memory import MemoryKeystore
@@ -24,7 +24,7 @@ from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.storage.sqlite import SqliteStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
-from rustynet.application.node_agent import AgentRevoked, AgentSettings, NodeAgent
+from rustynet.application.node import AgentRevoked, AgentSettings, NodeAgent
 from rustynet.domain.policy import Proto
 from rustynet.ports.control_plane import ControlUnreachable, NodeCredentials, TrustTexts
 from rustynet.ports.store import Store
@@ -52,12 +52,19 @@ class Node:
     state_path: Path
 
 
-def make_agent(w: World, node: Node | None, tmp: Path, name: str, ip: str) -> Node:
+def make_agent(
+    w: World,
+    node: Node | None,
+    tmp: Path,
+    name: str,
+    ip: str,
+    tunnel: MemoryTunnelBackend | None = None,
+) -> Node:
     keystore = node.keystore if node else MemoryKeystore()
     if node is None:
         keystore.open()
     control = LocalControlPlane(w.service, client_ip=ip)
-    tunnel, firewall = MemoryTunnelBackend(), MemoryFirewall()
+    tunnel, firewall = tunnel or MemoryTunnelBackend(), MemoryFirewall()
     path = tmp / f"{name}.json"
     agent = NodeAgent(
         control=control,
@@ -174,7 +181,7 @@ async def test_expired_map_fails_closed_while_control_is_down(world: World, tmp_
 
 
 async def test_tampered_stale_and_unknown_signer_maps_are_rejected(
-    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    world: World, tmp_path: Path
 ) -> None:
     """A flipped byte, an older serial and a map from an unknown signer are each rejected,
     logged as peer_map.rejected, and change neither the tunnel nor the persisted state."""
@@ -195,11 +202,13 @@ async def test_tampered_stale_and_unknown_signer_maps_are_rejected(
     await stranger.agent.step(timeout=0)
     assert stranger.agent.state is not None
     assert stranger.agent.state.last_peer_map is not None
-    caplog.set_level(logging.WARNING, logger="rustynet.node.events")
-    for envelope in (tampered, state.last_peer_map, stranger.agent.state.last_peer_map):
-        assert not await a.agent.offer_peer_map(envelope, trust)
+    with structlog.testing.capture_logs() as logs:
+        for envelope in (tampered, state.last_peer_map, stranger.agent.state.last_peer_map):
+            assert not await a.agent.offer_peer_map(envelope, trust)
     assert a.agent.rejected_maps == 3
-    assert [r.getMessage() for r in caplog.records].count("peer_map.rejected") == 3
+    rejected = [e for e in logs if e["event"] == "peer_map.rejected"]
+    assert len(rejected) == 3
+    assert all(e["log_level"] == "warning" for e in rejected)
     assert a.state_path.read_bytes() == saved
     assert dict(await a.tunnel.peers()) == peers
 

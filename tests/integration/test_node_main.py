@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from rustynet.adapters.keystore.encrypted_file import FileKeystore
 
-from rustynet.application.node_agent import IDENTITY_KEY, TUNNEL_KEY
+from rustynet.application.node import IDENTITY_KEY, TUNNEL_KEY
 from rustynet.bootstrap.node_main import UNLOCK_AHEAD, unlock_ahead
 from rustynet.ports.keystore import KeystoreIntegrityError
 

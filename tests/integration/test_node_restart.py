@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
-from rustynet.application.map_source import STORED_MAP_FALLBACK
+from rustynet.application.node import STORED_MAP_FALLBACK
 from rustynet.domain.keys import TunnelKey
 from rustynet.domain.tunnel import PeerDiff
 from tests.integration.test_control_service import World, world_with_policy
@@ -56,9 +56,8 @@ async def _mesh(w: World, tmp: Path) -> tuple[Node, Node, Node]:
 
 def _restarted(w: World, a: Node, tmp: Path) -> tuple[Node, RecordingTunnel]:
     """A new agent on A's key store and state file (the daemon after a kill -9)."""
-    again = make_agent(w, a, tmp, "a", "198.51.100.21")
     tunnel = RecordingTunnel()
-    again.agent.tunnel = again.tunnel = tunnel
+    again = make_agent(w, a, tmp, "a", "198.51.100.21", tunnel=tunnel)
     return again, tunnel
 
 

@@ -23,7 +23,7 @@ from rustynet.adapters.node_state_file import FileNodeStateStore
 from rustynet.adapters.relay.bridge import RelayBridge
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
-from rustynet.application.node_agent import AgentSettings, NodeAgent
+from rustynet.application.node import AgentSettings, NodeAgent
 from rustynet.domain.keys import TunnelKey
 from rustynet.domain.tunnel import PeerStats
 from rustynet.ports.wire.v1 import CreateJoinKeyRequest

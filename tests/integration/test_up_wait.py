@@ -25,8 +25,8 @@ from rustynet.adapters.local_api import LocalApiServer
 from rustynet.adapters.node_state_file import FileNodeStateStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
-from rustynet.application.node_agent import AgentSettings
-from rustynet.bootstrap.node import NodeDaemon, NodePorts
+from rustynet.application.node import AgentSettings, NodeDaemon, NodePorts
+from rustynet.bootstrap.node import default_hostname
 from rustynet.ports.control_plane import ControlUnreachable, NodeCredentials
 from rustynet.ports.wire.v1 import CreateJoinKeyRequest, PeerMapDelivery
 from tests.integration.test_control_service import World, world_with_policy
@@ -67,6 +67,7 @@ async def _serve(w: World, tmp: Path, control: DistantControl) -> tuple[NodeDaem
         clock=w.clock,
         entropy=w.entropy,
         control_factory=lambda _url, _pin: control,
+        default_hostname=default_hostname,
     )
     daemon = NodeDaemon(
         ports, AgentSettings(interface="rnupw0", long_poll_seconds=0.05, backoff_initial=0.05)

@@ -35,8 +35,8 @@ from rustynet.domain.errors import RustynetError
 from rustynet.ports.keystore import Keystore
 
 UNLOCK_AHEAD: Final = ("node.identity", "node.tunnel")
-"""The keys an enrolled daemon reads at start (node_agent's IDENTITY_KEY and TUNNEL_KEY; a unit
-test keeps the two in step)."""
+"""The keys an enrolled daemon reads at start (application/node/credentials.py's IDENTITY_KEY and
+TUNNEL_KEY; a unit test keeps the two in step)."""
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -49,3 +49,15 @@ class DirectProbePort(Protocol):
     async def probe(self, endpoint: UnderlayEndpoint, timeout: float = 1.0) -> bool:
         """True when an echo came back from `endpoint`'s address within `timeout` s."""
         ...
+
+
+class DirectProbeService(DirectProbePort, Protocol):
+    """A prober the daemon owns: started once before the agents use it, closed at shutdown."""
+
+    async def start(self) -> None:
+        """Bind what the probes need (the adapter's UDP socket)."""
+        ...
+
+    def close(self) -> None:
+        """Release it."""
+        ...

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Final
+
+import structlog
 
 from rustynet.domain.errors import RustynetError
 from rustynet.domain.keys import Purpose, SigningKey
@@ -36,7 +37,7 @@ from rustynet.ports.relay import (
 )
 from rustynet.ports.relay_path import RelayBridgePort
 
-_log = logging.getLogger("rustynet.node.relay")
+_log = structlog.get_logger(__name__)
 
 RENEW_BEFORE: Final = timedelta(seconds=40)
 BACKOFF_INITIAL: Final = 0.5
@@ -94,7 +95,9 @@ class RelayLink:
             except (RelayError, RustynetError) as exc:
                 _log.info(
                     "relay.session_lost",
-                    extra={"relay": home.relay_id, "error": type(exc).__name__, "retry_in": delay},
+                    relay=home.relay_id,
+                    error=type(exc).__name__,
+                    retry_in=delay,
                 )
             await self._sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
@@ -119,7 +122,7 @@ class RelayLink:
         session = await self.transport.connect(home, auth)
         self.session, self.relay_id = session, home.relay_id
         self.sessions += 1
-        _log.info("relay.session_up", extra={"relay": home.relay_id})
+        _log.info("relay.session_up", relay=home.relay_id)
         renewer = asyncio.create_task(self._renew(session, home), name="relay-renew")
         try:
             await self.bridge.run(session)
@@ -138,6 +141,6 @@ class RelayLink:
                 auth, _ = await self._auth(home)
                 await session.renew(auth.token)
             except (RelayError, RustynetError) as exc:
-                _log.info("relay.renew_failed", extra={"error": type(exc).__name__})
+                _log.info("relay.renew_failed", error=type(exc).__name__)
                 await session.close()  # the bridge's receive ends; run() reconnects
                 return

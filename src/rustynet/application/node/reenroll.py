@@ -16,13 +16,9 @@ from typing import Final
 
 import attrs
 
-from rustynet.application.node_agent import (
-    IDENTITY_KEY,
-    NEXT_TUNNEL_KEY,
-    TUNNEL_KEY,
-    JoinFailed,
-    NotEnrolled,
-)
+from rustynet.application.node.credentials import IDENTITY_KEY, NEXT_TUNNEL_KEY, TUNNEL_KEY
+from rustynet.application.node.errors import JoinFailed, NotEnrolled
+from rustynet.application.node.lifecycle import DaemonState
 from rustynet.domain.errors import DecodeError, RustynetError
 from rustynet.domain.join_tokens import JoinToken
 from rustynet.ports.keystore import Keystore
@@ -43,12 +39,12 @@ class Discarded:
     name: str
 
 
-def check_reenroll(lifecycle: str, state_store: NodeStateStore, token: str) -> None:
+def check_reenroll(lifecycle: DaemonState, state_store: NodeStateStore, token: str) -> None:
     """Refuse unless the node is enrolled, revoked, and `token` is a join token (in form)."""
     state = state_store.load()
     if state is None:
         raise NotEnrolled("this node is not enrolled: rustynet up --token-file FILE")
-    if lifecycle != "revoked":
+    if lifecycle is not DaemonState.REVOKED:
         raise NotRevoked(
             f"{state.name} ({state.node_id}) is {lifecycle}, not revoked: re-enrolling would "
             "throw a working identity away (revoke it first: rustynet admin nodes revoke)"
