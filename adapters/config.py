@@ -51,7 +51,7 @@ from typing import Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
-from rustynet.adapters.config_file import ConfigFileRefused, read_config_file
+from rustynet.adapters.support.config_file import ConfigFileRefused, read_config_file
 
 from rustynet.domain.connection_limits import (
     ConnectionLimits,
