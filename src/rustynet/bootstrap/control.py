@@ -48,8 +48,6 @@ from rustynet.adapters.config import (
     ControlConfig,
     DatabaseUrl,
     load_control_config,
-    parse_control_url,
-    parse_listen,
     render_admin_config,
     render_control_config,
 )
@@ -65,6 +63,7 @@ from rustynet.adapters.logging import configure_logging
 from rustynet.adapters.storage.local_feed import LocalChangeFeed
 from rustynet.adapters.storage.postgres import PostgresStore
 from rustynet.adapters.storage.sqlite import SqliteStore
+from rustynet.adapters.support.config_values import parse_control_url, parse_listen
 from rustynet.adapters.tls_cert import create_self_signed, spki_pin_of_pem_file
 from rustynet.application.control import (
     ControlService,

@@ -42,12 +42,11 @@ from rustynet.adapters.logging import configure_logging
 from rustynet.adapters.relay.config import (
     RelayConfig,
     load_relay_config,
-    parse_control_url,
-    parse_listen,
     parse_relay_url,
     render_relay_config,
 )
 from rustynet.adapters.relay.server import create_relay_app, make_runner
+from rustynet.adapters.support.config_values import parse_control_url, parse_listen
 from rustynet.adapters.tls_cert import create_self_signed, spki_pin_of_pem_file
 from rustynet.application.relay import RelayService
 from rustynet.bootstrap.crypto_policy import load_crypto_policy
