@@ -64,6 +64,7 @@ from rustynet.adapters.storage.local_feed import LocalChangeFeed
 from rustynet.adapters.storage.postgres import PostgresStore
 from rustynet.adapters.storage.sqlite import SqliteStore
 from rustynet.adapters.support.config_values import parse_control_url, parse_listen
+from rustynet.adapters.support.private_file import write_private
 from rustynet.adapters.tls_cert import create_self_signed, spki_pin_of_pem_file
 from rustynet.application.control import (
     ControlService,
@@ -119,20 +120,6 @@ class InitRefused(RustynetError):  # noqa: N818 - names the outcome
     """The data directory already holds a control plane (or part of one)."""
 
 
-def _write_private(path: Path, data: bytes | bytearray, mode: int = 0o600) -> None:
-    """Create `path` exclusively with `mode` (never follows or replaces anything)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _store_for(database: DatabaseUrl) -> Store:
     if database.kind == "postgresql" and database.conninfo is not None:
         return PostgresStore(database.conninfo)
@@ -172,7 +159,7 @@ def _open_init_keystore(
             return os_store, "os", None, ("keys are in the OS key store",)
     passphrase = bytearray(b64encode(entropy.token_bytes(PASSPHRASE_BYTES)).encode("ascii"))
     pass_path = data_dir / PASSPHRASE_FILE
-    _write_private(pass_path, passphrase + b"\n")
+    write_private(pass_path, passphrase + b"\n", replace=False)
     store = FileKeystore(data_dir / KEYS_DIR, passphrase)
     store.open()
     notes = (
@@ -245,11 +232,11 @@ def init_control(request: control_cli.InitRequest) -> control_cli.InitReport:
         created.append(database.sqlite_path)
     key_bytes = bytearray(key_text.encode("ascii") + b"\n")
     try:
-        _write_private(data_dir / ADMIN_KEY, key_bytes)
+        write_private(data_dir / ADMIN_KEY, key_bytes, replace=False)
     finally:
         key_bytes[:] = bytes(len(key_bytes))
     admin = AdminConfig(url=url, spki_pin=cert.pin, key_file=data_dir / ADMIN_KEY)
-    _write_private(data_dir / ADMIN_TOML, render_admin_config(admin).encode("utf-8"))
+    write_private(data_dir / ADMIN_TOML, render_admin_config(admin).encode("utf-8"), replace=False)
     config = ControlConfig(
         url=url,
         listen=listen,
@@ -262,7 +249,11 @@ def init_control(request: control_cli.InitRequest) -> control_cli.InitReport:
     )
     # control.toml last: its presence means "initialised", so a crash before it leaves files
     # that make the next init refuse by name rather than a config pointing at missing keys.
-    _write_private(data_dir / CONTROL_TOML, render_control_config(config, data_dir).encode("utf-8"))
+    write_private(
+        data_dir / CONTROL_TOML,
+        render_control_config(config, data_dir).encode("utf-8"),
+        replace=False,
+    )
     created += [data_dir / ADMIN_KEY, data_dir / ADMIN_TOML, data_dir / CONTROL_TOML]
     return control_cli.InitReport(
         data_dir=data_dir,

@@ -47,6 +47,7 @@ from rustynet.adapters.relay.config import (
 )
 from rustynet.adapters.relay.server import create_relay_app, make_runner
 from rustynet.adapters.support.config_values import parse_control_url, parse_listen
+from rustynet.adapters.support.private_file import write_private
 from rustynet.adapters.tls_cert import create_self_signed, spki_pin_of_pem_file
 from rustynet.application.relay import RelayService
 from rustynet.bootstrap.crypto_policy import load_crypto_policy
@@ -63,17 +64,6 @@ LISTEN_BACKLOG: Final = 4096
 
 class RelayInitRefused(RustynetError):  # noqa: N818 - names the outcome
     """relay.toml or the TLS files already exist."""
-
-
-def _write_private(path: Path, text: str) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def init_relay(args: argparse.Namespace) -> str:
@@ -108,7 +98,7 @@ def init_relay(args: argparse.Namespace) -> str:
         certificate=cert.certificate,
         private_key=cert.private_key,
     )
-    _write_private(config_path, render_relay_config(config, base))
+    write_private(config_path, render_relay_config(config, base).encode("utf-8"), replace=False)
     return (
         f"wrote {config_path}, {cert.certificate} and {cert.private_key} (0600)\n"
         f"TLS SPKI pin: {cert.pin.to_text()}\n"
