@@ -24,7 +24,7 @@ noticed as finished at the next sweep, so the keep-alive deadline may start up t
 late (in the client's favour).
 
 Composition: the guard WRAPS the protocol instead of subclassing it, so whatever handler the
-runner's `web.Server` makes (`RejectingRequestHandler` of `rejections.py`, which answers
+runner's `web.Server` makes (`RejectingRequestHandler` of `support/rejections.py`, which answers
 parser errors) keeps all its behaviour; the wrapper forwards every protocol call and reads,
 without changing, a few of aiohttp's handler attributes (`_request_count`, `_messages`,
 `_request_in_progress`, `_current_request`, `_upgraded`, `_payload_parser`; aiohttp is pinned

@@ -28,7 +28,7 @@ from typing import Final
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 from rustynet.adapters.relay.errors import error_middleware, server_header
-from rustynet.adapters.relay.rejections import REJECTIONS_KEY, RejectingAppRunner, Rejections
+from rustynet.adapters.relay.rejections import REJECTIONS_KEY, Rejections, rejecting_runner
 
 from rustynet.application.relay import DROP_REASONS, RelayService, Session
 from rustynet.domain.relay import (
@@ -342,4 +342,4 @@ def create_relay_app(
 def make_runner(app: web.Application, shutdown_timeout: float = 5.0) -> web.AppRunner:
     """A runner without access log (no per-request lines; sessions are logged as events) whose
     answer to a request the HTTP parser refuses echoes nothing (rejections.py)."""
-    return RejectingAppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    return rejecting_runner(app, access_log=None, shutdown_timeout=shutdown_timeout)
