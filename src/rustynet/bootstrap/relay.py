@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,8 +33,6 @@ import uvloop
 from rustynet.adapters.cli.crypto_option import add_crypto_policy_option
 from rustynet.adapters.clock import SystemClock
 from rustynet.adapters.entropy import OsEntropy
-from rustynet.adapters.http_api.connection_guard import ConnectionGuard
-from rustynet.adapters.http_api.guarded_site import GuardedSite
 from rustynet.adapters.http_api.tls import server_ssl_context
 from rustynet.adapters.logging import configure_logging
 from rustynet.adapters.relay.config import (
@@ -52,7 +48,8 @@ from rustynet.adapters.tls_cert import create_self_signed, spki_pin_of_pem_file
 from rustynet.application.relay import RelayService
 from rustynet.bootstrap.crypto_policy import load_crypto_policy
 from rustynet.bootstrap.keystores import check_private_key_file
-from rustynet.bootstrap.process import disable_core_dumps, fit_connections_to_fd_limit
+from rustynet.bootstrap.process import disable_core_dumps
+from rustynet.bootstrap.serving import connection_guard, serve_until_stopped
 from rustynet.domain.errors import DecodeError, RustynetError
 from rustynet.domain.keys import KeyFingerprint
 from rustynet.domain.relay import RelayTrust, validate_relay_id
@@ -116,38 +113,18 @@ async def _serve(config: RelayConfig) -> None:
     service = RelayService(trust, config.limits, clock, entropy)
     pin = spki_pin_of_pem_file(config.certificate)
     ssl_context = server_ssl_context(config.certificate, config.private_key)
-    connections, fd_warning = fit_connections_to_fd_limit(config.connections)
-    if fd_warning is not None:
-        logging.getLogger("rustynet.relay").warning(fd_warning)
-    guard = ConnectionGuard(connections)
+    guard = connection_guard(config.connections)
     runner = make_runner(create_relay_app(service, extra_metrics=(guard.render_metrics,)))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await runner.setup()
-        host, port = config.listen
-        # Deadlines and caps on every connection before the WebSocket upgrade ([connections]).
-        site = GuardedSite(
-            runner,
-            host,
-            port,
-            ssl_context=ssl_context,
-            guard=guard,
-            backlog=LISTEN_BACKLOG,
-        )
-        await site.start()
-        sys.stderr.write(
-            f"rustynet-relay: ready; relay {config.relay_id} listening on {host}:{port} "
-            f"pin {pin.to_text()}\n"
-        )
-        sys.stderr.flush()
-        await stop.wait()
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-        await runner.cleanup()
+    # Deadlines and caps on every connection before the WebSocket upgrade ([connections]).
+    await serve_until_stopped(
+        runner,
+        config.listen,
+        ssl_context=ssl_context,
+        guard=guard,
+        backlog=LISTEN_BACKLOG,
+        ready=f"rustynet-relay: ready; relay {config.relay_id}",
+        pin=pin,
+    )
 
 
 def serve_relay(args: argparse.Namespace) -> int:
