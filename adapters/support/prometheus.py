@@ -12,6 +12,7 @@ The text is the library's exposition format 0.0.4 (`generate_latest`).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from typing import Final
 
@@ -32,21 +33,24 @@ def app_registry(*collectors: Collector) -> CollectorRegistry:
     return registry
 
 
-class _Scrape(Collector):
-    """A registry's families followed by families made for this scrape only."""
+class _Families(Collector):
+    """Families made for one scrape, as a collector `generate_latest` can read."""
 
-    def __init__(self, registry: CollectorRegistry, extra: Iterable[Metric]) -> None:
-        self._registry = registry
-        self._extra = extra
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = families
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._registry.collect()
-        yield from self._extra
+        yield from self._families
+
+
+def render_families(families: Iterable[Metric]) -> str:
+    """The exposition text of `families`."""
+    return generate_latest(_Families(families)).decode("utf-8")
 
 
 def render(registry: CollectorRegistry, extra: Iterable[Metric] = ()) -> str:
     """The exposition text of `registry` (and of `extra`, families known only now)."""
-    return generate_latest(_Scrape(registry, extra)).decode("utf-8")
+    return render_families(itertools.chain(registry.collect(), extra))
 
 
 def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
