@@ -5,5 +5,6 @@ The import contract "Adapters do not import each other" lets any adapter import 
 and nothing else across adapters; the contract "Adapter support is a leaf" keeps this package
 from importing any other adapter. A rule that two adapters would otherwise copy (the TLS
 groups and suites of the crypto policy, the config-file trust check, config value parsing,
-the private-file writer, parser-rejection responses) lives here once.
+the private-file writer, the parser-rejection hook, the Prometheus exposition) lives here
+once.
 """
