@@ -41,8 +41,6 @@ admin.toml (top-level keys): `url`, `spki_pin` (`sha256//...`), `key_file`.
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -51,7 +49,14 @@ from typing import Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
-from rustynet.adapters.config_file import ConfigFileRefused, read_config_file
+from rustynet.adapters.support.config_file import ConfigFileRefused, read_config_file
+from rustynet.adapters.support.config_values import (
+    parse_control_url,
+    parse_listen,
+    relative_path,
+    render_listen,
+    toml_string,
+)
 
 from rustynet.domain.connection_limits import (
     ConnectionLimits,
@@ -107,34 +112,6 @@ class DatabaseUrl:
             return f"SQLite {self.sqlite_path}"
         parts = urlsplit(self.conninfo or "")
         return f"PostgreSQL {parts.hostname or 'local'}:{parts.port or 5432}{parts.path}"
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """`ADDR:PORT` or `[V6]:PORT` → (address, port)."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError("expected ADDR:PORT (IPv6 as [ADDR]:PORT)")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    ipaddress.ip_address(host)  # listen on an address, not a name
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError("port must be 1-65535")
-    return host, port
-
-
-def parse_control_url(text: str) -> str:
-    """An `https://HOST[:PORT]` URL without path, query or user info."""
-    parts = urlsplit(text)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ValueError("expected https://HOST[:PORT]")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ValueError("the control URL has no path, query or user part")
-    try:
-        _ = parts.port
-    except ValueError as exc:
-        raise ValueError(f"bad port: {exc}") from None
-    return f"https://{parts.netloc}"
 
 
 @attrs.frozen
@@ -310,25 +287,12 @@ def load_control_config(path: Path) -> ControlConfig:
     )
 
 
-def _q(text: str) -> str:
-    # JSON string escapes are valid TOML basic-string escapes for everything json.dumps emits.
-    return json.dumps(text, ensure_ascii=True)
-
-
-def _relative(path: Path, base: Path) -> str:
-    try:
-        return str(path.relative_to(base))
-    except ValueError:
-        return str(path)
-
-
 def render_control_config(config: ControlConfig, base: Path) -> str:
     """`control.toml` text for `config`; paths under `base` are written relative to it."""
-    host, port = config.listen
-    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    listen = render_listen(*config.listen)
     db = config.database
     db_text = (
-        f"sqlite:{_relative(db.sqlite_path, base)}"
+        f"sqlite:{relative_path(db.sqlite_path, base)}"
         if db.kind == "sqlite" and db.sqlite_path is not None
         else db.render()
     )
@@ -336,31 +300,33 @@ def render_control_config(config: ControlConfig, base: Path) -> str:
         "# Rustynet control plane. Written by `rustynet-control init`; paths are relative",
         "# to this file's directory. Unknown keys are errors.",
         "[control]",
-        f"url = {_q(config.url)}",
-        f"listen = {_q(listen)}",
+        f"url = {toml_string(config.url)}",
+        f"listen = {toml_string(listen)}",
         f"backlog = {config.backlog}",
         "",
         "[database]",
-        f"url = {_q(db_text)}",
+        f"url = {toml_string(db_text)}",
         "",
         "[tls]",
-        f"certificate = {_q(_relative(config.certificate, base))}",
-        f"private_key = {_q(_relative(config.private_key, base))}",
+        f"certificate = {toml_string(relative_path(config.certificate, base))}",
+        f"private_key = {toml_string(relative_path(config.private_key, base))}",
         "",
         "[keystore]",
-        f"kind = {_q(config.keystore)}",
+        f"kind = {toml_string(config.keystore)}",
     ]
     if config.passphrase_file is not None:
-        lines.append(f"passphrase_file = {_q(_relative(config.passphrase_file, base))}")
+        lines.append(
+            f"passphrase_file = {toml_string(relative_path(config.passphrase_file, base))}"
+        )
     lines += ["", "# Deadlines (seconds) and caps of client connections: docs/control-plane.md."]
     lines += render_connection_limits(config.connections)
     for relay in config.relays:
         lines += [
             "",
             "[[relays]]",
-            f"id = {_q(relay.id)}",
-            f"url = {_q(relay.url)}",
-            f"tls_spki_sha256 = {_q(relay.tls_spki_sha256.to_text())}",
+            f"id = {toml_string(relay.id)}",
+            f"url = {toml_string(relay.url)}",
+            f"tls_spki_sha256 = {toml_string(relay.tls_spki_sha256.to_text())}",
         ]
     return "\n".join(lines) + "\n"
 
@@ -382,9 +348,9 @@ def render_admin_config(config: AdminConfig) -> str:
     return (
         "# Rustynet admin CLI: which control plane, its TLS key pin (checked on every\n"
         "# connection) and the file holding the admin API key.\n"
-        f"url = {_q(config.url)}\n"
-        f"spki_pin = {_q(config.spki_pin.to_text())}\n"
-        f"key_file = {_q(str(config.key_file))}\n"
+        f"url = {toml_string(config.url)}\n"
+        f"spki_pin = {toml_string(config.spki_pin.to_text())}\n"
+        f"key_file = {toml_string(str(config.key_file))}\n"
     )
 
 
@@ -461,7 +427,7 @@ def _endpoint_text(text: str) -> str:
     host, port = parse_listen(text)
     if port == 0:
         raise ValueError("port must be 1-65535")
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return render_listen(host, port)
 
 
 def parse_node_config(data: Mapping[str, object], source: str, base: Path) -> NodeConfig:

@@ -28,7 +28,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from rustynet.adapters.tls_policy import restrict_to_policy
+from rustynet.adapters.support.tls_policy import restrict_to_policy
 
 from rustynet.domain.errors import LocalProtocolError
 from rustynet.domain.tls_pin import PinMismatch, SpkiPin
@@ -61,7 +61,8 @@ def spki_pin_of_certificate(der: bytes) -> SpkiPin:
 
 def pinned_ssl_context(pin: SpkiPin) -> ssl.SSLContext:
     """A client context: TLS 1.3 only with the crypto policy's groups and suites
-    (`rustynet.adapters.tls_policy`), no CA/hostname checks, SPKI pin checked in handshake."""
+    (`rustynet.adapters.support.tls_policy`), no CA/hostname checks, SPKI pin checked in the
+    handshake."""
 
     class _PinnedSSLObject(ssl.SSLObject):
         def do_handshake(self) -> None:

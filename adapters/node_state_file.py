@@ -1,15 +1,16 @@
 """`NodeStateStore` adapters: a private file written atomically, and an in-memory one.
 
-The one rule: a save never leaves a torn file: the state goes to a temporary file in the same
-directory (mode 0600), is fsynced, renamed over the old one, and the directory is fsynced, so a
-crash leaves either the old state or the new one.
+The one rule: a save never leaves a torn file: it goes through the private-file writer
+(`rustynet.adapters.support.private_file`: a temporary file in the same directory, mode 0600,
+written fully, fsynced, renamed over the old one, the directory fsynced), so a crash leaves
+either the old state or the new one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
+
+from rustynet.adapters.support.private_file import write_private
 
 from rustynet.domain.node_state import NodeState
 from rustynet.ports.node_state_store import NodeStateStoreError
@@ -33,24 +34,9 @@ class FileNodeStateStore:
 
     def save(self, state: NodeState) -> None:
         """Write a temporary file, fsync, rename over the state, fsync the directory."""
-        data = state.to_bytes()
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            tmp.replace(self.path)
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_private(self.path, state.to_bytes())
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise NodeStateStoreError(f"{self.path}: cannot save node state: {exc}") from exc
 
     def clear(self) -> None:

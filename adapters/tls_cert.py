@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
-import os
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Final
@@ -24,6 +23,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from rustynet.adapters.support.private_file import write_private
 
 from rustynet.domain.errors import LocalProtocolError, RustynetError
 from rustynet.domain.tls_pin import SpkiPin
@@ -93,27 +93,13 @@ def spki_pin_of_pem_file(path: Path) -> SpkiPin:
 
 
 def _write_exclusive(path: Path, data: bytes | bytearray, mode: int) -> None:
-    # O_EXCL: never replace a key or certificate that already exists (init refuses twice).
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    # replace=False: never replace a key or certificate that already exists (init refuses twice).
     try:
-        fd = os.open(path, flags, mode)
+        write_private(path, data, mode=mode, replace=False)
     except FileExistsError as exc:
         raise TlsCertificateError(f"{path} already exists; refusing to overwrite it") from exc
     except OSError as exc:
-        raise TlsCertificateError(f"{path}: cannot create: {exc}") from exc
-    try:
-        os.fchmod(fd, mode)  # the umask may have cleared bits; set exactly what we mean
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            path.unlink()
         raise TlsCertificateError(f"{path}: cannot write: {exc}") from exc
-    finally:
-        os.close(fd)
 
 
 def create_self_signed(

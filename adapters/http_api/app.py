@@ -40,7 +40,7 @@ from rustynet.adapters.http_api.middleware import (
     secret_query_guard,
 )
 from rustynet.adapters.http_api.preauth import authenticate_first
-from rustynet.adapters.http_api.rejections import RejectingAppRunner
+from rustynet.adapters.http_api.rejections import rejecting_runner
 from rustynet.adapters.http_api.routes import add_routes
 from rustynet.adapters.http_api.settings import ApiSettings
 
@@ -135,7 +135,7 @@ def make_runner(app: web.Application, shutdown_timeout: float = SHUTDOWN_TIMEOUT
     def on_rejected(method: str, status: int) -> None:
         metrics.observe_request(method, UNMATCHED_ROUTE, status, 0.0)
 
-    return RejectingAppRunner(
+    return rejecting_runner(
         app,
         on_rejected=on_rejected,
         access_log_class=RouteAccessLogger,

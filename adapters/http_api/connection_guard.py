@@ -24,7 +24,7 @@ noticed as finished at the next sweep, so the keep-alive deadline may start up t
 late (in the client's favour).
 
 Composition: the guard WRAPS the protocol instead of subclassing it, so whatever handler the
-runner's `web.Server` makes (`RejectingRequestHandler` of `rejections.py`, which answers
+runner's `web.Server` makes (`RejectingRequestHandler` of `support/rejections.py`, which answers
 parser errors) keeps all its behaviour; the wrapper forwards every protocol call and reads,
 without changing, a few of aiohttp's handler attributes (`_request_count`, `_messages`,
 `_request_in_progress`, `_current_request`, `_upgraded`, `_payload_parser`; aiohttp is pinned
@@ -37,10 +37,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
 from typing import Final, Literal
 
 from aiohttp.web_protocol import RequestHandler
+from rustynet.adapters.support.prometheus import (
+    counter,
+    gauge,
+    labelled_counter,
+    render_families,
+)
 
 from rustynet.domain.connection_limits import ConnectionLimits
 from rustynet.domain.errors import LocalProtocolError
@@ -300,25 +305,32 @@ class ConnectionGuard:
 
     def render_metrics(self) -> str:
         """Prometheus text (format 0.0.4) of the guard's gauges and counters."""
-        out = [
-            "# HELP rustynet_connections_open Client connections open now (TLS handshakes too).",
-            "# TYPE rustynet_connections_open gauge",
-            f"rustynet_connections_open {self.open}",
-            "# HELP rustynet_connections_refused_total Connections closed at accept: over a cap.",
-            "# TYPE rustynet_connections_refused_total counter",
-            *_series("rustynet_connections_refused_total", "reason", self.refused.items()),
-            "# HELP rustynet_connections_timed_out_total Connections closed at a deadline.",
-            "# TYPE rustynet_connections_timed_out_total counter",
-            *_series("rustynet_connections_timed_out_total", "phase", self.timed_out.items()),
-            "# HELP rustynet_connections_tls_failed_total TLS handshakes that failed early.",
-            "# TYPE rustynet_connections_tls_failed_total counter",
-            f"rustynet_connections_tls_failed_total {self.tls_failed}",
-        ]
-        return "\n".join(out) + "\n"
-
-
-def _series(name: str, label: str, items: Iterable[tuple[str, int]]) -> list[str]:
-    return [f'{name}{{{label}="{value}"}} {count}' for value, count in items]
+        return render_families(
+            (
+                gauge(
+                    "rustynet_connections_open",
+                    "Client connections open now (TLS handshakes too).",
+                    self.open,
+                ),
+                labelled_counter(
+                    "rustynet_connections_refused_total",
+                    "Connections closed at accept: over a cap.",
+                    "reason",
+                    self.refused.items(),
+                ),
+                labelled_counter(
+                    "rustynet_connections_timed_out_total",
+                    "Connections closed at a deadline.",
+                    "phase",
+                    self.timed_out.items(),
+                ),
+                counter(
+                    "rustynet_connections_tls_failed_total",
+                    "TLS handshakes that failed early.",
+                    self.tls_failed,
+                ),
+            )
+        )
 
 
 __all__ = ["Connection", "ConnectionGuard", "GuardedProtocol"]

@@ -16,22 +16,20 @@ traceback), and reports the rejection to `on_rejected` (the app counts it under 
 `handle_error` (an exception that escaped the middleware: a bug) gets the fixed `internal`
 answer and an error log with the trace, which the redacting log handler scrubs.
 
-The hook: aiohttp has no public option for the handler class, so `RejectingAppRunner` builds
-the same `web.Server` the `AppRunner` would (same request factory and handler args) as a
-`RejectingServer`, whose protocol factory makes `RejectingRequestHandler`s; its request
-handler is the app's behind `guard_expect` (expect.py: a JSON 417 for an `Expect` other than
-`100-continue`, reported to `on_rejected` like a parser refusal).
+The hook (`rustynet.adapters.support.rejections`, shared with the relay) serves the app through
+a runner whose connections answer with `RejectionAnswer`; the app's request handler runs
+behind `guard_expect` (expect.py: a JSON 417 for an `Expect` other than `100-continue`,
+reported to `on_rejected` like a parser refusal).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any, Final
 
+import attrs
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from rustynet.adapters.http_api.errors import (
     HTTP_EXCEPTION_CODES,
@@ -41,6 +39,7 @@ from rustynet.adapters.http_api.errors import (
 )
 from rustynet.adapters.http_api.expect import guard_expect
 from rustynet.adapters.http_api.middleware import route_template
+from rustynet.adapters.support.rejections import RejectingAppRunner
 
 OnRejected = Callable[[str, int], None]  # (method, status) of a request the parser refused
 
@@ -55,24 +54,16 @@ def rejection_error(status: int) -> ApiError:
     return ApiError(status, HTTP_EXCEPTION_CODES.get(status, "bad_request"), REJECTED_DETAIL)
 
 
-class RejectingRequestHandler(RequestHandler):
-    """aiohttp's connection handler with a `handle_error` that says and logs nothing of the
-    request."""
+@attrs.frozen
+class RejectionAnswer:
+    """The control API's answer to a request refused outside the app (`support.rejections`)."""
 
-    def __init__(self, manager: web.Server, *, on_rejected: OnRejected, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self._on_rejected = on_rejected
+    on_rejected: OnRejected
 
-    def handle_error(
-        self,
-        request: BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,  # noqa: ARG002 - quotes the request: never used
+    def __call__(
+        self, request: BaseRequest, status: int, exc: BaseException | None
     ) -> web.StreamResponse:
-        """The JSON error for a request the parser (or, for a 5xx, the app) could not serve."""
-        if request.writer.output_size > 0:  # as aiohttp: a started response cannot be replaced
-            raise ConnectionError("response already started; closing the connection")
+        """The fixed JSON error; one log line without the request; counted unless a 5xx."""
         error = rejection_error(status)
         if error.status >= 500:  # a bug: the metrics middleware has counted it already
             _log.error(
@@ -85,40 +76,18 @@ class RejectingRequestHandler(RequestHandler):
                 "http.request_rejected",
                 extra={"status": error.status, "error_type": type(exc).__name__},
             )
-            self._on_rejected(request.method, error.status)
-        response = error_response(error)
-        response.force_close()
-        return response
+            self.on_rejected(request.method, error.status)
+        return error_response(error)
 
 
-class RejectingServer(web.Server):
-    """`web.Server` whose connections are `RejectingRequestHandler`s."""
-
-    def __init__(self, handler: Any, *, on_rejected: OnRejected, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._on_rejected = on_rejected
-
-    def __call__(self) -> RequestHandler:
-        """Protocol factory: one handler per accepted connection."""
-        return RejectingRequestHandler(
-            self, loop=self._loop, on_rejected=self._on_rejected, **self._kwargs
-        )
-
-
-class RejectingAppRunner(web.AppRunner):
-    """`web.AppRunner` serving the app through `RejectingServer`."""
-
-    def __init__(self, app: web.Application, *, on_rejected: OnRejected, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self._on_rejected = on_rejected
-
-    async def _make_server(self) -> web.Server:
-        plain = await super()._make_server()  # runs the app's startup, freezes it
-        return RejectingServer(
-            guard_expect(plain.request_handler, self._on_rejected),
-            request_factory=plain.request_factory,
-            handler_cancellation=plain.handler_cancellation,
-            loop=asyncio.get_running_loop(),
-            on_rejected=self._on_rejected,
-            **plain._kwargs,  # the handler args the AppRunner computed (private, stable)
-        )
+def rejecting_runner(
+    app: web.Application, *, on_rejected: OnRejected, **kwargs: Any
+) -> web.AppRunner:
+    """An `AppRunner` (`kwargs` as aiohttp's) whose parser refusals and unsupported
+    expectations get the fixed JSON answers and are reported to `on_rejected`."""
+    return RejectingAppRunner(
+        app,
+        answer=RejectionAnswer(on_rejected),
+        guard=lambda handler: guard_expect(handler, on_rejected),
+        **kwargs,
+    )

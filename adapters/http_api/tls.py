@@ -4,7 +4,7 @@ The one rule: TLS 1.3 and nothing else. Minimum and maximum protocol version are
 to TLSv1_3, so a client that cannot speak 1.3 fails the handshake (no fallback, no 1.2 cipher
 negotiation to audit); tests read the negotiated version off the live connection. Key exchange
 groups and TLS 1.3 suites are only those of the crypto policy
-(`rustynet.adapters.tls_policy.restrict_to_policy`).
+(`rustynet.adapters.support.tls_policy.restrict_to_policy`).
 
 A refused handshake is answered with its TLS alert. asyncio's (and uvloop's) SSL protocol
 closes the transport as soon as `do_handshake()` raises, before it writes what OpenSSL queued
@@ -21,7 +21,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from rustynet.adapters.tls_policy import restrict_to_policy
+from rustynet.adapters.support.tls_policy import restrict_to_policy
 
 from rustynet.domain.errors import LocalProtocolError
 
@@ -71,7 +71,7 @@ class _ServerContext(ssl.SSLContext):
 def server_ssl_context(cert_path: Path | str, key_path: Path | str) -> ssl.SSLContext:
     """Server context: TLS 1.3 only, the policy's groups and suites, certificate chain from
     `cert_path`, key from `key_path`. Raises `TlsConfigError` for an unloadable certificate or
-    key, `rustynet.adapters.tls_policy.TlsPolicyError` if the policy cannot be applied."""
+    key, `rustynet.adapters.support.tls_policy.TlsPolicyError` if the policy cannot be applied."""
     context = _ServerContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.maximum_version = ssl.TLSVersion.TLSv1_3

@@ -54,6 +54,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from rustynet.adapters.keystore import files
+from rustynet.adapters.support.private_file import TEMP_PREFIX, write_private_at
 
 from rustynet.ports.keystore import (
     KeyNotFound,
@@ -264,7 +265,7 @@ class FileKeystore:
                 findings.extend(
                     files.file_findings(path, entry.stat(follow_symlinks=False), uid=self._uid)
                 )
-                if not entry.name.startswith(files.TEMP_PREFIX) and not _valid_name(entry.name):
+                if not entry.name.startswith(TEMP_PREFIX) and not _valid_name(entry.name):
                     findings.append(
                         KeystoreFinding(
                             str(path), "unexpected file in the key directory", severity="warning"
@@ -323,7 +324,7 @@ class FileKeystore:
                 problems = files.file_findings(self._directory / name, st, uid=self._uid)
                 if problems:
                     raise KeystorePermissionError(problems[0])
-            files.atomic_write(dir_fd, name, header.raw + ciphertext)
+            write_private_at(dir_fd, name, header.raw + ciphertext)
 
     def get(self, name: str) -> bytearray:
         """Check, read, refuse downgrades and tampering, decrypt."""

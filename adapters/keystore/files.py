@@ -9,10 +9,8 @@ the mode expected, and the operator fixes it.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import secrets
 import stat
 from pathlib import Path
 from typing import Final
@@ -25,7 +23,6 @@ from rustynet.ports.keystore import (
 
 DIR_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
-TEMP_PREFIX: Final = ".tmp-"
 MAX_FILE_SIZE: Final = 1 << 20  # key files are a few hundred bytes; refuse to slurp more
 
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -185,31 +182,6 @@ def stat_private_path(
     return file_findings(
         path, st, uid=uid, allow_read_only=allow_read_only, root_owner_ok=root_owner_ok
     )
-
-
-def atomic_write(dir_fd: int, name: str, data: bytes) -> None:
-    """Replace `name` in `dir_fd` atomically: temp file created 0600 in the same directory,
-    write, fsync, rename over the target, fsync the directory. A crash leaves the old or the
-    new content, never a torn file; the temp file is removed on any failure."""
-    tmp = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-    fd = os.open(tmp, _CREATE_FLAGS, FILE_MODE, dir_fd=dir_fd)
-    try:
-        try:
-            # Our own new file: a restrictive umask could leave it 0400; make it exactly 0600.
-            os.fchmod(fd, FILE_MODE)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
-    os.fsync(dir_fd)
 
 
 def create_private_dir(path: Path) -> None:

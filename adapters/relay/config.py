@@ -34,15 +34,20 @@ after the upgrade, `[limits].handshake_timeout` bounds authentication (docs/rela
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import tomllib
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
 import attrs
-from rustynet.adapters.config_file import ConfigFileRefused, read_config_file
+from rustynet.adapters.support.config_file import ConfigFileRefused, read_config_file
+from rustynet.adapters.support.config_values import (
+    parse_control_url,
+    parse_listen,
+    relative_path,
+    render_listen,
+    toml_string,
+)
 
 from rustynet.domain.connection_limits import (
     SETTINGS as CONNECTION_SETTINGS,
@@ -97,19 +102,6 @@ class RelayConfig:
     connections: ConnectionLimits = attrs.field(factory=ConnectionLimits)
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """`ADDR:PORT` or `[V6]:PORT` → (address, port)."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError("expected ADDR:PORT (IPv6 as [ADDR]:PORT)")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    ipaddress.ip_address(host)
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError("port must be 1-65535")
-    return host, port
-
-
 def parse_relay_url(text: str) -> str:
     """`wss://HOST[:PORT]/v1/relay`."""
     parts = urlsplit(text)
@@ -119,17 +111,6 @@ def parse_relay_url(text: str) -> str:
         raise ValueError("the relay URL has no query, fragment or user part")
     _ = parts.port  # raises ValueError on a bad port
     return text
-
-
-def parse_control_url(text: str) -> str:
-    """`https://HOST[:PORT]` (the issuer string tokens carry)."""
-    parts = urlsplit(text)
-    if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
-        raise ValueError("expected https://HOST[:PORT]")
-    if parts.query or parts.fragment or parts.username:
-        raise ValueError("the control URL has no path, query or user part")
-    _ = parts.port
-    return f"https://{parts.netloc}"
 
 
 def _fail(source: Path, where: str, problem: str) -> RelayConfigError:
@@ -215,37 +196,29 @@ def _limits(path: Path, table: dict[str, object]) -> RelayLimits:
         raise _fail(path, "[limits]", str(exc)) from None
 
 
-def _q(text: str) -> str:
-    return json.dumps(text, ensure_ascii=True)
-
-
 def render_relay_config(config: RelayConfig, base: Path) -> str:
     """relay.toml text for `config`, limits written out with their values."""
 
     def rel(p: Path) -> str:
-        try:
-            return str(p.relative_to(base))
-        except ValueError:
-            return str(p)
+        return relative_path(p, base)
 
-    host, port = config.listen
-    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    listen = render_listen(*config.listen)
     limits = attrs.asdict(config.limits)
     lines = [
         "# Rustynet relay. Written by `rustynet-relay init`; paths are relative to this",
         "# file's directory. Unknown keys are errors.",
         "[relay]",
-        f"id = {_q(config.relay_id)}",
-        f"url = {_q(config.url)}",
-        f"listen = {_q(listen)}",
+        f"id = {toml_string(config.relay_id)}",
+        f"url = {toml_string(config.url)}",
+        f"listen = {toml_string(listen)}",
         "",
         "[control]",
-        f"url = {_q(config.control_url)}",
-        f"root_fingerprint = {_q(config.root_fingerprint.to_text())}",
+        f"url = {toml_string(config.control_url)}",
+        f"root_fingerprint = {toml_string(config.root_fingerprint.to_text())}",
         "",
         "[tls]",
-        f"certificate = {_q(rel(config.certificate))}",
-        f"private_key = {_q(rel(config.private_key))}",
+        f"certificate = {toml_string(rel(config.certificate))}",
+        f"private_key = {toml_string(rel(config.private_key))}",
         "",
         "[limits]",
         *(f"{key} = {value!r}" for key, value in limits.items()),

@@ -14,21 +14,20 @@ a handler) is answered `{"error": "internal", ...}` and logged with its type onl
 request handler runs behind `guard_expect` (errors.py): an `Expect` other than `100-continue`
 gets the JSON 417, counted in the same metric.
 
-The control API has the same hook (rustynet.adapters.http_api.rejections); adapters do not
-import each other, so the ~30 lines of aiohttp plumbing are repeated here on purpose.
+The aiohttp hook is shared with the control API (`rustynet.adapters.support.rejections`); the
+relay gives it `Rejections.answer` and its own `guard_expect`.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Final
 
 import attrs
 import structlog
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from rustynet.adapters.relay.errors import error_response, guard_expect
+from rustynet.adapters.support.rejections import RejectingAppRunner
 
 REJECTED_DETAIL: Final = "malformed HTTP request"
 _log = structlog.get_logger("rustynet.relay")
@@ -45,59 +44,28 @@ class Rejections:
         """Count one refusal."""
         self.count += 1
 
+    def answer(
+        self,
+        request: BaseRequest,  # noqa: ARG002 - never looked at: nothing of it is echoed
+        status: int,
+        exc: BaseException | None,
+    ) -> web.StreamResponse:
+        """The fixed JSON error for a request the parser (or a handler) could not serve."""
+        _log.warning("relay.request_rejected", status=status, error_type=type(exc).__name__)
+        self.count += 1
+        return error_response(status, detail=None if status >= 500 else REJECTED_DETAIL)
+
 
 REJECTIONS_KEY: Final = web.AppKey("relay_rejections", Rejections)
 
 
-class RejectingRequestHandler(RequestHandler):
-    """aiohttp's connection handler with a `handle_error` that echoes and logs nothing."""
-
-    def __init__(self, manager: web.Server, *, rejections: Rejections, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self._rejections = rejections
-
-    def handle_error(
-        self,
-        request: BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,  # noqa: ARG002 - quotes the request: never used
-    ) -> web.StreamResponse:
-        """The fixed JSON error for a request the parser (or a handler) could not serve."""
-        if request.writer.output_size > 0:  # as aiohttp: a started response cannot be replaced
-            raise ConnectionError("response already started; closing the connection")
-        _log.warning("relay.request_rejected", status=status, error_type=type(exc).__name__)
-        self._rejections.count += 1
-        response = error_response(status, detail=None if status >= 500 else REJECTED_DETAIL)
-        response.force_close()
-        return response
-
-
-class RejectingServer(web.Server):
-    """`web.Server` whose connections are `RejectingRequestHandler`s."""
-
-    def __init__(self, handler: Any, *, rejections: Rejections, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._rejections = rejections
-
-    def __call__(self) -> RequestHandler:
-        """Protocol factory: one handler per accepted connection."""
-        return RejectingRequestHandler(
-            self, loop=self._loop, rejections=self._rejections, **self._kwargs
-        )
-
-
-class RejectingAppRunner(web.AppRunner):
-    """`web.AppRunner` serving the relay app through `RejectingServer`."""
-
-    async def _make_server(self) -> web.Server:
-        plain = await super()._make_server()  # runs the app's startup, freezes it
-        rejections = self._app[REJECTIONS_KEY]
-        return RejectingServer(
-            guard_expect(plain.request_handler, rejections.refused),
-            request_factory=plain.request_factory,
-            handler_cancellation=plain.handler_cancellation,
-            loop=asyncio.get_running_loop(),
-            rejections=rejections,
-            **plain._kwargs,  # the handler args the AppRunner computed (private, stable)
-        )
+def rejecting_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
+    """An `AppRunner` (`kwargs` as aiohttp's) whose parser refusals and unsupported
+    expectations are answered and counted by the app's `Rejections`."""
+    rejections = app[REJECTIONS_KEY]
+    return RejectingAppRunner(
+        app,
+        answer=rejections.answer,
+        guard=lambda handler: guard_expect(handler, rejections.refused),
+        **kwargs,
+    )

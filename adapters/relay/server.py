@@ -27,10 +27,13 @@ from typing import Final
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
+from prometheus_client import CollectorRegistry
 from rustynet.adapters.relay.errors import error_middleware, server_header
-from rustynet.adapters.relay.rejections import REJECTIONS_KEY, RejectingAppRunner, Rejections
+from rustynet.adapters.relay.metrics import RelayCollector
+from rustynet.adapters.relay.rejections import REJECTIONS_KEY, Rejections, rejecting_runner
+from rustynet.adapters.support.prometheus import CONTENT_TYPE, app_registry, render
 
-from rustynet.application.relay import DROP_REASONS, RelayService, Session
+from rustynet.application.relay import RelayService, Session
 from rustynet.domain.relay import (
     MAX_BATCH_BYTES,
     FrameError,
@@ -44,10 +47,10 @@ UNAUTHORIZED_CODE: Final = 4401
 UNAUTHORIZED_REASON: Final = b"unauthorized"
 MIN_MESSAGE_CAP: Final = 64 * 1024
 HEARTBEAT: Final = 30.0  # seconds; finds half-open TCP connections
-METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 SERVICE_KEY: Final = web.AppKey("relay_service", RelayService)
 SOCKETS_KEY: Final[web.AppKey[set[web.WebSocketResponse]]] = web.AppKey("relay_sockets")
 EXTRA_METRICS_KEY: Final[web.AppKey[tuple[Callable[[], str], ...]]] = web.AppKey("extra_metrics")
+REGISTRY_KEY: Final = web.AppKey("relay_metrics_registry", CollectorRegistry)
 _log = structlog.get_logger("rustynet.relay")
 
 
@@ -269,57 +272,11 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "relay_id": service.trust.relay_id})
 
 
-def render_metrics(service: RelayService) -> str:
-    """Prometheus text exposition (0.0.4) of the relay's counters."""
-    c = service.counters
-    out: list[str] = []
-
-    def add(name: str, kind: str, help_text: str, value: int) -> None:
-        out.extend(
-            (
-                f"# HELP rustynet_relay_{name} {help_text}",
-                f"# TYPE rustynet_relay_{name} {kind}",
-                f"rustynet_relay_{name} {value}",
-            )
-        )
-
-    add("frames_forwarded_total", "counter", "Frames forwarded to a session.", c.frames_forwarded)
-    add("bytes_forwarded_total", "counter", "Payload bytes forwarded.", c.bytes_forwarded)
-    out += [
-        "# HELP rustynet_relay_frames_dropped_total Frames dropped, by reason.",
-        "# TYPE rustynet_relay_frames_dropped_total counter",
-    ]
-    out += [
-        f'rustynet_relay_frames_dropped_total{{reason="{reason}"}} {c.dropped[reason]}'
-        for reason in DROP_REASONS
-    ]
-    add("auth_successes_total", "counter", "Sessions authenticated.", c.auth_successes)
-    add("auth_failures_total", "counter", "Failed auth or renewal.", c.auth_failures)
-    add("renewals_total", "counter", "Tokens renewed in session.", c.renewals)
-    add("expired_sessions_total", "counter", "Sessions closed at expiry.", c.expired_sessions)
-    add("handshake_timeouts_total", "counter", "No auth in time.", c.handshake_timeouts)
-    add("rejected_connections_total", "counter", "Refused: relay full.", c.rejected_connections)
-    add("replaced_sessions_total", "counter", "Closed: node over its limit.", c.replaced_sessions)
-    add("open_sessions", "gauge", "Authenticated sessions now.", c.open_sessions)
-    add("pending_handshakes", "gauge", "Connections not yet authenticated.", c.pending_handshakes)
-    add("nodes", "gauge", "Nodes with an open session.", service.node_count)
-    return "\n".join(out) + "\n"
-
-
 async def metrics(request: web.Request) -> web.Response:
-    """`GET /metrics`."""
-    rejected = request.app[REJECTIONS_KEY].count
-    text = render_metrics(request.app[SERVICE_KEY]) + (
-        "# HELP rustynet_relay_rejected_requests_total Requests refused outside the app "
-        "(HTTP parser; an Expect other than 100-continue).\n"
-        "# TYPE rustynet_relay_rejected_requests_total counter\n"
-        f"rustynet_relay_rejected_requests_total {rejected}\n"
-    )
-    text += "".join(render() for render in request.app[EXTRA_METRICS_KEY])
-    return web.Response(
-        body=text.encode("utf-8"),
-        headers={"Content-Type": METRICS_CONTENT_TYPE},
-    )
+    """`GET /metrics`: the app's registry (process and relay families) and the extras."""
+    text = render(request.app[REGISTRY_KEY])
+    text += "".join(render_extra() for render_extra in request.app[EXTRA_METRICS_KEY])
+    return web.Response(body=text.encode("utf-8"), headers={"Content-Type": CONTENT_TYPE})
 
 
 def create_relay_app(
@@ -331,6 +288,7 @@ def create_relay_app(
     app[EXTRA_METRICS_KEY] = tuple(extra_metrics)
     app[SOCKETS_KEY] = set()
     app[REJECTIONS_KEY] = Rejections()
+    app[REGISTRY_KEY] = app_registry(RelayCollector(service, app[REJECTIONS_KEY]))
     app.on_response_prepare.append(server_header)
     app.on_shutdown.append(_close_all)
     app.router.add_get(PATH, relay_socket)
@@ -342,4 +300,4 @@ def create_relay_app(
 def make_runner(app: web.Application, shutdown_timeout: float = 5.0) -> web.AppRunner:
     """A runner without access log (no per-request lines; sessions are logged as events) whose
     answer to a request the HTTP parser refuses echoes nothing (rejections.py)."""
-    return RejectingAppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    return rejecting_runner(app, access_log=None, shutdown_timeout=shutdown_timeout)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Final
 
 import attrs
+from rustynet.adapters.support.private_file import write_private
 
 from rustynet.ports.tunnel import TunnelError
 
@@ -96,12 +97,8 @@ class PidRecord:
         return None if started is None else cls(pid, started)
 
     def save(self, path: Path) -> None:
-        """Write atomically, mode 0600."""
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(json.dumps({"pid": self.pid, "started": self.started}))
-        tmp.replace(path)
+        """Write atomically, mode 0600 (`rustynet.adapters.support.private_file`)."""
+        write_private(path, json.dumps({"pid": self.pid, "started": self.started}).encode())
 
     @classmethod
     def load(cls, path: Path) -> PidRecord | None:

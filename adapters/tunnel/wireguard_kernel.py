@@ -20,68 +20,41 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 from pyroute2 import AsyncWireGuard, WireGuard
 from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
-from rustynet.adapters.tunnel.links import Links
+from rustynet.adapters.tunnel.wireguard_base import DeviceState, WireGuardBackendBase
 
 from rustynet.domain.errors import DecodeError
 from rustynet.domain.keys import TunnelKey, TunnelKeyScheme
 from rustynet.domain.tunnel import (
-    Capability,
     InterfaceConfig,
-    IPInterface,
-    IPNetwork,
     PeerConfig,
     PeerDiff,
     PeerStats,
     UnderlayEndpoint,
-    canonical_interfaces,
-    canonical_networks,
     required_capabilities,
 )
-from rustynet.ports.tunnel import BackendUnavailable, TunnelError, check_capabilities
+from rustynet.ports.tunnel import BackendUnavailable, TunnelError
 
-CAPABILITIES: Final = frozenset(
-    {Capability.ROAMING, Capability.IPV6, Capability.EXIT_ROUTING, Capability.RELAY_ENDPOINTS}
-)
 _DUMP_RETRIES: Final = 3
 
 _T = TypeVar("_T")
 
 
-class WireGuardKernelBackend:
+class WireGuardKernelBackend(WireGuardBackendBase):
     """One kernel WireGuard interface, optionally inside a network namespace.
 
     `change_operations` counts netlink set requests (one per touched peer, one per device set).
     """
 
+    backend_name = "wireguard-kernel"
+
     def __init__(self, *, netns: str | None = None) -> None:
-        self._netns = netns
-        self._links = Links(netns)
-        self._interface: str | None = None
-        self.change_operations = 0
-
-    @property
-    def name(self) -> str:
-        """Backend name for `status`."""
-        return "wireguard-kernel"
-
-    @property
-    def interface(self) -> str | None:
-        """Name of the started interface, None when stopped."""
-        return self._interface
-
-    def capabilities(self) -> frozenset[Capability]:
-        """Roaming, IPv6 and exit routing; relays are a separate transport."""
-        return CAPABILITIES
-
-    def require(self, *capabilities: Capability) -> None:
-        """Raise `UnsupportedCapability` for any missing capability."""
-        check_capabilities(self.name, CAPABILITIES, capabilities)
+        super().__init__(netns)
 
     async def check_available(self) -> None:
         """Raise `BackendUnavailable` unless the kernel's wireguard genl family resolves."""
@@ -148,22 +121,20 @@ class WireGuardKernelBackend:
                 ),
             )
             self.change_operations += 1
-            await self._links.set_addresses(config.name, config.addresses)
-            await self._links.up(config.name)
-            await self._links.set_routes(config.name, config.routes)
+            await self._configure_link(config)
         except BaseException:
             if fresh:
                 await self.stop()
             raise
 
-    def _check_started(self) -> str:
+    def _check_running(self) -> str:
         if self._interface is None:
             raise TunnelError("tunnel interface is not started")
         return self._interface
 
     async def apply(self, diff: PeerDiff) -> None:
         """One netlink set per touched peer; nothing for an empty diff."""
-        interface = self._check_started()
+        interface = self._check_running()
         self.require(*required_capabilities(diff=diff))
         if diff.empty:
             return
@@ -188,8 +159,9 @@ class WireGuardKernelBackend:
         await self._genl(f"changing peers of {interface}", work)
         self.change_operations += len(requests)
 
-    async def _dump(self) -> dict[TunnelKey, tuple[PeerConfig, PeerStats]]:
-        interface = self._check_started()
+    async def _read_device(self) -> DeviceState:
+        """Config and counters per peer (a netlink device dump)."""
+        interface = self._check_running()
         messages: list[Any] = await self._genl(
             f"reading {interface}", lambda wg: list(wg.info(interface))
         )
@@ -197,28 +169,6 @@ class WireGuardKernelBackend:
             return _parse_info(messages)
         except (KeyError, TypeError, ValueError, DecodeError) as exc:
             raise TunnelError(f"unexpected netlink reply for {interface}: {exc}") from exc
-
-    async def peers(self) -> Mapping[TunnelKey, PeerConfig]:
-        """Peers read back from the kernel."""
-        return {key: config for key, (config, _) in (await self._dump()).items()}
-
-    async def stats(self) -> Mapping[TunnelKey, PeerStats]:
-        """Counters read back from the kernel."""
-        return {key: stats for key, (_, stats) in (await self._dump()).items()}
-
-    async def set_addresses(self, addresses: Iterable[IPInterface]) -> None:
-        """Replace the interface's addresses."""
-        interface = self._check_started()
-        wanted = canonical_interfaces(addresses)
-        self.require(*required_capabilities(addresses=wanted))
-        await self._links.set_addresses(interface, wanted)
-
-    async def set_routes(self, routes: Iterable[IPNetwork]) -> None:
-        """Replace the routes this backend installed through the interface."""
-        interface = self._check_started()
-        wanted = canonical_networks(routes)
-        self.require(*required_capabilities(routes=wanted))
-        await self._links.set_routes(interface, wanted)
 
     async def stop(self) -> None:
         """Delete the link (routes and addresses go with it). Idempotent."""

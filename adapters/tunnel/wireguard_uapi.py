@@ -31,12 +31,10 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from rustynet.adapters.tunnel.links import Links
 from rustynet.adapters.tunnel.process_guard import (
     KILL_WAIT_S,
     PidRecord,
@@ -44,27 +42,20 @@ from rustynet.adapters.tunnel.process_guard import (
     kill_recorded,
     record_path,
 )
+from rustynet.adapters.tunnel.wireguard_base import DeviceState, WireGuardBackendBase
 
 from rustynet.domain.errors import DecodeError
 from rustynet.domain.keys import TunnelKey, TunnelKeyScheme, TunnelPrivateKey
 from rustynet.domain.tunnel import (
-    Capability,
     InterfaceConfig,
-    IPInterface,
-    IPNetwork,
     PeerConfig,
     PeerDiff,
     PeerStats,
     UnderlayEndpoint,
-    canonical_interfaces,
-    canonical_networks,
     required_capabilities,
 )
-from rustynet.ports.tunnel import BackendUnavailable, TunnelError, check_capabilities
+from rustynet.ports.tunnel import BackendUnavailable, TunnelError
 
-CAPABILITIES: Final = frozenset(
-    {Capability.ROAMING, Capability.IPV6, Capability.EXIT_ROUTING, Capability.RELAY_ENDPOINTS}
-)
 SOCKET_DIR: Final = "/var/run/wireguard"
 _UAPI_TIMEOUT: Final = 5.0
 _REPLY_LIMIT: Final = 64 * 1024 * 1024  # `get=1` with thousands of peers is a few MB
@@ -74,12 +65,14 @@ GUARD_PROGRAMS: Final = ("setpriv", "/bin/sh")
 _log = logging.getLogger("rustynet.tunnel")
 
 
-class WireGuardUapiBackend:
+class WireGuardUapiBackend(WireGuardBackendBase):
     """One wireguard-go interface, optionally inside a network namespace.
 
     `change_operations` counts `set=1` requests that changed peers; `peer_blocks` counts the
     peer blocks they carried (diff minimality is visible on the wire).
     """
+
+    backend_name = "wireguard-userspace"
 
     def __init__(
         self,
@@ -89,27 +82,14 @@ class WireGuardUapiBackend:
         socket_dir: str = SOCKET_DIR,
         start_timeout: float = 5.0,
     ) -> None:
-        self._netns = netns
+        super().__init__(netns)
         self._program = wireguard_go
         self._socket_dir = Path(socket_dir)
         self._start_timeout = start_timeout
-        self._links = Links(netns)
-        self._interface: str | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._output: collections.deque[str] = collections.deque(maxlen=20)
         self._drain: asyncio.Task[None] | None = None
-        self.change_operations = 0
         self.peer_blocks = 0
-
-    @property
-    def name(self) -> str:
-        """Backend name for `status`."""
-        return "wireguard-userspace"
-
-    @property
-    def interface(self) -> str | None:
-        """Name of the started interface, None when stopped."""
-        return self._interface
 
     @property
     def pid(self) -> int | None:
@@ -119,14 +99,6 @@ class WireGuardUapiBackend:
     def socket_path(self, interface: str) -> Path:
         """Where wireguard-go puts the UAPI socket of `interface`."""
         return self._socket_dir / f"{interface}.sock"
-
-    def capabilities(self) -> frozenset[Capability]:
-        """Roaming, IPv6 and exit routing; relays are a separate transport."""
-        return CAPABILITIES
-
-    def require(self, *capabilities: Capability) -> None:
-        """Raise `UnsupportedCapability` for any missing capability."""
-        check_capabilities(self.name, CAPABILITIES, capabilities)
 
     async def check_available(self) -> None:
         """wireguard-go on PATH, /dev/net/tun present, root, and the namespace exists."""
@@ -162,9 +134,7 @@ class WireGuardUapiBackend:
             await self._spawn(config.name)
         try:
             await self._set_device(config.private_key, config.underlay_port, fresh=fresh)
-            await self._links.set_addresses(config.name, config.addresses)
-            await self._links.up(config.name)
-            await self._links.set_routes(config.name, config.routes)
+            await self._configure_link(config)
         except BaseException:
             if fresh:
                 await self.stop()
@@ -320,28 +290,6 @@ class WireGuardUapiBackend:
         self.change_operations += 1
         self.peer_blocks += diff.touched
 
-    async def peers(self) -> Mapping[TunnelKey, PeerConfig]:
-        """Peers read back from wireguard-go (`get=1`)."""
-        return {key: config for key, (config, _) in (await self._get()).items()}
-
-    async def stats(self) -> Mapping[TunnelKey, PeerStats]:
-        """Counters read back from wireguard-go (`get=1`)."""
-        return {key: stats for key, (_, stats) in (await self._get()).items()}
-
-    async def set_addresses(self, addresses: Iterable[IPInterface]) -> None:
-        """Replace the interface's addresses."""
-        interface = self._check_running()
-        wanted = canonical_interfaces(addresses)
-        self.require(*required_capabilities(addresses=wanted))
-        await self._links.set_addresses(interface, wanted)
-
-    async def set_routes(self, routes: Iterable[IPNetwork]) -> None:
-        """Replace the routes this backend installed through the interface."""
-        interface = self._check_running()
-        wanted = canonical_networks(routes)
-        self.require(*required_capabilities(routes=wanted))
-        await self._links.set_routes(interface, wanted)
-
     # -- UAPI ------------------------------------------------------------------------------
 
     async def _request(self, text: str) -> list[str]:
@@ -373,7 +321,8 @@ class WireGuardUapiBackend:
     async def _set(self, lines: list[str]) -> None:
         await self._request("set=1\n" + "".join(f"{line}\n" for line in lines) + "\n")
 
-    async def _get(self) -> dict[TunnelKey, tuple[PeerConfig, PeerStats]]:
+    async def _read_device(self) -> DeviceState:
+        """Config and counters per peer (`get=1`)."""
         return _parse_get(await self._request("get=1\n\n"))
 
 

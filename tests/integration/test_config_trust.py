@@ -3,7 +3,7 @@
 A config names the state directory, the socket and its group, the key store and passphrase
 file, the database, the TLS key and the trusted root: whoever can write it controls the
 program. rustynetd.toml, control.toml, admin.toml and relay.toml are read through one check
-(`rustynet.adapters.config_file`): not group/world-writable, owned by us or root, a regular
+(`rustynet.adapters.support.config_file`): not group/world-writable, owned by us or root, a regular
 file, in a directory others cannot write to (sticky bit excepted). The TLS private keys those
 configs name must be private like key files. Each refusal is tried through the loaders and
 through the four console scripts (exit 1, the code of every other config error), with a
@@ -34,13 +34,13 @@ from rustynet.adapters.config import (
     render_admin_config,
     render_control_config,
 )
-from rustynet.adapters.config_file import ConfigFileRefused, read_config_file
 from rustynet.adapters.relay.config import (
     RelayConfig,
     RelayConfigError,
     load_relay_config,
     render_relay_config,
 )
+from rustynet.adapters.support.config_file import ConfigFileRefused, read_config_file
 
 from rustynet.domain.keys import KeyFingerprint
 from rustynet.domain.tls_pin import SpkiPin

@@ -34,6 +34,7 @@ from rustynet.adapters.keystore.passphrase import (
     PassphraseRefused,
     PassphraseSource,
 )
+from rustynet.adapters.support.private_file import write_private_at
 
 from rustynet.bootstrap.keystores import KeystoreSettings, build_keystore, choose_keystore
 from rustynet.ports.keystore import (
@@ -277,7 +278,7 @@ def test_atomic_write_leaves_no_temp_files(setup: Setup) -> None:
     fd = files.open_private_dir(setup.keys, uid=0)
     try:  # the helper alone: rename onto a directory fails after the temp file was written
         with pytest.raises(OSError, match="directory"):
-            files.atomic_write(fd, "blocked", b"x")
+            write_private_at(fd, "blocked", b"x")
     finally:
         os.close(fd)
     (setup.keys / "blocked").rmdir()

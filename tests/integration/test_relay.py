@@ -141,7 +141,9 @@ class Relay:
         _, text = await self.get("/metrics")
         for line in text.splitlines():
             if line.startswith(line_prefix + " "):
-                return int(line.split()[-1])
+                value = float(line.split()[-1])  # the exposition writes counts as floats
+                assert value.is_integer(), line
+                return int(value)
         raise AssertionError(f"{line_prefix} not in metrics")
 
 

@@ -9,8 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from rustynet.adapters.control_client import pinned_ssl_context
 from rustynet.adapters.http_api.tls import server_ssl_context
-from rustynet.adapters.tls_cert import CertificateInfo, create_self_signed
-from rustynet.adapters.tls_policy import (
+from rustynet.adapters.support.tls_policy import (
     GROUP_SHORT_NAMES,
     TlsPolicyError,
     group_uses,
@@ -18,6 +17,7 @@ from rustynet.adapters.tls_policy import (
     restrict_to_policy,
     suite_uses,
 )
+from rustynet.adapters.tls_cert import CertificateInfo, create_self_signed
 
 from rustynet.bootstrap.crypto_policy import load_crypto_policy
 from rustynet.domain.crypto_policy import RUSTYNET_ALGORITHMS, AlgorithmUse

@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import os
-import signal
-import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -48,15 +45,11 @@ from rustynet.adapters.config import (
     ControlConfig,
     DatabaseUrl,
     load_control_config,
-    parse_control_url,
-    parse_listen,
     render_admin_config,
     render_control_config,
 )
 from rustynet.adapters.entropy import OsEntropy
 from rustynet.adapters.http_api.app import create_app, make_runner
-from rustynet.adapters.http_api.connection_guard import ConnectionGuard
-from rustynet.adapters.http_api.guarded_site import GuardedSite
 from rustynet.adapters.http_api.settings import ApiSettings
 from rustynet.adapters.http_api.tls import server_ssl_context
 from rustynet.adapters.keystore.encrypted_file import FileKeystore
@@ -65,6 +58,8 @@ from rustynet.adapters.logging import configure_logging
 from rustynet.adapters.storage.local_feed import LocalChangeFeed
 from rustynet.adapters.storage.postgres import PostgresStore
 from rustynet.adapters.storage.sqlite import SqliteStore
+from rustynet.adapters.support.config_values import parse_control_url, parse_listen
+from rustynet.adapters.support.private_file import write_private
 from rustynet.adapters.tls_cert import create_self_signed, spki_pin_of_pem_file
 from rustynet.application.control import (
     ControlService,
@@ -85,7 +80,8 @@ from rustynet.bootstrap.keystores import (
     build_keystore,
     check_private_key_file,
 )
-from rustynet.bootstrap.process import disable_core_dumps, fit_connections_to_fd_limit
+from rustynet.bootstrap.process import disable_core_dumps
+from rustynet.bootstrap.serving import connection_guard, serve_until_stopped
 from rustynet.domain.errors import RustynetError
 from rustynet.domain.keys import b64encode
 from rustynet.ports.change_feed import ChangeFeed
@@ -118,20 +114,6 @@ _INIT_PATHS: Final = (
 
 class InitRefused(RustynetError):  # noqa: N818 - names the outcome
     """The data directory already holds a control plane (or part of one)."""
-
-
-def _write_private(path: Path, data: bytes | bytearray, mode: int = 0o600) -> None:
-    """Create `path` exclusively with `mode` (never follows or replaces anything)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _store_for(database: DatabaseUrl) -> Store:
@@ -173,7 +155,7 @@ def _open_init_keystore(
             return os_store, "os", None, ("keys are in the OS key store",)
     passphrase = bytearray(b64encode(entropy.token_bytes(PASSPHRASE_BYTES)).encode("ascii"))
     pass_path = data_dir / PASSPHRASE_FILE
-    _write_private(pass_path, passphrase + b"\n")
+    write_private(pass_path, passphrase + b"\n", replace=False)
     store = FileKeystore(data_dir / KEYS_DIR, passphrase)
     store.open()
     notes = (
@@ -246,11 +228,11 @@ def init_control(request: control_cli.InitRequest) -> control_cli.InitReport:
         created.append(database.sqlite_path)
     key_bytes = bytearray(key_text.encode("ascii") + b"\n")
     try:
-        _write_private(data_dir / ADMIN_KEY, key_bytes)
+        write_private(data_dir / ADMIN_KEY, key_bytes, replace=False)
     finally:
         key_bytes[:] = bytes(len(key_bytes))
     admin = AdminConfig(url=url, spki_pin=cert.pin, key_file=data_dir / ADMIN_KEY)
-    _write_private(data_dir / ADMIN_TOML, render_admin_config(admin).encode("utf-8"))
+    write_private(data_dir / ADMIN_TOML, render_admin_config(admin).encode("utf-8"), replace=False)
     config = ControlConfig(
         url=url,
         listen=listen,
@@ -263,7 +245,11 @@ def init_control(request: control_cli.InitRequest) -> control_cli.InitReport:
     )
     # control.toml last: its presence means "initialised", so a crash before it leaves files
     # that make the next init refuse by name rather than a config pointing at missing keys.
-    _write_private(data_dir / CONTROL_TOML, render_control_config(config, data_dir).encode("utf-8"))
+    write_private(
+        data_dir / CONTROL_TOML,
+        render_control_config(config, data_dir).encode("utf-8"),
+        replace=False,
+    )
     created += [data_dir / ADMIN_KEY, data_dir / ADMIN_TOML, data_dir / CONTROL_TOML]
     return control_cli.InitReport(
         data_dir=data_dir,
@@ -296,19 +282,31 @@ class _Prepared:
     database: DatabaseUrl
 
 
-async def _serve(data_dir: Path, prepared: _Prepared, ready: Sequence[str]) -> None:
-    config = prepared.config
-    clock, entropy = SystemClock(), OsEntropy()
+def _load_keys(data_dir: Path, config: ControlConfig, now: datetime) -> ControlKeys:
+    """The control keys from the configured key store; the raw entries are wiped."""
     keystore = _open_serve_keystore(data_dir, config)
     try:
         entries = {name: keystore.get(name) for name in KEY_NAMES}
     finally:
         keystore.close()
     try:
-        keys = load_control_keys(entries, clock.now())
+        return load_control_keys(entries, now)
     finally:
         for value in entries.values():
             value[:] = bytes(len(value))
+
+
+def _freeze_startup_garbage() -> None:
+    # Start-up garbage (imports, keys, schema) is long-lived: move it out of the
+    # collector's generations so full collections stay short under load.
+    gc.collect()
+    gc.freeze()
+
+
+async def _serve(data_dir: Path, prepared: _Prepared, ready: Sequence[str]) -> None:
+    config = prepared.config
+    clock, entropy = SystemClock(), OsEntropy()
+    keys = _load_keys(data_dir, config, clock.now())
     pin = spki_pin_of_pem_file(config.certificate)
     ssl_context = server_ssl_context(config.certificate, config.private_key)
     store = _store_for(prepared.database)
@@ -322,43 +320,25 @@ async def _serve(data_dir: Path, prepared: _Prepared, ready: Sequence[str]) -> N
         changes=_change_feed_for(store),
     )
     await service.start()
-    connections, fd_warning = fit_connections_to_fd_limit(config.connections)
-    if fd_warning is not None:
-        logging.getLogger("rustynet.control").warning(fd_warning)
-    guard = ConnectionGuard(connections)
+    guard = connection_guard(config.connections)
     runner = make_runner(create_app(service, ApiSettings(), extra_metrics=(guard.render_metrics,)))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     reloads = RelayReloader(service, data_dir / CONTROL_TOML, config)
-    loop.add_signal_handler(signal.SIGHUP, reloads.request)
     try:
-        await runner.setup()
-        host, port = config.listen
         # Deadlines and caps on every connection ([connections] in control.toml), around the
-        # handler the runner makes (parser-error answers: rejections.py).
-        site = GuardedSite(
+        # handler the runner makes (parser-error answers: support/rejections.py).
+        await serve_until_stopped(
             runner,
-            host,
-            port,
+            config.listen,
             ssl_context=ssl_context,
             guard=guard,
             backlog=config.backlog,
+            ready="".join(ready),
+            pin=pin,
+            on_hangup=reloads.request,
+            before_ready=_freeze_startup_garbage,
         )
-        await site.start()
-        # Start-up garbage (imports, keys, schema) is long-lived: move it out of the
-        # collector's generations so full collections stay short under load.
-        gc.collect()
-        gc.freeze()
-        sys.stderr.write("".join(ready) + f" listening on {host}:{port} pin {pin.to_text()}\n")
-        sys.stderr.flush()
-        await stop.wait()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
         await reloads.close()
-        await runner.cleanup()
         await service.close()
         await store.close()
         keys.wipe()
@@ -390,16 +370,7 @@ def show_control(request: control_cli.ShowRequest) -> control_cli.ShowReport:
     load_crypto_policy(clock.now(), request.crypto_policy_override)
     data_dir = Path(request.data_dir).absolute()
     config = load_control_config(data_dir / CONTROL_TOML)
-    keystore = _open_serve_keystore(data_dir, config)
-    try:
-        entries = {name: keystore.get(name) for name in KEY_NAMES}
-    finally:
-        keystore.close()
-    try:
-        keys = load_control_keys(entries, clock.now())
-    finally:
-        for value in entries.values():
-            value[:] = bytes(len(value))
+    keys = _load_keys(data_dir, config, clock.now())
     try:
         root = keys.root.key_id.to_text()
     finally:

@@ -16,11 +16,11 @@ from typing import Final, Literal
 
 import attrs
 
-from rustynet.adapters.config_file import ConfigFileRefused
 from rustynet.adapters.keystore import files
 from rustynet.adapters.keystore.encrypted_file import FileKeystore
 from rustynet.adapters.keystore.memory import MemoryKeystore
 from rustynet.adapters.keystore.passphrase import PassphraseSource
+from rustynet.adapters.support.config_file import ConfigFileRefused
 from rustynet.application.doctor import KeystoreChoice
 from rustynet.ports.keystore import Keystore, KeystoreError, KeystoreUnavailable
 

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,24 +33,23 @@ import uvloop
 from rustynet.adapters.cli.crypto_option import add_crypto_policy_option
 from rustynet.adapters.clock import SystemClock
 from rustynet.adapters.entropy import OsEntropy
-from rustynet.adapters.http_api.connection_guard import ConnectionGuard
-from rustynet.adapters.http_api.guarded_site import GuardedSite
 from rustynet.adapters.http_api.tls import server_ssl_context
 from rustynet.adapters.logging import configure_logging
 from rustynet.adapters.relay.config import (
     RelayConfig,
     load_relay_config,
-    parse_control_url,
-    parse_listen,
     parse_relay_url,
     render_relay_config,
 )
 from rustynet.adapters.relay.server import create_relay_app, make_runner
+from rustynet.adapters.support.config_values import parse_control_url, parse_listen
+from rustynet.adapters.support.private_file import write_private
 from rustynet.adapters.tls_cert import create_self_signed, spki_pin_of_pem_file
 from rustynet.application.relay import RelayService
 from rustynet.bootstrap.crypto_policy import load_crypto_policy
 from rustynet.bootstrap.keystores import check_private_key_file
-from rustynet.bootstrap.process import disable_core_dumps, fit_connections_to_fd_limit
+from rustynet.bootstrap.process import disable_core_dumps
+from rustynet.bootstrap.serving import connection_guard, serve_until_stopped
 from rustynet.domain.errors import DecodeError, RustynetError
 from rustynet.domain.keys import KeyFingerprint
 from rustynet.domain.relay import RelayTrust, validate_relay_id
@@ -64,17 +61,6 @@ LISTEN_BACKLOG: Final = 4096
 
 class RelayInitRefused(RustynetError):  # noqa: N818 - names the outcome
     """relay.toml or the TLS files already exist."""
-
-
-def _write_private(path: Path, text: str) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def init_relay(args: argparse.Namespace) -> str:
@@ -109,7 +95,7 @@ def init_relay(args: argparse.Namespace) -> str:
         certificate=cert.certificate,
         private_key=cert.private_key,
     )
-    _write_private(config_path, render_relay_config(config, base))
+    write_private(config_path, render_relay_config(config, base).encode("utf-8"), replace=False)
     return (
         f"wrote {config_path}, {cert.certificate} and {cert.private_key} (0600)\n"
         f"TLS SPKI pin: {cert.pin.to_text()}\n"
@@ -127,38 +113,18 @@ async def _serve(config: RelayConfig) -> None:
     service = RelayService(trust, config.limits, clock, entropy)
     pin = spki_pin_of_pem_file(config.certificate)
     ssl_context = server_ssl_context(config.certificate, config.private_key)
-    connections, fd_warning = fit_connections_to_fd_limit(config.connections)
-    if fd_warning is not None:
-        logging.getLogger("rustynet.relay").warning(fd_warning)
-    guard = ConnectionGuard(connections)
+    guard = connection_guard(config.connections)
     runner = make_runner(create_relay_app(service, extra_metrics=(guard.render_metrics,)))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await runner.setup()
-        host, port = config.listen
-        # Deadlines and caps on every connection before the WebSocket upgrade ([connections]).
-        site = GuardedSite(
-            runner,
-            host,
-            port,
-            ssl_context=ssl_context,
-            guard=guard,
-            backlog=LISTEN_BACKLOG,
-        )
-        await site.start()
-        sys.stderr.write(
-            f"rustynet-relay: ready; relay {config.relay_id} listening on {host}:{port} "
-            f"pin {pin.to_text()}\n"
-        )
-        sys.stderr.flush()
-        await stop.wait()
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-        await runner.cleanup()
+    # Deadlines and caps on every connection before the WebSocket upgrade ([connections]).
+    await serve_until_stopped(
+        runner,
+        config.listen,
+        ssl_context=ssl_context,
+        guard=guard,
+        backlog=LISTEN_BACKLOG,
+        ready=f"rustynet-relay: ready; relay {config.relay_id}",
+        pin=pin,
+    )
 
 
 def serve_relay(args: argparse.Namespace) -> int:

@@ -131,7 +131,7 @@ RUSTYNET_ALGORITHMS: Final[tuple[AlgorithmUse, ...]] = (
         where="keys.py MacKey: token-renewal challenges",
     ),
     *_uses(Use.KDF, algorithm="HKDF-SHA-256", where="keys.py MacKey: renewal-challenge MAC key"),
-    # What the TLS 1.3 contexts offer (rustynet.adapters.tls_policy: groups, suites); a test
+    # What the TLS 1.3 contexts offer (rustynet.adapters.support.tls_policy: groups, suites); a test
     # reads the live contexts and checks every negotiable group and suite against this list.
     *_uses(Use.KEY_AGREEMENT, algorithm="X25519", where="TLS 1.3 group X25519"),
     *_uses(Use.KEY_AGREEMENT, algorithm="ECDH-P256", where="TLS 1.3 group P-256"),
