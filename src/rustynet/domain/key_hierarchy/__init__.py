@@ -30,8 +30,9 @@ The package:
 
     roles.py         key roles, their lifetime and scope ceilings, the format version, the errors
     validity.py      `Validity` windows and the strict payload readers the records share
-    certificates.py  root and online-key certificates, the pinned `TrustedRoot`, verification
-    revocation.py    root-signed revocation records and the persisted epoch watermark
+    certificates.py  root and online-key certificates, the pinned `TrustedRoot`, the chain check
+    revocation.py    root-signed revocation records, the persisted epoch watermark and
+                     `verify_certificate` (chain, validity and revocation at `now`)
     keyring.py       `SigningKeyring`: sign with the newest key, verify with any live one
     bindings.py      tunnel-key bindings signed by a node's identity key
 
@@ -54,13 +55,13 @@ from rustynet.domain.key_hierarchy.certificates import (
     TrustedRoot,
     issue_certificate,
     issue_root_certificate,
-    verify_certificate,
 )
 from rustynet.domain.key_hierarchy.keyring import SigningKeyring
 from rustynet.domain.key_hierarchy.revocation import (
     RevocationRecord,
     RevocationState,
     issue_revocation,
+    verify_certificate,
 )
 from rustynet.domain.key_hierarchy.roles import (
     FORMAT_VERSION,

@@ -1,11 +1,13 @@
 """Certificates: the root's self-signed description (`issue_root_certificate`), the pinned
-`TrustedRoot`, online-key certificates (`issue_certificate`) and `verify_certificate`.
+`TrustedRoot`, online-key certificates (`issue_certificate`) and their chain check
+(`verify_certificate_chain`). The full check at `now`, which also consults revocations, is
+`verify_certificate` in `revocation.py`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import attrs
 
@@ -16,7 +18,6 @@ from rustynet.domain.key_hierarchy.roles import (
     ROLE_SCOPE_CEILING,
     CertificateRejectedError,
     IssuePolicyError,
-    KeyRevoked,
     KeyRole,
 )
 from rustynet.domain.key_hierarchy.validity import (
@@ -31,10 +32,6 @@ from rustynet.domain.signed import (
     SignedEnvelope,
     UnknownSigner,
 )
-
-if TYPE_CHECKING:
-    from rustynet.domain.key_hierarchy.revocation import RevocationState
-
 
 # --- certificates -----------------------------------------------------------------------------
 
@@ -273,19 +270,3 @@ def verify_certificate_chain(cert: Certificate, root: TrustedRoot) -> None:
     problem = _child_problem(root, cert.subject, cert.role, cert.validity, cert.scope)
     if problem:
         raise CertificateRejectedError(problem)
-
-
-def verify_certificate(
-    cert: Certificate,
-    root: TrustedRoot,
-    now: datetime,
-    revocations: RevocationState | None = None,
-) -> None:
-    """Raise unless `cert` is a valid, current, unrevoked certificate from `root`."""
-    root.validity.check(now, "root certificate")
-    verify_certificate_chain(cert, root)
-    cert.validity.check(now, f"{cert.role.value} key certificate")
-    if revocations is not None:
-        for key_id in (root.key_id, cert.key_id):
-            if revocations.is_revoked(key_id):
-                raise KeyRevoked(f"key {key_id} is revoked")

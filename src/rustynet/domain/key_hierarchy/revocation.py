@@ -1,19 +1,26 @@
 """Revocation: root-signed `RevocationRecord`s with a strictly increasing epoch, and the
-persisted `RevocationState` (epoch watermark + every revoked fingerprint).
+persisted `RevocationState` (epoch watermark + every revoked fingerprint), and
+`verify_certificate`: the full check of a certificate at `now` (chain, validity, not revoked).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import attrs
 
 from rustynet.domain.errors import DecodeError, LocalProtocolError
+from rustynet.domain.key_hierarchy.certificates import (
+    Certificate,
+    TrustedRoot,
+    verify_certificate_chain,
+)
 from rustynet.domain.key_hierarchy.roles import (
     FORMAT_VERSION,
     IssuePolicyError,
+    KeyRevoked,
     StaleRevocationError,
 )
 from rustynet.domain.key_hierarchy.validity import (
@@ -34,10 +41,6 @@ from rustynet.domain.signed import (
     canonical_json,
     parse_canonical_json,
 )
-
-if TYPE_CHECKING:
-    from rustynet.domain.key_hierarchy.certificates import TrustedRoot
-
 
 # --- revocation -------------------------------------------------------------------------------
 
@@ -183,3 +186,19 @@ class RevocationState:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(epoch={self._epoch}, revoked={len(self._revoked)} keys)"
+
+
+def verify_certificate(
+    cert: Certificate,
+    root: TrustedRoot,
+    now: datetime,
+    revocations: RevocationState | None = None,
+) -> None:
+    """Raise unless `cert` is a valid, current, unrevoked certificate from `root`."""
+    root.validity.check(now, "root certificate")
+    verify_certificate_chain(cert, root)
+    cert.validity.check(now, f"{cert.role.value} key certificate")
+    if revocations is not None:
+        for key_id in (root.key_id, cert.key_id):
+            if revocations.is_revoked(key_id):
+                raise KeyRevoked(f"key {key_id} is revoked")

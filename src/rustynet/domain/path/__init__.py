@@ -64,7 +64,7 @@ an older one belongs to the previous path.
 
 The package, so a new phase touches each part once:
 
-    phases.py      the vocabulary: paths, phases, reasons, errors
+    phases.py      the vocabulary: paths, phases, reasons, errors, each phase's path word
     table.py       the transition table (`EDGES`) as data
     policy.py      `PathPolicy`, its defaults and bounds
     states.py      `PeerPath`, the inputs, the commands and `Transition`
@@ -84,6 +84,8 @@ from rustynet.domain.path.phases import (
     PathTransitionError,
     Reason,
     StaleProbeResult,
+    StatusPath,
+    status_path_of,
 )
 from rustynet.domain.path.policy import (
     DEFAULT_CONFIRM_INTERVAL,
@@ -110,7 +112,7 @@ from rustynet.domain.path.states import (
     Transition,
     UsePath,
 )
-from rustynet.domain.path.status import StatusPath, peer_status, status_path, status_path_of
+from rustynet.domain.path.status import peer_status, status_path
 from rustynet.domain.path.table import EDGES
 
 __all__ = [

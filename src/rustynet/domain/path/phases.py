@@ -1,11 +1,12 @@
-"""The path controller's vocabulary: the two paths, the phases, the transition reasons and the
-errors. Adding a phase starts here, then its edges (`table.py`) and its handler (`controller.py`).
+"""The path controller's vocabulary: the two paths, the phases, the transition reasons, the
+errors and the `path` word each phase shows (`status_path_of`). Adding a phase starts here, then
+its edges (`table.py`) and its handler (`controller.py`).
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
 from rustynet.domain.errors import LocalProtocolError
 
@@ -70,3 +71,13 @@ class Reason(enum.Enum):
     PROBE_TIMED_OUT = "probe-timed-out"
     PROBE_SUCCEEDED = "probe-succeeded"
     DIRECT_HEALTHY = "direct-healthy"
+
+
+StatusPath: TypeAlias = Literal["direct", "relay", "trying", "none"]
+
+
+def status_path_of(phase: PathPhase) -> StatusPath:
+    """The path word of a phase (log fields): `none` when the direct path failed and no relay."""
+    if phase is PathPhase.DIRECT_UNREACHABLE:
+        return "none"
+    return "relay" if phase in RELAYED else "direct"

@@ -17,8 +17,8 @@ from rustynet.domain.path.phases import (
     PathPhase,
     PathTransitionError,
     Reason,
+    status_path_of,
 )
-from rustynet.domain.path.status import status_path_of
 
 
 def _utc(value: object, name: str) -> datetime:

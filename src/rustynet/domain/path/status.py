@@ -3,24 +3,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING
 
-from rustynet.domain.path.phases import RELAYED, PathPhase
+from rustynet.domain.path.phases import PathPhase, StatusPath, status_path_of
 
 if TYPE_CHECKING:
     from datetime import datetime
 
     from rustynet.domain.path.policy import PathPolicy
     from rustynet.domain.path.states import PeerPath
-
-StatusPath: TypeAlias = Literal["direct", "relay", "trying", "none"]
-
-
-def status_path_of(phase: PathPhase) -> StatusPath:
-    """The path word of a phase (log fields): `none` when the direct path failed and no relay."""
-    if phase is PathPhase.DIRECT_UNREACHABLE:
-        return "none"
-    return "relay" if phase in RELAYED else "direct"
 
 
 def status_path(state: PeerPath) -> StatusPath:

@@ -35,16 +35,17 @@ holds.
 
 The package:
 
-    values.py  protocols, port ranges, `PolicyNode`, `Match`, grants, tests, versions, errors
+    values.py  protocols, port ranges, `PolicyNode`, `Match`, grants, tests, errors
     parser.py  `PolicyParser`: validates a document, collecting every problem, into grants
-    model.py   `Policy`: the validated document, evaluated directly, and its policy tests
+    model.py   `Policy`: the validated document, evaluated directly, and its policy tests;
+               `PolicyVersion`
 
 This module is the package's public face: import from `rustynet.domain.policy`.
 """
 
 from __future__ import annotations
 
-from rustynet.domain.policy.model import Policy
+from rustynet.domain.policy.model import Policy, PolicyVersion
 from rustynet.domain.policy.values import (
     ACL_KEYS,
     ALL_PORTS,
@@ -59,7 +60,6 @@ from rustynet.domain.policy.values import (
     PolicyError,
     PolicyNode,
     PolicyTest,
-    PolicyVersion,
     PortRange,
     Problem,
     Proto,

@@ -1,8 +1,10 @@
 """`Policy`: a validated document resolved to grants, its direct evaluation of a flow (default
-deny) and its policy tests run against a node inventory."""
+deny) and its policy tests run against a node inventory; `PolicyVersion`, the version a stored
+policy carries."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 import attrs
@@ -97,3 +99,30 @@ class Policy:
                         problems.append(Problem(where, f"{bad[0].name} -> {bad[1].name} {verb}"))
         if problems:
             raise PolicyError(problems)
+
+
+@attrs.frozen
+class PolicyVersion:
+    """A stored policy's version: a strictly increasing number and the document digest."""
+
+    number: int
+    digest: str
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.number, int) or self.number < 0:
+            raise LocalProtocolError("a policy version number is a non-negative int")
+        if not re.fullmatch(r"[0-9a-f]{64}", self.digest):
+            raise LocalProtocolError("a policy digest is 64 lowercase hex digits")
+
+    @classmethod
+    def initial(cls) -> PolicyVersion:
+        """Version 0: no policy stored (deny all)."""
+        return cls(0, document_digest({}))
+
+    def succeed(self, policy: Policy) -> PolicyVersion:
+        """The version after storing `policy`: number + 1, its digest."""
+        return PolicyVersion(self.number + 1, policy.digest)
+
+    def is_newer_than(self, other: PolicyVersion) -> bool:
+        """True when this version was stored after `other`."""
+        return self.number > other.number

@@ -1,5 +1,5 @@
 """The policy vocabulary: protocols, port ranges, the node view policy sees (`PolicyNode`),
-resolved selectors (`Match`) and grants, policy tests, versions, and the `PolicyError` that
+resolved selectors (`Match`) and grants, policy tests, and the `PolicyError` that
 lists every problem with its JSON pointer."""
 
 from __future__ import annotations
@@ -7,18 +7,14 @@ from __future__ import annotations
 import enum
 import hashlib
 import ipaddress
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import Final, TypeAlias
 
 import attrs
 
 from rustynet.domain.errors import LocalProtocolError, RemoteProtocolError
 from rustynet.domain.scope import Tag
 from rustynet.domain.signed import JsonValue, canonical_json
-
-if TYPE_CHECKING:
-    from rustynet.domain.policy.model import Policy
 
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 NodeId: TypeAlias = str
@@ -197,33 +193,6 @@ class PolicyTest:
 def document_digest(document: Mapping[str, JsonValue]) -> str:
     """SHA-256 (hex) of the document's canonical JSON: how the control plane spots a change."""
     return hashlib.sha256(canonical_json(document)).hexdigest()
-
-
-@attrs.frozen
-class PolicyVersion:
-    """A stored policy's version: a strictly increasing number and the document digest."""
-
-    number: int
-    digest: str
-
-    def __attrs_post_init__(self) -> None:
-        if not isinstance(self.number, int) or self.number < 0:
-            raise LocalProtocolError("a policy version number is a non-negative int")
-        if not re.fullmatch(r"[0-9a-f]{64}", self.digest):
-            raise LocalProtocolError("a policy digest is 64 lowercase hex digits")
-
-    @classmethod
-    def initial(cls) -> PolicyVersion:
-        """Version 0: no policy stored (deny all)."""
-        return cls(0, document_digest({}))
-
-    def succeed(self, policy: Policy) -> PolicyVersion:
-        """The version after storing `policy`: number + 1, its digest."""
-        return PolicyVersion(self.number + 1, policy.digest)
-
-    def is_newer_than(self, other: PolicyVersion) -> bool:
-        """True when this version was stored after `other`."""
-        return self.number > other.number
 
 
 def pointer_join(base: str, part: str | int) -> str:
