@@ -26,9 +26,9 @@ from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
 from rustynet.application.node import AgentRevoked, AgentSettings, NodeAgent
 from rustynet.domain.policy import Proto
-from rustynet.ports.control_plane import ControlUnreachable, NodeCredentials, TrustTexts
+from rustynet.ports.control_plane import ControlUnreachable, NodeCredentials
 from rustynet.ports.store import Store
-from rustynet.ports.wire.v1 import CreateJoinKeyRequest, PeerMapDelivery
+from rustynet.ports.wire.v1 import CreateJoinKeyRequest, PeerMapDelivery, Trust
 from tests.integration.test_control_service import World, make_world, world_with_policy
 
 pytestmark = pytest.mark.asyncio
@@ -189,7 +189,7 @@ async def test_tampered_stale_and_unknown_signer_maps_are_rejected(
     state = a.agent.state
     assert state is not None
     assert state.last_peer_map is not None
-    trust = TrustTexts(state.root_certificate, state.signing_certificates)
+    trust = Trust(state.root_certificate, state.signing_certificates)
     saved = a.state_path.read_bytes()
     peers = dict(await a.tunnel.peers())
     tampered = (
@@ -224,7 +224,7 @@ async def test_a_server_answering_bad_maps_at_once_is_polled_with_backoff(
     assert state.last_peer_map is not None
     good = state.last_peer_map
     flipped = good[:-8] + ("A" if good[-8] != "A" else "B") + good[-7:]
-    trust = TrustTexts(state.root_certificate, state.signing_certificates)
+    trust = Trust(state.root_certificate, state.signing_certificates)
 
     async def tampered(
         _auth: NodeCredentials, _after: int, _timeout: float

@@ -4,77 +4,15 @@ The one rule: request and response bodies are the wire types of `rustynet.ports.
 vocabulary for the server, the clients and the use cases; this module holds only what never
 crosses the wire as such: the credentials a request carried (`AdminAuth`, `NodeAuth`), the
 peer-map result with its serial for the adapter's logs, and the numbers behind `/metrics`.
-
-The wire names are imported here too, under the names `ControlService` has always used
-(`EnrollChallenge` and `TokenChallenge` are the one wire `Challenge`), until the use cases
-import them from `rustynet.ports.wire.v1` themselves.
 """
 
 from __future__ import annotations
 
 import attrs
 
-from rustynet.ports.wire.v1 import (
-    AccessToken,
-    ApiKeyInfo,
-    AuditEntryInfo,
-    AuditVerifyResult,
-    Challenge,
-    CreateApiKeyRequest,
-    CreatedApiKey,
-    CreatedJoinKey,
-    CreateJoinKeyRequest,
-    EndpointsRequest,
-    EnrollCompleteRequest,
-    EnrollRequest,
-    EnrollResult,
-    JoinKeyInfo,
-    NodeInfo,
-    PolicyCheckResult,
-    PolicyInfo,
-    RelayToken,
-    RelayTokenRequest,
-    RotateTunnelKeyRequest,
-    TokenChallengeRequest,
-    TokenRenewRequest,
-    Trust,
-    UpdateNodeRequest,
-)
+from rustynet.ports.wire.v1 import Trust
 
-EnrollChallenge = Challenge
-TokenChallenge = Challenge
-
-__all__ = [
-    "AccessToken",
-    "AdminAuth",
-    "ApiKeyInfo",
-    "AuditEntryInfo",
-    "AuditVerifyResult",
-    "ControlStats",
-    "CreateApiKeyRequest",
-    "CreateJoinKeyRequest",
-    "CreatedApiKey",
-    "CreatedJoinKey",
-    "EndpointsRequest",
-    "EnrollChallenge",
-    "EnrollCompleteRequest",
-    "EnrollRequest",
-    "EnrollResult",
-    "JoinKeyInfo",
-    "NodeAuth",
-    "NodeInfo",
-    "PeerMapResponse",
-    "PolicyCheckResult",
-    "PolicyInfo",
-    "RelayToken",
-    "RelayTokenRequest",
-    "RotateTunnelKeyRequest",
-    "TokenChallenge",
-    "TokenChallengeRequest",
-    "TokenRenewRequest",
-    "Trust",
-    "UpdateNodeRequest",
-]
+__all__ = ["AdminAuth", "ControlStats", "NodeAuth", "PeerMapResponse"]
 
 
 @attrs.frozen

@@ -29,7 +29,6 @@ from rustynet.ports.wire.v1 import (
     EnrollResult,
     PeerMapDelivery,
     RelayToken,
-    Trust,
 )
 
 __all__ = [
@@ -37,10 +36,8 @@ __all__ = [
     "ControlRejected",
     "ControlUnreachable",
     "ControlUntrusted",
-    "EnrollmentOffer",
     "NodeCredentials",
     "SignableChallenge",
-    "TrustTexts",
     "is_revocation",
 ]
 
@@ -65,11 +62,6 @@ class SignableChallenge:
 
     challenge_id: bytes
     expires_at: datetime
-
-
-# The names the node agent has always used for two wire types (one class each).
-EnrollmentOffer = EnrollRequest
-TrustTexts = Trust
 
 
 class ControlPlaneClient(Protocol):

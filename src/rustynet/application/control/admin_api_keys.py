@@ -13,18 +13,14 @@ from rustynet.application.control.guards import Guards
 from rustynet.application.control.inputs import API_KEY_MAX_TTL_SECONDS, requested_ttl
 from rustynet.application.control.projections import api_key_info
 from rustynet.application.control_keys import ControlKeys
-from rustynet.application.control_types import (
-    AdminAuth,
-    ApiKeyInfo,
-    CreateApiKeyRequest,
-    CreatedApiKey,
-)
+from rustynet.application.control_types import AdminAuth
 from rustynet.application.errors import NotFoundError, ValidationError
 from rustynet.domain import api_keys
 from rustynet.domain.api_keys import AdminAction, ApiKey
 from rustynet.domain.audit import AuditChain
 from rustynet.ports.entropy import Entropy
 from rustynet.ports.store import ApiKeyRecord, ApiKeyScope, NotFound, Store, UnitOfWork
+from rustynet.ports.wire.v1 import ApiKeyInfo, CreateApiKeyRequest, CreatedApiKey
 
 
 class AdminApiKeys:

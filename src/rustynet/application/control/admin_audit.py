@@ -7,10 +7,11 @@ from typing import Final
 from rustynet.application.control.context import ControlContext
 from rustynet.application.control.guards import Guards
 from rustynet.application.control.projections import audit_info
-from rustynet.application.control_types import AdminAuth, AuditEntryInfo, AuditVerifyResult
+from rustynet.application.control_types import AdminAuth
 from rustynet.application.errors import ValidationError
 from rustynet.domain.api_keys import AdminAction
 from rustynet.domain.audit import verify_chain
+from rustynet.ports.wire.v1 import AuditEntryInfo, AuditVerifyResult
 
 MAX_AUDIT_PAGE: Final = 1000
 

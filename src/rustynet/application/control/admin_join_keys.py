@@ -10,12 +10,7 @@ from rustynet.application.control.context import ControlContext
 from rustynet.application.control.guards import Guards
 from rustynet.application.control.inputs import JOIN_KEY_MAX_TTL_SECONDS, requested_ttl, tags
 from rustynet.application.control.projections import join_key_info
-from rustynet.application.control_types import (
-    AdminAuth,
-    CreatedJoinKey,
-    CreateJoinKeyRequest,
-    JoinKeyInfo,
-)
+from rustynet.application.control_types import AdminAuth
 from rustynet.application.errors import Conflict, NotFoundError, ValidationError
 from rustynet.domain.api_keys import AdminAction
 from rustynet.domain.credentials import (
@@ -28,6 +23,7 @@ from rustynet.domain.errors import DecodeError
 from rustynet.domain.join_tokens import JoinToken
 from rustynet.domain.scope import Scope
 from rustynet.ports.store import NotFound
+from rustynet.ports.wire.v1 import CreatedJoinKey, CreateJoinKeyRequest, JoinKeyInfo
 
 
 class AdminJoinKeys:

@@ -13,10 +13,11 @@ from rustynet.application.control.context import ControlContext
 from rustynet.application.control.guards import Guards
 from rustynet.application.control.inputs import node_name, tags
 from rustynet.application.control.projections import node_info, tag_texts
-from rustynet.application.control_types import AdminAuth, NodeInfo, UpdateNodeRequest
+from rustynet.application.control_types import AdminAuth
 from rustynet.application.errors import Conflict, NotFoundError
 from rustynet.domain.api_keys import AdminAction
 from rustynet.ports.store import AlreadyExists, NodeRecord, NodeStatus, UnitOfWork
+from rustynet.ports.wire.v1 import NodeInfo, UpdateNodeRequest
 
 
 class AdminNodes:

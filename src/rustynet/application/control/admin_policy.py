@@ -13,7 +13,7 @@ from rustynet.application.control.context import ControlContext, Net
 from rustynet.application.control.guards import Guards
 from rustynet.application.control.inputs import policy as parse_policy
 from rustynet.application.control.projections import policy_node
-from rustynet.application.control_types import AdminAuth, PolicyCheckResult, PolicyInfo
+from rustynet.application.control_types import AdminAuth
 from rustynet.application.errors import Conflict, FieldProblem, ValidationError
 from rustynet.domain.api_keys import AdminAction
 from rustynet.domain.errors import LocalProtocolError
@@ -21,6 +21,7 @@ from rustynet.domain.policy import PolicyError
 from rustynet.domain.policy_compile import changed_views, compile_policy
 from rustynet.domain.signed import JsonValue, canonical_json, parse_canonical_json
 from rustynet.ports.store import NodeStatus, StoreConflict
+from rustynet.ports.wire.v1 import PolicyCheckResult, PolicyInfo
 
 
 def _problems(exc: PolicyError) -> ValidationError:

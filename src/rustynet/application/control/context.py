@@ -27,7 +27,6 @@ from rustynet.application.audit_writer import AuditWriter
 from rustynet.application.control.auth_guard import AuthGuard
 from rustynet.application.control.projections import policy_node
 from rustynet.application.control_keys import ControlKeys
-from rustynet.application.control_types import Trust
 from rustynet.application.waiters import PeerMapWaiters
 from rustynet.domain.audit_fold import DEFAULT_FOLD_WINDOW, AuditFolder
 from rustynet.domain.limits import BucketPolicy, LimitPolicy
@@ -40,6 +39,7 @@ from rustynet.ports.change_feed import ChangeFeed
 from rustynet.ports.clock import Clock
 from rustynet.ports.entropy import Entropy
 from rustynet.ports.store import NodeRecord, NodeStatus, Store, UnitOfWork
+from rustynet.ports.wire.v1 import Trust
 
 ACCESS_TOKEN_LIFETIME: Final = timedelta(seconds=300)
 RELAY_TOKEN_LIFETIME: Final = timedelta(seconds=120)

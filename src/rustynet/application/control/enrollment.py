@@ -23,12 +23,6 @@ from rustynet.application.control.pending import (
     pending_payload,
 )
 from rustynet.application.control.projections import addresses, tag_texts
-from rustynet.application.control_types import (
-    EnrollChallenge,
-    EnrollCompleteRequest,
-    EnrollRequest,
-    EnrollResult,
-)
 from rustynet.application.errors import (
     Conflict,
     Forbidden,
@@ -66,6 +60,7 @@ from rustynet.ports.store import (
     UnitOfWork,
     UnknownCredential,
 )
+from rustynet.ports.wire.v1 import Challenge, EnrollCompleteRequest, EnrollRequest, EnrollResult
 
 
 class _ProofRefused(Exception):  # noqa: N818 - internal signal, never leaves this module
@@ -83,7 +78,7 @@ class Enrollment:
         self.ctx = ctx
         self.guards = guards
 
-    async def enroll(self, request: EnrollRequest, *, client_ip: str) -> EnrollChallenge:
+    async def enroll(self, request: EnrollRequest, *, client_ip: str) -> Challenge:
         """POST /v1/enroll: check the join secret, answer a single-use challenge (≤ 60 s).
 
         Two units of work: the abuse limits (IP, identity and the join key's backoff) commit
@@ -142,7 +137,7 @@ class Enrollment:
         hostname: str,
         requested: Scope | None,
         now: datetime,
-    ) -> EnrollChallenge | None:
+    ) -> Challenge | None:
         """In one unit of work: the credential the token names, its secret (uniform failure:
         None), then the checks and the stored challenge. Raises for a refusal after the secret
         matched (Gone, Conflict, ValidationError, Forbidden, RateLimited)."""
@@ -209,7 +204,7 @@ class Enrollment:
                 )
         except TooManyChallenges:
             raise RateLimited(5, "too many enrollments in progress") from None
-        return EnrollChallenge(b64encode(effect.challenge_id), effect.expires_at)
+        return Challenge(b64encode(effect.challenge_id), effect.expires_at)
 
     async def enroll_complete(
         self, request: EnrollCompleteRequest, *, client_ip: str

@@ -18,18 +18,7 @@ from rustynet.application.control.context import ControlContext
 from rustynet.application.control.guards import Guards
 from rustynet.application.control.inputs import b64, endpoints, parsed
 from rustynet.application.control.projections import node_info
-from rustynet.application.control_types import (
-    AccessToken,
-    EndpointsRequest,
-    NodeAuth,
-    NodeInfo,
-    RelayToken,
-    RelayTokenRequest,
-    RotateTunnelKeyRequest,
-    TokenChallenge,
-    TokenChallengeRequest,
-    TokenRenewRequest,
-)
+from rustynet.application.control_types import NodeAuth
 from rustynet.application.errors import NotFoundError, Unauthorized, ValidationError
 from rustynet.domain.errors import RemoteProtocolError
 from rustynet.domain.key_hierarchy import TunnelKeyBinding, verify_tunnel_key_binding
@@ -43,6 +32,17 @@ from rustynet.domain.renewal_challenge import (
 from rustynet.domain.replay import NonceRecord, ReplayError
 from rustynet.domain.tokens import TokenKind, issue_token, token_renewal_message
 from rustynet.ports.store import NODE_ID_RE, NodeRecord, NodeStatus
+from rustynet.ports.wire.v1 import (
+    AccessToken,
+    Challenge,
+    EndpointsRequest,
+    NodeInfo,
+    RelayToken,
+    RelayTokenRequest,
+    RotateTunnelKeyRequest,
+    TokenChallengeRequest,
+    TokenRenewRequest,
+)
 
 
 class NodeSession:
@@ -52,9 +52,7 @@ class NodeSession:
         self.ctx = ctx
         self.guards = guards
 
-    async def token_challenge(
-        self, request: TokenChallengeRequest, *, client_ip: str
-    ) -> TokenChallenge:
+    async def token_challenge(self, request: TokenChallengeRequest, *, client_ip: str) -> Challenge:
         """POST /v1/token/challenge: a single-use challenge, answered for any node id alike and
         stored nowhere (`domain.renewal_challenge`): asking costs the server no row."""
         await self.guards.limit(ip=client_ip)
@@ -64,7 +62,7 @@ class NodeSession:
         challenge = issue_renewal_challenge(
             self.ctx.keys.renewal_mac_key, node_id, self.ctx.clock.now(), self.ctx.entropy
         )
-        return TokenChallenge(b64encode(challenge.id), challenge.expires_at)
+        return Challenge(b64encode(challenge.id), challenge.expires_at)
 
     async def renew_token(self, request: TokenRenewRequest, *, client_ip: str) -> AccessToken:
         """POST /v1/token: identity-key signature over a single-use challenge → access token.

@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 
-from rustynet.application.control_types import (
-    ApiKeyInfo,
-    AuditEntryInfo,
-    JoinKeyInfo,
-    NodeInfo,
-)
 from rustynet.domain.audit import AuditEntry
 from rustynet.domain.credentials import Credential
 from rustynet.domain.policy import PolicyNode
 from rustynet.ports.store import ApiKeyRecord, NodeRecord
+from rustynet.ports.wire.v1 import ApiKeyInfo, AuditEntryInfo, JoinKeyInfo, NodeInfo
 
 
 def addresses(node: NodeRecord) -> tuple[str, ...]:

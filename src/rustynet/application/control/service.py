@@ -20,36 +20,7 @@ from rustynet.application.control.peer_maps import PeerMaps
 from rustynet.application.control.relays import RelaysReplaced, replace_relays
 from rustynet.application.control.upkeep import Upkeep
 from rustynet.application.control_keys import ControlKeys
-from rustynet.application.control_types import (
-    AccessToken,
-    AdminAuth,
-    ApiKeyInfo,
-    AuditEntryInfo,
-    AuditVerifyResult,
-    ControlStats,
-    CreateApiKeyRequest,
-    CreatedApiKey,
-    CreatedJoinKey,
-    CreateJoinKeyRequest,
-    EndpointsRequest,
-    EnrollChallenge,
-    EnrollCompleteRequest,
-    EnrollRequest,
-    EnrollResult,
-    JoinKeyInfo,
-    NodeAuth,
-    NodeInfo,
-    PeerMapResponse,
-    PolicyCheckResult,
-    PolicyInfo,
-    RelayToken,
-    RelayTokenRequest,
-    RotateTunnelKeyRequest,
-    TokenChallenge,
-    TokenChallengeRequest,
-    TokenRenewRequest,
-    UpdateNodeRequest,
-)
+from rustynet.application.control_types import AdminAuth, ControlStats, NodeAuth, PeerMapResponse
 from rustynet.application.waiters import PeerMapWaiters
 from rustynet.domain.netmap import RelayEntry
 from rustynet.domain.signed import JsonValue
@@ -57,6 +28,31 @@ from rustynet.ports.change_feed import ChangeFeed
 from rustynet.ports.clock import Clock
 from rustynet.ports.entropy import Entropy
 from rustynet.ports.store import Store
+from rustynet.ports.wire.v1 import (
+    AccessToken,
+    ApiKeyInfo,
+    AuditEntryInfo,
+    AuditVerifyResult,
+    Challenge,
+    CreateApiKeyRequest,
+    CreatedApiKey,
+    CreatedJoinKey,
+    CreateJoinKeyRequest,
+    EndpointsRequest,
+    EnrollCompleteRequest,
+    EnrollRequest,
+    EnrollResult,
+    JoinKeyInfo,
+    NodeInfo,
+    PolicyCheckResult,
+    PolicyInfo,
+    RelayToken,
+    RelayTokenRequest,
+    RotateTunnelKeyRequest,
+    TokenChallengeRequest,
+    TokenRenewRequest,
+    UpdateNodeRequest,
+)
 
 
 class ControlService:
@@ -130,7 +126,7 @@ class ControlService:
 
     # --- node routes (enrollment.py, node_session.py, peer_maps.py) ----------------------------
 
-    async def enroll(self, request: EnrollRequest, *, client_ip: str) -> EnrollChallenge:
+    async def enroll(self, request: EnrollRequest, *, client_ip: str) -> Challenge:
         """POST /v1/enroll."""
         return await self._enrollment.enroll(request, client_ip=client_ip)
 
@@ -140,9 +136,7 @@ class ControlService:
         """POST /v1/enroll/complete."""
         return await self._enrollment.enroll_complete(request, client_ip=client_ip)
 
-    async def token_challenge(
-        self, request: TokenChallengeRequest, *, client_ip: str
-    ) -> TokenChallenge:
+    async def token_challenge(self, request: TokenChallengeRequest, *, client_ip: str) -> Challenge:
         """POST /v1/token/challenge."""
         return await self._session.token_challenge(request, client_ip=client_ip)
 

@@ -50,12 +50,7 @@ from rustynet.domain import path as paths
 from rustynet.domain.node_state import NodeState
 from rustynet.domain.reconcile import Action
 from rustynet.ports.clock import Clock
-from rustynet.ports.control_plane import (
-    ControlPlaneClient,
-    ControlRejected,
-    ControlUnreachable,
-    TrustTexts,
-)
+from rustynet.ports.control_plane import ControlPlaneClient, ControlRejected, ControlUnreachable
 from rustynet.ports.entropy import Entropy
 from rustynet.ports.firewall import Firewall, FirewallError
 from rustynet.ports.keystore import Keystore
@@ -63,6 +58,7 @@ from rustynet.ports.node_state_store import NodeStateStore
 from rustynet.ports.relay import RelayTransport
 from rustynet.ports.relay_path import DirectProbePort, RelayBridgePort
 from rustynet.ports.tunnel import TunnelBackend, TunnelError
+from rustynet.ports.wire.v1 import Trust
 
 _log = structlog.get_logger(__name__)
 
@@ -233,7 +229,7 @@ class NodeAgent:
         """One long poll; True when a newer map was accepted and applied."""
         return await self.intake.poll(timeout)
 
-    async def offer_peer_map(self, envelope: str, trust: TrustTexts) -> bool:
+    async def offer_peer_map(self, envelope: str, trust: Trust) -> bool:
         """Accept and apply a map; a rejection is logged, counted and changes nothing."""
         return await self.intake.offer(envelope, trust)
 

@@ -28,9 +28,10 @@ from rustynet.domain.keys import SigningKey, TunnelKeyScheme, TunnelPrivateKey
 from rustynet.domain.netmap import PeerMapTrust
 from rustynet.domain.node_state import NodeState
 from rustynet.ports.clock import Clock
-from rustynet.ports.control_plane import ControlPlaneClient, ControlRejected, EnrollmentOffer
+from rustynet.ports.control_plane import ControlPlaneClient, ControlRejected
 from rustynet.ports.entropy import Entropy
 from rustynet.ports.keystore import Keystore
+from rustynet.ports.wire.v1 import EnrollRequest
 
 _log = structlog.get_logger(__name__)
 
@@ -91,7 +92,7 @@ class Enrollment:
         self.keystore.put(TUNNEL_KEY, tunnel_key.secret_text().encode("ascii"))
         client = EnrollmentClient(identity, tunnel_key.public_key, hostname)
         client.start(token.token_id.to_text())
-        offer = EnrollmentOffer(
+        offer = EnrollRequest(
             join_secret=token_text,
             identity_key=identity.public_key.to_text(),
             tunnel_key=tunnel_key.public_key.to_text(),

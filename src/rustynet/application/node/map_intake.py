@@ -35,13 +35,9 @@ from rustynet.domain.netmap import (
 )
 from rustynet.domain.node_state import NodeState
 from rustynet.ports.clock import Clock
-from rustynet.ports.control_plane import (
-    ControlPlaneClient,
-    ControlRejected,
-    TrustTexts,
-    is_revocation,
-)
+from rustynet.ports.control_plane import ControlPlaneClient, ControlRejected, is_revocation
 from rustynet.ports.relay import RelayEndpoint
+from rustynet.ports.wire.v1 import Trust
 
 _log = structlog.get_logger(__name__)
 
@@ -142,7 +138,7 @@ class MapIntake:
             source.control_answered(True)
         return applied
 
-    async def offer(self, envelope: str, trust: TrustTexts) -> bool:
+    async def offer(self, envelope: str, trust: Trust) -> bool:
         """Accept and apply a map; a rejection is logged, counted and changes nothing."""
         node, acceptor = self.saved.current, self.state.acceptor
         if node is None or acceptor is None:
