@@ -1,5 +1,5 @@
 """Read models of the control plane: store records turned into the JSON-ready views the routes
-answer (`control_types`) and into the policy compiler's `PolicyNode`.
+answer (the wire types of `rustynet.ports.wire.v1`) and into the policy compiler's `PolicyNode`.
 
 Pure functions of one record each: no store access, no clock, no secrets (a view never carries a
 secret hash or key text other than public keys).
