@@ -108,24 +108,14 @@ def _shared_processors() -> list[Processor]:
     ]
 
 
-def configure_logging(
-    level: int | str = "info", json: bool = True, stream: TextIO | None = None
-) -> None:
-    """Configure structlog and stdlib logging to write redacted JSON (or console) lines.
-
-    `stream` defaults to stderr. Replaces every handler on the root logger, so stdlib records
-    (aiohttp and other libraries) pass through the same redaction.
-    """
-    numeric = logging.getLevelNamesMapping().get(level.upper()) if isinstance(level, str) else level
-    if numeric is None:
-        raise ValueError(f"unknown log level {level!r}")
-    out = sys.stderr if stream is None else stream
+def redacting_formatter(json: bool = True, colors: bool = False) -> logging.Formatter:
+    """The one formatter: every record (structlog or stdlib) is redacted, rendered, scrubbed."""
     renderer: Processor = (
         structlog.processors.JSONRenderer(sort_keys=True)
         if json
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+        else structlog.dev.ConsoleRenderer(colors=colors)
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
+    return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*_shared_processors(), structlog.stdlib.ExtraAdder()],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -133,14 +123,14 @@ def configure_logging(
             _ScrubbedRenderer(renderer),
         ],
     )
-    handler = logging.StreamHandler(out)
-    handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(numeric)
+
+
+def configure_structlog() -> None:
+    """Route structlog events into stdlib loggers, for the redacting formatter to render.
+
+    Each event becomes a stdlib record (on the logger named at `structlog.get_logger(name)`)
+    whose message is the event dict; level filtering is the stdlib logger's.
+    """
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
@@ -151,3 +141,45 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+
+
+def stdlib_logger(name: str) -> logging.Logger:
+    """A stdlib logger, for a third-party API that demands one (aiohttp's access log).
+
+    Our own code logs through `structlog.get_logger(name)`; this is the one sanctioned way
+    to hand a library a `logging.Logger`, whose records the redacting handler renders.
+    """
+    return logging.getLogger(name)
+
+
+def set_level(level: int | str) -> None:
+    """Change the root logger's level (a configuration reload); handlers stay."""
+    logging.getLogger().setLevel(_numeric_level(level))
+
+
+def _numeric_level(level: int | str) -> int:
+    numeric = logging.getLevelNamesMapping().get(level.upper()) if isinstance(level, str) else level
+    if numeric is None:
+        raise ValueError(f"unknown log level {level!r}")
+    return numeric
+
+
+def configure_logging(
+    level: int | str = "info", json: bool = True, stream: TextIO | None = None
+) -> None:
+    """Configure structlog and stdlib logging to write redacted JSON (or console) lines.
+
+    `stream` defaults to stderr. Replaces every handler on the root logger, so stdlib records
+    (aiohttp and other libraries) pass through the same redaction.
+    """
+    numeric = _numeric_level(level)
+    out = sys.stderr if stream is None else stream
+    handler = logging.StreamHandler(out)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(redacting_formatter(json=json, colors=out.isatty()))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    configure_structlog()

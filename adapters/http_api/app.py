@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 
+import structlog
 from aiohttp import hdrs, web
 from rustynet.adapters.http_api.admission import admission_gate
 from rustynet.adapters.http_api.errors import SERVER_NAME
@@ -32,7 +32,7 @@ from rustynet.adapters.http_api.keys import (
 )
 from rustynet.adapters.http_api.metrics import UNMATCHED_ROUTE, ApiMetrics
 from rustynet.adapters.http_api.middleware import (
-    ACCESS_LOGGER_NAME,
+    ACCESS_LOG_SINK,
     RouteAccessLogger,
     error_middleware,
     json_content_type,
@@ -48,7 +48,7 @@ from rustynet.application.admission import RequestAdmission
 from rustynet.application.control import ControlService
 
 SHUTDOWN_TIMEOUT: Final = 5.0  # seconds a long-poll may take to notice shutdown
-_log = logging.getLogger("rustynet.http")
+_log = structlog.get_logger("rustynet.http")
 
 __all__ = ["ApiSettings", "create_app", "make_runner"]
 
@@ -65,7 +65,7 @@ async def _upkeep(app: web.Application) -> AsyncIterator[None]:
                 admission.prune()
                 await service.tick()
             except Exception as exc:  # noqa: BLE001 - upkeep must survive a failed round
-                _log.warning("control.tick_failed", extra={"error_type": type(exc).__name__})
+                _log.warning("control.tick_failed", error_type=type(exc).__name__)
 
     task = asyncio.create_task(loop(interval)) if interval is not None else None
     try:
@@ -109,7 +109,7 @@ def create_app(
         # logger prints the request line, query string included.
         handler_args={
             "access_log_class": RouteAccessLogger,
-            "access_log": logging.getLogger(ACCESS_LOGGER_NAME),
+            "access_log": ACCESS_LOG_SINK,
         },
     )
     app[SERVICE_KEY] = service
@@ -139,7 +139,7 @@ def make_runner(app: web.Application, shutdown_timeout: float = SHUTDOWN_TIMEOUT
         app,
         on_rejected=on_rejected,
         access_log_class=RouteAccessLogger,
-        access_log=logging.getLogger(ACCESS_LOGGER_NAME),
+        access_log=ACCESS_LOG_SINK,
         shutdown_timeout=shutdown_timeout,
         handle_signals=False,
     )

@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from typing import Final, Literal
 
+import structlog
 from aiohttp.web_protocol import RequestHandler
 from rustynet.adapters.support.prometheus import (
     counter,
@@ -59,7 +59,7 @@ Refusal = Literal["per_ip", "total"]
 PHASES: Final[tuple[Phase, ...]] = ("tls_handshake", "header", "body", "idle")
 REFUSALS: Final[tuple[Refusal, ...]] = ("per_ip", "total")
 _KEYS: Final = LimitPolicy()  # IPv4 /32, IPv6 /64: the request limiter's keying
-_log = logging.getLogger("rustynet.connections")
+_log = structlog.get_logger("rustynet.connections")
 
 
 class Connection:
@@ -246,13 +246,11 @@ class ConnectionGuard:
         self._next_refusal_log = now + REFUSAL_LOG_INTERVAL
         _log.warning(
             "connections.refused",
-            extra={
-                "per_ip": self._unlogged["per_ip"],
-                "total": self._unlogged["total"],
-                "max_connections": self.limits.max_connections,
-                "max_connections_per_ip": self.limits.max_connections_per_ip,
-                "next_log_after_seconds": REFUSAL_LOG_INTERVAL,
-            },
+            per_ip=self._unlogged["per_ip"],
+            total=self._unlogged["total"],
+            max_connections=self.limits.max_connections,
+            max_connections_per_ip=self.limits.max_connections_per_ip,
+            next_log_after_seconds=REFUSAL_LOG_INTERVAL,
         )
         self._unlogged = dict.fromkeys(REFUSALS, 0)
 

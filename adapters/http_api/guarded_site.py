@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import logging
 import socket
 import ssl
 import struct
 from typing import Final
 
+import structlog
 from aiohttp import web
 from rustynet.adapters.http_api.connection_guard import (
     Connection,
@@ -36,7 +36,7 @@ from rustynet.adapters.http_api.connection_guard import (
 
 ACCEPT_PAUSE: Final = 0.1  # seconds to back off when accept(2) runs out of descriptors/memory
 _RESET_ON_CLOSE: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST
-_log = logging.getLogger("rustynet.connections")
+_log = structlog.get_logger("rustynet.connections")
 
 
 class _AcceptServer(asyncio.AbstractServer):
@@ -134,7 +134,7 @@ class GuardedSite(web.BaseSite):
                     return
                 if exc.errno != errno.ECONNABORTED:  # a client gone before accept: nothing
                     # Out of descriptors or memory (or worse): say so, and let it pass.
-                    _log.warning("connections.accept_failed", extra={"errno": exc.errno})
+                    _log.warning("connections.accept_failed", errno=exc.errno)
                     await asyncio.sleep(ACCEPT_PAUSE)
                 continue
             slot = guard.admit(address[0])

@@ -23,8 +23,10 @@ import re
 import time
 from typing import Any, Final, TypeVar
 
+import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.log import access_logger as aiohttp_access_logger
 from aiohttp.typedefs import Handler
 from rustynet.adapters.http_api.errors import (
     JSON_CONTENT_TYPE,
@@ -43,11 +45,15 @@ T = TypeVar("T")
 
 ACCESS_LOGGER_NAME: Final = "rustynet.http.access"
 ERROR_LOGGER_NAME: Final = "rustynet.http"
+# aiohttp's API demands a stdlib logger for its access-log class; ours writes through structlog
+# (RouteAccessLogger), so aiohttp gets its own access logger, which nothing writes to.
+ACCESS_LOG_SINK: Final = aiohttp_access_logger
 # token, key, secret, password/passwd, passphrase, api_key/api-key, anywhere in the name.
 _SECRET_PARAM: Final = re.compile(r"(?i)token|key|secret|passw(?:or)?d|passphrase")
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
-_log = logging.getLogger(ERROR_LOGGER_NAME)
+_log = structlog.get_logger(ERROR_LOGGER_NAME)
+_access_log = structlog.get_logger(ACCESS_LOGGER_NAME)
 
 
 def route_template(request: web.BaseRequest) -> str:
@@ -94,7 +100,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             # handler (rustynet.adapters.logging) scrubs of secret-shaped text.
             _log.error(
                 "http.request_failed",
-                extra={"route": route_template(request), "error_type": type(exc).__name__},
+                route=route_template(request),
+                error_type=type(exc).__name__,
                 exc_info=exc,
             )
         request.app[METRICS_KEY].count_refusal(route_template(request), api_error.status)
@@ -193,20 +200,20 @@ async def read_json(request: web.Request, cls: type[T]) -> T:
 class RouteAccessLogger(AbstractAccessLogger):
     """Access log line: method, route template, status, duration. No path, query or headers.
 
-    Records go to the stdlib logger `rustynet.http.access` as `extra` fields, so the redacting
-    handler that bootstrap installs (rustynet.adapters.logging) renders them.
+    Events go to the structlog logger `rustynet.http.access` as bound key-values, so the
+    redacting handler that bootstrap installs (rustynet.adapters.logging) renders them. The
+    stdlib logger aiohttp hands in (`ACCESS_LOG_SINK`) only answers `enabled`; it is never
+    written to.
     """
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         """Write one access record for a finished request."""
-        self.logger.info(
+        _access_log.info(
             "http.request_served",
-            extra={
-                "method": request.method,
-                "route": route_template(request),
-                "status": response.status,
-                "duration_ms": round(time * 1000, 3),
-            },
+            method=request.method,
+            route=route_template(request),
+            status=response.status,
+            duration_ms=round(time * 1000, 3),
         )
 
     @property

@@ -24,11 +24,11 @@ reported to `on_rejected` like a parser refusal).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
+import structlog
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 from rustynet.adapters.http_api.errors import (
@@ -44,7 +44,7 @@ from rustynet.adapters.support.rejections import RejectingAppRunner
 OnRejected = Callable[[str, int], None]  # (method, status) of a request the parser refused
 
 REJECTED_DETAIL: Final = "malformed HTTP request"
-_log = logging.getLogger("rustynet.http")
+_log = structlog.get_logger("rustynet.http")
 
 
 def rejection_error(status: int) -> ApiError:
@@ -68,13 +68,15 @@ class RejectionAnswer:
         if error.status >= 500:  # a bug: the metrics middleware has counted it already
             _log.error(
                 "http.request_failed",
-                extra={"route": route_template(request), "error_type": type(exc).__name__},
+                route=route_template(request),
+                error_type=type(exc).__name__,
                 exc_info=exc,
             )
         else:
             _log.warning(
                 "http.request_rejected",
-                extra={"status": error.status, "error_type": type(exc).__name__},
+                status=error.status,
+                error_type=type(exc).__name__,
             )
             self.on_rejected(request.method, error.status)
         return error_response(error)

@@ -21,15 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import logging
 import socket
 from collections.abc import Callable
 from typing import Final, cast
 
+import structlog
+
 from rustynet.domain.tunnel import UnderlayEndpoint
 from rustynet.ports.relay import RelaySession
 
-_log = logging.getLogger("rustynet.relay.bridge")
+_log = structlog.get_logger("rustynet.relay.bridge")
 
 LOOPBACK: Final = "127.0.0.1"
 QUEUE_PACKETS: Final = 2048

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -37,6 +36,7 @@ from typing import Any, Final, Self
 
 import psycopg
 import psycopg_pool
+import structlog
 from psycopg import errors as pg_errors
 from rustynet.adapters.storage.sql.dialect import POSTGRES, Dialect, Params, Row
 from rustynet.adapters.storage.sql.migrations import migrate
@@ -57,7 +57,7 @@ from rustynet.ports.store import (
 CHANNEL: Final = "rustynet_peermaps"
 MAX_NOTIFY_PAYLOAD: Final = 7900  # bytes; PostgreSQL's limit is 8000
 LISTENER_APPLICATION: Final = "rustynet-control-listen"
-_log = logging.getLogger("rustynet.control.feed")
+_log = structlog.get_logger("rustynet.control.feed")
 
 
 def notify_payload(origin: str, node_ids: Iterable[str]) -> str:
@@ -334,14 +334,14 @@ class PostgresChangeFeed:
                 if conn is None:
                     conn = self._conn = await self._connect()
                     self.reconnects += 1
-                    _log.info("control.feed_reconnected", extra={"reconnects": self.reconnects})
+                    _log.info("control.feed_reconnected", reconnects=self.reconnects)
                     # Whatever was committed while we were away was not heard: re-check all.
                     if self._listener is not None:
                         self._listener(None)
                     delay = 0.05
                 await self._listen(conn)
             except (psycopg.Error, StoreError, OSError) as exc:
-                _log.warning("control.feed_lost", extra={"error_type": type(exc).__name__})
+                _log.warning("control.feed_lost", error_type=type(exc).__name__)
                 self._conn = None
                 if conn is not None:
                     with contextlib.suppress(psycopg.Error, OSError):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import logging
 import os
 import shutil
 import signal
@@ -35,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+import structlog
 from rustynet.adapters.tunnel.process_guard import (
     KILL_WAIT_S,
     PidRecord,
@@ -62,7 +62,7 @@ _REPLY_LIMIT: Final = 64 * 1024 * 1024  # `get=1` with thousands of peers is a f
 _STOP_GRACE: Final = 2.0
 GUARD_PROGRAMS: Final = ("setpriv", "/bin/sh")
 
-_log = logging.getLogger("rustynet.tunnel")
+_log = structlog.get_logger("rustynet.tunnel")
 
 
 class WireGuardUapiBackend(WireGuardBackendBase):
@@ -187,7 +187,8 @@ class WireGuardUapiBackend(WireGuardBackendBase):
                 raise TunnelError(f"interface {interface} is already run by another process")
             _log.warning(
                 "tunnel.leftover_killed",
-                extra={"interface": interface, "pid": record.pid if record else None},
+                interface=interface,
+                pid=record.pid if record else None,
             )
             killed = True
         sock.unlink(missing_ok=True)  # stale, left by a SIGKILLed wireguard-go

@@ -47,6 +47,7 @@ from rustynet.domain.keys import SigningKey
 from rustynet.domain.limits import BucketPolicy
 from rustynet.domain.relay import RelayLimits, RelayTrust
 from tests.integration.http_server import GENEROUS_LIMITS, LiveApi, running_api, tls_connection
+from tests.log_records import event_fields, event_name, rendered
 
 SECRET: Final = "rnk_h0stile1nput2must3never4echo5back6"
 GENEROUS_ADMIN: Final = BucketPolicy(burst=100_000, refill=100_000, per=timedelta(minutes=1))
@@ -307,7 +308,13 @@ def _parser_rejects() -> dict[str, bytes]:
 
 
 def _log_text(record: logging.LogRecord) -> str:
-    return json.dumps({k: str(v) for k, v in record.__dict__.items()})
+    """Every raw field of the record (a structlog event's dict included) and its rendered line."""
+    return json.dumps({k: str(v) for k, v in record.__dict__.items()}) + rendered(record)
+
+
+def _has_trace(record: logging.LogRecord) -> bool:
+    """A stdlib record's exc_info, or a structlog event's formatted `exception`."""
+    return bool(record.exc_info or record.exc_text or "exception" in event_fields(record))
 
 
 @pytest.fixture
@@ -335,13 +342,11 @@ async def test_parser_rejections_answer_json_and_echo_nothing(
         assert b"AAAA" not in raw, name
     records = all_logs.records
     assert not [r for r in records if SECRET in _log_text(r)]
-    assert not [r for r in records if r.exc_info is not None or r.exc_text]
+    assert not [r for r in records if _has_trace(r)]
     assert not [r for r in records if r.name.startswith("aiohttp")]
-    access = [r for r in records if r.name == "rustynet.http.access"]
-    assert [(r.__dict__["route"], r.__dict__["status"]) for r in access] == [
-        ("unmatched", 400)
-    ] * len(cases)
-    rejected = [r for r in records if r.getMessage() == "http.request_rejected"]
+    access = [event_fields(r) for r in records if r.name == "rustynet.http.access"]
+    assert [(a["route"], a["status"]) for a in access] == [("unmatched", 400)] * len(cases)
+    rejected = [r for r in records if event_name(r) == "http.request_rejected"]
     assert len(rejected) == len(cases)
     async with _session(api) as http, http.get(api.base_url + "/metrics") as resp:
         text = await resp.text()
@@ -396,5 +401,5 @@ async def test_relay_parser_rejections_echo_nothing(
     assert "Traceback" not in captured.out + captured.err
     records = all_logs.records
     assert not [r for r in records if SECRET in _log_text(r)]
-    assert not [r for r in records if r.exc_info is not None or r.exc_text]
+    assert not [r for r in records if _has_trace(r)]
     assert not [r for r in records if r.name.startswith("aiohttp")]

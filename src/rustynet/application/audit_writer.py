@@ -11,9 +11,10 @@ chain has already refused secret-bearing details by then.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from datetime import datetime
+
+import structlog
 
 from rustynet.application.control_keys import ControlKeys
 from rustynet.domain.audit import AuditChain, AuditEntry
@@ -21,7 +22,7 @@ from rustynet.domain.keys import constant_time_equal
 from rustynet.domain.signed import JsonValue
 from rustynet.ports.store import UnitOfWork
 
-_security_log = logging.getLogger("rustynet.control.events")
+_security_log = structlog.get_logger("rustynet.control.events")
 
 
 class AuditWriter:
@@ -70,7 +71,9 @@ class AuditWriter:
             await uow.audit.add_checkpoint(appended.checkpoint)
         _security_log.info(
             action,
-            extra={"actor": actor, "target": target, "details": dict(details or {})},
+            actor=actor,
+            target=target,
+            details=dict(details or {}),
         )
 
     async def checkpoint_if_due(self, uow: UnitOfWork, now: datetime) -> None:

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from pathlib import Path
 from typing import Final
 
 import attrs
+import structlog
 
 from rustynet.adapters.config import ConfigError, ControlConfig, load_control_config
 from rustynet.application.control import ControlService
 from rustynet.domain.errors import RustynetError
 
 RELOAD_ACTOR: Final = "config:control.toml"
-_log = logging.getLogger("rustynet.control.reload")
+_log = structlog.get_logger("rustynet.control.reload")
 
 
 def restart_only_changes(running: ControlConfig, fresh: ControlConfig) -> tuple[str, ...]:
@@ -61,25 +61,23 @@ class RelayReloader:
         try:
             fresh = await asyncio.to_thread(load_control_config, self._path)
         except ConfigError as exc:
-            _log.error("config.reload_failed", extra={"path": str(self._path), "error": str(exc)})
+            _log.error("config.reload_failed", path=str(self._path), error=str(exc))
             return
         stale = restart_only_changes(self._running, fresh)
         if stale:
-            _log.warning("config.reload_needs_restart", extra={"settings": list(stale)})
+            _log.warning("config.reload_needs_restart", settings=list(stale))
         try:
             outcome = await self._service.replace_relays(fresh.relays, actor=RELOAD_ACTOR)
         except RustynetError as exc:
-            _log.error("config.reload_failed", extra={"path": str(self._path), "error": str(exc)})
+            _log.error("config.reload_failed", path=str(self._path), error=str(exc))
             return
         self._running = attrs.evolve(self._running, relays=fresh.relays)
         self.completed += 1
         _log.info(
             "config.reloaded",
-            extra={
-                "relays": [r.id for r in outcome.relays],
-                "changed": outcome.changed,
-                "woken": outcome.woken,
-            },
+            relays=[r.id for r in outcome.relays],
+            changed=outcome.changed,
+            woken=outcome.woken,
         )
 
     async def close(self) -> None:

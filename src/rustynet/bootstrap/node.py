@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import signal
 import socket
 import sys
@@ -45,6 +44,7 @@ from rustynet.adapters.entropy import OsEntropy
 from rustynet.adapters.firewall.memory import MemoryFirewall
 from rustynet.adapters.firewall.nftables import NftablesFirewall, table_name_for
 from rustynet.adapters.local_api import LocalApiServer
+from rustynet.adapters.logging import set_level
 from rustynet.adapters.node_state_file import FileNodeStateStore
 from rustynet.adapters.relay.bridge import RelayBridge
 from rustynet.adapters.relay.client import WebSocketRelayTransport
@@ -111,7 +111,7 @@ def _reload(path: Path | None, running: NodeConfig) -> NodeConfig:
     except RustynetError as exc:
         _log.error("config.reload_failed", error=str(exc))
         return running
-    logging.getLogger().setLevel(fresh.log_level.upper())
+    set_level(fresh.log_level)
     changed = sorted(
         name
         for name in attrs.fields_dict(NodeConfig)
