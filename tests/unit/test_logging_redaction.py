@@ -47,9 +47,10 @@ def restore_logging() -> Iterator[None]:
     """Put the global logging configuration back after each test."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    config = structlog.get_config()
     yield
     structlog.contextvars.clear_contextvars()
-    structlog.reset_defaults()
+    structlog.configure(**config)  # the suite's configuration (tests/conftest.py)
     for h in list(root.handlers):
         root.removeHandler(h)
     for h in handlers:
