@@ -15,7 +15,10 @@ The one rule: no secret reaches a log line. Every record, from structlog or from
    inside tracebacks and object reprs that were only turned into text by the renderer.
 
 `configure_logging(level, json)` owns the root logger's handlers: it replaces them with the one
-redacting handler, so nothing writes around it.
+redacting handler (`redacting_formatter`), so nothing writes around it, and routes structlog
+events into stdlib loggers (`configure_structlog`, which the test suite calls too). This is the
+only module that touches stdlib logging (tests/arch/test_logging_style.py): the rest of the
+code logs with `structlog.get_logger(name)` and key-value fields.
 """
 
 from __future__ import annotations
@@ -141,15 +144,6 @@ def configure_structlog() -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
-
-
-def stdlib_logger(name: str) -> logging.Logger:
-    """A stdlib logger, for a third-party API that demands one (aiohttp's access log).
-
-    Our own code logs through `structlog.get_logger(name)`; this is the one sanctioned way
-    to hand a library a `logging.Logger`, whose records the redacting handler renders.
-    """
-    return logging.getLogger(name)
 
 
 def set_level(level: int | str) -> None:

@@ -2,8 +2,8 @@
 
 Our code logs with `_log = structlog.get_logger(name)` and `_log.info("event.name", key=value)`.
 A stdlib `logging.getLogger(...)` or a logger call with `extra={...}` is the other style this
-gate refuses; `adapters/logging.py`, the one place that configures logging (and hands a stdlib
-logger to a library that demands one), is the only exception.
+gate refuses; `adapters/logging.py`, the one place that configures logging, is the only
+exception.
 """
 
 from __future__ import annotations
