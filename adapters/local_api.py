@@ -158,23 +158,30 @@ def _optional_text(body: Mapping[str, object], key: str, limit: int) -> str | No
     if value is None:
         return None
     if not isinstance(value, str) or not 0 < len(value) <= limit:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "bad_request", "detail": f"{key}: expected 1-{limit} chars"}),
-            content_type=JSON_TYPE,
-        )
+        raise _bad_request(f"{key}: expected 1-{limit} chars")
     return value
+
+
+def _bad_request(detail: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(
+        text=json.dumps({"error": "bad_request", "detail": detail}), content_type=JSON_TYPE
+    )
+
+
+async def _token_and_hostname(request: web.Request) -> tuple[str | None, str | None]:
+    """The body of `up` and `reenroll`: an optional object with only `token` and `hostname`."""
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        raise _bad_request("the body is not JSON") from None
+    if not isinstance(body, dict) or set(body) - {"token", "hostname"}:
+        raise _bad_request("expected an object with only token and hostname")
+    return _optional_text(body, "token", 4096), _optional_text(body, "hostname", 253)
 
 
 async def _up(request: web.Request) -> web.Response:
     control = request.app[_CONTROL]
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except ValueError:
-        return _error(400, "bad_request", "the body is not JSON")
-    if not isinstance(body, dict) or set(body) - {"token", "hostname"}:
-        return _error(400, "bad_request", "expected an object with only token and hostname")
-    token = _optional_text(body, "token", 4096)
-    hostname = _optional_text(body, "hostname", 253)
+    token, hostname = await _token_and_hostname(request)
     try:
         await control.up(token, hostname)
     except RustynetError as exc:
@@ -184,17 +191,11 @@ async def _up(request: web.Request) -> web.Response:
 
 async def _reenroll(request: web.Request) -> web.Response:
     control = request.app[_CONTROL]
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except ValueError:
-        return _error(400, "bad_request", "the body is not JSON")
-    if not isinstance(body, dict) or set(body) - {"token", "hostname"}:
-        return _error(400, "bad_request", "expected an object with only token and hostname")
-    token = _optional_text(body, "token", 4096)
+    token, hostname = await _token_and_hostname(request)
     if token is None:
         return _error(400, "bad_request", "token: a join token is required to re-enroll")
     try:
-        await control.reenroll(token, _optional_text(body, "hostname", 253))
+        await control.reenroll(token, hostname)
     except RustynetError as exc:
         return error_response(exc)
     return web.json_response(await status_document(control))

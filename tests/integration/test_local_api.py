@@ -17,6 +17,7 @@ from rustynet.adapters.config import ConfigError, load_node_config
 from rustynet.adapters.control_plane_local import LocalControlPlane
 from rustynet.adapters.firewall.memory import MemoryFirewall
 from rustynet.adapters.keystore.memory import MemoryKeystore
+from rustynet.adapters.local_api import JSON_TYPE as JSON
 from rustynet.adapters.local_api import LocalApiError, bind_socket, create_local_app
 from rustynet.adapters.node_state_file import FileNodeStateStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
@@ -136,15 +137,24 @@ async def test_rotate_key_cuts_over_and_is_refused_while_down(world: World, tmp_
 
 @pytest.mark.asyncio
 async def test_malformed_up_bodies_are_refused(world: World, tmp_path: Path) -> None:
-    """Unknown keys, non-strings and a bad token are 4xx; nothing is enrolled."""
+    """Unknown keys, non-strings, non-JSON and a bad token are 4xx (JSON errors); nothing is
+    enrolled, on `up` and on `reenroll`."""
     daemon, _ = _daemon(world, tmp_path)
     client: TestClient[web.Request, web.Application] = TestClient(
         TestServer(create_local_app(daemon))
     )
     await client.start_server()
-    for body in ({"token": 5}, {"token": "x", "extra": 1}, ["token"]):
-        response = await client.post("/up", json=body)
-        assert response.status == 400, body
+    for route in ("/up", "/reenroll"):
+        for body in ({"token": 5}, {"token": "x", "extra": 1}, ["token"], {"hostname": ""}):
+            response = await client.post(route, json=body)
+            assert response.status == 400, (route, body)
+            assert (await response.json())["error"] == "bad_request", (route, body)
+        not_json = await client.post(route, data=b"{not json", headers={"Content-Type": JSON})
+        assert not_json.status == 400
+        assert await not_json.json() == {"error": "bad_request", "detail": "the body is not JSON"}
+    no_token = await client.post("/reenroll", json={})
+    assert no_token.status == 400
+    assert "join token is required" in (await no_token.json())["detail"]
     bad = await client.post("/up", json={"token": "rnjoin1_notatoken"})
     assert bad.status == 403
     assert (await bad.json())["error"] == "join_failed"
