@@ -66,15 +66,16 @@ class Namespace:
         self.name = name
 
     def run(
-        self, *argv: str, check: bool = True, timeout: float = 30
+        self, *argv: str, check: bool = True, timeout: float = 30, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command inside the namespace; output captured as text."""
+        """Run a command inside the namespace; output captured as text, `stdin` fed to it."""
         return subprocess.run(
             ["ip", "netns", "exec", self.name, *argv],
             check=check,
             capture_output=True,
             text=True,
             timeout=timeout,
+            input=stdin,
         )
 
     def popen(self, *argv: str) -> subprocess.Popen[bytes]:
@@ -138,9 +139,21 @@ class NetLab:
         self.interfaces.append(name)
         return name
 
-    def veth(self, a: Namespace, addr_a: str | None, b: Namespace, addr_b: str | None) -> None:
-        """Join two namespaces with a veth pair, addresses given as `IP/len` (or None)."""
-        end_a, end_b = unique_name("va"), unique_name("vb")
+    def veth(
+        self,
+        a: Namespace,
+        addr_a: str | None,
+        b: Namespace,
+        addr_b: str | None,
+        names: tuple[str, str] | None = None,
+    ) -> tuple[str, str]:
+        """Join two namespaces with a veth pair, addresses given as `IP/len` (or None).
+
+        The ends get unique names unless `names` are given (each end is created inside its
+        namespace, so a fixed name such as `wan` only needs to be unique there). Returns the
+        names of the two ends.
+        """
+        end_a, end_b = names or (unique_name("va"), unique_name("vb"))
         subprocess.run(
             [
                 "ip",
@@ -165,6 +178,7 @@ class NetLab:
                 _check_address(addr)
                 ns.ip("addr", "add", addr, "dev", end)
             ns.ip("link", "set", end, "up")
+        return end_a, end_b
 
     def bridge(self) -> Namespace:
         """The lab's bridge namespace (created on first use) holding bridge `br0`."""
@@ -174,11 +188,12 @@ class NetLab:
             self._bridge.ip("link", "set", "br0", "up")
         return self._bridge
 
-    def attach(self, ns: Namespace, address: str) -> None:
-        """Connect `ns` to the bridge with a veth carrying `address` (`IP/len`) on its side."""
+    def attach(self, ns: Namespace, address: str, name: str | None = None) -> None:
+        """Connect `ns` to the bridge with a veth carrying `address` (`IP/len`) on its side
+        (named `name` there, or a unique name)."""
         _check_address(address)
         bridge = self.bridge()
-        end_ns, end_br = unique_name("vn"), unique_name("vbr")
+        end_ns, end_br = name or unique_name("vn"), unique_name("vbr")
         subprocess.run(
             [
                 "ip",
