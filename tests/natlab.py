@@ -103,10 +103,16 @@ def nat_ruleset(kind: NatKind, wan_ip: str, *, input_drop: bool = True) -> str:
             "    }\n"
         )
         pre += '        iifname "wan" dnat ip addr . port to udp dport map @fullcone\n'
-        post += (
-            '        oifname "wan" meta l4proto udp update @fullcone '
-            "{ udp sport : ip saddr . udp sport }\n"
-            f'        oifname "wan" snat to {wan_ip}\n'
+        post += f'        oifname "wan" snat to {wan_ip}\n'
+        # After the SNAT (priority srcnat + 1) the packet carries its public port: the map
+        # learns public port -> the connection's original inside address and port, exact even
+        # when the SNAT had to move a second host off a port already taken.
+        sets += (
+            "    chain fullcone_learn {\n"
+            "        type filter hook postrouting priority srcnat + 1; policy accept;\n"
+            '        oifname "wan" meta l4proto udp ct direction original update @fullcone '
+            "{ udp sport : ct original ip saddr . ct original proto-src }\n"
+            "    }\n"
         )
     else:  # EASY, and each layer of CGNAT
         post += f'        oifname "wan" snat to {wan_ip}\n'

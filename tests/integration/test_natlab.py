@@ -126,6 +126,29 @@ def test_two_hosts_behind_one_nat(internet: Internet) -> None:
     assert seen_b != seen_a
 
 
+def test_full_cone_delivers_to_each_of_two_hosts_on_the_same_port(internet: Internet) -> None:
+    """Two hosts behind one full cone router both use port 4000 (the second gets another
+    public port); unsolicited datagrams to each public port reach the host that owns it."""
+    nat = internet.nat
+    site = nat.site(NatKind.FULL_CONE)
+    probes, mappings = [], []
+    for host in (site.host(), site.host()):  # one after the other: the first keeps port 4000
+        probes.append(
+            nat.udp(host, "probe", "--port", str(PORT), "--to", internet.r1, "--listen", "2")
+        )
+        mappings.append(read_line(probes[-1])["seen"])
+    assert mappings[0] == f"{site.router.wan_address}:{PORT}"
+    assert mappings[1] != mappings[0]
+    for source_port, mapping in zip((5555, 5556), mappings, strict=True):
+        assert isinstance(mapping, str)
+        sender = nat.udp(internet.stranger, "send", "--port", str(source_port), "--to", mapping)
+        assert sender.wait(10) == 0
+    for source_port, probe in zip((5555, 5556), probes, strict=True):
+        out, _ = probe.communicate(timeout=10)
+        senders = {json.loads(line)["from"] for line in out.splitlines()}
+        assert senders == {f"{internet.stranger.address}:{source_port}"}
+
+
 @pytest.mark.parametrize("input_drop", [True, False])
 def test_an_early_packet_from_outside_does_not_move_the_mapping(
     nat: NatLab, input_drop: bool
