@@ -41,10 +41,9 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
-from tests.netns import Namespace, NetLab, unique_name
+from tests.netns import ClosedOnExit, Namespace, NetLab, unique_name
 
 INTERNET: Final = "203.0.113.0/24"
 FIRST_PUBLIC_HOST: Final = 10
@@ -172,7 +171,7 @@ class Site:
         return host
 
 
-class NatLab:
+class NatLab(ClosedOnExit):
     """Owns one NAT topology; `close()` (or leaving the `with`) removes all of it."""
 
     def __init__(self) -> None:
@@ -183,17 +182,6 @@ class NatLab:
         self._carrier: Router | None = None
         self._carrier_hosts = 0
         self._procs: list[subprocess.Popen[str]] = []
-
-    def __enter__(self) -> NatLab:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def procs(self) -> tuple[subprocess.Popen[str], ...]:

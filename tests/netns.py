@@ -34,6 +34,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import pytest
 
@@ -105,16 +106,10 @@ class Namespace:
         return [int(p) for p in out.split()]
 
 
-class NetLab:
-    """Owns namespaces and what lives in them; `close()` removes all of it."""
+class ClosedOnExit:
+    """`with Lab() as lab:` calls `lab.close()` on the way out, even after a failure."""
 
-    def __init__(self, socket_dirs: tuple[str, ...] = ("/var/run/wireguard",)) -> None:
-        self.namespaces: list[Namespace] = []
-        self.interfaces: list[str] = []
-        self.socket_dirs = socket_dirs
-        self._bridge: Namespace | None = None
-
-    def __enter__(self) -> NetLab:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -124,6 +119,20 @@ class NetLab:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def close(self) -> None:
+        """Remove everything the lab made."""
+        raise NotImplementedError
+
+
+class NetLab(ClosedOnExit):
+    """Owns namespaces and what lives in them; `close()` removes all of it."""
+
+    def __init__(self, socket_dirs: tuple[str, ...] = ("/var/run/wireguard",)) -> None:
+        self.namespaces: list[Namespace] = []
+        self.interfaces: list[str] = []
+        self.socket_dirs = socket_dirs
+        self._bridge: Namespace | None = None
 
     def namespace(self, prefix: str = "rnt") -> Namespace:
         """A fresh namespace with loopback up."""
