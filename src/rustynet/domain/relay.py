@@ -46,6 +46,7 @@ from rustynet.domain.tokens import TokenClaims, TokenKind, verify_token
 TO_RELAY: Final = 0x01
 FROM_RELAY: Final = 0x02
 BATCH: Final = 0x03
+_BATCH_BYTE: Final = bytes((BATCH,))
 """A message carrying several frames: `0x03 | (len16 | frame)*` (one WebSocket + TLS write for
 a burst of packets instead of one per packet; each inner frame is checked and counted alone)."""
 MAX_BATCH_BYTES: Final = 60 * 1024
@@ -135,7 +136,11 @@ def decode_header(frame: bytes | bytearray | memoryview, frame_type: int) -> tup
 
 def encode_batch(frames: list[bytes]) -> bytes:
     """One batch message holding `frames` (each < 64 KiB; callers keep the total under
-    MAX_BATCH_BYTES). A single frame is sent as itself: no batch header for one packet."""
+    MAX_BATCH_BYTES). A single frame is sent as itself: no batch header for one packet. A frame
+    that starts with the batch byte is refused: sent alone it would be read as a batch, and a
+    batch never nests (real frames start with TO_RELAY or FROM_RELAY)."""
+    if any(frame[:1] == _BATCH_BYTE for frame in frames):
+        raise LocalProtocolError("a frame may not start with the batch type")
     if len(frames) == 1:
         return frames[0]
     parts = [bytes((BATCH,))]
