@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from rustynet.domain.candidates import Candidate
 from rustynet.application.control_keys import create_control_keys
 from rustynet.domain.key_hierarchy import KeyRole, SigningKeyring, issue_certificate
 from rustynet.domain.keys import Purpose, SigningKey, TunnelKey, TunnelKeyScheme
@@ -48,7 +49,7 @@ def make_map(addressee: str = "node_a", serial: int = 3) -> PeerMap:
                 ("100.64.0.2/32",),
                 tunnel(2),
                 NOW + timedelta(days=30),
-                ("198.51.100.2:41641",),
+                (Candidate.parse("198.51.100.2:41641", "local"),),
                 ("relay-1",),
             )
         ],
@@ -80,7 +81,8 @@ def test_payload_round_trips_through_the_acceptor() -> None:
     assert accepted == peer_map
     assert accepted.inbound[0].ports == ((22, 22),)
     assert accepted.inbound[1].ports == ()  # ICMP has no ports
-    assert accepted.peers[0].underlay_endpoints == ("198.51.100.2:41641",)
+    assert [str(e) for e in accepted.peers[0].endpoints] == ["198.51.100.2:41641"]
+    assert accepted.peers[0].candidates[0].kind.value == "local"
 
 
 def test_accepting_raises_the_watermark_and_a_replay_is_stale() -> None:
