@@ -21,8 +21,8 @@ from rustynet.adapters.storage.postgres import PostgresStore
 from rustynet.adapters.storage.sql.migrations import load_migrations
 from rustynet.adapters.storage.sqlite import SqliteStore
 
-from rustynet.domain.candidates import Candidate
 from rustynet.domain.audit import AuditChain, Checkpoint
+from rustynet.domain.candidates import Candidate
 from rustynet.domain.credentials import (
     Credential,
     CredentialExhausted,
@@ -347,7 +347,8 @@ async def test_version_4_endpoints_become_configured_candidates(tmp_path: Path) 
             for statement in migration.statements:
                 conn.execute(statement)
             conn.execute(
-                "INSERT INTO schema_migrations VALUES (?, ?, 0)", (migration.version, migration.name)
+                "INSERT INTO schema_migrations VALUES (?, ?, 0)",
+                (migration.version, migration.name),
             )
         for n, endpoints in ((1, '["198.51.100.2:41641", "[2001:db8::1]:41641"]'), (2, "[]")):
             conn.execute("INSERT INTO ip_leases VALUES (?, ?)", (1684275200 + n, f"node-{n}"))
@@ -371,7 +372,8 @@ async def test_version_4_endpoints_become_configured_candidates(tmp_path: Path) 
             one, two = await uow.nodes.get("node-1"), await uow.nodes.get("node-2")
     finally:
         await store.close()
-    assert one is not None and two is not None
+    assert one is not None
+    assert two is not None
     assert one.candidates == cands("198.51.100.2:41641", "[2001:db8::1]:41641", kind="configured")
     assert two.candidates == ()
     assert one.candidates_updated_at is None

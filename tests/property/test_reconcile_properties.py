@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rustynet.domain.candidates import Candidate
 from rustynet.domain import reconcile
+from rustynet.domain.candidates import Candidate
 from rustynet.domain.keys import TunnelKey, TunnelKeyScheme
 from rustynet.domain.netmap import InboundRule, PeerEntry, PeerMap, SelfEntry
 from rustynet.domain.reconcile import (

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from rustynet.domain.candidates import Candidate
 from rustynet.application.control_keys import create_control_keys
+from rustynet.domain.candidates import Candidate
 from rustynet.domain.key_hierarchy import KeyRole, SigningKeyring, issue_certificate
 from rustynet.domain.keys import Purpose, SigningKey, TunnelKey, TunnelKeyScheme
 from rustynet.domain.netmap import (
