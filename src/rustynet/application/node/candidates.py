@@ -64,11 +64,8 @@ class CandidateReporter:
         reflexive: Sequence[Candidate] = ()
         local: Sequence[Candidate] = ()
         if port is not None and self._reflexive is not None:
-            reflexive = [
-                c
-                for c in await self._reflexive.reflexive(port)
-                if c.kind is CandidateKind.REFLEXIVE
-            ]
+            observed = await self._reflexive.reflexive(port)
+            reflexive = [c for c in observed if c.kind is CandidateKind.REFLEXIVE]
         if port is not None and self._interfaces is not None and not self._configured:
             found = await self._interfaces.addresses()
             addresses = [a for name, addrs in found.items() if name != s.interface for a in addrs]
