@@ -204,8 +204,8 @@ def test_node_config_is_strict(tmp_path: Path) -> None:
         'underlay_endpoints = ["example.org:1"]': "underlay_endpoints:",
         'underlay_endpoints = ["127.0.0.1:1"]': "underlay_endpoints: .*loopback",
         '[candidates]\nexclude = ["198.51.100.1/28"]': r"\[candidates\]\.exclude:",
-        '[candidates]\nexclude = [1]': r"\[candidates\]\.exclude:",
-        '[candidates]\nbogus = 1': r"\[candidates\]\.bogus: unknown setting",
+        "[candidates]\nexclude = [1]": r"\[candidates\]\.exclude:",
+        "[candidates]\nbogus = 1": r"\[candidates\]\.bogus: unknown setting",
         'keystore = "os"\npassphrase_file = "p"': "passphrase_file: only the file key store",
     }
     for text, message in cases.items():
