@@ -184,3 +184,28 @@ def test_payload_with_an_extra_field_is_malformed() -> None:
     payload["extra"] = 1
     with pytest.raises(MalformedPeerMap):
         PeerMap.from_payload(payload)
+
+
+@pytest.mark.parametrize(
+    "candidates",
+    [
+        [{"endpoint": "127.0.0.1:41641", "kind": "local"}],
+        [{"endpoint": "[fe80::1]:41641", "kind": "local"}],
+        [{"endpoint": "224.0.0.1:41641", "kind": "reflexive"}],
+        [{"endpoint": "198.51.100.2:41641", "kind": "peer-observed"}],
+        [{"endpoint": "198.51.100.2:41641", "kind": "local", "extra": 1}],
+        [{"endpoint": "198.51.100.2:41641", "kind": "local"}] * 2,
+        ["198.51.100.2:41641"],
+        {"endpoint": "198.51.100.2:41641", "kind": "local"},
+    ],
+)
+def test_a_peer_candidate_breaking_the_rule_makes_the_map_malformed(candidates: object) -> None:
+    """The node's decoder applies the candidate rule too (a signed map is no exception)."""
+    payload = dict(make_map().to_payload())
+    peers = payload["peers"]
+    assert isinstance(peers, list)
+    first = dict(peers[0])
+    first["candidates"] = candidates
+    payload["peers"] = [first, *peers[1:]]
+    with pytest.raises(MalformedPeerMap):
+        PeerMap.from_payload(payload)
