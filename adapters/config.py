@@ -41,6 +41,7 @@ admin.toml (top-level keys): `url`, `spki_pin` (`sha256//...`), `key_file`.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -58,6 +59,7 @@ from rustynet.adapters.support.config_values import (
     toml_string,
 )
 
+from rustynet.domain.candidates import Candidate, CandidateKind
 from rustynet.domain.connection_limits import (
     ConnectionLimits,
     ConnectionLimitsError,
@@ -67,6 +69,7 @@ from rustynet.domain.connection_limits import (
 from rustynet.domain.errors import DecodeError, RustynetError
 from rustynet.domain.netmap import RELAY_ID_RE, RelayEntry, check_relays, parse_relay_url
 from rustynet.domain.tls_pin import SpkiPin
+from rustynet.domain.tunnel import IPNetwork
 
 DEFAULT_BACKLOG: Final = 4096
 MAX_CONFIG_SIZE: Final = 64 * 1024
@@ -395,7 +398,9 @@ class NodeConfig:
         interface = "rustynet0"                    # tunnel interface name (<= 15 characters)
         backend = "auto"                           # auto | kernel | userspace | memory
         underlay_port = 41641                      # UDP port; absent: the OS picks one
-        underlay_endpoints = ["198.51.100.7:41641"] # where peers may reach us (IP:PORT)
+        underlay_endpoints = ["198.51.100.7:41641"] # optional override: where peers may reach
+                                                   # us (IP:PORT); absent: gathered
+        candidates.exclude = ["198.51.100.0/28"]   # interface addresses never reported
         log_level = "info"                         # debug | info | warning | error
         keystore = "auto"                          # auto | os | file
         passphrase_file = "/etc/rustynet/keystore.pass"  # file key store; a systemd
@@ -409,6 +414,7 @@ class NodeConfig:
     backend: NodeBackend = "auto"
     underlay_port: int | None = None
     underlay_endpoints: tuple[str, ...] = ()
+    candidates_exclude: tuple[IPNetwork, ...] = ()
     log_level: LogLevel = "info"
     keystore: NodeKeystoreKind = "auto"
     passphrase_file: Path | None = None
@@ -428,6 +434,31 @@ def _endpoint_text(text: str) -> str:
     if port == 0:
         raise ValueError("port must be 1-65535")
     return render_listen(host, port)
+
+
+def _configured_endpoint(text: str) -> str:
+    """An `underlay_endpoints` entry: IP:PORT that passes the candidate rule."""
+    return Candidate.parse(_endpoint_text(text), CandidateKind.CONFIGURED.value).endpoint.to_text()
+
+
+def _candidates_exclude(top: _Reader) -> tuple[IPNetwork, ...]:
+    """`[candidates] exclude = ["prefix", ...]`: interface addresses never reported."""
+    if "candidates" not in top.table:
+        top.used.add("candidates")
+        return ()
+    table = top.sub("candidates")
+    value = table.get("exclude", list, required=False)
+    prefixes = []
+    for item in value if isinstance(value, list) else []:
+        if not isinstance(item, str):
+            raise table.fail("exclude", "expected a list of prefixes")
+        prefixes.append(table.convert("exclude", item, _prefix))
+    table.finish()
+    return tuple(prefixes)
+
+
+def _prefix(text: str) -> IPNetwork:
+    return ipaddress.ip_network(text, strict=True)
 
 
 def parse_node_config(data: Mapping[str, object], source: str, base: Path) -> NodeConfig:
@@ -451,7 +482,8 @@ def parse_node_config(data: Mapping[str, object], source: str, base: Path) -> No
     for item in endpoints_value if isinstance(endpoints_value, list) else []:
         if not isinstance(item, str):
             raise top.fail("underlay_endpoints", "expected a list of IP:PORT strings")
-        endpoints.append(top.convert("underlay_endpoints", item, _endpoint_text))
+        endpoints.append(top.convert("underlay_endpoints", item, _configured_endpoint))
+    exclude = _candidates_exclude(top)
     passphrase = top.text("passphrase_file", required=False)
     config = NodeConfig(
         state_dir=_resolve(base, state_dir) if state_dir else defaults.state_dir,
@@ -461,6 +493,7 @@ def parse_node_config(data: Mapping[str, object], source: str, base: Path) -> No
         backend=_choice(top, "backend", _NODE_BACKENDS, defaults.backend),
         underlay_port=port,
         underlay_endpoints=tuple(endpoints),
+        candidates_exclude=exclude,
         log_level=_choice(top, "log_level", _LOG_LEVELS, defaults.log_level),
         keystore=_choice(top, "keystore", _NODE_KEYSTORES, defaults.keystore),
         passphrase_file=_resolve(base, passphrase) if passphrase is not None else None,

@@ -404,9 +404,16 @@ class ControlClient:
         body = {"tunnel_key": tunnel_key, "tunnel_key_binding": tunnel_key_binding}
         return await self._node_object("POST", "/v1/node/tunnel-key", body, auth)
 
-    async def put_endpoints(self, auth: NodeAuth, endpoints: Sequence[str]) -> None:
-        """`PUT /v1/node/endpoints` (204)."""
-        body = {"underlay_endpoints": list(endpoints)}
+    async def put_endpoints(
+        self,
+        auth: NodeAuth,
+        candidates: Sequence[Mapping[str, str]] = (),
+        underlay_endpoints: Sequence[str] = (),
+    ) -> None:
+        """`PUT /v1/node/endpoints` (204); `underlay_endpoints` is the previous version's shape."""
+        body: dict[str, object] = {"candidates": [dict(c) for c in candidates]}
+        if underlay_endpoints:
+            body["underlay_endpoints"] = list(underlay_endpoints)
         await self.request("PUT", "/v1/node/endpoints", body=body, headers=self._node_headers(auth))
 
     async def peer_map(

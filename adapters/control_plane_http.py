@@ -16,12 +16,13 @@ poll ends with 204 (None), not with a client-side timeout.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Final, Protocol, TypeVar
 
 import attrs
 
+from rustynet.domain.candidates import Candidate
 from rustynet.domain.errors import DecodeError
 from rustynet.domain.keys import b64decode, b64encode
 from rustynet.ports.control_api import ControlUnreachable, JsonObject, decode_answer
@@ -76,7 +77,9 @@ class NodeRoutes(Protocol):
         """`POST /v1/node/tunnel-key`."""
         ...
 
-    async def put_endpoints(self, auth: NodeCredentials, endpoints: Sequence[str]) -> None:
+    async def put_endpoints(
+        self, auth: NodeCredentials, candidates: Sequence[Mapping[str, str]]
+    ) -> None:
         """`PUT /v1/node/endpoints`."""
         ...
 
@@ -183,9 +186,9 @@ class HttpControlPlane:
         info = _read("POST /v1/node/tunnel-key", answer, NodeInfo)
         return info.tunnel_key_expires_at
 
-    async def put_endpoints(self, auth: NodeCredentials, endpoints: Sequence[str]) -> None:
+    async def put_candidates(self, auth: NodeCredentials, candidates: Sequence[Candidate]) -> None:
         """`PUT /v1/node/endpoints`."""
-        await self._client.put_endpoints(auth, list(endpoints))
+        await self._client.put_endpoints(auth, [c.to_json() for c in candidates])
 
     async def relay_token(self, auth: NodeCredentials, relay_id: str) -> RelayToken:
         """`POST /v1/relay-token`."""

@@ -17,11 +17,13 @@ from typing import TypeVar
 from rustynet.application.control import ControlService
 from rustynet.application.control_types import NodeAuth
 from rustynet.application.errors import ApplicationError, RateLimited, status_of
+from rustynet.domain.candidates import Candidate
 from rustynet.domain.keys import b64decode, b64encode
 from rustynet.ports.control_api import ControlRejected, ControlUnreachable
 from rustynet.ports.control_plane import NodeCredentials, SignableChallenge
 from rustynet.ports.wire.v1 import (
     AccessToken,
+    CandidateBody,
     Challenge,
     EndpointsRequest,
     EnrollCompleteRequest,
@@ -109,11 +111,10 @@ class LocalControlPlane:
         )
         return info.tunnel_key_expires_at
 
-    async def put_endpoints(self, auth: NodeCredentials, endpoints: Sequence[str]) -> None:
+    async def put_candidates(self, auth: NodeCredentials, candidates: Sequence[Candidate]) -> None:
         """`PUT /v1/node/endpoints`."""
-        await self._call(
-            self.service.set_endpoints(self._auth(auth), EndpointsRequest(tuple(endpoints)))
-        )
+        bodies = tuple(CandidateBody(**c.to_json()) for c in candidates)
+        await self._call(self.service.set_endpoints(self._auth(auth), EndpointsRequest(bodies)))
 
     async def relay_token(self, auth: NodeCredentials, relay_id: str) -> RelayToken:
         """`POST /v1/relay-token`."""

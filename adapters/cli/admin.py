@@ -124,6 +124,8 @@ def _cell(value: JsonValue) -> str:
         return "-"
     if isinstance(value, list):
         return ",".join(_cell(v) for v in value) or "-"
+    if isinstance(value, dict) and set(value) == {"endpoint", "kind"}:  # a candidate
+        return f"{value['endpoint']} ({value['kind']})"
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
     if isinstance(value, bool):

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from rustynet.domain.tunnel import (
+    IPAddress,
     IPInterface,
     IPNetwork,
     canonical_interfaces,
@@ -136,6 +137,21 @@ class Links:
             if info.get("family") in ("inet", "inet6"):
                 out.append(ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}"))
         return canonical_interfaces(out)
+
+    async def all_addresses(self) -> dict[str, tuple[IPAddress, ...]]:
+        """Every link's addresses (any family and scope): link name → addresses."""
+        links = await self._show("reading interface addresses", ["address", "show"]) or []
+        out: dict[str, tuple[IPAddress, ...]] = {}
+        for link in links:
+            found = []
+            for info in link.get("addr_info", ()):
+                if info.get("family") in ("inet", "inet6") and isinstance(info.get("local"), str):
+                    try:
+                        found.append(ipaddress.ip_address(info["local"]))
+                    except ValueError:
+                        continue
+            out[str(link.get("ifname", ""))] = tuple(found)
+        return out
 
     async def set_addresses(self, name: str, addresses: Iterable[IPInterface]) -> None:
         """Make the link's addresses exactly `addresses` (adds first, then removes)."""

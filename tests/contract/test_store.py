@@ -22,6 +22,7 @@ from rustynet.adapters.storage.sql.migrations import load_migrations
 from rustynet.adapters.storage.sqlite import SqliteStore
 
 from rustynet.domain.audit import AuditChain, Checkpoint
+from rustynet.domain.candidates import Candidate
 from rustynet.domain.credentials import (
     Credential,
     CredentialExhausted,
@@ -259,54 +260,65 @@ async def test_node_updates(store: Store) -> None:
             await uow.nodes.rename("node-2", "renamed")
 
 
+def cands(*texts: str, kind: str = "local") -> tuple[Candidate, ...]:
+    return tuple(Candidate.parse(t, kind) for t in texts)
+
+
 @pytest.mark.asyncio
-async def test_node_endpoints_are_replaced_in_order_and_kept(store: Store) -> None:
-    """set_endpoints replaces the list (order kept, empty allowed) and changes nothing else."""
+async def test_node_candidates_are_replaced_in_order_and_kept(store: Store) -> None:
+    """set_candidates replaces the list (order and kinds kept, empty allowed), stamps
+    candidates_updated_at and changes nothing else."""
     node = await enroll(store, 1)
-    endpoints = ("198.51.100.2:41641", "[2001:db8::1]:41641")
+    candidates = (
+        *cands("198.51.100.2:41641"),
+        *cands("[2001:db8::1]:41641", kind="configured"),
+        *cands("203.0.113.9:6000", kind="reflexive"),
+    )
     async with store.unit_of_work() as uow:
-        updated = await uow.nodes.set_endpoints("node-1", endpoints)
-    assert updated == attrs.evolve(node, underlay_endpoints=endpoints)
+        updated = await uow.nodes.set_candidates("node-1", candidates, NOW)
+    assert updated == attrs.evolve(node, candidates=candidates, candidates_updated_at=NOW)
     async with store.unit_of_work() as uow:
         assert await uow.nodes.get("node-1") == updated
-        assert (await uow.nodes.list_all())[0].underlay_endpoints == endpoints
-        assert (await uow.nodes.rename("node-1", "again")).underlay_endpoints == endpoints
-        cleared = await uow.nodes.set_endpoints("node-1", ())
-    assert cleared.underlay_endpoints == ()
+        assert (await uow.nodes.list_all())[0].candidates == candidates
+        assert (await uow.nodes.rename("node-1", "again")).candidates == candidates
+        cleared = await uow.nodes.set_candidates("node-1", (), NOW + timedelta(seconds=1))
+    assert cleared.candidates == ()
+    assert cleared.candidates_updated_at == NOW + timedelta(seconds=1)
     with pytest.raises(BoomError):
         async with store.unit_of_work() as uow:
-            await uow.nodes.set_endpoints("node-1", endpoints[:1])
+            await uow.nodes.set_candidates("node-1", candidates[:1], NOW)
             raise BoomError
     async with store.unit_of_work() as uow:
         found = await uow.nodes.get("node-1")
     assert found is not None
-    assert found.underlay_endpoints == ()
+    assert found.candidates == ()
 
 
 @pytest.mark.asyncio
-async def test_node_endpoints_survive_close_and_reopen(store: Store) -> None:
-    """Endpoints are stored, not cached: a closed and reopened store still has them."""
+async def test_node_candidates_survive_close_and_reopen(store: Store) -> None:
+    """Candidates are stored, not cached: a closed and reopened store still has them."""
     await enroll(store, 1)
-    endpoints = ("203.0.113.7:51820", "[2001:db8::7]:51820")
+    candidates = cands("203.0.113.7:51820", "[2001:db8::7]:51820")
     async with store.unit_of_work() as uow:
-        await uow.nodes.set_endpoints("node-1", endpoints)
+        await uow.nodes.set_candidates("node-1", candidates, NOW)
     await store.close()
     await store.open()
     async with store.unit_of_work() as uow:
         found = await uow.nodes.get("node-1")
     assert found is not None
-    assert found.underlay_endpoints == endpoints
+    assert found.candidates == candidates
+    assert found.candidates_updated_at == NOW
 
 
 @pytest.mark.asyncio
-async def test_sqlite_endpoints_survive_a_new_store_on_the_same_file(tmp_path: Path) -> None:
-    """A second SqliteStore on the file (a restarted process) reads the endpoints back."""
+async def test_sqlite_candidates_survive_a_new_store_on_the_same_file(tmp_path: Path) -> None:
+    """A second SqliteStore on the file (a restarted process) reads the candidates back."""
     first = SqliteStore(tmp_path / "restart.db")
     await first.open()
     try:
         await enroll(first, 1)
         async with first.unit_of_work() as uow:
-            await uow.nodes.set_endpoints("node-1", ("192.0.2.10:41641",))
+            await uow.nodes.set_candidates("node-1", cands("192.0.2.10:41641"), NOW)
     finally:
         await first.close()
     second = SqliteStore(tmp_path / "restart.db")
@@ -317,7 +329,54 @@ async def test_sqlite_endpoints_survive_a_new_store_on_the_same_file(tmp_path: P
     finally:
         await second.close()
     assert found is not None
-    assert found.underlay_endpoints == ("192.0.2.10:41641",)
+    assert found.candidates == cands("192.0.2.10:41641")
+
+
+@pytest.mark.asyncio
+async def test_version_4_endpoints_become_configured_candidates(tmp_path: Path) -> None:
+    """Migration 5 turns the underlay endpoints schema version 4 stored (typed by hand) into
+    `configured` candidates, IPv4 and IPv6, and leaves nodes without any with none."""
+    path = tmp_path / "v4.db"
+    early = [m for m in load_migrations() if m.version <= 4]
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "CREATE TABLE schema_migrations ("
+            " version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
+        )
+        for migration in early:
+            for statement in migration.statements:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, 0)",
+                (migration.version, migration.name),
+            )
+        for n, endpoints in ((1, '["198.51.100.2:41641", "[2001:db8::1]:41641"]'), (2, "[]")):
+            conn.execute("INSERT INTO ip_leases VALUES (?, ?)", (1684275200 + n, f"node-{n}"))
+            conn.execute(
+                "INSERT INTO nodes (id, name, identity_key, tunnel_key, tunnel_key_expires_at,"
+                " overlay_ipv4, tags, state, created_at, underlay_endpoints)"
+                " VALUES (?, ?, ?, ?, 0, ?, '[]', 'active', 0, ?)",
+                (
+                    f"node-{n}",
+                    f"old{n}",
+                    SigningKey.from_seed(bytes([n]) * 32).public_key.to_text(),
+                    TunnelKey(TunnelKeyScheme.X25519, bytes([n]) * 32).to_text(),
+                    1684275200 + n,
+                    endpoints,
+                ),
+            )
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        async with store.unit_of_work() as uow:
+            one, two = await uow.nodes.get("node-1"), await uow.nodes.get("node-2")
+    finally:
+        await store.close()
+    assert one is not None
+    assert two is not None
+    assert one.candidates == cands("198.51.100.2:41641", "[2001:db8::1]:41641", kind="configured")
+    assert two.candidates == ()
+    assert one.candidates_updated_at is None
 
 
 @pytest.mark.asyncio
@@ -352,8 +411,8 @@ async def test_version_1_database_is_migrated_and_its_nodes_have_no_endpoints(
         async with store.unit_of_work() as uow:
             old = await uow.nodes.get("node-1")
             assert old is not None
-            assert old.underlay_endpoints == ()
-            await uow.nodes.set_endpoints("node-1", ("192.0.2.1:41641",))
+            assert old.candidates == ()
+            await uow.nodes.set_candidates("node-1", cands("192.0.2.1:41641"), NOW)
     finally:
         await store.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
@@ -362,24 +421,23 @@ async def test_version_1_database_is_migrated_and_its_nodes_have_no_endpoints(
     assert 2 in versions
 
 
-def test_node_record_refuses_malformed_endpoint_lists() -> None:
-    """The stored value itself refuses a list, duplicates, non-strings and too many entries."""
+def test_node_record_refuses_malformed_candidate_lists() -> None:
+    """The stored value itself refuses a list, duplicates, non-candidates and too many."""
     node = make_node(1, ipaddress.IPv4Address("100.64.0.1"))
     for bad in (
-        ["192.0.2.1:1"],
-        ("192.0.2.1:1", "192.0.2.1:1"),
-        (1,),
-        tuple(f"192.0.2.{i}:1" for i in range(17)),
-        ("x" * 65,),
+        list(cands("192.0.2.1:1")),
+        cands("192.0.2.1:1", "192.0.2.1:1"),
+        ("192.0.2.1:1",),
+        cands(*(f"192.0.2.{i}:1" for i in range(17))),
     ):
         with pytest.raises(LocalProtocolError):
-            attrs.evolve(node, underlay_endpoints=bad)  # type: ignore[arg-type]  # on purpose
+            attrs.evolve(node, candidates=bad)  # type: ignore[arg-type]  # on purpose
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     "call",
-    ["rename", "set_tags", "set_tunnel_key", "set_endpoints", "touch", "revoke", "delete"],
+    ["rename", "set_tags", "set_tunnel_key", "set_candidates", "touch", "revoke", "delete"],
 )
 async def test_node_changes_to_a_missing_node_raise_not_found(store: Store, call: str) -> None:
     """No silent no-op: changing an unknown node raises NotFound."""
@@ -393,8 +451,8 @@ async def test_node_changes_to_a_missing_node_raise_not_found(store: Store, call
                 await repo.set_tags("ghost", frozenset())
             elif call == "set_tunnel_key":
                 await repo.set_tunnel_key("ghost", key, NOW)
-            elif call == "set_endpoints":
-                await repo.set_endpoints("ghost", ("192.0.2.1:41641",))
+            elif call == "set_candidates":
+                await repo.set_candidates("ghost", cands("192.0.2.1:41641"), NOW)
             elif call == "touch":
                 await repo.touch("ghost", NOW)
             elif call == "revoke":

@@ -267,15 +267,16 @@ async def test_endpoints_reach_peers_in_canonical_form(world: World) -> None:
     poll = long_poll(world, laptop, laptop_serial)
     await settle(world, laptop)
     reported = ("198.51.100.2:41641", "[2001:DB8:0::1]:41641", "198.51.100.2:41641")
-    await world.service.set_endpoints(server.auth(), EndpointsRequest(reported))
+    await world.service.set_endpoints(server.auth(), EndpointsRequest(underlay_endpoints=reported))
     response = await asyncio.wait_for(poll, 2)
     assert response is not None
     peers = laptop.acceptor.accept(response.envelope, world.clock.now()).peers
     expected = ("198.51.100.2:41641", "[2001:db8::1]:41641")
-    assert [p.underlay_endpoints for p in peers] == [expected]
+    assert [tuple(c.endpoint.to_text() for c in p.candidates) for p in peers] == [expected]
+    assert {c.kind.value for c in peers[0].candidates} == {"configured"}  # the previous shape
     assert await serial(world, lonely) == lonely_serial
     before = await serial(world, laptop)
-    await world.service.set_endpoints(server.auth(), EndpointsRequest(expected))
+    await world.service.set_endpoints(server.auth(), EndpointsRequest(underlay_endpoints=expected))
     assert await serial(world, laptop) == before
 
 
@@ -300,14 +301,18 @@ async def test_malformed_endpoints_are_refused_with_a_pointer(
     """Only IP literals with a port 1-65535, at most 16: anything else is a ValidationError at
     the offending element, and the stored endpoints stay as they were."""
     node = await enroll(world, "server", ("tag:server",))
-    await world.service.set_endpoints(node.auth(), EndpointsRequest(("192.0.2.1:1",)))
+    await world.service.set_endpoints(
+        node.auth(), EndpointsRequest(underlay_endpoints=("192.0.2.1:1",))
+    )
     with pytest.raises(ValidationError) as caught:
-        await world.service.set_endpoints(node.auth(), EndpointsRequest(endpoints))
+        await world.service.set_endpoints(
+            node.auth(), EndpointsRequest(underlay_endpoints=endpoints)
+        )
     assert [p.pointer for p in caught.value.problems] == [pointer]
     async with world.store.unit_of_work() as uow:
         stored = await uow.nodes.get(node.result.node_id)
     assert stored is not None
-    assert stored.underlay_endpoints == ("192.0.2.1:1",)
+    assert [str(c.endpoint) for c in stored.candidates] == ["192.0.2.1:1"]
 
 
 @pytest.mark.asyncio
@@ -317,7 +322,9 @@ async def test_endpoints_survive_a_control_restart(world: World) -> None:
     await world.service.put_policy(world.admin, SSH_ONLY)
     server = await enroll(world, "server", ("tag:server",))
     laptop = await enroll(world, "laptop", ("tag:client",), ip="198.51.100.8")
-    await world.service.set_endpoints(server.auth(), EndpointsRequest(("203.0.113.5:51820",)))
+    await world.service.set_endpoints(
+        server.auth(), EndpointsRequest(underlay_endpoints=("203.0.113.5:51820",))
+    )
     await world.store.close()
     await world.store.open()
     restarted = ControlService(
@@ -330,7 +337,7 @@ async def test_endpoints_survive_a_control_restart(world: World) -> None:
     response = await restarted.peer_map(laptop.auth(), 0, timeout=0)
     assert response is not None
     peers = laptop.acceptor.accept(response.envelope, world.clock.now()).peers
-    assert [p.underlay_endpoints for p in peers] == [("203.0.113.5:51820",)]
+    assert [[str(e) for e in p.endpoints] for p in peers] == [["203.0.113.5:51820"]]
 
 
 # --- node administration ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 from rustynet.adapters.control_client import ControlClient, NodeAuth
 
-from rustynet.domain.netmap import PeerMap, PeerMapAcceptor
+from rustynet.domain.netmap import PeerEntry, PeerMap, PeerMapAcceptor
 from rustynet.domain.tls_pin import SpkiPin
 from tests.integration.test_control_cli import (
     CONTROL,
@@ -51,9 +51,19 @@ async def _map(plane: Plane, auth: NodeAuth, acceptor: PeerMapAcceptor) -> PeerM
     return fresh.accept(envelope, datetime.now(UTC))
 
 
+# The first endpoint in the previous shape (a configured one), the second as a local candidate.
+CANDIDATES = (("198.51.100.2:41641", "configured"), ("[2001:db8::2]:41641", "local"))
+
+
+def _candidates(peer: PeerEntry) -> tuple[tuple[str, str], ...]:
+    return tuple((c.endpoint.to_text(), c.kind.value) for c in peer.candidates)
+
+
 async def _put_endpoints(url: str, pin: SpkiPin, auth: NodeAuth, endpoints: list[str]) -> None:
     async with ControlClient(url, pin) as client:
-        await client.put_endpoints(auth, endpoints)
+        await client.put_endpoints(
+            auth, [{"endpoint": endpoints[1], "kind": "local"}], underlay_endpoints=endpoints[:1]
+        )
 
 
 def _count(conninfo: str, table: str) -> int:
@@ -102,9 +112,7 @@ def test_serve_on_postgresql_keeps_nodes_and_endpoints_across_a_restart(
         endpoints = ["198.51.100.2:41641", "[2001:db8::2]:41641"]
         asyncio.run(_put_endpoints(plane.url, plane.pin(), server_auth, endpoints))
         before = asyncio.run(_map(plane, client_auth, client_acc))
-        assert [(p.id, p.underlay_endpoints) for p in before.peers] == [
-            (server_id, tuple(endpoints))
-        ]
+        assert [(p.id, _candidates(p)) for p in before.peers] == [(server_id, CANDIDATES)]
     finally:
         assert _stop(plane) == 0
 
@@ -114,10 +122,12 @@ def test_serve_on_postgresql_keeps_nodes_and_endpoints_across_a_restart(
         nodes = again.admin_json("nodes", "list")
         assert isinstance(nodes, list)
         assert {n["id"] for n in nodes} == {server_id, client_id}
+        shown = next(n for n in nodes if n["id"] == server_id)
+        assert [(c["endpoint"], c["kind"]) for c in shown["candidates"]] == list(CANDIDATES)
+        assert shown["candidates_updated_at"] is not None
+        assert shown["nat_classification"] is None  # no NAT discovery yet
         after = asyncio.run(_map(again, client_auth, client_acc))
-        assert [(p.id, p.underlay_endpoints) for p in after.peers] == [
-            (server_id, tuple(endpoints))
-        ]
+        assert [(p.id, _candidates(p)) for p in after.peers] == [(server_id, CANDIDATES)]
         assert after.serial == before.serial  # serials are stored too: nothing changed
         verified = again.admin("audit", "verify")
         assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from rustynet.adapters.tunnel.host_addresses import IpInterfaceAddresses
 from rustynet.adapters.tunnel.links import ROUTE_PROTO, Links
 
 from rustynet.ports.tunnel import TunnelError
@@ -74,3 +75,17 @@ async def test_missing_link_and_foreign_routes(lab: NetLab) -> None:
     shown = ns.run("ip", "route", "show", "dev", dev).stdout
     assert "100.99.0.0/16" in shown
     assert f"proto {ROUTE_PROTO}" not in shown
+
+
+@pytest.mark.root
+async def test_interface_addresses_are_read_per_link_without_pyroute2(lab: NetLab) -> None:
+    """The node's interface-address adapter lists every link of the namespace with its IPv4
+    and IPv6 addresses (loopback and link-local included: the use case filters them)."""
+    ns = lab.namespace()
+    lab.veth(ns, "198.51.100.1/24", lab.namespace(), "198.51.100.2/24")
+    dev = next(name for name in ns.links() if name.startswith("va"))
+    ns.run("ip", "addr", "add", "2001:db8::1/64", "dev", dev, "nodad")
+    found = await IpInterfaceAddresses(ns.name).addresses()
+    assert ipaddress.ip_address("198.51.100.1") in found[dev]
+    assert ipaddress.ip_address("2001:db8::1") in found[dev]
+    assert ipaddress.ip_address("127.0.0.1") in found.get("lo", ())

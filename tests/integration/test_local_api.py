@@ -189,10 +189,12 @@ def test_node_config_is_strict(tmp_path: Path) -> None:
     good = tmp_path / "ok.toml"
     good.write_text(
         'state_dir = "s"\nbackend = "userspace"\nunderlay_endpoints = ["198.51.100.1:9"]\n'
+        '[candidates]\nexclude = ["198.51.100.0/28", "2001:db8::/32"]\n'
     )
     parsed = load_node_config(good)
     assert parsed.state_dir == tmp_path.resolve() / "s"
     assert parsed.underlay_endpoints == ("198.51.100.1:9",)
+    assert [str(p) for p in parsed.candidates_exclude] == ["198.51.100.0/28", "2001:db8::/32"]
     cases = {
         "bogus = 1": "bogus: unknown setting",
         'backend = "wg"': "backend: expected one of",
@@ -200,6 +202,10 @@ def test_node_config_is_strict(tmp_path: Path) -> None:
         "underlay_port = true": "underlay_port: expected an integer",
         'interface = "a-very-long-interface-name"': "interface:",
         'underlay_endpoints = ["example.org:1"]': "underlay_endpoints:",
+        'underlay_endpoints = ["127.0.0.1:1"]': "underlay_endpoints: .*loopback",
+        '[candidates]\nexclude = ["198.51.100.1/28"]': r"\[candidates\]\.exclude:",
+        "[candidates]\nexclude = [1]": r"\[candidates\]\.exclude:",
+        "[candidates]\nbogus = 1": r"\[candidates\]\.bogus: unknown setting",
         'keystore = "os"\npassphrase_file = "p"': "passphrase_file: only the file key store",
     }
     for text, message in cases.items():

@@ -289,7 +289,10 @@ async def test_scripted_flow_responses_match_the_document(api: LiveApi) -> None:
             http,
             "PUT",
             "/v1/node/endpoints",
-            json={"underlay_endpoints": ["198.51.100.2:41641"]},
+            json={
+                "candidates": [{"endpoint": "198.51.100.3:41641", "kind": "local"}],
+                "underlay_endpoints": ["198.51.100.2:41641"],
+            },
             headers=headers,
         )
         assert status == 204

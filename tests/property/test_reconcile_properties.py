@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rustynet.domain import reconcile
+from rustynet.domain.candidates import Candidate
 from rustynet.domain.keys import TunnelKey, TunnelKeyScheme
 from rustynet.domain.netmap import InboundRule, PeerEntry, PeerMap, SelfEntry
 from rustynet.domain.reconcile import (
@@ -45,7 +46,7 @@ def entry(n: int, port: int) -> PeerEntry:
         overlay_addresses=(f"100.64.0.{n}/32",),
         tunnel_key=key(n),
         tunnel_key_expires_at=NOW + timedelta(days=30),
-        underlay_endpoints=(f"198.51.100.{n}:{port}",),
+        candidates=(Candidate.parse(f"198.51.100.{n}:{port}", "configured"),),
     )
 
 

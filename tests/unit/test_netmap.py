@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from rustynet.application.control_keys import create_control_keys
+from rustynet.domain.candidates import Candidate
 from rustynet.domain.key_hierarchy import KeyRole, SigningKeyring, issue_certificate
 from rustynet.domain.keys import Purpose, SigningKey, TunnelKey, TunnelKeyScheme
 from rustynet.domain.netmap import (
@@ -48,7 +49,7 @@ def make_map(addressee: str = "node_a", serial: int = 3) -> PeerMap:
                 ("100.64.0.2/32",),
                 tunnel(2),
                 NOW + timedelta(days=30),
-                ("198.51.100.2:41641",),
+                (Candidate.parse("198.51.100.2:41641", "local"),),
                 ("relay-1",),
             )
         ],
@@ -80,7 +81,8 @@ def test_payload_round_trips_through_the_acceptor() -> None:
     assert accepted == peer_map
     assert accepted.inbound[0].ports == ((22, 22),)
     assert accepted.inbound[1].ports == ()  # ICMP has no ports
-    assert accepted.peers[0].underlay_endpoints == ("198.51.100.2:41641",)
+    assert [str(e) for e in accepted.peers[0].endpoints] == ["198.51.100.2:41641"]
+    assert accepted.peers[0].candidates[0].kind.value == "local"
 
 
 def test_accepting_raises_the_watermark_and_a_replay_is_stale() -> None:
@@ -180,5 +182,30 @@ def test_payload_with_an_extra_field_is_malformed() -> None:
     """The payload parser is strict: an unknown field is refused."""
     payload = dict(make_map().to_payload())
     payload["extra"] = 1
+    with pytest.raises(MalformedPeerMap):
+        PeerMap.from_payload(payload)
+
+
+@pytest.mark.parametrize(
+    "candidates",
+    [
+        [{"endpoint": "127.0.0.1:41641", "kind": "local"}],
+        [{"endpoint": "[fe80::1]:41641", "kind": "local"}],
+        [{"endpoint": "224.0.0.1:41641", "kind": "reflexive"}],
+        [{"endpoint": "198.51.100.2:41641", "kind": "peer-observed"}],
+        [{"endpoint": "198.51.100.2:41641", "kind": "local", "extra": 1}],
+        [{"endpoint": "198.51.100.2:41641", "kind": "local"}] * 2,
+        ["198.51.100.2:41641"],
+        {"endpoint": "198.51.100.2:41641", "kind": "local"},
+    ],
+)
+def test_a_peer_candidate_breaking_the_rule_makes_the_map_malformed(candidates: object) -> None:
+    """The node's decoder applies the candidate rule too (a signed map is no exception)."""
+    payload = dict(make_map().to_payload())
+    peers = payload["peers"]
+    assert isinstance(peers, list)
+    first = dict(peers[0])
+    first["candidates"] = candidates
+    payload["peers"] = [first, *peers[1:]]
     with pytest.raises(MalformedPeerMap):
         PeerMap.from_payload(payload)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from rustynet.domain.candidates import Candidate
 from rustynet.domain.keys import TunnelKey, TunnelKeyScheme
 from rustynet.domain.netmap import InboundRule, PeerEntry, PeerMap, SelfEntry
 from rustynet.domain.packet_filter import Ruleset
@@ -43,7 +44,7 @@ def peer(n: int, *, endpoint: str = "198.51.100.{n}:41641") -> PeerEntry:
         overlay_addresses=(f"100.64.0.{n}/32",),
         tunnel_key=key(n),
         tunnel_key_expires_at=NOW + timedelta(days=30),
-        underlay_endpoints=(endpoint.format(n=n),),
+        candidates=(Candidate.parse(endpoint.format(n=n), "configured"),),
     )
 
 

@@ -35,6 +35,9 @@ NODE: JsonObject = {
     "created_at": WHEN,
     "last_seen_at": None,
     "revoked_at": None,
+    "candidates": [{"endpoint": "198.51.100.2:41641", "kind": "local"}],
+    "candidates_updated_at": "2026-01-02T03:04:06Z",
+    "nat_classification": None,
 }
 
 

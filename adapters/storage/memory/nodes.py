@@ -8,6 +8,7 @@ from datetime import datetime
 import attrs
 from rustynet.adapters.storage.memory.state import MemoryState, spoil
 
+from rustynet.domain.candidates import Candidate
 from rustynet.domain.ipam import AddressPlan, AddressPoolExhausted
 from rustynet.domain.keys import TunnelKey, VerifyKey
 from rustynet.domain.nodes import NodeRecord, NodeStatus
@@ -74,8 +75,11 @@ class MemoryNodes:
             attrs.evolve(node, tunnel_key=tunnel_key, tunnel_key_expires_at=expires_at)
         )
 
-    async def set_endpoints(self, node_id: str, endpoints: tuple[str, ...]) -> NodeRecord:
-        return self._put(attrs.evolve(self._require(node_id), underlay_endpoints=endpoints))
+    async def set_candidates(
+        self, node_id: str, candidates: tuple[Candidate, ...], now: datetime
+    ) -> NodeRecord:
+        node = self._require(node_id)
+        return self._put(attrs.evolve(node, candidates=candidates, candidates_updated_at=now))
 
     async def touch(self, node_id: str, now: datetime) -> None:
         node = self._require(node_id)

@@ -28,6 +28,7 @@ from rustynet.adapters.storage.sql.dialect import (
     to_micros,
 )
 
+from rustynet.domain.candidates import Candidate
 from rustynet.domain.ipam import AddressPlan, AddressPoolExhausted
 from rustynet.domain.keys import TunnelKey, VerifyKey
 from rustynet.domain.nodes import NodeRecord, NodeStatus
@@ -38,7 +39,7 @@ _PROBE_BATCHES: Final = (4, 64)  # candidates per probe query: the first few, th
 
 _NODE_COLUMNS: Final = (
     "id, name, identity_key, tunnel_key, tunnel_key_expires_at, overlay_ipv4, tags, state,"
-    " created_at, last_seen_at, revoked_at, underlay_endpoints"
+    " created_at, last_seen_at, revoked_at, candidates, candidates_updated_at"
 )
 
 
@@ -55,8 +56,17 @@ def _node(row: Row) -> NodeRecord:
         created_at=from_micros(row[8]),
         last_seen_at=opt_time(row[9]),
         revoked_at=opt_time(row[10]),
-        underlay_endpoints=tuple(json.loads(row[11])),
+        candidates=_candidates(row[11]),
+        candidates_updated_at=opt_time(row[12]),
     )
+
+
+def _candidates(text: str) -> tuple[Candidate, ...]:
+    return tuple(Candidate.parse(c["endpoint"], c["kind"]) for c in json.loads(text))
+
+
+def _candidates_json(candidates: tuple[Candidate, ...]) -> str:
+    return json.dumps([c.to_json() for c in candidates])
 
 
 def _tags_json(tags: frozenset[Tag]) -> str:
@@ -83,7 +93,7 @@ class SqlNodes:
             self._d.sql(
                 f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (:id, :name, :identity_key,"
                 " :tunnel_key, :tke, :ip, :tags, :state, :created_at, :last_seen_at, :revoked_at,"
-                " :endpoints)"
+                " :candidates, :candidates_updated_at)"
             ),
             {
                 "id": node.id,
@@ -97,7 +107,8 @@ class SqlNodes:
                 "created_at": to_micros(node.created_at),
                 "last_seen_at": opt_micros(node.last_seen_at),
                 "revoked_at": opt_micros(node.revoked_at),
-                "endpoints": json.dumps(list(node.underlay_endpoints)),
+                "candidates": _candidates_json(node.candidates),
+                "candidates_updated_at": opt_micros(node.candidates_updated_at),
             },
         )
 
@@ -170,10 +181,14 @@ class SqlNodes:
             {"k": tunnel_key.to_text(), "e": to_micros(expires_at)},
         )
 
-    async def set_endpoints(self, node_id: str, endpoints: tuple[str, ...]) -> NodeRecord:
-        """See `NodeRepository.set_endpoints`."""
+    async def set_candidates(
+        self, node_id: str, candidates: tuple[Candidate, ...], now: datetime
+    ) -> NodeRecord:
+        """See `NodeRepository.set_candidates`."""
         return await self._update(
-            node_id, "underlay_endpoints = :e", {"e": json.dumps(list(endpoints))}
+            node_id,
+            "candidates = :c, candidates_updated_at = :t",
+            {"c": _candidates_json(candidates), "t": to_micros(now)},
         )
 
     async def touch(self, node_id: str, now: datetime) -> None:

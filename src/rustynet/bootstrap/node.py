@@ -49,6 +49,7 @@ from rustynet.adapters.node_state_file import FileNodeStateStore
 from rustynet.adapters.relay.bridge import RelayBridge
 from rustynet.adapters.relay.client import WebSocketRelayTransport
 from rustynet.adapters.relay.probe import DirectProber, probe_port
+from rustynet.adapters.tunnel.host_addresses import IpInterfaceAddresses
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 from rustynet.adapters.tunnel.wireguard_uapi import WireGuardUapiBackend
 from rustynet.application.node import AgentSettings, NodeDaemon, NodePorts
@@ -56,6 +57,7 @@ from rustynet.domain.errors import RustynetError
 from rustynet.domain.tls_pin import SpkiPin
 from rustynet.ports.control_plane import ControlPlaneClient
 from rustynet.ports.firewall import Firewall
+from rustynet.ports.interfaces import NoReflexiveDiscovery
 from rustynet.ports.keystore import Keystore
 from rustynet.ports.tunnel import BackendUnavailable, TunnelBackend
 
@@ -143,11 +145,14 @@ def build_daemon(config: NodeConfig, tunnel: TunnelBackend, keystore: Keystore) 
         relay=None if port is None else WebSocketRelayTransport(ssl_context=pinned_ssl_context),
         bridge=None if port is None else RelayBridge(lambda: port),
         prober=None if port is None else DirectProber(probe_port(port)),
+        interfaces=None if config.backend == "memory" else IpInterfaceAddresses(),
+        reflexive=NoReflexiveDiscovery(),
     )
     settings = AgentSettings(
         interface=config.interface,
         underlay_port=config.underlay_port,
         endpoints=config.underlay_endpoints,
+        candidate_exclude=config.candidates_exclude,
     )
     return NodeDaemon(ports, settings)
 

@@ -10,7 +10,7 @@ Payload (canonical JSON inside a `SignedEnvelope` with `Purpose.PEER_MAP`)::
      "policy_version": N,
      "self":  {"id", "name", "overlay_addresses", "tunnel_key", "tags"},
      "peers": [{"id", "name", "overlay_addresses", "tunnel_key", "tunnel_key_expires_at",
-                "underlay_endpoints", "relays"}],
+                "candidates": [{"endpoint", "kind"}], "relays"}],
      "inbound": [{"sources": ["100.64.0.1/32"], "proto": "tcp|udp|icmp|any",
                   "ports": [[22, 22]]}],
      "relays": [{"id": "relay-1", "url": "wss://relay.example:443/v1/relay",
@@ -34,6 +34,7 @@ from typing import Final
 
 import attrs
 
+from rustynet.domain.candidates import Candidate, candidate_set, preferred
 from rustynet.domain.errors import DecodeError, LocalProtocolError, RemoteProtocolError
 from rustynet.domain.key_hierarchy import (
     Certificate,
@@ -46,6 +47,7 @@ from rustynet.domain.policy import Proto
 from rustynet.domain.policy_compile import FilterRule
 from rustynet.domain.signed import JsonObject, JsonValue, SignedEnvelope
 from rustynet.domain.tls_pin import SpkiPin
+from rustynet.domain.tunnel import UnderlayEndpoint
 
 FORMAT_VERSION: Final = 1
 MAX_ISSUED_AHEAD: Final = timedelta(seconds=90)  # the node's clock may run behind ours
@@ -83,10 +85,11 @@ _PEER_KEYS: Final = frozenset(
         "overlay_addresses",
         "tunnel_key",
         "tunnel_key_expires_at",
-        "underlay_endpoints",
+        "candidates",
         "relays",
     }
 )
+_CANDIDATE_KEYS: Final = frozenset({"endpoint", "kind"})
 _RULE_KEYS: Final = frozenset({"sources", "proto", "ports"})
 
 
@@ -164,7 +167,7 @@ class PeerEntry:
     overlay_addresses: tuple[str, ...]
     tunnel_key: TunnelKey
     tunnel_key_expires_at: datetime
-    underlay_endpoints: tuple[str, ...] = ()
+    candidates: tuple[Candidate, ...] = ()
     relays: tuple[str, ...] = ()
     # The two text forms that cost (base64, strftime), made on first use: the control plane
     # puts one entry into the maps of every node that sees the peer. Not part of eq/hash.
@@ -184,9 +187,14 @@ class PeerEntry:
             "overlay_addresses": list(self.overlay_addresses),
             "tunnel_key": texts[0],
             "tunnel_key_expires_at": texts[1],
-            "underlay_endpoints": list(self.underlay_endpoints),
+            "candidates": [c.to_json() for c in self.candidates],
             "relays": list(self.relays),
         }
+
+    @property
+    def endpoints(self) -> tuple[UnderlayEndpoint, ...]:
+        """The peer's candidate endpoints in the order to try them (`candidates.PREFERENCE`)."""
+        return preferred(self.candidates)
 
 
 def _relay_id(_: object, __: attrs.Attribute[str], value: object) -> None:
@@ -488,9 +496,25 @@ def _peer(value: object) -> PeerEntry:
         overlay_addresses=_prefixes(p["overlay_addresses"], "overlay_addresses"),
         tunnel_key=TunnelKey.from_text(_str(p["tunnel_key"], "tunnel_key")),
         tunnel_key_expires_at=parse_time(p["tunnel_key_expires_at"], "tunnel_key_expires_at"),
-        underlay_endpoints=_strs(p["underlay_endpoints"], "underlay_endpoints"),
+        candidates=_candidates(p["candidates"]),
         relays=_strs(p["relays"], "relays"),
     )
+
+
+def _candidates(value: object) -> tuple[Candidate, ...]:
+    if not isinstance(value, list):
+        raise MalformedPeerMap("candidates must be a list")
+    try:
+        found = tuple(
+            Candidate.parse(c["endpoint"], c["kind"])
+            for c in (_exact(item, _CANDIDATE_KEYS, "candidate") for item in value)
+        )
+        checked = candidate_set(found)
+    except DecodeError as exc:
+        raise MalformedPeerMap(f"bad candidate: {exc}") from exc
+    if checked != found:
+        raise MalformedPeerMap("a peer lists a candidate endpoint twice")
+    return checked
 
 
 def _relay(value: object) -> RelayEntry:

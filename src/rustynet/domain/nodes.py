@@ -16,14 +16,13 @@ from typing import Final
 
 import attrs
 
+from rustynet.domain.candidates import MAX_CANDIDATES, Candidate, CandidateError, candidate_set
 from rustynet.domain.errors import LocalProtocolError
 from rustynet.domain.keys import TunnelKey, VerifyKey
 from rustynet.domain.record_fields import aware_utc, optional_aware_utc, text_id
 from rustynet.domain.scope import Tag
 
 MAX_NAME_LENGTH: Final = 63  # a DNS label
-MAX_ENDPOINTS: Final = 16  # underlay endpoints one node may report
-MAX_ENDPOINT_LENGTH: Final = 64  # "[full IPv6 literal]:65535" fits
 NODE_ID_BYTES: Final = 12  # a node id is "node_" + base64url of this many random bytes
 NODE_ID_RE: Final = re.compile(r"node_[A-Za-z0-9_-]{16}")
 
@@ -38,18 +37,16 @@ def _tags(_: object, attribute: attrs.Attribute[frozenset[Tag]], value: object) 
         raise LocalProtocolError(f"{attribute.name} must be a frozenset of Tag")
 
 
-def _endpoints(_: object, attribute: attrs.Attribute[tuple[str, ...]], value: object) -> None:
-    if (
-        not isinstance(value, tuple)
-        or len(value) > MAX_ENDPOINTS
-        or len(set(value)) != len(value)
-        or not all(
-            isinstance(e, str) and 0 < len(e) <= MAX_ENDPOINT_LENGTH and e.isascii() for e in value
-        )
-    ):
+def _candidates(
+    _: object, attribute: attrs.Attribute[tuple[Candidate, ...]], value: object
+) -> None:
+    try:
+        ok = isinstance(value, tuple) and candidate_set(value) == value
+    except CandidateError:
+        ok = False
+    if not ok:
         raise LocalProtocolError(
-            f"{attribute.name} must be a tuple of at most {MAX_ENDPOINTS} distinct short ASCII"
-            " strings"
+            f"{attribute.name} must be a tuple of at most {MAX_CANDIDATES} distinct candidates"
         )
 
 
@@ -80,9 +77,11 @@ class NodeRecord:
     )
     last_seen_at: datetime | None = attrs.field(default=None, validator=optional_aware_utc)
     revoked_at: datetime | None = attrs.field(default=None, validator=optional_aware_utc)
-    underlay_endpoints: tuple[str, ...] = attrs.field(default=(), validator=_endpoints)
-    """Where peers can reach the node (`host:port`, validated by the use case), as it last
-    reported them; kept across restarts."""
+    candidates: tuple[Candidate, ...] = attrs.field(default=(), validator=_candidates)
+    """Where peers can reach the node, each with how it was found, as it last reported them
+    (`domain.candidates` holds the rule); kept across restarts."""
+    candidates_updated_at: datetime | None = attrs.field(default=None, validator=optional_aware_utc)
+    """When the node last reported a different candidate list (None: never)."""
 
     def __attrs_post_init__(self) -> None:
         if (self.state is NodeStatus.REVOKED) != (self.revoked_at is not None):

@@ -42,9 +42,9 @@ from typing import Final, TypeAlias
 
 import attrs
 
-from rustynet.domain.errors import DecodeError, LocalProtocolError
+from rustynet.domain.errors import LocalProtocolError
 from rustynet.domain.keys import TunnelKey, TunnelPrivateKey
-from rustynet.domain.netmap import PeerMap
+from rustynet.domain.netmap import PeerEntry, PeerMap
 from rustynet.domain.packet_filter import Ruleset
 from rustynet.domain.tunnel import (
     InterfaceConfig,
@@ -91,14 +91,9 @@ def overdue_responders(
     )
 
 
-def first_endpoint(texts: Iterable[str]) -> UnderlayEndpoint | None:
-    """The first parseable underlay endpoint of a peer entry (None when it lists none)."""
-    for text in texts:
-        try:
-            return UnderlayEndpoint.parse(text)
-        except DecodeError:
-            continue
-    return None
+def first_endpoint(entry: PeerEntry) -> UnderlayEndpoint | None:
+    """The endpoint to reach a peer at directly: its first candidate in preference order."""
+    return next(iter(entry.endpoints), None)
 
 
 # --- desired and actual state ----------------------------------------------------------------
@@ -164,7 +159,7 @@ def desired_state(
             speak_first.add(entry.tunnel_key)
         talk = first or entry.tunnel_key in heard
         chosen = endpoints.get(entry.tunnel_key) if endpoints else None
-        endpoint = chosen or first_endpoint(entry.underlay_endpoints)
+        endpoint = chosen or first_endpoint(entry)
         peers.append(
             PeerConfig(
                 key=entry.tunnel_key,

@@ -22,6 +22,7 @@ from typing import Protocol
 
 import attrs
 
+from rustynet.domain.candidates import Candidate
 from rustynet.ports.control_api import ControlRejected, ControlUnreachable, ControlUntrusted
 from rustynet.ports.wire.v1 import (
     AccessToken,
@@ -100,8 +101,8 @@ class ControlPlaneClient(Protocol):
         """Publish a new tunnel key bound by the identity key; returns its expiry."""
         ...
 
-    async def put_endpoints(self, auth: NodeCredentials, endpoints: Sequence[str]) -> None:
-        """Report the underlay endpoints (`IP:port`) peers may reach this node at."""
+    async def put_candidates(self, auth: NodeCredentials, candidates: Sequence[Candidate]) -> None:
+        """Report the candidate endpoints peers may reach this node at (the whole list)."""
         ...
 
     async def relay_token(self, auth: NodeCredentials, relay_id: str) -> RelayToken:

@@ -1,6 +1,6 @@
 """Request fields turned into domain values: each refusal is a `ValidationError` naming the
 field by JSON pointer. The value rules themselves belong to the domain types (`Tag`,
-`UnderlayEndpoint`, `Policy`, the key types); this module only maps their errors to fields.
+`Candidate`, `Policy`, the key types); this module only maps their errors to fields.
 
 Requested lifetimes (`ttl_seconds`) of join keys and API keys are bounded BEFORE any arithmetic:
 an integer number of seconds in 1..maximum (`timedelta(seconds=10**17)` raises OverflowError,
@@ -17,13 +17,15 @@ from typing import Final, TypeVar
 
 from rustynet.application.errors import FieldProblem, ValidationError
 from rustynet.domain import api_keys
+from rustynet.domain.candidates import MAX_CANDIDATES, Candidate, CandidateKind, candidate_set
 from rustynet.domain.credentials import MAX_ONE_TIME_TTL
 from rustynet.domain.errors import DecodeError
 from rustynet.domain.keys import b64decode
 from rustynet.domain.policy import Policy, PolicyError
 from rustynet.domain.scope import Tag
-from rustynet.domain.tunnel import TunnelConfigError, UnderlayEndpoint
-from rustynet.ports.store import MAX_ENDPOINTS, MAX_NAME_LENGTH
+from rustynet.domain.tunnel import TunnelConfigError
+from rustynet.ports.store import MAX_NAME_LENGTH
+from rustynet.ports.wire.v1 import EndpointsRequest
 
 _T = TypeVar("_T")
 _HOSTNAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -69,21 +71,35 @@ def policy(document: object) -> Policy:
         raise ValidationError([FieldProblem(p.pointer, p.message) for p in exc.problems]) from exc
 
 
-def endpoints(values: object, where: str) -> tuple[str, ...]:
-    """At most `MAX_ENDPOINTS` underlay endpoints in canonical text form, duplicates dropped."""
-    if not isinstance(values, tuple | list):
-        raise ValidationError.at(where, "a list of endpoints")
-    if len(values) > MAX_ENDPOINTS:
-        raise ValidationError.at(where, f"at most {MAX_ENDPOINTS} endpoints")
-    checked = []
-    for i, value in enumerate(values):
-        try:
-            checked.append(UnderlayEndpoint.parse(value).to_text())
-        except (DecodeError, TunnelConfigError):
-            raise ValidationError.at(
-                f"{where}/{i}", "expected 198.51.100.2:41641 or [2001:db8::1]:41641"
-            ) from None
-    return tuple(dict.fromkeys(checked))
+def candidates(request: EndpointsRequest) -> tuple[Candidate, ...]:
+    """The candidates a node reports (`domain.candidates` rule), each problem at its field.
+
+    The previous shape's `underlay_endpoints` are `configured` candidates, listed first;
+    duplicates are dropped (the first kind wins); more than `MAX_CANDIDATES` in all is refused.
+    """
+    found: list[Candidate] = []
+    for i, text in enumerate(request.underlay_endpoints):
+        found.append(_candidate(text, CandidateKind.CONFIGURED.value, f"/underlay_endpoints/{i}"))
+    for i, body in enumerate(request.candidates):
+        found.append(_candidate(body.endpoint, body.kind, f"/candidates/{i}"))
+    if len(found) > MAX_CANDIDATES:
+        where = "/candidates" if request.candidates else "/underlay_endpoints"
+        raise ValidationError.at(where, f"at most {MAX_CANDIDATES} candidates")
+    return candidate_set(found)
+
+
+def _candidate(endpoint: str, kind: str, where: str) -> Candidate:
+    try:
+        CandidateKind(kind)
+    except ValueError:
+        raise ValidationError.at(f"{where}/kind", "one of configured, local, reflexive") from None
+    try:
+        return Candidate.parse(endpoint, kind)
+    except (DecodeError, TunnelConfigError) as exc:
+        field = f"{where}/endpoint" if where.startswith("/candidates") else where
+        raise ValidationError.at(
+            field, f"a unicast 198.51.100.2:41641 or [2001:db8::1]:41641 ({exc})"
+        ) from None
 
 
 def node_name(name: str, where: str) -> str:

@@ -134,7 +134,7 @@ class MapAssembler:
                 overlay_addresses=addresses(node),
                 tunnel_key=node.tunnel_key,
                 tunnel_key_expires_at=node.tunnel_key_expires_at,
-                underlay_endpoints=node.underlay_endpoints,
+                candidates=node.candidates,
                 relays=self._relay_ids,
             )
         self._peers[peer_id] = entry

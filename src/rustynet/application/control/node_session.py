@@ -1,4 +1,4 @@
-"""Node session use cases: token renewal, tunnel-key rotation, underlay endpoints, relay tokens.
+"""Node session use cases: token renewal, tunnel-key rotation, candidate endpoints, relay tokens.
 
 The one rule: a node request acts only for the authenticated, active node it names (`Guards`).
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from rustynet.application.control.context import ControlContext
 from rustynet.application.control.guards import Guards
-from rustynet.application.control.inputs import b64, endpoints, parsed
+from rustynet.application.control.inputs import b64, candidates, parsed
 from rustynet.application.control.projections import node_info
 from rustynet.application.control_types import NodeAuth
 from rustynet.application.errors import NotFoundError, Unauthorized, ValidationError
@@ -159,12 +159,13 @@ class NodeSession:
         """PUT /v1/node/endpoints: where peers can reach the node (wakes the nodes that see it)."""
         ctx = self.ctx
         node = await self.guards.node(auth)
-        checked = endpoints(request.underlay_endpoints, "/underlay_endpoints")
-        if node.underlay_endpoints == checked:
+        checked = candidates(request)
+        if node.candidates == checked:
             return
+        now = ctx.clock.now()
         async with ctx.write() as uow:
-            updated = await uow.nodes.set_endpoints(node.id, checked)
-            await uow.nodes.touch(node.id, ctx.clock.now())
+            updated = await uow.nodes.set_candidates(node.id, checked, now)
+            await uow.nodes.touch(node.id, now)
             woken = await ctx.net_refresh(uow, updated)
             await ctx.publish(uow, woken)
         ctx.waiters.wake(woken)

@@ -13,7 +13,13 @@ from rustynet.domain.audit import AuditEntry
 from rustynet.domain.credentials import Credential
 from rustynet.domain.policy import PolicyNode
 from rustynet.ports.store import ApiKeyRecord, NodeRecord
-from rustynet.ports.wire.v1 import ApiKeyInfo, AuditEntryInfo, JoinKeyInfo, NodeInfo
+from rustynet.ports.wire.v1 import (
+    ApiKeyInfo,
+    AuditEntryInfo,
+    CandidateBody,
+    JoinKeyInfo,
+    NodeInfo,
+)
 
 
 def addresses(node: NodeRecord) -> tuple[str, ...]:
@@ -50,6 +56,9 @@ def node_info(node: NodeRecord) -> NodeInfo:
         created_at=node.created_at,
         last_seen_at=node.last_seen_at,
         revoked_at=node.revoked_at,
+        candidates=tuple(CandidateBody(**c.to_json()) for c in node.candidates),
+        candidates_updated_at=node.candidates_updated_at,
+        nat_classification=None,  # NAT discovery does not classify nodes yet
     )
 
 

@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import structlog
 
+from rustynet.application.node.candidates import CandidateReporter, CandidateSettings
 from rustynet.application.node.credentials import Contact, Credentials
 from rustynet.application.node.enrollment import Enrollment
 from rustynet.application.node.errors import AgentRevoked
@@ -53,6 +54,7 @@ from rustynet.ports.clock import Clock
 from rustynet.ports.control_plane import ControlPlaneClient, ControlRejected, ControlUnreachable
 from rustynet.ports.entropy import Entropy
 from rustynet.ports.firewall import Firewall, FirewallError
+from rustynet.ports.interfaces import InterfaceAddresses, ReflexiveDiscovery
 from rustynet.ports.keystore import Keystore
 from rustynet.ports.node_state_store import NodeStateStore
 from rustynet.ports.relay import RelayTransport
@@ -65,11 +67,10 @@ _log = structlog.get_logger(__name__)
 
 @attrs.define
 class LoopState:
-    """The loop's flags: asked to stop, revoked, our endpoints reported to control."""
+    """The loop's flags: asked to stop, revoked."""
 
     stopping: bool = False
     revoked: bool = False
-    endpoints_reported: bool = False
 
 
 class NodeAgent:
@@ -90,6 +91,8 @@ class NodeAgent:
         relay: RelayTransport | None = None,
         bridge: RelayBridgePort | None = None,
         prober: DirectProbePort | None = None,
+        interfaces: InterfaceAddresses | None = None,
+        reflexive: ReflexiveDiscovery | None = None,
     ) -> None:
         self.control, self.tunnel, self.clock, self.entropy = control, tunnel, clock, entropy
         self.settings = settings
@@ -145,6 +148,17 @@ class NodeAgent:
             credentials=self.credentials,
             intake=self.intake,
             path_keeper=self.path_keeper,
+        )
+        self.candidates = CandidateReporter(
+            CandidateSettings(
+                interface=settings.interface,
+                port=settings.underlay_port,
+                configured=settings.endpoints,
+                exclude=settings.candidate_exclude,
+            ),
+            control,
+            interfaces,
+            reflexive,
         )
         self.loop = LoopState()
 
@@ -254,10 +268,8 @@ class NodeAgent:
             await self.credentials.ensure_token()
             if self.credentials.rotation_due():
                 await self.rotate_tunnel_key()
-            if self.settings.endpoints and not self.loop.endpoints_reported:
-                creds = self.credentials.node_credentials()
-                await self.control.put_endpoints(creds, self.settings.endpoints)
-                self.loop.endpoints_reported = True
+            if self.candidates.reported is None:
+                await self.candidates.report(self.credentials.node_credentials())
             applied = await self.poll(timeout)
         except (ControlUnreachable, ControlRejected):
             self.contact.connected = False
@@ -271,7 +283,10 @@ class NodeAgent:
         """Repeat `step` until stopped or revoked; outages back off with jitter."""
         if not self.reconciler.started:
             await self.start()
-        tasks = [asyncio.create_task(self._reconcile_ticker())]
+        tasks = [
+            asyncio.create_task(self._reconcile_ticker()),
+            asyncio.create_task(self._candidate_ticker(), name="candidates"),
+        ]
         if self.relay_link is not None:
             tasks.append(asyncio.create_task(self.relay_link.run(), name="relay-link"))
         try:
@@ -292,6 +307,17 @@ class NodeAgent:
                 await self.reconcile()
             except (TunnelError, FirewallError) as exc:
                 _log.warning("tunnel.reconcile_failed", error=str(exc)[:200])
+
+    async def _candidate_ticker(self) -> None:
+        """Re-gather every `candidate_interval` s; report only a changed list."""
+        while not self.loop.stopping:
+            await asyncio.sleep(self.settings.candidate_interval)
+            if self.candidates.reported is None:
+                continue  # the loop's step reports first (it holds a fresh token)
+            try:
+                await self.candidates.report(self.credentials.node_credentials())
+            except (ControlUnreachable, ControlRejected, TunnelError) as exc:
+                _log.info("candidates.report_failed", error=str(exc)[:200])
 
     async def _run_steps(self) -> None:
         delay = self.settings.backoff_initial

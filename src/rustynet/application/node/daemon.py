@@ -36,6 +36,7 @@ from rustynet.ports.clock import Clock
 from rustynet.ports.control_plane import ControlPlaneClient
 from rustynet.ports.entropy import Entropy
 from rustynet.ports.firewall import Firewall
+from rustynet.ports.interfaces import InterfaceAddresses, ReflexiveDiscovery
 from rustynet.ports.keystore import Keystore
 from rustynet.ports.node_state_store import NodeStateStore
 from rustynet.ports.relay import RelayTransport
@@ -65,6 +66,8 @@ class NodePorts:
     relay: RelayTransport | None = None
     bridge: RelayBridgePort | None = None
     prober: DirectProbeService | None = None
+    interfaces: InterfaceAddresses | None = None
+    reflexive: ReflexiveDiscovery | None = None
 
 
 class NodeDaemon:
@@ -198,6 +201,8 @@ class NodeDaemon:
             relay=p.relay,
             bridge=p.bridge,
             prober=p.prober,
+            interfaces=p.interfaces,
+            reflexive=p.reflexive,
         )
 
     async def _join(self, token: str, hostname: str) -> None:

@@ -135,7 +135,7 @@ class PathKeeper:
         peer_map = self._map()
         peer = next((p for p in peer_map.peers if p.id == peer_id), None) if peer_map else None
         ok = False
-        endpoint = reconcile.first_endpoint(peer.underlay_endpoints) if peer else None
+        endpoint = reconcile.first_endpoint(peer) if peer else None
         if self.prober is not None and endpoint is not None:
             timeout = max(0.1, (command.deadline - self.clock.now()).total_seconds())
             ok = await self.prober.probe(endpoint, timeout)

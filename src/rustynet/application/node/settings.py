@@ -14,6 +14,7 @@ from rustynet.application.node.map_source import STORED_MAP_FALLBACK
 from rustynet.domain import path as paths
 from rustynet.domain import reconcile
 from rustynet.domain.key_hierarchy import TUNNEL_KEY_DEFAULT_LIFETIME
+from rustynet.domain.tunnel import IPNetwork
 
 
 @attrs.frozen
@@ -30,7 +31,9 @@ class AgentSettings:
     responder_grace: timedelta = reconcile.DEFAULT_RESPONDER_GRACE
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
-    endpoints: tuple[str, ...] = ()
+    endpoints: tuple[str, ...] = ()  # configured candidates (`underlay_endpoints`)
+    candidate_exclude: tuple[IPNetwork, ...] = ()  # interface prefixes never reported
+    candidate_interval: float = 30.0  # re-gather candidates this often (report on change)
     # Re-plan this often while a long poll is parked: the responder side of a pair must start
     # talking within the handshake-retry window (docs/lab.md pitfall 1), not after the next map.
     reconcile_interval: float = 1.0

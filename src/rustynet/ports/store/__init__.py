@@ -54,8 +54,6 @@ from rustynet.domain.challenges import (
 )
 from rustynet.domain.limits import BucketTable
 from rustynet.domain.nodes import (
-    MAX_ENDPOINT_LENGTH,
-    MAX_ENDPOINTS,
     MAX_NAME_LENGTH,
     NODE_ID_BYTES,
     NODE_ID_RE,
@@ -84,8 +82,6 @@ from rustynet.ports.store.unit_of_work import Store, UnitOfWork
 __all__ = [
     "MAX_CHALLENGE_ID",
     "MAX_CHALLENGE_PAYLOAD",
-    "MAX_ENDPOINTS",
-    "MAX_ENDPOINT_LENGTH",
     "MAX_NAME_LENGTH",
     "MIN_CHALLENGE_ID",
     "NODE_ID_BYTES",

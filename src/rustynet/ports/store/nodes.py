@@ -6,6 +6,7 @@ import ipaddress
 from datetime import datetime
 from typing import Protocol
 
+from rustynet.domain.candidates import Candidate
 from rustynet.domain.keys import TunnelKey, VerifyKey
 from rustynet.domain.nodes import NodeRecord
 from rustynet.domain.scope import Tag
@@ -54,8 +55,10 @@ class NodeRepository(Protocol):
         """Replace the tunnel key and its binding expiry; `NotFound`."""
         ...
 
-    async def set_endpoints(self, node_id: str, endpoints: tuple[str, ...]) -> NodeRecord:
-        """Replace the node's underlay endpoints (order kept); `NotFound`."""
+    async def set_candidates(
+        self, node_id: str, candidates: tuple[Candidate, ...], now: datetime
+    ) -> NodeRecord:
+        """Replace the node's candidates (order kept), updated at `now`; `NotFound`."""
         ...
 
     async def touch(self, node_id: str, now: datetime) -> None:

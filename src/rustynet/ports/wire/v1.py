@@ -112,10 +112,23 @@ class RotateTunnelKeyRequest:
 
 
 @attrs.frozen
-class EndpointsRequest:
-    """`PUT /v1/node/endpoints` body: `host:port` / `[v6]:port` strings."""
+class CandidateBody:
+    """One candidate endpoint: `host:port` / `[v6]:port` and how it was found."""
 
-    underlay_endpoints: tuple[str, ...]
+    endpoint: str
+    kind: str  # configured | local | reflexive
+
+
+@attrs.frozen
+class EndpointsRequest:
+    """`PUT /v1/node/endpoints` body: the node's candidates (the whole list, replacing the last).
+
+    `underlay_endpoints` is the previous shape (plain `host:port` strings), still accepted from
+    nodes of the previous version: each is read as a `configured` candidate, before `candidates`.
+    """
+
+    candidates: tuple[CandidateBody, ...] = ()
+    underlay_endpoints: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -160,6 +173,9 @@ class NodeInfo:
     created_at: datetime
     last_seen_at: datetime | None
     revoked_at: datetime | None
+    candidates: tuple[CandidateBody, ...] = ()
+    candidates_updated_at: datetime | None = None  # when the node last changed them
+    nat_classification: str | None = None  # null until NAT discovery classifies the node
 
 
 @attrs.frozen
@@ -329,6 +345,7 @@ COMPONENTS: Final[Mapping[str, type]] = {
     "TokenRenewRequest": TokenRenewRequest,
     "AccessToken": AccessToken,
     "RotateTunnelKeyRequest": RotateTunnelKeyRequest,
+    "CandidateBody": CandidateBody,
     "EndpointsRequest": EndpointsRequest,
     "RelayTokenRequest": RelayTokenRequest,
     "RelayToken": RelayToken,
