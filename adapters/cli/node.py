@@ -36,6 +36,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final, TextIO
 
+from rustynet.domain.errors import DecodeError
+from rustynet.domain.path import PathView
+
 DEFAULT_SOCKET: Final = Path("/run/rustynet/rustynetd.sock")
 TIMEOUT: Final = 120.0  # a join runs the whole enrollment exchange with the control plane
 MAX_TOKEN: Final = 4096
@@ -181,7 +184,7 @@ def render_peers(peers: list[dict[str, object]]) -> str:
         (
             str(p.get("name")),
             str(p.get("overlay_ip")),
-            str(p.get("path")),
+            path_text(p),
             str(p.get("last_handshake") or "-"),
             str(p.get("rx_bytes")),
             str(p.get("tx_bytes")),
@@ -194,6 +197,15 @@ def render_peers(peers: list[dict[str, object]]) -> str:
         + "\n"
         for row in rows
     )
+
+
+def path_text(peer: dict[str, object]) -> str:
+    """A peer's path in its text form (`direct 203.0.113.7:41641 (reflexive)`); the bare word
+    when the daemon sent fields this CLI does not understand."""
+    try:
+        return PathView.from_json(peer).text()
+    except DecodeError:
+        return str(peer.get("path"))
 
 
 def _print_json(out: TextIO, value: object) -> None:

@@ -90,7 +90,7 @@ async def test_status_is_trying_until_the_controller_confirms_direct(
 
     await a.reconcile()  # the controller starts its direct attempt for B now
     (before,) = (await a.status()).peers
-    assert (before.path, before.phase) == ("trying", "direct-trying")
+    assert (before.path.text(), before.phase) == ("trying", "direct-trying")
 
     # The tunnel reports a handshake from before this attempt (an old session): not proof.
     tunnel.handshakes[b_key] = world.clock.now() - timedelta(seconds=10)
@@ -98,10 +98,11 @@ async def test_status_is_trying_until_the_controller_confirms_direct(
     await a.reconcile()
     (stale,) = (await a.status()).peers
     assert stale.last_handshake is not None
-    assert (stale.path, stale.phase) == ("trying", "direct-trying")
+    assert (stale.path.text(), stale.phase) == ("trying", "direct-trying")
     doc = (await a.status()).to_json()["peers"]
     assert isinstance(doc, list)
     assert doc[0]["path"] == "trying"
+    assert (doc[0]["endpoint"], doc[0]["endpoint_kind"], doc[0]["relay"]) == (None, None, None)
     assert doc[0]["phase"] == "direct-trying"
 
     # A handshake on the current path confirms it.
@@ -109,6 +110,11 @@ async def test_status_is_trying_until_the_controller_confirms_direct(
     world.clock.advance(timedelta(seconds=1))
     await a.reconcile()
     (confirmed,) = (await a.status()).peers
-    assert (confirmed.path, confirmed.phase) == ("direct", "direct-up")
+    assert (confirmed.path.kind, confirmed.phase) == ("direct", "direct-up")
+    # The endpoint in use is B's configured underlay endpoint, and says so.
+    assert confirmed.path.text() == "direct 198.51.100.32:41641 (configured)"
+    (direct,) = (await a.status()).to_json()["peers"]  # type: ignore[misc]
+    assert direct["endpoint"] == "198.51.100.32:41641"
+    assert direct["endpoint_kind"] == "configured"
     for agent in (a, b):
         await agent.teardown()

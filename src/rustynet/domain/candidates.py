@@ -8,6 +8,12 @@ multicast (nor IPv4 broadcast); a node reports at most `MAX_CANDIDATES` distinct
 Kinds: `configured` (typed into `underlay_endpoints`), `local` (an address of one of the node's
 interfaces with the tunnel port), `reflexive` (the public address and port a NAT maps the
 tunnel port to, as a STUN service saw it). Peers try them in `PREFERENCE` order.
+
+`EndpointKind` is the same vocabulary as status and logs show it for the endpoint a tunnel
+uses: the three candidate kinds (same values) plus `ipv6` (a local or reflexive candidate whose
+address is IPv6: no NAT maps it, so where it was found matters less than its family) and
+`peer-observed` (an endpoint that is none of the peer's candidates: the tunnel roamed to where
+the peer's packets came from). `endpoint_kind` decides which.
 """
 
 from __future__ import annotations
@@ -35,6 +41,28 @@ class CandidateKind(enum.Enum):
     CONFIGURED = "configured"
     LOCAL = "local"
     REFLEXIVE = "reflexive"
+
+
+class EndpointKind(enum.Enum):
+    """How the endpoint a tunnel uses for a peer is known (status, logs): see the module doc."""
+
+    CONFIGURED = "configured"
+    LOCAL = "local"
+    REFLEXIVE = "reflexive"
+    IPV6 = "ipv6"
+    PEER_OBSERVED = "peer-observed"
+
+
+def endpoint_kind(endpoint: UnderlayEndpoint, candidates: Iterable[Candidate]) -> EndpointKind:
+    """The kind of `endpoint` among a peer's `candidates`: its candidate's kind (`ipv6` for a
+    local or reflexive IPv6 one; what an operator typed stays `configured`), `peer-observed`
+    when it is none of them."""
+    found = next((c for c in candidates if c.endpoint == endpoint), None)
+    if found is None:
+        return EndpointKind.PEER_OBSERVED
+    if found.kind is not CandidateKind.CONFIGURED and endpoint.address.version == 6:
+        return EndpointKind.IPV6
+    return EndpointKind(found.kind.value)
 
 
 # Until path selection probes candidates ([punch]), peers use the first in this order: what an
@@ -156,7 +184,9 @@ __all__ = [
     "Candidate",
     "CandidateError",
     "CandidateKind",
+    "EndpointKind",
     "candidate_set",
+    "endpoint_kind",
     "gathered",
     "local_candidates",
     "preferred",

@@ -139,6 +139,7 @@ class NodeAgent:
             settings=settings,
             current_map=lambda: self.intake.applied,
             relay_up=lambda: self.relay_link is not None and self.relay_link.up,
+            relay_id=self._relay_id,
         )
         self.reconciler = Reconciler(
             tunnel=tunnel,
@@ -349,6 +350,11 @@ class NodeAgent:
 
     # --- status ----------------------------------------------------------------------------------
 
+    def _relay_id(self) -> str | None:
+        """The relay relayed peers go through (the map's home relay), for status and logs."""
+        home = self.intake.home_relay()
+        return None if home is None else home.relay_id
+
     async def status(self) -> AgentStatus:
         """The CLI's status snapshot."""
         state = self.saved.require("no node state")
@@ -359,6 +365,7 @@ class NodeAgent:
             self.path_keeper.state.controllers,
             self.settings.path_policy,
             self.clock.now(),
+            relay_id=self._relay_id(),
         )
         watermark = self.intake.watermark
         source = self.map_source

@@ -23,7 +23,7 @@ from rustynet.application.node.settings import AgentSettings
 from rustynet.domain import path as paths
 from rustynet.domain import reconcile
 from rustynet.domain.keys import TunnelKey
-from rustynet.domain.netmap import PeerMap
+from rustynet.domain.netmap import PeerEntry, PeerMap
 from rustynet.domain.tunnel import Capability, PeerDiff, PeerStats, UnderlayEndpoint
 from rustynet.ports.clock import Clock
 from rustynet.ports.relay_path import DirectProbePort, RelayBridgePort
@@ -54,10 +54,11 @@ class PathKeeper:
         settings: AgentSettings,
         current_map: Callable[[], PeerMap | None],
         relay_up: Callable[[], bool],
+        relay_id: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.tunnel, self.bridge, self.prober = tunnel, bridge, prober
         self.clock, self.settings = clock, settings
-        self._map, self._relay_up = current_map, relay_up
+        self._map, self._relay_up, self._relay_id = current_map, relay_up, relay_id
         self.state = PathState()
 
     def controller(self, peer_id: str) -> paths.PeerPath | None:
@@ -92,7 +93,8 @@ class PathKeeper:
                 last_handshake=seen.last_handshake if seen is not None and on_path else None,
                 relay_available=relay_up,
             )
-            s.controllers[peer.id] = self._feed(peer.id, peer.name, state, observation)
+            endpoint = seen.underlay_endpoint if seen is not None else None
+            s.controllers[peer.id] = self._feed(peer, state, observation, endpoint)
             if s.controllers[peer.id].path is not state.path:
                 s.new_session.add(peer.tunnel_key)
             if s.controllers[peer.id].path is paths.PathKind.RELAY:
@@ -115,17 +117,23 @@ class PathKeeper:
         return tuple(self.state.probes)
 
     def _feed(
-        self, peer_id: str, name: str, state: paths.PeerPath, event: paths.PathInput
+        self,
+        peer: PeerEntry,
+        state: paths.PeerPath,
+        event: paths.PathInput,
+        endpoint: UnderlayEndpoint | None = None,
     ) -> paths.PeerPath:
         step = paths.step(self.settings.path_policy, state, event)
         for transition in step.transitions:
             # Probe cycles (direct-up <-> direct-probing, relay <-> relay-probing) every few
             # seconds are debug noise; a change of path is what operators need to see.
             log = _log.info if transition.changes_path else _log.debug
-            log("path.changed", peer=name, **transition.log_fields())
+            word = paths.status_path(step.state)
+            view = paths.path_view(word, endpoint, peer.candidates, self._relay_id())
+            log("path.changed", peer=peer.name, path=view.text(), **transition.log_fields())
         for command in step.commands:
             if isinstance(command, paths.ProbeDirect):
-                task = asyncio.create_task(self._probe(peer_id, command))
+                task = asyncio.create_task(self._probe(peer.id, command))
                 self.state.probes.add(task)
                 task.add_done_callback(self.state.probes.discard)
         return step.state
@@ -146,7 +154,7 @@ class PathKeeper:
         now = max(self.clock.now(), state.as_of)
         try:
             s.controllers[peer_id] = self._feed(
-                peer_id, peer.name, state, paths.ProbeResult(now=now, probe=command.probe, ok=ok)
+                peer, state, paths.ProbeResult(now=now, probe=command.probe, ok=ok)
             )
         except paths.PathTransitionError:
             return  # the peer moved on (relay lost, new attempt): the result is stale

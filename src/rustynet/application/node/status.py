@@ -18,8 +18,6 @@ from rustynet.domain.netmap import PeerMap
 from rustynet.domain.node_state import NodeState
 from rustynet.domain.tunnel import PeerStats
 
-Path = paths.StatusPath  # direct | relay | trying (unconfirmed) | none (no path)
-
 
 @attrs.frozen
 class PeerStatus:
@@ -27,7 +25,7 @@ class PeerStatus:
 
     name: str
     overlay_ip: str
-    path: Path
+    path: paths.PathView  # the word, with the endpoint in use or the relay
     last_handshake: datetime | None
     rx_bytes: int
     tx_bytes: int
@@ -74,7 +72,7 @@ class AgentStatus:
                 {
                     "name": p.name,
                     "overlay_ip": p.overlay_ip,
-                    "path": p.path,
+                    **p.path.to_json(),
                     "phase": p.phase,
                     "last_handshake": None
                     if p.last_handshake is None
@@ -98,8 +96,10 @@ def peer_statuses(
     controllers: Mapping[str, paths.PeerPath],
     policy: paths.PathPolicy,
     now: datetime,
+    *,
+    relay_id: str | None = None,
 ) -> tuple[PeerStatus, ...]:
-    """One `PeerStatus` per peer of the applied map."""
+    """One `PeerStatus` per peer of the applied map (`relay_id`: the relay relayed peers use)."""
     peers = []
     for entry in peer_map.peers if peer_map is not None else ():
         s, controller = stats.get(entry.tunnel_key), controllers.get(entry.id)
@@ -108,7 +108,12 @@ def peer_statuses(
             PeerStatus(
                 name=entry.name,
                 overlay_ip=first_address(entry.overlay_addresses),
-                path=paths.peer_status(policy, controller, seen, now),
+                path=paths.path_view(
+                    paths.peer_status(policy, controller, seen, now),
+                    s.underlay_endpoint if s else None,
+                    entry.candidates,
+                    relay_id,
+                ),
                 phase=None if controller is None else controller.phase.value,
                 last_handshake=s.last_handshake if s else None,
                 rx_bytes=s.rx_bytes if s else 0,
@@ -118,4 +123,4 @@ def peer_statuses(
     return tuple(peers)
 
 
-__all__ = ["AgentStatus", "Path", "PeerStatus", "first_address", "peer_statuses"]
+__all__ = ["AgentStatus", "PeerStatus", "first_address", "peer_statuses"]

@@ -70,6 +70,7 @@ The package, so a new phase touches each part once:
     states.py      `PeerPath`, the inputs, the commands and `Transition`
     controller.py  `step`, the per-phase handlers (`HANDLERS`) and `wake_at`
     status.py      the `path` word status shows (`status_path`, `peer_status`)
+    view.py        `PathView`: the word with its endpoint or relay, in text and JSON form
 
 This module is the package's public face: import from `rustynet.domain.path`.
 """
@@ -114,6 +115,7 @@ from rustynet.domain.path.states import (
 )
 from rustynet.domain.path.status import peer_status, status_path
 from rustynet.domain.path.table import EDGES
+from rustynet.domain.path.view import WORDS, PathView, path_view
 
 __all__ = [
     "DEFAULT_CONFIRM_INTERVAL",
@@ -130,6 +132,7 @@ __all__ = [
     "FAILBACK_BOUND",
     "FALLOVER_BOUND",
     "HANDLERS",
+    "WORDS",
     "Command",
     "Observation",
     "PathInput",
@@ -138,6 +141,7 @@ __all__ = [
     "PathPolicy",
     "PathPolicyError",
     "PathTransitionError",
+    "PathView",
     "PeerPath",
     "ProbeDirect",
     "ProbeResult",
@@ -147,6 +151,7 @@ __all__ = [
     "Step",
     "Transition",
     "UsePath",
+    "path_view",
     "peer_status",
     "status_path",
     "status_path_of",
