@@ -16,6 +16,7 @@ from pathlib import Path
 import attrs
 import pytest
 import pytest_asyncio
+import structlog
 from rustynet.adapters.control_plane_local import LocalControlPlane
 from rustynet.adapters.firewall.memory import MemoryFirewall
 from rustynet.adapters.keystore.memory import MemoryKeystore
@@ -108,13 +109,21 @@ async def test_status_is_trying_until_the_controller_confirms_direct(
     # A handshake on the current path confirms it.
     tunnel.handshakes[b_key] = world.clock.now()
     world.clock.advance(timedelta(seconds=1))
-    await a.reconcile()
+    with structlog.testing.capture_logs() as logs:
+        await a.reconcile()
+    (changed,) = [e for e in logs if e["event"] == "path.changed"]
+    # The log speaks the same vocabulary as status (`PathView.text`).
+    assert changed["path"] == "direct 198.51.100.32:41641 (configured)"
+    assert (changed["from_phase"], changed["to_phase"]) == ("direct-trying", "direct-up")
     (confirmed,) = (await a.status()).peers
     assert (confirmed.path.kind, confirmed.phase) == ("direct", "direct-up")
     # The endpoint in use is B's configured underlay endpoint, and says so.
     assert confirmed.path.text() == "direct 198.51.100.32:41641 (configured)"
-    (direct,) = (await a.status()).to_json()["peers"]  # type: ignore[misc]
-    assert direct["endpoint"] == "198.51.100.32:41641"
-    assert direct["endpoint_kind"] == "configured"
+    assert confirmed.path.to_json() == {
+        "path": "direct",
+        "endpoint": "198.51.100.32:41641",
+        "endpoint_kind": "configured",
+        "relay": None,
+    }
     for agent in (a, b):
         await agent.teardown()
