@@ -13,7 +13,8 @@ Routes (JSON unless said otherwise; errors are `{"error": code, "detail": text}`
                     | null, "backend", "peermap_serial", "peermap_source", "peers": [...]}
                    peermap_source: "control", "none (waiting for the control plane since T)"
                    or "stored (control plane unreachable since T)" (application/node/map_source.py)
-    GET  /peers    {"peers": [{name, overlay_ip, path, last_handshake, rx_bytes, tx_bytes}]}
+    GET  /peers    {"peers": [{name, overlay_ip, path, endpoint, endpoint_kind, relay, phase,
+                    last_handshake, rx_bytes, tx_bytes}]} (path fields: domain/path/view.py)
     POST /up       body {"token": str | null, "hostname": str | null}: join (token) and/or bring
                    the tunnel up; answers the status document
     POST /reenroll body {"token": str, "hostname": str | null}: a REVOKED node discards its

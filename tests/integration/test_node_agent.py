@@ -122,7 +122,7 @@ async def test_two_agents_join_and_see_each_other(world: World, tmp_path: Path) 
     assert status.to_json()["backend"] == "memory"
     assert status.to_json()["control"] == {"url": a.agent.state.control_url, "connected": True}
     assert [p.name for p in status.peers] == ["b"]
-    assert status.peers[0].path == "trying"  # the memory backend never sees a handshake
+    assert status.peers[0].path.text() == "trying"  # the memory backend never sees a handshake
 
 
 async def test_revoked_node_tears_down_and_peer_drops_it(world: World, tmp_path: Path) -> None:
