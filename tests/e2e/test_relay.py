@@ -58,7 +58,7 @@ def _path(node: Node, peer: Node) -> str:
 def test_blocked_direct_path_falls_over_to_the_relay(relayed: tuple[Mesh, Relay]) -> None:
     """UDP between A and B blocked on the switch before they meet: A↔B ping through the relay
     and both report `relay` for each other."""
-    mesh, _ = relayed
+    mesh, relay = relayed
     a, b = mesh.nodes["a"], mesh.nodes["b"]
     started = time.monotonic()
     wait_for("A pings B through the relay", lambda: a.ping(b), RELAY_UP_S, interval=0.0)
@@ -67,6 +67,8 @@ def test_blocked_direct_path_falls_over_to_the_relay(relayed: tuple[Mesh, Relay]
     )
     assert b.ping(a)
     wait_for("A and B report relay", lambda: _path(a, b) == _path(b, a) == "relay", 10)
+    seen = a.peers()[b.name]  # the relay path names its relay, never an endpoint
+    assert (seen["relay"], seen["endpoint"], seen["endpoint_kind"]) == (relay.relay_id, None, None)
     counted = run_in(mesh.lab.bridge(), "nft", "list", "table", "bridge", "e2eblock").stdout
     assert "packets 0 " not in counted.split("drop")[0], "the switch dropped no direct UDP"
 
