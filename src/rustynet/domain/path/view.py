@@ -24,8 +24,7 @@ WORDS: tuple[StatusPath, ...] = get_args(StatusPath)
 
 
 def _word(_: object, __: attrs.Attribute[StatusPath], value: object) -> None:
-    if value not in WORDS:
-        raise DecodeError(f"path is one of {', '.join(WORDS)}")
+    _as_word(value)
 
 
 @attrs.frozen
@@ -68,8 +67,6 @@ class PathView:
         word, endpoint, kind, relay = (
             doc.get(k) for k in ("path", "endpoint", "endpoint_kind", "relay")
         )
-        if not isinstance(word, str) or word not in WORDS:
-            raise DecodeError(f"path is one of {', '.join(WORDS)}")
         if not isinstance(relay, str | None) or not isinstance(endpoint, str | None):
             raise DecodeError("endpoint and relay are strings or null")
         try:
@@ -80,11 +77,12 @@ class PathView:
         return cls(_as_word(word), parsed, found, relay)
 
 
-def _as_word(word: str) -> StatusPath:
-    for known in WORDS:
-        if known == word:
-            return known
-    raise DecodeError(f"path is one of {', '.join(WORDS)}")
+def _as_word(word: object) -> StatusPath:
+    """`word` as one of `WORDS` (typed), or `DecodeError`."""
+    known = next((w for w in WORDS if w == word), None)
+    if known is None:
+        raise DecodeError(f"path is one of {', '.join(WORDS)}")
+    return known
 
 
 def path_view(
