@@ -3,6 +3,7 @@ the amplification budget of `answer`, and the node's request/accept pair."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import struct
 import time
@@ -183,10 +184,8 @@ def test_plain_mapped_address_is_accepted_when_no_xor_form_is_sent() -> None:
 @given(st.binary(max_size=700))
 def test_fuzz_parse_raises_only_stun_error(data: bytes) -> None:
     start = time.perf_counter()
-    try:
+    with contextlib.suppress(StunError):
         parse(data)
-    except StunError:
-        pass
     assert answer(data, V4, LOCAL, OTHER) in (None,) or data[:2] == b"\0\1"
     assert time.perf_counter() - start < 0.05
 
