@@ -302,3 +302,46 @@ def accept_binding_response(data: bytes, transaction_id: bytes) -> BindingResult
     other_value = message.attribute(ATTR_OTHER_ADDRESS)
     other = None if other_value is None else decode_address(other_value, transaction_id, False)
     return BindingResult(mapped=mapped, other=other)
+
+
+MAX_STUN_SERVERS: Final = 16
+
+
+def parse_server(text: object) -> Endpoint:
+    """A STUN server as written in the peer map and config: `IPv4:PORT` or `[IPv6]:PORT`, an IP
+    literal (nodes never resolve names for discovery), port 1-65535, canonical form only."""
+    if not isinstance(text, str):
+        raise DecodeError("a STUN server is an ADDRESS:PORT string")
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise DecodeError(f"not ADDRESS:PORT: {text!r}")
+    try:
+        ip = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        raise DecodeError(f"a STUN server is an IP literal: {text!r}") from None
+    if format_server((ip, int(port_text))) != text:
+        raise DecodeError(f"not in canonical form: {text!r}")
+    if ip.is_unspecified or ip.is_multicast:
+        raise DecodeError(f"not a usable STUN address: {text!r}")
+    return ip, int(port_text)
+
+
+def format_server(endpoint: Endpoint) -> str:
+    """`IPv4:PORT` or `[IPv6]:PORT`."""
+    ip, port = endpoint
+    return f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}"
+
+
+def check_servers(servers: object) -> tuple[str, ...]:
+    """A STUN server list: at most `MAX_STUN_SERVERS`, each canonical (`parse_server`), unique;
+    order kept (a node tries them in order)."""
+    if not isinstance(servers, list | tuple):
+        raise DecodeError("the STUN servers are a list")
+    items = tuple(servers)
+    if len(items) > MAX_STUN_SERVERS:
+        raise DecodeError(f"at most {MAX_STUN_SERVERS} STUN servers")
+    for item in items:
+        parse_server(item)
+    if len(set(items)) != len(items):
+        raise DecodeError("a STUN server is listed twice")
+    return items
