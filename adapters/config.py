@@ -31,6 +31,11 @@ control.toml:
     max_connections = 16384                # open connections in total
     max_connections_per_ip = 256           # ... per IPv4 address / IPv6 /64
 
+    [stun]                                 # optional; defaults shown (adapters/support/
+    enabled = true                         # stun_config.py; docs/control-plane.md "STUN")
+    listen = ["0.0.0.0:3478", "0.0.0.0:3479"]
+    advertise = ["203.0.113.1:3478", "203.0.113.1:3479"]  # default: derived, see there
+
     [[relays]]                             # optional, any number; the first is the home relay
     id = "relay-1"                         # 1-64 characters a-z 0-9 -; relay tokens' audience
     url = "wss://relay.example.org:443/v1/relay"
@@ -57,6 +62,12 @@ from rustynet.adapters.support.config_values import (
     relative_path,
     render_listen,
     toml_string,
+)
+from rustynet.adapters.support.stun_config import (
+    StunConfig,
+    StunConfigError,
+    render_stun_config,
+    stun_config_from,
 )
 
 from rustynet.domain.candidates import Candidate, CandidateKind
@@ -131,6 +142,7 @@ class ControlConfig:
     backlog: int = DEFAULT_BACKLOG
     relays: tuple[RelayEntry, ...] = ()
     connections: ConnectionLimits = attrs.field(factory=ConnectionLimits)
+    stun: StunConfig = attrs.field(factory=StunConfig)
 
 
 @attrs.frozen
@@ -242,6 +254,18 @@ def _connections(top: _Reader) -> ConnectionLimits:
         raise table.fail(exc.key, exc.problem) from None
 
 
+def _stun(top: _Reader) -> StunConfig:
+    """`[stun]` (optional): the STUN service, see adapters/support/stun_config.py."""
+    if "stun" not in top.table:
+        top.used.add("stun")
+        return StunConfig()
+    table = top.sub("stun")
+    try:
+        return stun_config_from(table.table, advertise_allowed=True)
+    except StunConfigError as exc:
+        raise table.fail(exc.key, exc.problem) from None
+
+
 def load_control_config(path: Path) -> ControlConfig:
     """Parse `control.toml` strictly; raise `ConfigError` naming the bad key."""
     path = Path(path)
@@ -255,6 +279,7 @@ def load_control_config(path: Path) -> ControlConfig:
     )
     relays = _relays(top)
     connections = _connections(top)
+    stun = _stun(top)
     top.finish()
     url = control.convert("url", control.text("url") or "", parse_control_url)
     listen = control.convert("listen", control.text("listen") or "", parse_listen)
@@ -287,6 +312,7 @@ def load_control_config(path: Path) -> ControlConfig:
         backlog=backlog,
         relays=relays,
         connections=connections,
+        stun=stun,
     )
 
 
@@ -323,6 +349,7 @@ def render_control_config(config: ControlConfig, base: Path) -> str:
         )
     lines += ["", "# Deadlines (seconds) and caps of client connections: docs/control-plane.md."]
     lines += render_connection_limits(config.connections)
+    lines += render_stun_config(config.stun, advertise_allowed=True)
     for relay in config.relays:
         lines += [
             "",

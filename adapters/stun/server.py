@@ -22,6 +22,7 @@ from typing import cast
 
 import attrs
 import structlog
+from rustynet.adapters.support.prometheus import counter, gauge, labelled_counter, render_families
 
 from rustynet.domain.limits import BucketPolicy, LimitPolicy, bucket_take, ip_key
 from rustynet.domain.stun import Endpoint, answer
@@ -128,6 +129,26 @@ class StunServer:
     def sources_tracked(self) -> int:
         """Entries in the per-source table (bounded by `StunLimits.max_sources`)."""
         return len(self._rates)
+
+    def render_metrics(self) -> str:
+        """Prometheus text of the service's counters (appended to the app's /metrics)."""
+        c = self.counters
+        return render_families(
+            (
+                counter("rustynet_stun_answered_total", "Binding requests answered.", c.answered),
+                labelled_counter(
+                    "rustynet_stun_dropped_total",
+                    "Datagrams dropped without an answer, by reason.",
+                    "reason",
+                    [("malformed", c.dropped_malformed), ("rate_limited", c.dropped_rate_limited)],
+                ),
+                counter("rustynet_stun_received_bytes_total", "Bytes received.", c.bytes_in),
+                counter("rustynet_stun_sent_bytes_total", "Bytes sent.", c.bytes_out),
+                gauge(
+                    "rustynet_stun_sources", "Sources in the rate-limit table.", len(self._rates)
+                ),
+            )
+        )
 
     async def start(self) -> None:
         """Bind every listen address; on failure, close what was bound and raise."""
