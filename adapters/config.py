@@ -242,27 +242,18 @@ def _relays(top: _Reader) -> tuple[RelayEntry, ...]:
         raise top.fail("relays", str(exc)) from None
 
 
-def _connections(top: _Reader) -> ConnectionLimits:
-    """`[connections]` (optional): deadlines and connection caps, see docs/control-plane.md."""
-    if "connections" not in top.table:
-        top.used.add("connections")
-        return ConnectionLimits()
-    table = top.sub("connections")
+def _optional_table(
+    top: _Reader, name: str, default: Callable[[], T], parse: Callable[[Mapping[str, object]], T]
+) -> T:
+    """An optional table (`[connections]`, `[stun]`): its defaults when absent, else parsed with
+    errors naming the key."""
+    if name not in top.table:
+        top.used.add(name)
+        return default()
+    table = top.sub(name)
     try:
-        return connection_limits_from(table.table)
-    except ConnectionLimitsError as exc:
-        raise table.fail(exc.key, exc.problem) from None
-
-
-def _stun(top: _Reader) -> StunConfig:
-    """`[stun]` (optional): the STUN service, see adapters/support/stun_config.py."""
-    if "stun" not in top.table:
-        top.used.add("stun")
-        return StunConfig()
-    table = top.sub("stun")
-    try:
-        return stun_config_from(table.table, advertise_allowed=True)
-    except StunConfigError as exc:
+        return parse(table.table)
+    except (ConnectionLimitsError, StunConfigError) as exc:
         raise table.fail(exc.key, exc.problem) from None
 
 
@@ -278,8 +269,12 @@ def load_control_config(path: Path) -> ControlConfig:
         top.sub("keystore"),
     )
     relays = _relays(top)
-    connections = _connections(top)
-    stun = _stun(top)
+    # [connections]: deadlines and connection caps, see docs/control-plane.md; [stun]: the STUN
+    # service, see adapters/support/stun_config.py.
+    connections = _optional_table(top, "connections", ConnectionLimits, connection_limits_from)
+    stun = _optional_table(
+        top, "stun", StunConfig, lambda t: stun_config_from(t, advertise_allowed=True)
+    )
     top.finish()
     url = control.convert("url", control.text("url") or "", parse_control_url)
     listen = control.convert("listen", control.text("listen") or "", parse_listen)

@@ -14,7 +14,9 @@ import tomllib
 import urllib.request
 from pathlib import Path
 
+import attrs
 import pytest
+from rustynet.adapters.config import ConfigError, load_control_config, render_control_config
 from rustynet.adapters.relay.config import RelayConfigError, load_relay_config
 from rustynet.adapters.support.stun_config import (
     DEFAULT_LISTEN,
@@ -25,6 +27,7 @@ from rustynet.adapters.support.stun_config import (
 )
 
 from rustynet.domain.stun import accept_binding_response, encode_request
+from tests.integration.test_connection_settings import _control
 from tests.integration.test_relay import Hierarchy
 from tests.integration.test_relay_cli import RELAY, _free_port, _init
 
@@ -143,3 +146,16 @@ def test_a_served_relay_answers_stun_on_both_ports(tmp_path: Path) -> None:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_control_toml_stun_round_trips_and_errors_name_the_key(tmp_path: Path) -> None:
+    config = attrs.evolve(
+        _control(tmp_path),
+        stun=StunConfig(listen=(("127.0.0.1", 4000), ("127.0.0.1", 4001)), advertise=()),
+    )
+    text = render_control_config(config, tmp_path)
+    (tmp_path / "control.toml").write_text(text)
+    assert load_control_config(tmp_path / "control.toml").stun == config.stun
+    (tmp_path / "control.toml").write_text(text.replace("advertise = []", "advertise = [1]"))
+    with pytest.raises(ConfigError, match=r"control\.toml: \[stun\]\.advertise"):
+        load_control_config(tmp_path / "control.toml")
