@@ -31,6 +31,11 @@ control.toml:
     max_connections = 16384                # open connections in total
     max_connections_per_ip = 256           # ... per IPv4 address / IPv6 /64
 
+    [stun]                                 # optional; defaults shown (adapters/support/
+    enabled = true                         # stun_config.py; docs/control-plane.md "STUN")
+    listen = ["0.0.0.0:3478", "0.0.0.0:3479"]
+    advertise = ["203.0.113.1:3478", "203.0.113.1:3479"]  # default: derived, see there
+
     [[relays]]                             # optional, any number; the first is the home relay
     id = "relay-1"                         # 1-64 characters a-z 0-9 -; relay tokens' audience
     url = "wss://relay.example.org:443/v1/relay"
@@ -57,6 +62,12 @@ from rustynet.adapters.support.config_values import (
     relative_path,
     render_listen,
     toml_string,
+)
+from rustynet.adapters.support.stun_config import (
+    StunConfig,
+    StunConfigError,
+    render_stun_config,
+    stun_config_from,
 )
 
 from rustynet.domain.candidates import Candidate, CandidateKind
@@ -131,6 +142,7 @@ class ControlConfig:
     backlog: int = DEFAULT_BACKLOG
     relays: tuple[RelayEntry, ...] = ()
     connections: ConnectionLimits = attrs.field(factory=ConnectionLimits)
+    stun: StunConfig = attrs.field(factory=StunConfig)
 
 
 @attrs.frozen
@@ -230,15 +242,18 @@ def _relays(top: _Reader) -> tuple[RelayEntry, ...]:
         raise top.fail("relays", str(exc)) from None
 
 
-def _connections(top: _Reader) -> ConnectionLimits:
-    """`[connections]` (optional): deadlines and connection caps, see docs/control-plane.md."""
-    if "connections" not in top.table:
-        top.used.add("connections")
-        return ConnectionLimits()
-    table = top.sub("connections")
+def _optional_table(
+    top: _Reader, name: str, default: Callable[[], T], parse: Callable[[Mapping[str, object]], T]
+) -> T:
+    """An optional table (`[connections]`, `[stun]`): its defaults when absent, else parsed with
+    errors naming the key."""
+    if name not in top.table:
+        top.used.add(name)
+        return default()
+    table = top.sub(name)
     try:
-        return connection_limits_from(table.table)
-    except ConnectionLimitsError as exc:
+        return parse(table.table)
+    except (ConnectionLimitsError, StunConfigError) as exc:
         raise table.fail(exc.key, exc.problem) from None
 
 
@@ -254,7 +269,12 @@ def load_control_config(path: Path) -> ControlConfig:
         top.sub("keystore"),
     )
     relays = _relays(top)
-    connections = _connections(top)
+    # [connections]: deadlines and connection caps, see docs/control-plane.md; [stun]: the STUN
+    # service, see adapters/support/stun_config.py.
+    connections = _optional_table(top, "connections", ConnectionLimits, connection_limits_from)
+    stun = _optional_table(
+        top, "stun", StunConfig, lambda t: stun_config_from(t, advertise_allowed=True)
+    )
     top.finish()
     url = control.convert("url", control.text("url") or "", parse_control_url)
     listen = control.convert("listen", control.text("listen") or "", parse_listen)
@@ -287,6 +307,7 @@ def load_control_config(path: Path) -> ControlConfig:
         backlog=backlog,
         relays=relays,
         connections=connections,
+        stun=stun,
     )
 
 
@@ -323,6 +344,7 @@ def render_control_config(config: ControlConfig, base: Path) -> str:
         )
     lines += ["", "# Deadlines (seconds) and caps of client connections: docs/control-plane.md."]
     lines += render_connection_limits(config.connections)
+    lines += render_stun_config(config.stun, advertise_allowed=True)
     for relay in config.relays:
         lines += [
             "",

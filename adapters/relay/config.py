@@ -28,6 +28,10 @@ file and key, never a silently ignored setting; relative paths are relative to t
     max_connections = 16384                     # >= [limits].max_sessions
     max_connections_per_ip = 256                # per IPv4 address / IPv6 /64
 
+    [stun]                                      # optional; defaults shown: the STUN
+    enabled = true                              # service (adapters/support/stun_config.py);
+    listen = ["0.0.0.0:3478", "0.0.0.0:3479"]   # its public addresses go into control.toml
+
 `[connections]` bounds every connection before the WebSocket upgrade (and caps all of them);
 after the upgrade, `[limits].handshake_timeout` bounds authentication (docs/relay-protocol.md).
 """
@@ -47,6 +51,12 @@ from rustynet.adapters.support.config_values import (
     relative_path,
     render_listen,
     toml_string,
+)
+from rustynet.adapters.support.stun_config import (
+    StunConfig,
+    StunConfigError,
+    render_stun_config,
+    stun_config_from,
 )
 
 from rustynet.domain.connection_limits import (
@@ -79,8 +89,9 @@ _SECTIONS: Final = {
     "tls": frozenset({"certificate", "private_key"}),
     "limits": frozenset({*_INT_LIMITS, "handshake_timeout"}),
     "connections": frozenset(CONNECTION_SETTINGS),
+    "stun": frozenset({"enabled", "listen"}),
 }
-_OPTIONAL: Final = frozenset({"limits", "connections"})
+_OPTIONAL: Final = frozenset({"limits", "connections", "stun"})
 
 
 class RelayConfigError(RustynetError):
@@ -100,6 +111,7 @@ class RelayConfig:
     private_key: Path
     limits: RelayLimits = attrs.field(factory=RelayLimits)
     connections: ConnectionLimits = attrs.field(factory=ConnectionLimits)
+    stun: StunConfig = attrs.field(factory=StunConfig)
 
 
 def parse_relay_url(text: str) -> str:
@@ -163,6 +175,10 @@ def load_relay_config(path: Path) -> RelayConfig:
         connections = connection_limits_from(tables["connections"])
     except ConnectionLimitsError as exc:
         raise _fail(path, f"[connections].{exc.key}", exc.problem) from None
+    try:
+        stun = stun_config_from(tables["stun"], advertise_allowed=False)
+    except StunConfigError as exc:
+        raise _fail(path, f"[stun].{exc.key}", exc.problem) from None
     if connections.max_connections < limits.max_sessions:
         raise _fail(
             path,
@@ -179,6 +195,7 @@ def load_relay_config(path: Path) -> RelayConfig:
         private_key=private_key,
         limits=limits,
         connections=connections,
+        stun=stun,
     )
 
 
@@ -224,5 +241,6 @@ def render_relay_config(config: RelayConfig, base: Path) -> str:
         *(f"{key} = {value!r}" for key, value in limits.items()),
         "",
         *render_connection_limits(config.connections),
+        *render_stun_config(config.stun, advertise_allowed=False),
     ]
     return "\n".join(lines) + "\n"

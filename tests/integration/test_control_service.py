@@ -80,13 +80,20 @@ class World:
 
 
 async def make_world(
-    store: Store, limits: LimitPolicy | None = None, relays: tuple[RelayEntry, ...] = ()
+    store: Store,
+    limits: LimitPolicy | None = None,
+    relays: tuple[RelayEntry, ...] = (),
+    stun: tuple[str, ...] = (),
 ) -> World:
     entropy = CountingEntropy()
     clock = FakeClock(NOW)
     keys, _ = create_control_keys(entropy, NOW)
     settings = ControlSettings(
-        control_url=URL, tls_spki_sha256=bytes(32), limits=limits or LimitPolicy(), relays=relays
+        control_url=URL,
+        tls_spki_sha256=bytes(32),
+        limits=limits or LimitPolicy(),
+        relays=relays,
+        stun_servers=stun,
     )
     await store.open()
     created = await create_initial_admin_key(store, now=NOW, entropy=entropy, keys=keys)

@@ -81,7 +81,7 @@ from rustynet.bootstrap.keystores import (
     check_private_key_file,
 )
 from rustynet.bootstrap.process import disable_core_dumps
-from rustynet.bootstrap.serving import connection_guard, serve_until_stopped
+from rustynet.bootstrap.serving import connection_guard, serve_until_stopped, stun_server
 from rustynet.domain.errors import RustynetError
 from rustynet.domain.keys import b64encode
 from rustynet.ports.change_feed import ChangeFeed
@@ -316,12 +316,19 @@ async def _serve(data_dir: Path, prepared: _Prepared, ready: Sequence[str]) -> N
         keys,
         clock,
         entropy,
-        ControlSettings(control_url=config.url, tls_spki_sha256=pin.digest, relays=config.relays),
+        ControlSettings(
+            control_url=config.url,
+            tls_spki_sha256=pin.digest,
+            relays=config.relays,
+            stun_servers=config.stun.advertised(config.url),
+        ),
         changes=_change_feed_for(store),
     )
     await service.start()
     guard = connection_guard(config.connections)
-    runner = make_runner(create_app(service, ApiSettings(), extra_metrics=(guard.render_metrics,)))
+    stun = stun_server(config.stun.enabled, config.stun.listen)
+    metrics = (guard.render_metrics,) + ((stun.render_metrics,) if stun else ())
+    runner = make_runner(create_app(service, ApiSettings(), extra_metrics=metrics))
     reloads = RelayReloader(service, data_dir / CONTROL_TOML, config)
     try:
         # Deadlines and caps on every connection ([connections] in control.toml), around the
@@ -336,6 +343,7 @@ async def _serve(data_dir: Path, prepared: _Prepared, ready: Sequence[str]) -> N
             pin=pin,
             on_hangup=reloads.request,
             before_ready=_freeze_startup_garbage,
+            stun=stun,
         )
     finally:
         await reloads.close()

@@ -49,7 +49,7 @@ from rustynet.application.relay import RelayService
 from rustynet.bootstrap.crypto_policy import load_crypto_policy
 from rustynet.bootstrap.keystores import check_private_key_file
 from rustynet.bootstrap.process import disable_core_dumps
-from rustynet.bootstrap.serving import connection_guard, serve_until_stopped
+from rustynet.bootstrap.serving import connection_guard, serve_until_stopped, stun_server
 from rustynet.domain.errors import DecodeError, RustynetError
 from rustynet.domain.keys import KeyFingerprint
 from rustynet.domain.relay import RelayTrust, validate_relay_id
@@ -114,7 +114,9 @@ async def _serve(config: RelayConfig) -> None:
     pin = spki_pin_of_pem_file(config.certificate)
     ssl_context = server_ssl_context(config.certificate, config.private_key)
     guard = connection_guard(config.connections)
-    runner = make_runner(create_relay_app(service, extra_metrics=(guard.render_metrics,)))
+    stun = stun_server(config.stun.enabled, config.stun.listen)
+    metrics = (guard.render_metrics,) + ((stun.render_metrics,) if stun else ())
+    runner = make_runner(create_relay_app(service, extra_metrics=metrics))
     # Deadlines and caps on every connection before the WebSocket upgrade ([connections]).
     await serve_until_stopped(
         runner,
@@ -124,6 +126,7 @@ async def _serve(config: RelayConfig) -> None:
         backlog=LISTEN_BACKLOG,
         ready=f"rustynet-relay: ready; relay {config.relay_id}",
         pin=pin,
+        stun=stun,
     )
 
 

@@ -14,13 +14,14 @@ import asyncio
 import signal
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 from aiohttp import web
 
 from rustynet.adapters.http_api.connection_guard import ConnectionGuard
 from rustynet.adapters.http_api.guarded_site import GuardedSite
+from rustynet.adapters.stun.server import StunServer
 from rustynet.bootstrap.process import fit_connections_to_fd_limit
 from rustynet.domain.connection_limits import ConnectionLimits
 from rustynet.domain.tls_pin import SpkiPin
@@ -48,12 +49,14 @@ async def serve_until_stopped(
     pin: SpkiPin,
     on_hangup: Callable[[], None] | None = None,
     before_ready: Callable[[], None] | None = None,
+    stun: StunServer | None = None,
 ) -> None:
     """Serve `runner` on `listen` until SIGTERM/SIGINT, then clean the runner up.
 
     `ready` starts the line written to stderr once listening (`READY listening on HOST:PORT
     pin PIN`, which tests and operators read); `before_ready` runs just before it; `on_hangup`
-    handles SIGHUP meanwhile."""
+    handles SIGHUP meanwhile; `stun` (the STUN service, UDP) is bound before the ready line
+    and closed on the way out."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = [signal.SIGTERM, signal.SIGINT]
@@ -69,6 +72,8 @@ async def serve_until_stopped(
             runner, host, port, ssl_context=ssl_context, guard=guard, backlog=backlog
         )
         await site.start()
+        if stun is not None:
+            await _start_stun(stun)
         if before_ready is not None:
             before_ready()
         sys.stderr.write(f"{ready} listening on {host}:{port} pin {pin.to_text()}\n")
@@ -77,4 +82,25 @@ async def serve_until_stopped(
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
+        if stun is not None:
+            stun.close()
         await runner.cleanup()
+
+
+def stun_server(enabled: bool, listen: Sequence[tuple[str, int]]) -> StunServer | None:
+    """The STUN service `[stun]` asks for (None when disabled)."""
+    return StunServer(listen) if enabled else None
+
+
+async def _start_stun(stun: StunServer) -> None:
+    """Bind the STUN service; a port already taken (another STUN server on the host, say) is
+    logged as an error and the HTTPS service runs on without it: discovery is an aid, the
+    control plane's and the relay's own service must not depend on it."""
+    try:
+        await stun.start()
+    except OSError as exc:
+        _log.error(
+            "stun.bind_failed",
+            addresses=[f"{host}:{port}" for host, port in stun.listen],
+            error=str(exc),
+        )

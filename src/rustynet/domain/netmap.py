@@ -14,7 +14,8 @@ Payload (canonical JSON inside a `SignedEnvelope` with `Purpose.PEER_MAP`)::
      "inbound": [{"sources": ["100.64.0.1/32"], "proto": "tcp|udp|icmp|any",
                   "ports": [[22, 22]]}],
      "relays": [{"id": "relay-1", "url": "wss://relay.example:443/v1/relay",
-                 "tls_spki_sha256": "sha256//..."}]}
+                 "tls_spki_sha256": "sha256//..."}],
+     "stun": ["203.0.113.1:3478", "203.0.113.1:3479", "[2001:db8::1]:3478"]}
 
 Times are RFC 3339 UTC strings with `Z`, whole seconds. Peers are sorted by id, inbound rules
 keep the compiler's order; everything is in protocol-agnostic terms (tunnel keys, overlay
@@ -22,6 +23,8 @@ prefixes, underlay endpoints), the tunnel adapter translates. The top-level `rel
 the same for every node of a mesh (docs/relay-protocol.md): a node's home relay is the first
 one, so two nodes that need a relay meet on the same one; each relay is pinned by its TLS key,
 and the list is signed with the rest of the map. A peer's `relays` names relay ids from it.
+`stun` is the mesh's STUN servers (the control host's and the relays', as control.toml
+`[stun].advertise` lists them), IP-literal endpoints checked by `rustynet.domain.stun`.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from rustynet.domain.keys import KeyFingerprint, Purpose, TunnelKey
 from rustynet.domain.policy import Proto
 from rustynet.domain.policy_compile import FilterRule
 from rustynet.domain.signed import JsonObject, JsonValue, SignedEnvelope
+from rustynet.domain.stun import check_servers
 from rustynet.domain.tls_pin import SpkiPin
 from rustynet.domain.tunnel import UnderlayEndpoint
 
@@ -64,6 +68,7 @@ _PAYLOAD_KEYS: Final = frozenset(
         "peers",
         "inbound",
         "relays",
+        "stun",
     }
 )
 _RELAY_KEYS: Final = frozenset({"id", "url", "tls_spki_sha256"})
@@ -290,6 +295,7 @@ class PeerMap:
     peers: tuple[PeerEntry, ...]
     inbound: tuple[InboundRule, ...]
     relays: tuple[RelayEntry, ...] = attrs.field(default=(), converter=check_relays)
+    stun: tuple[str, ...] = attrs.field(default=(), converter=check_servers)
 
     def __attrs_post_init__(self) -> None:
         if type(self.serial) is not int or self.serial < 1:
@@ -312,6 +318,7 @@ class PeerMap:
             "peers": [p.to_json() for p in self.peers],
             "inbound": [r.to_json() for r in self.inbound],
             "relays": [r.to_json() for r in self.relays],
+            "stun": list(self.stun),
         }
 
     @classmethod
@@ -333,9 +340,10 @@ def build_peer_map(
     now: datetime,
     ttl: timedelta,
     relays: Sequence[RelayEntry] = (),
+    stun: Sequence[str] = (),
 ) -> PeerMap:
     """Assemble a node's map (peers sorted by id) valid from `now` for `ttl`; `relays` keeps
-    its order (the first is every node's home relay)."""
+    its order (the first is every node's home relay), so does `stun`."""
     issued = now.astimezone(UTC).replace(microsecond=0)
     return PeerMap(
         addressee=self_entry.id,
@@ -347,6 +355,7 @@ def build_peer_map(
         peers=tuple(sorted(peers, key=lambda p: p.id)),
         inbound=tuple(InboundRule.from_filter(r) for r in inbound),
         relays=tuple(relays),
+        stun=tuple(stun),
     )
 
 
@@ -558,4 +567,9 @@ def _parse_payload(payload: Mapping[str, object]) -> PeerMap:
         peers=tuple(_peer(p) for p in peers),
         inbound=tuple(_rule(r) for r in inbound),
         relays=tuple(_relay(r) for r in relays),
+        stun=check_servers(d["stun"]) if isinstance(d["stun"], list) else _not_list("stun"),
     )
+
+
+def _not_list(what: str) -> tuple[str, ...]:
+    raise MalformedPeerMap(f"{what} is a list")

@@ -35,6 +35,7 @@ from rustynet.domain.policy import Policy
 from rustynet.domain.policy_compile import PolicyIndex, compile_policy
 from rustynet.domain.replay import DEFAULT_CAPACITY
 from rustynet.domain.signed import parse_canonical_json
+from rustynet.domain.stun import check_servers
 from rustynet.ports.change_feed import ChangeFeed
 from rustynet.ports.clock import Clock
 from rustynet.ports.entropy import Entropy
@@ -55,6 +56,7 @@ class ControlSettings:
     control_url: str
     tls_spki_sha256: bytes = attrs.field(repr=bytes.hex)
     relays: tuple[RelayEntry, ...] = attrs.field(default=(), converter=check_relays)
+    stun_servers: tuple[str, ...] = attrs.field(default=(), converter=check_servers)  # peer map
     limits: LimitPolicy = attrs.field(factory=LimitPolicy)
     admin_per_ip: BucketPolicy = DEFAULT_ADMIN_PER_IP  # authenticated admin calls only
     audit_fold_window: timedelta = DEFAULT_FOLD_WINDOW

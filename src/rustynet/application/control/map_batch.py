@@ -111,8 +111,10 @@ class MapAssembler:
         relays: Sequence[RelayEntry],
         now: datetime,
         ttl: timedelta,
+        stun: Sequence[str] = (),
     ) -> None:
         self._nodes = nodes
+        self._stun = tuple(stun)
         self._relays = tuple(relays)
         self._relay_ids = tuple(r.id for r in relays)
         self._now = now
@@ -174,4 +176,5 @@ class MapAssembler:
             peers=tuple(peers),
             inbound=tuple(self.rule(r) for r in inbound),
             relays=self._relays,
+            stun=self._stun,
         )

@@ -83,7 +83,9 @@ class PeerMaps:
                     if node_id not in net.nodes
                 }
             settings = ctx.settings
-            assembler = MapAssembler(net.nodes, settings.relays, now, settings.peer_map_ttl)
+            assembler = MapAssembler(
+                net.nodes, settings.relays, now, settings.peer_map_ttl, settings.stun_servers
+            )
             trust = ctx.trust()
             done: dict[str, PeerMapResponse] = {}
             out: list[object] = []

@@ -1,0 +1,85 @@
+"""The node's STUN probe: one Binding request from a given local socket, one answer or None.
+
+The one rule: only a success response to our transaction id, from the exact address we sent
+the request to, is believed (`rustynet.domain.stun.accept_binding_response` checks the message,
+this module the source); every other datagram on the socket — a forged or stale response, a
+request, noise — is ignored, counted in `ProbeCounters`, and the probe keeps waiting until
+its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+
+import attrs
+import structlog
+
+from rustynet.domain.entropy import Entropy
+from rustynet.domain.stun import BindingResult, StunError, accept_binding_response, binding_request
+
+_log = structlog.get_logger(__name__)
+_MAX_DATAGRAM = 2048
+
+
+@attrs.define
+class ProbeCounters:
+    """Datagrams a probe ignored, by reason (shared across probes by the caller)."""
+
+    wrong_source: int = 0
+    wrong_transaction: int = 0
+    malformed: int = 0
+
+
+def _same_address(a: tuple[str | int, ...], b: tuple[str, int]) -> bool:
+    try:
+        ip_a = ipaddress.ip_address(str(a[0]).split("%", 1)[0])
+        ip_b = ipaddress.ip_address(b[0])
+    except ValueError:
+        return False
+    if isinstance(ip_a, ipaddress.IPv6Address) and ip_a.ipv4_mapped is not None:
+        ip_a = ip_a.ipv4_mapped
+    return ip_a == ip_b and int(a[1]) == b[1]
+
+
+def _resolve(server: tuple[str, int], family: int) -> tuple[str, int]:
+    ip = ipaddress.ip_address(server[0])  # servers are IP literals (peer map, config)
+    if family == socket.AF_INET6 and ip.version == 4:
+        return (f"::ffff:{ip}", server[1])
+    return (str(ip), server[1])
+
+
+async def probe(
+    sock: socket.socket,
+    server: tuple[str, int],
+    entropy: Entropy,
+    timeout: float,
+    counters: ProbeCounters | None = None,
+) -> BindingResult | None:
+    """Send one Binding request from `sock` (a bound, non-blocking UDP socket) to `server`
+    (IP literal, port) and wait up to `timeout` seconds for its answer; None on timeout."""
+    counters = counters if counters is not None else ProbeCounters()
+    loop = asyncio.get_running_loop()
+    transaction_id, request = binding_request(entropy)
+    target = _resolve(server, sock.family)
+    sock.setblocking(False)
+    await loop.sock_sendto(sock, request, target)
+    deadline = loop.time() + timeout
+    while (left := deadline - loop.time()) > 0:
+        try:
+            data, addr = await asyncio.wait_for(loop.sock_recvfrom(sock, _MAX_DATAGRAM), left)
+        except TimeoutError:
+            break
+        if not _same_address(addr, (str(ipaddress.ip_address(server[0])), server[1])):
+            counters.wrong_source += 1
+            continue
+        try:
+            return accept_binding_response(data, transaction_id)
+        except StunError as exc:
+            if "transaction id" in str(exc):
+                counters.wrong_transaction += 1
+            else:
+                counters.malformed += 1
+            _log.debug("stun.response_ignored", server=f"{server[0]}:{server[1]}", reason=str(exc))
+    return None
