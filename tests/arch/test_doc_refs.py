@@ -59,9 +59,9 @@ _HASH_COMMENTED = (".toml", ".sh", ".service")
 # In markdown, backticked spans and link targets have their own rules (checked above them).
 _BACKTICKED = re.compile(r"`[^`\n]+`")
 _CITED = re.compile(r"`[^`\n]+`|\]\([^)\s]*\)")
-_OUTSIDE_NOTE = re.compile(
-    r"\b(?:ARCHITECTURE|STYLE|ANCHORS|DEVELOPERS|LAB)\b\s*(?:§|habit\b|section\b|rule\b)"
-)
+# An upper-case note name followed by a section sign, or by the word "habit" and a number: the
+# way documents kept outside the repository get cited. Pages of the repository are cited by path.
+_OUTSIDE_NOTE = re.compile(r"\b[A-Z][A-Z_]{3,}\b\s*(?:§|habit\s+\d)")
 _DOC_NAME = re.compile(r"(?<![\w./*-])((?:[\w.-]+/)*[\w-][\w.-]*\.md)(?![\w])")
 
 
@@ -278,11 +278,11 @@ def test_markdown_checker_accepts_what_resolves(tree: Path) -> None:
         ("Proven by `src/pkg/gone.py`.", "src/pkg/gone.py: no such file"),
         ("Proven by `src/pkg/mod.py::Y`.", "Y is not defined in src/pkg/mod.py"),
         ("See `docs/missing.md`.", "docs/missing.md: no such file"),
-        ("See [design](../shared/ARCHITECTURE.md).", "link to ../shared/ARCHITECTURE.md"),
-        ("The design notes (ARCHITECTURE.md) say so.", "names ARCHITECTURE.md: no such"),
+        ("See [design](../notes/DESIGN.md).", "link to ../notes/DESIGN.md"),
+        ("The design notes (DESIGN.md) say so.", "names DESIGN.md: no such"),
         ("See other/lab.md.", "names other/lab.md: no such document"),
-        ("The defaults are ARCHITECTURE §7.", "cites 'ARCHITECTURE §': a note outside"),
-        ("Race-free (`STYLE habit 5`).", "cites 'STYLE habit': a note outside"),
+        ("The defaults are DESIGN §7.", "cites 'DESIGN §': a note outside"),
+        ("Race-free (`GUIDE habit 5`).", "cites 'GUIDE habit 5': a note outside"),
     ],
 )
 def test_markdown_checker_rejects_a_planted_dangling_citation(
@@ -300,11 +300,11 @@ def test_markdown_checker_rejects_a_planted_dangling_citation(
 @pytest.mark.parametrize(
     "source",
     [
-        '"""Module.\n\nThe rules are in STYLE.md."""\n',
-        "def f() -> None:\n    pass  # see ../shared/LAB.md, pitfall 2\n",
+        '"""Module.\n\nThe rules are in GUIDE.md."""\n',
+        "def f() -> None:\n    pass  # see ../notes/PITFALLS.md, pitfall 2\n",
         'class C:\n    """Owns the cache.\n\n    See docs/nowhere.md.\n    """\n',
-        "X = 1  # the defaults are ARCHITECTURE §7\n",
-        '"""Race-free by construction (STYLE habit 5)."""\n',
+        "X = 1  # the defaults are DESIGN §7\n",
+        '"""Race-free by construction (GUIDE habit 5)."""\n',
     ],
 )
 def test_code_checker_rejects_a_comment_naming_a_missing_document(tree: Path, source: str) -> None:
@@ -321,11 +321,11 @@ def test_code_checker_reads_toml_comments(tree: Path) -> None:
     """A configuration file's comment is held to the same rules; its values are data."""
     config = tree / "budgets.toml"
     config.write_text(
-        '# targets: docs/guide/lab.md\n[a]\nx = 1  # ARCHITECTURE §8\npage = "gone.md"\n'
+        '# targets: docs/guide/lab.md\n[a]\nx = 1  # DESIGN §8\npage = "gone.md"\n'
         "# see missing.md\n"
     )
     assert check_code([config], tree) == [
-        "budgets.toml:3: cites 'ARCHITECTURE §': a note outside the repository",
+        "budgets.toml:3: cites 'DESIGN §': a note outside the repository",
         "budgets.toml:5: names missing.md: no such document in the repository",
     ]
 
