@@ -8,11 +8,12 @@ finds nothing until then.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from rustynet.domain.candidates import Candidate
-from rustynet.domain.tunnel import IPAddress
+from rustynet.domain.nat import StunObservation
+from rustynet.domain.tunnel import IPAddress, UnderlayEndpoint
 
 
 class InterfaceAddresses(Protocol):
@@ -31,6 +32,18 @@ class ReflexiveDiscovery(Protocol):
         ...
 
 
+class NatProbe(Protocol):
+    """Asks STUN servers what a local UDP port looks like from outside."""
+
+    async def observe(
+        self, servers: Sequence[UnderlayEndpoint], port: int | None
+    ) -> tuple[StunObservation, ...]:
+        """One Binding request to each of `servers` from local UDP `port` (None: an ephemeral
+        port of the adapter's choosing), concurrently; one observation per server, in order
+        (`mapped` None: no valid answer before the adapter's deadline)."""
+        ...
+
+
 class NoReflexiveDiscovery:
     """Finds nothing: the node reports no reflexive candidate (no STUN service yet)."""
 
@@ -40,4 +53,4 @@ class NoReflexiveDiscovery:
         return ()
 
 
-__all__ = ["InterfaceAddresses", "NoReflexiveDiscovery", "ReflexiveDiscovery"]
+__all__ = ["InterfaceAddresses", "NatProbe", "NoReflexiveDiscovery", "ReflexiveDiscovery"]
