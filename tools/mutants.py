@@ -224,6 +224,16 @@ def _table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+def report(results: Sequence[Result]) -> str:
+    """The results table, then every mutant not killed again: a CI log's tail shows only its
+    last lines, and those must name the survivor."""
+    text = _table(results)
+    missed = [r for r in results if r.status != "KILLED"]
+    if missed:
+        text += f"\n\nnot killed ({len(missed)}):\n{_table(missed)}"
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the gate; 0 when every selected mutant is killed, 1 otherwise, 2 on a bad file."""
     started = time.monotonic()
@@ -240,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.chdir(ROOT)
     results = run(mutants, args.jobs, args.mode, args.verbose)
     print()
-    print(_table(results))
+    print(report(results))
     counts = {s: sum(r.status == s for r in results) for s in STATUSES}
     elapsed = time.monotonic() - started
     summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if s != "KILLED")

@@ -13,11 +13,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pytest
+from tools.mutants import Result, report
 from tools.mutation.spec import (
     ROOT,
     Mutant,
@@ -248,3 +250,13 @@ def test_a_pending_page_is_excused_only_while_it_has_uncited_rows() -> None:
     assert citation_problems({"done.md": done}, {"limit-a"}, frozenset({"done.md"})) == [
         "done.md: every control row cites a mutant; remove it from pending"
     ]
+
+
+def test_the_report_names_every_survivor_in_its_last_lines() -> None:
+    """CI shows a log's tail only: a survivor listed only mid-table would go unnamed."""
+
+    killed = [Result(_mutant(), "KILLED", "by t", 0.1) for _ in range(40)]
+    survivor = Result(dataclasses.replace(_mutant(), id="the-survivor"), "SURVIVED", "why", 0.2)
+    text = report([survivor, *killed])
+    assert "the-survivor" in "\n".join(text.splitlines()[-3:])
+    assert "not killed" not in report(killed)
