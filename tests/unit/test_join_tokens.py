@@ -74,15 +74,15 @@ def test_join_tokens_have_fresh_ids_and_secrets() -> None:
 
 def test_secret_never_appears_in_repr_or_str() -> None:
     """repr/str show where to connect, never the secret or the token text."""
-    token = _token()
-    secret = bytes(token.export_secret())
-    text = token.to_text()
-    for shown in (repr(token), str(token)):
-        assert text not in shown
-        assert b64encode(secret) not in shown
-        assert secret.hex() not in shown
-        assert repr(secret) not in shown
-        assert URL in shown
+    for _ in range(8):  # random secrets: one in ten holds a quote that changes its repr
+        token = _token()
+        secret = bytes(token.export_secret())
+        text = token.to_text()
+        # bytes and bytearray escape a quote differently: b"'" vs bytearray(b"\'")
+        forms = (text, b64encode(secret), secret.hex(), repr(secret), repr(bytearray(secret)))
+        for shown in (repr(token), str(token)):
+            assert not [form for form in forms if form in shown]
+            assert URL in shown
 
 
 def test_storage_keeps_a_hash_not_the_secret() -> None:
