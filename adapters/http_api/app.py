@@ -37,7 +37,7 @@ from rustynet.adapters.http_api.middleware import (
     error_middleware,
     json_content_type,
     metrics_middleware,
-    secret_query_guard,
+    query_guard,
 )
 from rustynet.adapters.http_api.preauth import authenticate_first
 from rustynet.adapters.http_api.rejections import rejecting_runner
@@ -100,7 +100,7 @@ def create_app(
             error_middleware,
             admission_gate,  # per-IP token spent before any body is read (admission.py)
             authenticate_first,  # credential checked before any body is read (preauth.py)
-            secret_query_guard,
+            query_guard,
             json_content_type,
         ],
         # The server-wide ceiling; each route reads at most its own cap (read_json).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from aiohttp import web
@@ -18,3 +18,5 @@ METRICS_KEY = web.AppKey("metrics", ApiMetrics)
 ADMISSION_KEY = web.AppKey("admission", RequestAdmission)
 # More Prometheus text for /metrics from outside the app (the connection guard's counters).
 EXTRA_METRICS_KEY: Final[web.AppKey[tuple[Callable[[], str], ...]]] = web.AppKey("extra_metrics")
+# The query parameters each route takes, by (method, route template); absent: none.
+QUERY_KEY: Final[web.AppKey[Mapping[tuple[str, str], frozenset[str]]]] = web.AppKey("query")

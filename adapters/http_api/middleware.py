@@ -9,11 +9,12 @@ Order (outermost first): `metrics_middleware` times every request and counts it 
 template with the FINAL status; `error_middleware` turns every exception into the one JSON
 error shape (errors.py); `admission_gate` (admission.py) spends the client's per-IP token
 before a body-reading route reads its body; `authenticate_first` (preauth.py) checks the
-credential of such an admin or node route before its body is read; `secret_query_guard`
-refuses a query parameter named like a secret; `json_content_type` refuses a body that is not
-`application/json`. Body size caps are applied where the body is read (`read_json`), per
-route, before the body is buffered. Requests the HTTP parser refuses (rejections.py) and
-expectations other than `100-continue` (expect.py) never reach this pipeline.
+credential of such an admin or node route before its body is read; `query_guard` refuses a
+query parameter named like a secret, one the route does not take, and a repeated one;
+`json_content_type` refuses a body that is not `application/json`. Body size caps are applied
+where the body is read (`read_json`), per route, before the body is buffered. Requests the HTTP
+parser refuses (rejections.py) and expectations other than `100-continue` (expect.py) never
+reach this pipeline.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from rustynet.adapters.http_api.errors import (
     map_exception,
 )
 from rustynet.adapters.http_api.expect import send_continue
-from rustynet.adapters.http_api.keys import METRICS_KEY, SETTINGS_KEY
+from rustynet.adapters.http_api.keys import METRICS_KEY, QUERY_KEY, SETTINGS_KEY
 from rustynet.adapters.http_api.metrics import UNMATCHED_ROUTE
 
 from rustynet.application.errors import BadRequest, FieldProblem, ValidationError
@@ -109,14 +110,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 @web.middleware
-async def secret_query_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A query parameter named like a secret → 400; its value is never echoed or logged."""
-    for name in request.query:
-        if _SECRET_PARAM.search(name):
+async def query_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A query parameter named like a secret → 400 (its value is never echoed or logged); one
+    the route does not take (routes.QUERY), or one given twice → 400 naming what it takes."""
+    names = [name for name, _ in request.query.items()]  # every occurrence, repeats too
+    if any(_SECRET_PARAM.search(name) for name in names):
+        raise ApiError(
+            400,
+            "bad_request",
+            "credentials are not accepted in the query string; use the Authorization header",
+        )
+    if names:
+        taken = request.app[QUERY_KEY].get((request.method, route_template(request)), frozenset())
+        if not set(names) <= taken or len(set(names)) != len(names):
+            accepted = ", ".join(sorted(taken)) or "none"
             raise ApiError(
                 400,
                 "bad_request",
-                "credentials are not accepted in the query string; use the Authorization header",
+                f"unknown or repeated query parameter; this route takes: {accepted}",
             )
     return await handler(request)
 

@@ -1,16 +1,19 @@
 """The route table of control API v1: (method, path template, handler), nothing else.
 
-The one rule: this table and openapi.json list the same routes (tests/integration/
-test_openapi.py compares them both ways).
+The one rule: this table and openapi.json list the same routes, and `QUERY` the same query
+parameters (tests/integration/test_openapi.py compares them both ways); a route refuses any
+query parameter it does not take (middleware.query_guard).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 from aiohttp import web
 from rustynet.adapters.http_api import handlers as h
 from rustynet.adapters.http_api.expect import defer_continue
+from rustynet.adapters.http_api.keys import QUERY_KEY
 
 ROUTES: Final = (
     # node routes
@@ -45,9 +48,16 @@ ROUTES: Final = (
     ("GET", "/v1/openapi.json", h.openapi),
 )
 
+# (method, route template) → the query parameters it takes; every other route takes none.
+QUERY: Final[Mapping[tuple[str, str], frozenset[str]]] = {
+    ("GET", "/v1/peermap"): frozenset({"after", "wait"}),
+    ("GET", "/v1/admin/audit"): frozenset({"start", "limit"}),
+}
+
 
 def add_routes(app: web.Application) -> None:
     """Register every route of the table (GET routes do not also answer HEAD); `100 Continue`
     waits until the handler reads the body (expect.py)."""
+    app[QUERY_KEY] = QUERY
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler, expect_handler=defer_continue)

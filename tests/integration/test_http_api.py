@@ -255,11 +255,37 @@ async def test_secret_named_query_parameter_is_refused_and_never_logged(
     status, _, body = await _call(http, "GET", "/v1/peermap", params={name: value, "after": "0"})
     assert status == 400
     _assert_error(body, "bad_request")
+    assert "credentials are not accepted" in body["detail"]  # not just an unknown parameter
     assert value not in json.dumps(body)
     assert caplog.records, "the access log should have recorded the request"
     for record in caplog.records:
         assert value not in record.getMessage()
         assert value not in repr(vars(record))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/v1/admin/audit", [("limit", "5"), ("colour", "blue")]),  # unknown to this route
+        ("/v1/admin/audit", [("limit", "5"), ("limit", "6")]),  # repeated
+        ("/v1/admin/nodes", [("after", "0")]),  # the peer map's, not this route's
+        ("/healthz", [("x", "1")]),  # a route that takes none
+    ],
+)
+async def test_a_query_parameter_the_route_does_not_take_is_refused(
+    http: aiohttp.ClientSession, api: LiveApi, path: str, params: list[tuple[str, str]]
+) -> None:
+    """Nothing in a query string is silently ignored: 400, naming what the route takes."""
+    headers = api.admin_headers()
+    status, _, body = await _call(http, "GET", path, params=params, headers=headers)
+    assert status == 400
+    _assert_error(body, "bad_request")
+    assert "this route takes" in body["detail"]
+    assert "blue" not in body["detail"]
+    assert "colour" not in body["detail"]
+    ok, _, _ = await _call(http, "GET", "/v1/admin/audit", params=[("limit", "5")], headers=headers)
+    assert ok == 200
 
 
 @pytest.mark.asyncio

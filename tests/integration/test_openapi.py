@@ -28,6 +28,7 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 from rustynet.adapters.http_api.app import create_app
 from rustynet.adapters.http_api.handlers import openapi_document
+from rustynet.adapters.http_api.routes import QUERY
 from rustynet.adapters.storage.memory import MemoryStore
 
 from rustynet.ports.wire.codec import decode, to_json_value
@@ -99,6 +100,19 @@ def test_every_registered_route_is_documented_and_vice_versa() -> None:
     documented = _documented_routes()
     assert registered - documented == set(), "routes missing from openapi.json"
     assert documented - registered == set(), "documented routes the app does not serve"
+
+
+def test_each_route_takes_exactly_the_query_parameters_it_documents() -> None:
+    """The query guard's table (routes.QUERY) and the document's `in: query` parameters agree."""
+    documented = {}
+    for path, item in DOC["paths"].items():
+        for method, operation in item.items():
+            names = frozenset(
+                p["name"] for p in operation.get("parameters", []) if p.get("in") == "query"
+            )
+            if names:
+                documented[(method.upper(), path)] = names
+    assert documented == dict(QUERY)
 
 
 def test_document_is_openapi_31_with_resolvable_references() -> None:

@@ -269,13 +269,19 @@ def test_a_document_looser_than_the_server_is_caught(live_api: LiveApi) -> None:
 
 
 def test_a_document_tighter_than_the_server_is_caught(live_api: LiveApi) -> None:
-    """Negative control for the negative check: a document that demands an integer `since`
-    query parameter on /healthz (which the server never reads) is reported, since the server
+    """Negative control for the negative check: a document that demands an `X-Probe` header of
+    three letters on /healthz (which the server never reads) is reported, since the server
     answers 200 to requests the document calls invalid ("API accepted schema-violating
-    request")."""
+    request"). (A query parameter would not do: the server refuses every query parameter a
+    route does not take.)"""
     document = json.loads(openapi_document())
-    since = {"name": "since", "in": "query", "required": True, "schema": {"type": "integer"}}
-    document["paths"]["/healthz"]["get"]["parameters"] = [since]
+    probe = {
+        "name": "X-Probe",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[a-z]{3}$"},
+    }
+    document["paths"]["/healthz"]["get"]["parameters"] = [probe]
     healthz = [op for op in _operations(live_api, document) if op.path == "/healthz"]
     failures = _run(live_api, healthz, (GenerationMode.NEGATIVE,))
     assert len(failures) == 1
