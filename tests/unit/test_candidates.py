@@ -128,7 +128,9 @@ class RecordingControl:
     def __init__(self) -> None:
         self.sent: list[tuple[Candidate, ...]] = []
 
-    async def put_candidates(self, auth: NodeCredentials, candidates: Sequence[Candidate]) -> None:
+    async def put_candidates(
+        self, auth: NodeCredentials, candidates: Sequence[Candidate], nat: object = None
+    ) -> None:
         self.sent.append(tuple(candidates))
 
 
