@@ -201,3 +201,21 @@ def test_two_nodes_behind_one_nat_get_their_own_mappings(world: World) -> None:
     assert second is not None
     assert second.split(":")[0] == site.router.wan_address
     assert second != first
+
+
+def test_an_address_change_is_reported_within_seconds(world: World) -> None:
+    """`ip monitor` sees a new address: the node re-gathers at once (the timer is 30 s) and
+    the observer's map carries the new local candidate within a few seconds."""
+    host = world.nat.internet_host()
+    _discover(world, "n-roam", host, "public")
+    extra = "203.0.113.250"
+    done = run_in(host.ns, "ip", "address", "add", f"{extra}/32", "dev", "lo")
+    assert done.returncode == 0, done.stderr
+    wanted = (f"{extra}:{NODE_UNDERLAY_PORT}", "local")
+
+    def seen() -> bool:
+        return wanted in (_entry(world.observer, "n-roam") or [])
+
+    _, took = wait_for("the new address in the observer's map", seen, 10.0, 0.05)
+    print(f"\naddress change -> observer's map: {took:.2f}s")
+    assert took < 5.0
