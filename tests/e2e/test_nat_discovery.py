@@ -31,7 +31,7 @@ from tests.e2e.harness import (
     wait_for,
 )
 from tests.natlab import Host, NatKind, NatLab
-from tests.netns import require_root
+from tests.netns import require_in_ci, require_root
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -83,6 +83,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    require_in_ci("conntrack")
     require_root("ip", "nft", "conntrack", "wireguard-go")
     for binary in (CONTROL_BIN, RUSTYNETD_BIN):
         if not Path(binary).exists():

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.natlab import Host, NatKind, NatLab, read_line
-from tests.netns import require_root
+from tests.netns import require_in_ci, require_root
 
 pytestmark = [pytest.mark.root]
 
@@ -47,6 +47,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
+    require_in_ci("conntrack")
     require_root("ip", "nft", "conntrack")
     with NatLab() as nat:
         stun, peer = nat.internet_host(), nat.internet_host()
