@@ -61,6 +61,7 @@ def test_two_interfaces_become_local_candidates_in_the_peers_map(mesh: Mesh) -> 
         return [(c["endpoint"], c["kind"]) for c in node["candidates"]] == expected
 
     wait_for("a's candidates at control", shown, 15, interval=0.5)
+
     def classified() -> dict[str, object] | None:
         node = mesh.control.admin_json("nodes", "show", "canda")
         assert isinstance(node, dict)

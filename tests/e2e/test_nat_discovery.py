@@ -25,7 +25,6 @@ from tests.e2e.harness import (
     NODE_UNDERLAY_PORT,
     RUSTYNETD_BIN,
     ControlPlane,
-    LabError,
     Node,
     run_in,
     wait_for,
@@ -39,36 +38,10 @@ CONTROL_PORT = 8443
 DISCOVER_TIMEOUT = 20.0
 
 
-class NatControl(ControlPlane):
-    """`rustynet-control` on a lab internet host (its STUN ports follow its IP-literal URL)."""
-
-    def __init__(self, host: Host, workdir: Path) -> None:
-        super().__init__(host.ns, workdir, CONTROL_PORT)
-        self.address = host.address
-        self.url = f"https://{host.address}:{CONTROL_PORT}"
-
-    def init(self) -> None:
-        done = run_in(
-            self.ns,
-            CONTROL_BIN,
-            "init",
-            "--data-dir",
-            str(self.data_dir),
-            "--url",
-            self.url,
-            "--listen",
-            f"{self.address}:{CONTROL_PORT}",
-            "--keystore",
-            "file",
-        )
-        if done.returncode != 0:
-            raise LabError(f"rustynet-control init failed:\n{done.stderr}")
-
-
 @dataclass
 class World:
     nat: NatLab
-    control: NatControl
+    control: ControlPlane
     observer: Node
     workdir: Path
     nodes: list[Node]
@@ -90,7 +63,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             pytest.skip(f"missing {binary}")
     workdir = tmp_path_factory.mktemp("natdisc")
     with NatLab() as nat:
-        control = NatControl(nat.internet_host(), workdir)
+        host = nat.internet_host()
+        control = ControlPlane(host.ns, workdir, CONTROL_PORT, address=host.address)
         world = World(nat, control, None, workdir, [])  # type: ignore[arg-type]
         try:
             control.init()
