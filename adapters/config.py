@@ -423,6 +423,8 @@ class NodeConfig:
         underlay_endpoints = ["198.51.100.7:41641"] # optional override: where peers may reach
                                                    # us (IP:PORT); absent: gathered
         candidates.exclude = ["198.51.100.0/28"]   # interface addresses never reported
+        candidates.nat_interval = 300              # seconds between NAT re-classifications
+                                                   # (also on address/route changes), 10-86400
         log_level = "info"                         # debug | info | warning | error
         keystore = "auto"                          # auto | os | file
         passphrase_file = "/etc/rustynet/keystore.pass"  # file key store; a systemd
@@ -437,6 +439,7 @@ class NodeConfig:
     underlay_port: int | None = None
     underlay_endpoints: tuple[str, ...] = ()
     candidates_exclude: tuple[IPNetwork, ...] = ()
+    nat_interval: float = 300.0
     log_level: LogLevel = "info"
     keystore: NodeKeystoreKind = "auto"
     passphrase_file: Path | None = None
@@ -463,12 +466,17 @@ def _configured_endpoint(text: str) -> str:
     return Candidate.parse(_endpoint_text(text), CandidateKind.CONFIGURED.value).endpoint.to_text()
 
 
-def _candidates_exclude(top: _Reader) -> tuple[IPNetwork, ...]:
-    """`[candidates] exclude = ["prefix", ...]`: interface addresses never reported."""
+def _candidates_table(top: _Reader, default_interval: float) -> tuple[tuple[IPNetwork, ...], float]:
+    """`[candidates] exclude = ["prefix", ...]` (interface addresses never reported) and
+    `nat_interval` (seconds between NAT re-classifications)."""
     if "candidates" not in top.table:
         top.used.add("candidates")
-        return ()
+        return (), default_interval
     table = top.sub("candidates")
+    interval_value = table.get("nat_interval", int, required=False)
+    interval = default_interval if interval_value is None else float(str(interval_value))
+    if not 10 <= interval <= 86400:
+        raise table.fail("nat_interval", "must be 10-86400 seconds")
     value = table.get("exclude", list, required=False)
     prefixes = []
     for item in value if isinstance(value, list) else []:
@@ -476,7 +484,7 @@ def _candidates_exclude(top: _Reader) -> tuple[IPNetwork, ...]:
             raise table.fail("exclude", "expected a list of prefixes")
         prefixes.append(table.convert("exclude", item, _prefix))
     table.finish()
-    return tuple(prefixes)
+    return tuple(prefixes), interval
 
 
 def _prefix(text: str) -> IPNetwork:
@@ -505,7 +513,7 @@ def parse_node_config(data: Mapping[str, object], source: str, base: Path) -> No
         if not isinstance(item, str):
             raise top.fail("underlay_endpoints", "expected a list of IP:PORT strings")
         endpoints.append(top.convert("underlay_endpoints", item, _configured_endpoint))
-    exclude = _candidates_exclude(top)
+    exclude, nat_interval = _candidates_table(top, defaults.nat_interval)
     passphrase = top.text("passphrase_file", required=False)
     config = NodeConfig(
         state_dir=_resolve(base, state_dir) if state_dir else defaults.state_dir,
@@ -516,6 +524,7 @@ def parse_node_config(data: Mapping[str, object], source: str, base: Path) -> No
         underlay_port=port,
         underlay_endpoints=tuple(endpoints),
         candidates_exclude=exclude,
+        nat_interval=nat_interval,
         log_level=_choice(top, "log_level", _LOG_LEVELS, defaults.log_level),
         keystore=_choice(top, "keystore", _NODE_KEYSTORES, defaults.keystore),
         passphrase_file=_resolve(base, passphrase) if passphrase is not None else None,

@@ -409,11 +409,14 @@ class ControlClient:
         auth: NodeAuth,
         candidates: Sequence[Mapping[str, str]] = (),
         underlay_endpoints: Sequence[str] = (),
+        nat_classification: str | None = None,
     ) -> None:
         """`PUT /v1/node/endpoints` (204); `underlay_endpoints` is the previous version's shape."""
         body: dict[str, object] = {"candidates": [dict(c) for c in candidates]}
         if underlay_endpoints:
             body["underlay_endpoints"] = list(underlay_endpoints)
+        if nat_classification is not None:
+            body["nat_classification"] = nat_classification
         await self.request("PUT", "/v1/node/endpoints", body=body, headers=self._node_headers(auth))
 
     async def peer_map(

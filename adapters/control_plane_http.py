@@ -25,6 +25,7 @@ import attrs
 from rustynet.domain.candidates import Candidate
 from rustynet.domain.errors import DecodeError
 from rustynet.domain.keys import b64decode, b64encode
+from rustynet.domain.nat import NatClass
 from rustynet.ports.control_api import ControlUnreachable, JsonObject, decode_answer
 from rustynet.ports.control_plane import NodeCredentials, SignableChallenge
 from rustynet.ports.wire.v1 import (
@@ -78,7 +79,11 @@ class NodeRoutes(Protocol):
         ...
 
     async def put_endpoints(
-        self, auth: NodeCredentials, candidates: Sequence[Mapping[str, str]]
+        self,
+        auth: NodeCredentials,
+        candidates: Sequence[Mapping[str, str]],
+        underlay_endpoints: Sequence[str] = (),
+        nat_classification: str | None = None,
     ) -> None:
         """`PUT /v1/node/endpoints`."""
         ...
@@ -186,9 +191,18 @@ class HttpControlPlane:
         info = _read("POST /v1/node/tunnel-key", answer, NodeInfo)
         return info.tunnel_key_expires_at
 
-    async def put_candidates(self, auth: NodeCredentials, candidates: Sequence[Candidate]) -> None:
+    async def put_candidates(
+        self,
+        auth: NodeCredentials,
+        candidates: Sequence[Candidate],
+        nat: NatClass | None = None,
+    ) -> None:
         """`PUT /v1/node/endpoints`."""
-        await self._client.put_endpoints(auth, [c.to_json() for c in candidates])
+        await self._client.put_endpoints(
+            auth,
+            [c.to_json() for c in candidates],
+            nat_classification=None if nat is None else nat.value,
+        )
 
     async def relay_token(self, auth: NodeCredentials, relay_id: str) -> RelayToken:
         """`POST /v1/relay-token`."""

@@ -19,6 +19,7 @@ from rustynet.application.control_types import NodeAuth
 from rustynet.application.errors import ApplicationError, RateLimited, status_of
 from rustynet.domain.candidates import Candidate
 from rustynet.domain.keys import b64decode, b64encode
+from rustynet.domain.nat import NatClass
 from rustynet.ports.control_api import ControlRejected, ControlUnreachable
 from rustynet.ports.control_plane import NodeCredentials, SignableChallenge
 from rustynet.ports.wire.v1 import (
@@ -111,10 +112,16 @@ class LocalControlPlane:
         )
         return info.tunnel_key_expires_at
 
-    async def put_candidates(self, auth: NodeCredentials, candidates: Sequence[Candidate]) -> None:
+    async def put_candidates(
+        self,
+        auth: NodeCredentials,
+        candidates: Sequence[Candidate],
+        nat: NatClass | None = None,
+    ) -> None:
         """`PUT /v1/node/endpoints`."""
         bodies = tuple(CandidateBody(**c.to_json()) for c in candidates)
-        await self._call(self.service.set_endpoints(self._auth(auth), EndpointsRequest(bodies)))
+        request = EndpointsRequest(bodies, nat_classification=None if nat is None else nat.value)
+        await self._call(self.service.set_endpoints(self._auth(auth), request))
 
     async def relay_token(self, auth: NodeCredentials, relay_id: str) -> RelayToken:
         """`POST /v1/relay-token`."""

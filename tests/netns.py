@@ -50,6 +50,16 @@ def require_root(*tools: str) -> None:
         pytest.skip(f"missing tools: {', '.join(missing)}")
 
 
+def require_in_ci(*tools: str) -> None:
+    """In CI (`CI` is true/1/yes) a missing tool fails the test instead of skipping it (tools
+    that tools/setup.sh installs; outside CI `require_root` skips with the reason)."""
+    if os.environ.get("CI", "").strip().lower() not in {"1", "true", "yes"}:
+        return
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}; CI requires it (tools/setup.sh)", pytrace=False)
+
+
 def unique_name(prefix: str = "rn", length: int = 15) -> str:
     """`prefix` + random hex, at most `length` characters (Linux interface names: 15)."""
     return (prefix + secrets.token_hex(8))[:length]

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # postgresql: real PostgreSQL 15 for the store tests; wireguard-go + wireguard-tools: the
 # userspace tunnel (no kernel module here); nftables: data-path policy; iputils-ping, iperf3:
 # e2e scenarios and benchmarks; nebula: the start-up and idle baseline of bench/bench_node.py.
-DEBIAN_PACKAGES=(python3-venv iproute2 postgresql wireguard-go wireguard-tools nftables iputils-ping iperf3 nebula stun-client)
+DEBIAN_PACKAGES=(python3-venv iproute2 postgresql wireguard-go wireguard-tools nftables iputils-ping iperf3 nebula stun-client conntrack)
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()

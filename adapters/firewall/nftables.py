@@ -36,17 +36,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Final
+
+from rustynet.adapters.support.system_tools import Json, ToolError, nft_json
 
 from rustynet.domain.packet_filter import FlowRule, Network, PortSpan, Ruleset, RulesetError
 from rustynet.domain.policy import Proto
 from rustynet.ports.firewall import FirewallError, validate_interface
 
-Json = object
-TIMEOUT_S: Final = 10.0
 _TABLE_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 _CHAIN: Final = "input"
 _FAMILY: Final = "inet"
@@ -169,37 +168,16 @@ class NftablesFirewall:
         return _parse_table(out, table)
 
     async def _nft(self, args: Sequence[str], batch: Json | None) -> Json:
-        argv = ["nft", *args]
-        if self._netns is not None:
-            argv = ["ip", "netns", "exec", self._netns, *argv]
-        stdin = None if batch is None else json.dumps(batch).encode()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except OSError as exc:
-            raise FirewallError(f"cannot run {argv[0]}: {exc}") from exc
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(stdin), TIMEOUT_S)
-        except TimeoutError as exc:
-            proc.kill()
-            await proc.wait()
-            raise FirewallError(f"nft did not finish within {TIMEOUT_S} s") from exc
-        message = err.decode(errors="replace").strip()
-        if proc.returncode != 0:
-            if batch is None and "No such file or directory" in message:
-                raise _NoSuchTableError(message)
-            raise FirewallError(f"nft refused the change (exit {proc.returncode}): {message}")
-        if not out.strip():
-            return None
-        try:
-            parsed: Json = json.loads(out)
-        except ValueError as exc:
-            raise FirewallError("nft printed something that is not JSON") from exc
-        return parsed
+            return await nft_json(args, batch, netns=self._netns)
+        except ToolError as exc:
+            if exc.returncode is None:
+                raise FirewallError(str(exc)) from exc
+            if batch is None and "No such file or directory" in exc.stderr:
+                raise _NoSuchTableError(exc.stderr) from exc
+            raise FirewallError(
+                f"nft refused the change (exit {exc.returncode}): {exc.stderr}"
+            ) from exc
 
 
 class _NoSuchTableError(FirewallError):

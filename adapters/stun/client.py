@@ -1,7 +1,7 @@
 """The node's STUN probe: one Binding request from a given local socket, one answer or None.
 
 The one rule: only a success response to our transaction id, from the exact address we sent
-the request to, is believed (`rustynet.domain.stun.accept_binding_response` checks the message,
+that request to, is believed (`rustynet.domain.stun.accept_binding_response` checks the message,
 this module the source); every other datagram on the socket — a forged or stale response, a
 request, noise — is ignored, counted in `ProbeCounters`, and the probe keeps waiting until
 its deadline.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Sequence
 
 import attrs
 import structlog
@@ -59,27 +60,46 @@ async def probe(
 ) -> BindingResult | None:
     """Send one Binding request from `sock` (a bound, non-blocking UDP socket) to `server`
     (IP literal, port) and wait up to `timeout` seconds for its answer; None on timeout."""
+    return (await probe_all(sock, [server], entropy, timeout, counters))[0]
+
+
+async def probe_all(
+    sock: socket.socket,
+    servers: Sequence[tuple[str, int]],
+    entropy: Entropy,
+    timeout: float,
+    counters: ProbeCounters | None = None,
+) -> list[BindingResult | None]:
+    """One Binding request from `sock` to each of `servers` at once, then one receive loop
+    until every server answered or `timeout` seconds passed; answers in `servers` order (None:
+    no valid answer). One socket, so every server sees the same local port."""
     counters = counters if counters is not None else ProbeCounters()
     loop = asyncio.get_running_loop()
-    transaction_id, request = binding_request(entropy)
-    target = _resolve(server, sock.family)
     sock.setblocking(False)
-    await loop.sock_sendto(sock, request, target)
+    pending: dict[tuple[str, int], bytes] = {}
+    for server in servers:
+        transaction_id, request = binding_request(entropy)
+        key = (str(ipaddress.ip_address(server[0])), server[1])
+        pending[key] = transaction_id
+        await loop.sock_sendto(sock, request, _resolve(server, sock.family))
+    results: dict[tuple[str, int], BindingResult] = {}
     deadline = loop.time() + timeout
-    while (left := deadline - loop.time()) > 0:
+    while len(results) < len(pending) and (left := deadline - loop.time()) > 0:
         try:
             data, addr = await asyncio.wait_for(loop.sock_recvfrom(sock, _MAX_DATAGRAM), left)
         except TimeoutError:
             break
-        if not _same_address(addr, (str(ipaddress.ip_address(server[0])), server[1])):
+        source = next((k for k in pending if _same_address(addr, k)), None)
+        if source is None or source in results:
             counters.wrong_source += 1
             continue
+        server = source
         try:
-            return accept_binding_response(data, transaction_id)
+            results[server] = accept_binding_response(data, pending[server])
         except StunError as exc:
             if "transaction id" in str(exc):
                 counters.wrong_transaction += 1
             else:
                 counters.malformed += 1
             _log.debug("stun.response_ignored", server=f"{server[0]}:{server[1]}", reason=str(exc))
-    return None
+    return [results.get((str(ipaddress.ip_address(s[0])), s[1])) for s in servers]

@@ -219,11 +219,14 @@ print(json.dumps({"status": status, "body": text}))
 class ControlPlane:
     """`rustynet-control` in its namespace: init once, serve (restartable), admin CLI, REST."""
 
-    def __init__(self, ns: Namespace, workdir: Path, port: int = CONTROL_PORT) -> None:
+    def __init__(
+        self, ns: Namespace, workdir: Path, port: int = CONTROL_PORT, address: str = CONTROL_IP
+    ) -> None:
         self.ns = ns
         self.port = port
+        self.address = address
         self.data_dir = workdir / "control"
-        self.url = f"https://{CONTROL_IP}:{port}"
+        self.url = f"https://{address}:{port}"
         self.program = Program(
             ns, [CONTROL_BIN, "serve", "--data-dir", str(self.data_dir)], workdir / "control.log"
         )
@@ -239,7 +242,7 @@ class ControlPlane:
             "--url",
             self.url,
             "--listen",
-            f"{CONTROL_IP}:{self.port}",
+            f"{self.address}:{self.port}",
             "--keystore",
             "file",
         )

@@ -61,9 +61,14 @@ def test_two_interfaces_become_local_candidates_in_the_peers_map(mesh: Mesh) -> 
         return [(c["endpoint"], c["kind"]) for c in node["candidates"]] == expected
 
     wait_for("a's candidates at control", shown, 15, interval=0.5)
-    node = mesh.control.admin_json("nodes", "show", "canda")
-    assert isinstance(node, dict)
+
+    def classified() -> dict[str, object] | None:
+        node = mesh.control.admin_json("nodes", "show", "canda")
+        assert isinstance(node, dict)
+        return node if node["nat_classification"] is not None else None
+
+    node, _ = wait_for("a's NAT classification at control", classified, 15, interval=0.2)
     assert node["candidates_updated_at"] is not None
-    assert node["nat_classification"] is None
+    assert node["nat_classification"] == "public"  # the lab's LAN: STUN sees a's own address
     wait_for("b's map to carry a's candidates", lambda: _map_candidates(b, "canda") == expected, 15)
     assert wait_for("b to ping a", lambda: b.ping(a), 15)[0]

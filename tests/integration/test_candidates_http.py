@@ -63,6 +63,8 @@ HOSTILE = [
     ),
     ({"candidates": [{"endpoint": "198.51.100.2:1", "kind": "relay"}]}, "/candidates/0/kind"),
     ({"underlay_endpoints": ["127.0.0.1:41641"]}, "/underlay_endpoints/0"),
+    ({"candidates": GOOD[:1], "nat_classification": "full-cone"}, "/nat_classification"),
+    ({"candidates": GOOD[:1], "nat_classification": "PUBLIC"}, "/nat_classification"),
     (
         {
             "candidates": [
@@ -101,7 +103,8 @@ async def test_hostile_candidates_are_400_naming_the_field(
 
 @pytest.mark.asyncio
 async def test_candidates_are_stored_shown_and_signed_with_their_kinds(tmp_path: Path) -> None:
-    """Good candidates: 204; the admin routes show them with kind and time (NAT class null);
+    """Good candidates: 204; the admin routes show them with kind and time and the reported
+    NAT classification (also when only it changed);
     the peer's map lists them, kinds included."""
     async with running_api(tmp_path) as api, _session(api) as http:
         status, _ = await _call(
@@ -114,7 +117,7 @@ async def test_candidates_are_stored_shown_and_signed_with_their_kinds(tmp_path:
             http,
             "PUT",
             "/v1/node/endpoints",
-            json={"candidates": GOOD},
+            json={"candidates": GOOD, "nat_classification": "eim-port-preserving"},
             headers=node_headers(server),
         )
         assert status == 204
@@ -123,7 +126,19 @@ async def test_candidates_are_stored_shown_and_signed_with_their_kinds(tmp_path:
         shown = next(n for n in listed["nodes"] if n["id"] == server["node_id"])
         assert shown["candidates"] == GOOD
         assert shown["candidates_updated_at"] is not None
-        assert shown["nat_classification"] is None
+        assert shown["nat_classification"] == "eim-port-preserving"
+        status, _ = await _call(  # the same candidates, a new classification: stored too
+            http,
+            "PUT",
+            "/v1/node/endpoints",
+            json={"candidates": GOOD, "nat_classification": "hard"},
+            headers=node_headers(server),
+        )
+        assert status == 204
+        status, shown = await _call(
+            http, "GET", f"/v1/admin/nodes/{server['node_id']}", headers=api.admin_headers()
+        )
+        assert shown["nat_classification"] == "hard"
         status, delivered = await _call(
             http, "GET", "/v1/peermap?after=0", headers=node_headers(laptop)
         )

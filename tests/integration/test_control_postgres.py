@@ -62,7 +62,10 @@ def _candidates(peer: PeerEntry) -> tuple[tuple[str, str], ...]:
 async def _put_endpoints(url: str, pin: SpkiPin, auth: NodeAuth, endpoints: list[str]) -> None:
     async with ControlClient(url, pin) as client:
         await client.put_endpoints(
-            auth, [{"endpoint": endpoints[1], "kind": "local"}], underlay_endpoints=endpoints[:1]
+            auth,
+            [{"endpoint": endpoints[1], "kind": "local"}],
+            underlay_endpoints=endpoints[:1],
+            nat_classification="eim",
         )
 
 
@@ -125,7 +128,7 @@ def test_serve_on_postgresql_keeps_nodes_and_endpoints_across_a_restart(
         shown = next(n for n in nodes if n["id"] == server_id)
         assert [(c["endpoint"], c["kind"]) for c in shown["candidates"]] == list(CANDIDATES)
         assert shown["candidates_updated_at"] is not None
-        assert shown["nat_classification"] is None  # no NAT discovery yet
+        assert shown["nat_classification"] == "eim"  # stored (migration 0006) across restart
         after = asyncio.run(_map(again, client_auth, client_acc))
         assert [(p.id, _candidates(p)) for p in after.peers] == [(server_id, CANDIDATES)]
         assert after.serial == before.serial  # serials are stored too: nothing changed

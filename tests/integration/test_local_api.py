@@ -189,12 +189,14 @@ def test_node_config_is_strict(tmp_path: Path) -> None:
     good = tmp_path / "ok.toml"
     good.write_text(
         'state_dir = "s"\nbackend = "userspace"\nunderlay_endpoints = ["198.51.100.1:9"]\n'
-        '[candidates]\nexclude = ["198.51.100.0/28", "2001:db8::/32"]\n'
+        '[candidates]\nexclude = ["198.51.100.0/28", "2001:db8::/32"]\nnat_interval = 600\n'
     )
     parsed = load_node_config(good)
     assert parsed.state_dir == tmp_path.resolve() / "s"
     assert parsed.underlay_endpoints == ("198.51.100.1:9",)
     assert [str(p) for p in parsed.candidates_exclude] == ["198.51.100.0/28", "2001:db8::/32"]
+    assert parsed.nat_interval == 600
+    assert load_node_config(None).nat_interval == 300
     cases = {
         "bogus = 1": "bogus: unknown setting",
         'backend = "wg"': "backend: expected one of",
@@ -206,6 +208,8 @@ def test_node_config_is_strict(tmp_path: Path) -> None:
         '[candidates]\nexclude = ["198.51.100.1/28"]': r"\[candidates\]\.exclude:",
         "[candidates]\nexclude = [1]": r"\[candidates\]\.exclude:",
         "[candidates]\nbogus = 1": r"\[candidates\]\.bogus: unknown setting",
+        "[candidates]\nnat_interval = 5": r"\[candidates\]\.nat_interval: must be 10-86400",
+        '[candidates]\nnat_interval = "1m"': r"\[candidates\]\.nat_interval: expected int",
         'keystore = "os"\npassphrase_file = "p"': "passphrase_file: only the file key store",
     }
     for text, message in cases.items():

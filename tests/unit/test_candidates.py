@@ -19,6 +19,8 @@ from rustynet.domain.candidates import (
     candidate_set,
     preferred,
 )
+from rustynet.domain.nat import NatClass
+from rustynet.domain.netmap import PeerMap
 from rustynet.domain.tunnel import IPAddress, UnderlayEndpoint
 from rustynet.ports.control_plane import ControlPlaneClient, NodeCredentials
 
@@ -119,8 +121,15 @@ class FakeInterfaces:
 class FakeReflexive:
     def __init__(self, found: Sequence[Candidate]) -> None:
         self.found = tuple(found)
+        self.nat: NatClass | None = None
 
-    async def reflexive(self, port: int) -> tuple[Candidate, ...]:
+    def invalidate(self) -> None:
+        pass
+
+    def stale(self, peer_map: PeerMap | None) -> bool:
+        return False
+
+    async def reflexive(self, port: int, peer_map: PeerMap | None) -> tuple[Candidate, ...]:
         return self.found
 
 
@@ -128,7 +137,9 @@ class RecordingControl:
     def __init__(self) -> None:
         self.sent: list[tuple[Candidate, ...]] = []
 
-    async def put_candidates(self, auth: NodeCredentials, candidates: Sequence[Candidate]) -> None:
+    async def put_candidates(
+        self, auth: NodeCredentials, candidates: Sequence[Candidate], nat: object = None
+    ) -> None:
         self.sent.append(tuple(candidates))
 
 

@@ -11,6 +11,7 @@ from rustynet.adapters.storage.memory.state import MemoryState, spoil
 from rustynet.domain.candidates import Candidate
 from rustynet.domain.ipam import AddressPlan, AddressPoolExhausted
 from rustynet.domain.keys import TunnelKey, VerifyKey
+from rustynet.domain.nat import NatClass
 from rustynet.domain.nodes import NodeRecord, NodeStatus
 from rustynet.domain.scope import Tag
 from rustynet.ports.store import AlreadyExists, NotFound
@@ -76,10 +77,18 @@ class MemoryNodes:
         )
 
     async def set_candidates(
-        self, node_id: str, candidates: tuple[Candidate, ...], now: datetime
+        self,
+        node_id: str,
+        candidates: tuple[Candidate, ...],
+        now: datetime,
+        nat: NatClass | None = None,
     ) -> NodeRecord:
         node = self._require(node_id)
-        return self._put(attrs.evolve(node, candidates=candidates, candidates_updated_at=now))
+        return self._put(
+            attrs.evolve(
+                node, candidates=candidates, candidates_updated_at=now, nat_classification=nat
+            )
+        )
 
     async def touch(self, node_id: str, now: datetime) -> None:
         node = self._require(node_id)

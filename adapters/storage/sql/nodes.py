@@ -31,6 +31,7 @@ from rustynet.adapters.storage.sql.dialect import (
 from rustynet.domain.candidates import Candidate
 from rustynet.domain.ipam import AddressPlan, AddressPoolExhausted
 from rustynet.domain.keys import TunnelKey, VerifyKey
+from rustynet.domain.nat import NatClass
 from rustynet.domain.nodes import NodeRecord, NodeStatus
 from rustynet.domain.scope import Tag
 from rustynet.ports.store import AlreadyExists, NotFound
@@ -39,7 +40,7 @@ _PROBE_BATCHES: Final = (4, 64)  # candidates per probe query: the first few, th
 
 _NODE_COLUMNS: Final = (
     "id, name, identity_key, tunnel_key, tunnel_key_expires_at, overlay_ipv4, tags, state,"
-    " created_at, last_seen_at, revoked_at, candidates, candidates_updated_at"
+    " created_at, last_seen_at, revoked_at, candidates, candidates_updated_at, nat_classification"
 )
 
 
@@ -58,6 +59,7 @@ def _node(row: Row) -> NodeRecord:
         revoked_at=opt_time(row[10]),
         candidates=_candidates(row[11]),
         candidates_updated_at=opt_time(row[12]),
+        nat_classification=None if row[13] is None else NatClass(row[13]),
     )
 
 
@@ -93,7 +95,7 @@ class SqlNodes:
             self._d.sql(
                 f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (:id, :name, :identity_key,"
                 " :tunnel_key, :tke, :ip, :tags, :state, :created_at, :last_seen_at, :revoked_at,"
-                " :candidates, :candidates_updated_at)"
+                " :candidates, :candidates_updated_at, :nat)"
             ),
             {
                 "id": node.id,
@@ -109,6 +111,7 @@ class SqlNodes:
                 "revoked_at": opt_micros(node.revoked_at),
                 "candidates": _candidates_json(node.candidates),
                 "candidates_updated_at": opt_micros(node.candidates_updated_at),
+                "nat": None if node.nat_classification is None else node.nat_classification.value,
             },
         )
 
@@ -182,13 +185,21 @@ class SqlNodes:
         )
 
     async def set_candidates(
-        self, node_id: str, candidates: tuple[Candidate, ...], now: datetime
+        self,
+        node_id: str,
+        candidates: tuple[Candidate, ...],
+        now: datetime,
+        nat: NatClass | None = None,
     ) -> NodeRecord:
         """See `NodeRepository.set_candidates`."""
         return await self._update(
             node_id,
-            "candidates = :c, candidates_updated_at = :t",
-            {"c": _candidates_json(candidates), "t": to_micros(now)},
+            "candidates = :c, candidates_updated_at = :t, nat_classification = :n",
+            {
+                "c": _candidates_json(candidates),
+                "t": to_micros(now),
+                "n": None if nat is None else nat.value,
+            },
         )
 
     async def touch(self, node_id: str, now: datetime) -> None:

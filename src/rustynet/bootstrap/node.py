@@ -49,15 +49,16 @@ from rustynet.adapters.node_state_file import FileNodeStateStore
 from rustynet.adapters.relay.bridge import RelayBridge
 from rustynet.adapters.relay.client import WebSocketRelayTransport
 from rustynet.adapters.relay.probe import DirectProber, probe_port
-from rustynet.adapters.tunnel.host_addresses import IpInterfaceAddresses
+from rustynet.adapters.stun.tunnel_port import TunnelPortProbe
+from rustynet.adapters.tunnel.host_addresses import IpInterfaceAddresses, IpMonitorChanges
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 from rustynet.adapters.tunnel.wireguard_uapi import WireGuardUapiBackend
 from rustynet.application.node import AgentSettings, NodeDaemon, NodePorts
+from rustynet.application.node.nat_discovery import NatDiscovery
 from rustynet.domain.errors import RustynetError
 from rustynet.domain.tls_pin import SpkiPin
 from rustynet.ports.control_plane import ControlPlaneClient
 from rustynet.ports.firewall import Firewall
-from rustynet.ports.interfaces import NoReflexiveDiscovery
 from rustynet.ports.keystore import Keystore
 from rustynet.ports.tunnel import BackendUnavailable, TunnelBackend
 
@@ -123,6 +124,13 @@ def _reload(path: Path | None, running: NodeConfig) -> NodeConfig:
     return attrs.evolve(running, log_level=fresh.log_level)
 
 
+def nat_discovery(config: NodeConfig, interfaces: IpInterfaceAddresses | None) -> NatDiscovery:
+    """The tunnel port's reflexive discovery and NAT classification: STUN probes through the
+    nft source-port rewrite (`adapters/stun/tunnel_port.py`)."""
+    probe = TunnelPortProbe(OsEntropy())
+    return NatDiscovery(probe, interfaces, SystemClock(), config.nat_interval)
+
+
 def build_daemon(config: NodeConfig, tunnel: TunnelBackend, keystore: Keystore) -> NodeDaemon:
     """Wire the real adapters around `tunnel` and `keystore`."""
     firewall: Firewall = (
@@ -131,6 +139,7 @@ def build_daemon(config: NodeConfig, tunnel: TunnelBackend, keystore: Keystore) 
         else NftablesFirewall(table=table_name_for(config.interface))
     )
     port = config.underlay_port
+    interfaces = None if config.backend == "memory" else IpInterfaceAddresses()
     # The relay path needs the tunnel's own UDP port (the bridge sends relayed packets to it)
     # and probes use port + 1: both come with a configured underlay_port.
     ports = NodePorts(
@@ -145,8 +154,9 @@ def build_daemon(config: NodeConfig, tunnel: TunnelBackend, keystore: Keystore) 
         relay=None if port is None else WebSocketRelayTransport(ssl_context=pinned_ssl_context),
         bridge=None if port is None else RelayBridge(lambda: port),
         prober=None if port is None else DirectProber(probe_port(port)),
-        interfaces=None if config.backend == "memory" else IpInterfaceAddresses(),
-        reflexive=NoReflexiveDiscovery(),
+        interfaces=interfaces,
+        reflexive=None if port is None or interfaces is None else nat_discovery(config, interfaces),
+        changes=None if interfaces is None else IpMonitorChanges(),
     )
     settings = AgentSettings(
         interface=config.interface,

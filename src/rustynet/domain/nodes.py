@@ -19,6 +19,7 @@ import attrs
 from rustynet.domain.candidates import MAX_CANDIDATES, Candidate, CandidateError, candidate_set
 from rustynet.domain.errors import LocalProtocolError
 from rustynet.domain.keys import TunnelKey, VerifyKey
+from rustynet.domain.nat import NatClass
 from rustynet.domain.record_fields import aware_utc, optional_aware_utc, text_id
 from rustynet.domain.scope import Tag
 
@@ -82,6 +83,10 @@ class NodeRecord:
     (`domain.candidates` holds the rule); kept across restarts."""
     candidates_updated_at: datetime | None = attrs.field(default=None, validator=optional_aware_utc)
     """When the node last reported a different candidate list (None: never)."""
+    nat_classification: NatClass | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(NatClass))
+    )
+    """The NAT in front of the node's tunnel port, as it last reported (None: never)."""
 
     def __attrs_post_init__(self) -> None:
         if (self.state is NodeStatus.REVOKED) != (self.revoked_at is not None):

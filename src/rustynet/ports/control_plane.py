@@ -23,6 +23,7 @@ from typing import Protocol
 import attrs
 
 from rustynet.domain.candidates import Candidate
+from rustynet.domain.nat import NatClass
 from rustynet.ports.control_api import ControlRejected, ControlUnreachable, ControlUntrusted
 from rustynet.ports.wire.v1 import (
     AccessToken,
@@ -101,8 +102,14 @@ class ControlPlaneClient(Protocol):
         """Publish a new tunnel key bound by the identity key; returns its expiry."""
         ...
 
-    async def put_candidates(self, auth: NodeCredentials, candidates: Sequence[Candidate]) -> None:
-        """Report the candidate endpoints peers may reach this node at (the whole list)."""
+    async def put_candidates(
+        self,
+        auth: NodeCredentials,
+        candidates: Sequence[Candidate],
+        nat: NatClass | None = None,
+    ) -> None:
+        """Report the candidate endpoints peers may reach this node at (the whole list) and
+        the NAT classification of its tunnel port (None: not classified)."""
         ...
 
     async def relay_token(self, auth: NodeCredentials, relay_id: str) -> RelayToken:

@@ -1,9 +1,9 @@
 """What a node learns about its own host for candidate gathering: interface addresses and the
 reflexive (NAT-mapped) address of its tunnel port.
 
-Both are I/O, so they are ports: the node's adapter reads addresses with ip(8) (not pyroute2,
-which costs ~10 MB of RSS on the node); reflexive discovery is filled in by the STUN work and
-finds nothing until then.
+All are I/O, so they are ports: the node's adapter reads addresses and watches for changes
+with ip(8) (not pyroute2, which costs ~10 MB of RSS on the node); reflexive discovery
+(`application/node/nat_discovery.py`) probes through a `NatProbe`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from rustynet.domain.candidates import Candidate
-from rustynet.domain.nat import StunObservation
+from rustynet.domain.nat import NatClass, StunObservation
+from rustynet.domain.netmap import PeerMap
 from rustynet.domain.tunnel import IPAddress, UnderlayEndpoint
 
 
@@ -24,11 +25,37 @@ class InterfaceAddresses(Protocol):
         ...
 
 
+class InterfaceChanges(Protocol):
+    """Tells when the host's addresses or routes changed."""
+
+    async def changed(self) -> None:
+        """Return at the next address or route change (the caller debounces)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop watching (a later `changed` starts again)."""
+        ...
+
+
 class ReflexiveDiscovery(Protocol):
     """The public address and port a NAT maps the tunnel port to, as seen from outside."""
 
-    async def reflexive(self, port: int) -> tuple[Candidate, ...]:
-        """`reflexive` candidates observed for the tunnel's UDP `port` (empty: none found)."""
+    @property
+    def nat(self) -> NatClass | None:
+        """The NAT classification of the tunnel port (None: not classified)."""
+        ...
+
+    def invalidate(self) -> None:
+        """Forget the last result: the next `reflexive` call observes again."""
+        ...
+
+    def stale(self, peer_map: PeerMap | None) -> bool:
+        """True when `peer_map` brings STUN servers not yet probed (observe now)."""
+        ...
+
+    async def reflexive(self, port: int, peer_map: PeerMap | None) -> tuple[Candidate, ...]:
+        """`reflexive` candidates observed for the tunnel's UDP `port` against the STUN
+        servers of `peer_map` (empty: none found or none usable)."""
         ...
 
 
@@ -44,13 +71,4 @@ class NatProbe(Protocol):
         ...
 
 
-class NoReflexiveDiscovery:
-    """Finds nothing: the node reports no reflexive candidate (no STUN service yet)."""
-
-    async def reflexive(self, port: int) -> tuple[Candidate, ...]:
-        """Nothing observed, so nothing reported."""
-        del port
-        return ()
-
-
-__all__ = ["InterfaceAddresses", "NatProbe", "NoReflexiveDiscovery", "ReflexiveDiscovery"]
+__all__ = ["InterfaceAddresses", "InterfaceChanges", "NatProbe", "ReflexiveDiscovery"]

@@ -21,6 +21,7 @@ from rustynet.domain.candidates import MAX_CANDIDATES, Candidate, CandidateKind,
 from rustynet.domain.credentials import MAX_ONE_TIME_TTL
 from rustynet.domain.errors import DecodeError
 from rustynet.domain.keys import b64decode
+from rustynet.domain.nat import NatClass
 from rustynet.domain.policy import Policy, PolicyError
 from rustynet.domain.scope import Tag
 from rustynet.domain.tunnel import TunnelConfigError
@@ -86,6 +87,17 @@ def candidates(request: EndpointsRequest) -> tuple[Candidate, ...]:
         where = "/candidates" if request.candidates else "/underlay_endpoints"
         raise ValidationError.at(where, f"at most {MAX_CANDIDATES} candidates")
     return candidate_set(found)
+
+
+def nat_classification(request: EndpointsRequest) -> NatClass | None:
+    """The reported NAT classification: one of the `NatClass` values, or none."""
+    if request.nat_classification is None:
+        return None
+    try:
+        return NatClass(request.nat_classification)
+    except ValueError:
+        allowed = ", ".join(c.value for c in NatClass)
+        raise ValidationError.at("/nat_classification", f"one of {allowed}") from None
 
 
 def _candidate(endpoint: str, kind: str, where: str) -> Candidate:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from rustynet.application.control.context import ControlContext
 from rustynet.application.control.guards import Guards
-from rustynet.application.control.inputs import b64, candidates, parsed
+from rustynet.application.control.inputs import b64, candidates, nat_classification, parsed
 from rustynet.application.control.projections import node_info
 from rustynet.application.control_types import NodeAuth
 from rustynet.application.errors import NotFoundError, Unauthorized, ValidationError
@@ -160,11 +160,12 @@ class NodeSession:
         ctx = self.ctx
         node = await self.guards.node(auth)
         checked = candidates(request)
-        if node.candidates == checked:
+        nat = nat_classification(request)
+        if node.candidates == checked and node.nat_classification is nat:
             return
         now = ctx.clock.now()
         async with ctx.write() as uow:
-            updated = await uow.nodes.set_candidates(node.id, checked, now)
+            updated = await uow.nodes.set_candidates(node.id, checked, now, nat)
             await uow.nodes.touch(node.id, now)
             woken = await ctx.net_refresh(uow, updated)
             await ctx.publish(uow, woken)

@@ -58,7 +58,9 @@ def node_info(node: NodeRecord) -> NodeInfo:
         revoked_at=node.revoked_at,
         candidates=tuple(CandidateBody(**c.to_json()) for c in node.candidates),
         candidates_updated_at=node.candidates_updated_at,
-        nat_classification=None,  # NAT discovery does not classify nodes yet
+        nat_classification=(
+            None if node.nat_classification is None else node.nat_classification.value
+        ),
     )
 
 

@@ -54,7 +54,7 @@ from rustynet.ports.clock import Clock
 from rustynet.ports.control_plane import ControlPlaneClient, ControlRejected, ControlUnreachable
 from rustynet.ports.entropy import Entropy
 from rustynet.ports.firewall import Firewall, FirewallError
-from rustynet.ports.interfaces import InterfaceAddresses, ReflexiveDiscovery
+from rustynet.ports.interfaces import InterfaceAddresses, InterfaceChanges, ReflexiveDiscovery
 from rustynet.ports.keystore import Keystore
 from rustynet.ports.node_state_store import NodeStateStore
 from rustynet.ports.relay import RelayTransport
@@ -93,6 +93,7 @@ class NodeAgent:
         prober: DirectProbePort | None = None,
         interfaces: InterfaceAddresses | None = None,
         reflexive: ReflexiveDiscovery | None = None,
+        changes: InterfaceChanges | None = None,
     ) -> None:
         self.control, self.tunnel, self.clock, self.entropy = control, tunnel, clock, entropy
         self.settings = settings
@@ -161,6 +162,8 @@ class NodeAgent:
             interfaces,
             reflexive,
         )
+        self.candidates.current_map = lambda: self.intake.applied
+        self._changes = changes
         self.loop = LoopState()
 
     # --- what the daemon and the status read --------------------------------------------------
@@ -272,6 +275,9 @@ class NodeAgent:
             if self.candidates.reported is None:
                 await self.candidates.report(self.credentials.node_credentials())
             applied = await self.poll(timeout)
+            discovery = self.candidates.discovery
+            if applied and discovery is not None and discovery.stale(self.intake.applied):
+                self.candidates.wake.set()  # new STUN servers: classify now, not at the tick
         except (ControlUnreachable, ControlRejected):
             self.contact.connected = False
             await self.reconcile()  # an expired map fails closed even while control is down
@@ -288,6 +294,8 @@ class NodeAgent:
             asyncio.create_task(self._reconcile_ticker()),
             asyncio.create_task(self._candidate_ticker(), name="candidates"),
         ]
+        if self._changes is not None:
+            tasks.append(asyncio.create_task(self._watch_changes(), name="interface-changes"))
         if self.relay_link is not None:
             tasks.append(asyncio.create_task(self.relay_link.run(), name="relay-link"))
         try:
@@ -311,14 +319,38 @@ class NodeAgent:
 
     async def _candidate_ticker(self) -> None:
         """Re-gather every `candidate_interval` s; report only a changed list."""
+        wake = self.candidates.wake
         while not self.loop.stopping:
-            await asyncio.sleep(self.settings.candidate_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.settings.candidate_interval)
+            wake.clear()
             if self.candidates.reported is None:
                 continue  # the loop's step reports first (it holds a fresh token)
             try:
                 await self.candidates.report(self.credentials.node_credentials())
             except (ControlUnreachable, ControlRejected, TunnelError) as exc:
                 _log.info("candidates.report_failed", error=str(exc)[:200])
+
+    async def _watch_changes(self) -> None:
+        """An address or route change: after `change_debounce` s of quiet, re-classify and
+        re-gather at once (roaming: new candidates reach control within ~1-2 s)."""
+        changes = self._changes
+        assert changes is not None
+        try:
+            while not self.loop.stopping:
+                await changes.changed()
+                while True:  # debounce: a burst (DHCP, a link flap) is one re-gather
+                    try:
+                        await asyncio.wait_for(changes.changed(), self.settings.change_debounce)
+                    except TimeoutError:
+                        break
+                discovery = self.candidates.discovery
+                if discovery is not None:
+                    discovery.invalidate()
+                _log.info("candidates.interfaces_changed")
+                self.candidates.wake.set()
+        finally:
+            await changes.close()
 
     async def _run_steps(self) -> None:
         delay = self.settings.backoff_initial

@@ -3,15 +3,19 @@ may be reached.
 
 The one rule: a node reports only candidates it observed or was configured with: the
 `underlay_endpoints` an operator typed (`configured`, an override: nothing local is gathered
-besides them), the reflexive candidates its discovery port observed, and the addresses its
+besides them), the reflexive candidates its discovery port observed (with the NAT
+classification, reported alongside: `nat_discovery.py`), and the addresses its
 interfaces carry now (`local`: not the tunnel interface, not an excluded prefix, not loopback,
 link-local or multicast; with the tunnel's fixed `underlay_port`, so none without one). The
-agent re-gathers every `candidate_interval` seconds; a list is reported only when it changed.
+agent re-gathers every `candidate_interval` seconds and at once when `wake` is set (a new map's
+STUN servers, an address or route change); a list is reported only when it (or the
+classification) changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 
 import attrs
 import structlog
@@ -22,6 +26,8 @@ from rustynet.domain.candidates import (
     gathered,
     local_candidates,
 )
+from rustynet.domain.nat import NatClass
+from rustynet.domain.netmap import PeerMap
 from rustynet.domain.tunnel import IPNetwork
 from rustynet.ports.control_plane import ControlPlaneClient, NodeCredentials
 from rustynet.ports.interfaces import InterfaceAddresses, ReflexiveDiscovery
@@ -57,6 +63,14 @@ class CandidateReporter:
             Candidate.parse(text, CandidateKind.CONFIGURED.value) for text in settings.configured
         )
         self.reported: tuple[Candidate, ...] | None = None
+        self.reported_nat: NatClass | None = None
+        self.current_map: Callable[[], PeerMap | None] = lambda: None
+        self.wake = asyncio.Event()
+
+    @property
+    def discovery(self) -> ReflexiveDiscovery | None:
+        """The reflexive discovery in use (None: none)."""
+        return self._reflexive
 
     async def gather(self) -> tuple[Candidate, ...]:
         """The candidates as of now (configured, reflexive, local; bounded)."""
@@ -64,7 +78,7 @@ class CandidateReporter:
         reflexive: Sequence[Candidate] = ()
         local: Sequence[Candidate] = ()
         if port is not None and self._reflexive is not None:
-            observed = await self._reflexive.reflexive(port)
+            observed = await self._reflexive.reflexive(port, self.current_map())
             reflexive = [c for c in observed if c.kind is CandidateKind.REFLEXIVE]
         if port is not None and self._interfaces is not None and not self._configured:
             found = await self._interfaces.addresses()
@@ -75,14 +89,16 @@ class CandidateReporter:
     async def report(self, creds: NodeCredentials) -> bool:
         """Gather, and report when the list differs from the last one reported; True if sent."""
         candidates = await self.gather()
-        if candidates == self.reported:
+        nat = None if self._reflexive is None else self._reflexive.nat
+        if candidates == self.reported and nat is self.reported_nat:
             return False
-        await self._control.put_candidates(creds, candidates)
-        self.reported = candidates
+        await self._control.put_candidates(creds, candidates, nat)
+        self.reported, self.reported_nat = candidates, nat
         _log.info(
             "candidates.reported",
             count=len(candidates),
             candidates=[f"{c.kind.value}:{c.endpoint}" for c in candidates],
+            nat=None if nat is None else nat.value,
         )
         return True
 

@@ -36,7 +36,7 @@ from rustynet.ports.clock import Clock
 from rustynet.ports.control_plane import ControlPlaneClient
 from rustynet.ports.entropy import Entropy
 from rustynet.ports.firewall import Firewall
-from rustynet.ports.interfaces import InterfaceAddresses, ReflexiveDiscovery
+from rustynet.ports.interfaces import InterfaceAddresses, InterfaceChanges, ReflexiveDiscovery
 from rustynet.ports.keystore import Keystore
 from rustynet.ports.node_state_store import NodeStateStore
 from rustynet.ports.relay import RelayTransport
@@ -68,6 +68,7 @@ class NodePorts:
     prober: DirectProbeService | None = None
     interfaces: InterfaceAddresses | None = None
     reflexive: ReflexiveDiscovery | None = None
+    changes: InterfaceChanges | None = None
 
 
 class NodeDaemon:
@@ -203,6 +204,7 @@ class NodeDaemon:
             prober=p.prober,
             interfaces=p.interfaces,
             reflexive=p.reflexive,
+            changes=p.changes,
         )
 
     async def _join(self, token: str, hostname: str) -> None:

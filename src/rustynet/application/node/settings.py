@@ -34,6 +34,7 @@ class AgentSettings:
     endpoints: tuple[str, ...] = ()  # configured candidates (`underlay_endpoints`)
     candidate_exclude: tuple[IPNetwork, ...] = ()  # interface prefixes never reported
     candidate_interval: float = 30.0  # re-gather candidates this often (report on change)
+    change_debounce: float = 0.5  # quiet seconds after an address/route change before re-gather
     # Re-plan this often while a long poll is parked: the responder side of a pair must start
     # talking within the handshake-retry window (docs/lab.md pitfall 1), not after the next map.
     reconcile_interval: float = 1.0

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from rustynet.domain.candidates import Candidate
 from rustynet.domain.keys import TunnelKey, VerifyKey
+from rustynet.domain.nat import NatClass
 from rustynet.domain.nodes import NodeRecord
 from rustynet.domain.scope import Tag
 
@@ -56,9 +57,14 @@ class NodeRepository(Protocol):
         ...
 
     async def set_candidates(
-        self, node_id: str, candidates: tuple[Candidate, ...], now: datetime
+        self,
+        node_id: str,
+        candidates: tuple[Candidate, ...],
+        now: datetime,
+        nat: NatClass | None = None,
     ) -> NodeRecord:
-        """Replace the node's candidates (order kept), updated at `now`; `NotFound`."""
+        """Replace the node's candidates (order kept) and NAT classification, updated at
+        `now`; `NotFound`."""
         ...
 
     async def touch(self, node_id: str, now: datetime) -> None:

@@ -129,6 +129,7 @@ class EndpointsRequest:
 
     candidates: tuple[CandidateBody, ...] = ()
     underlay_endpoints: tuple[str, ...] = ()
+    nat_classification: str | None = None  # a NatClass value; None: not classified
 
 
 @attrs.frozen
@@ -175,7 +176,7 @@ class NodeInfo:
     revoked_at: datetime | None
     candidates: tuple[CandidateBody, ...] = ()
     candidates_updated_at: datetime | None = None  # when the node last changed them
-    nat_classification: str | None = None  # null until NAT discovery classifies the node
+    nat_classification: str | None = None  # as the node last reported it (null: never)
 
 
 @attrs.frozen
