@@ -1,0 +1,174 @@
+"""`rustynet netcheck`: what the network around a node looks like, as one stable document.
+
+The one rule: the daemon (`GET /netcheck`, measuring the tunnel port when its NatProbe can)
+and the standalone CLI (an ephemeral port) both call `run_netcheck`, and `build_document` is
+the only place the document is shaped, so both paths print the same thing. The document
+(docs/operations/nodes.md, "netcheck") holds addresses, ports, classifications and round-trip
+times only: no token, no key, nothing secret, so a user can paste it into a bug report.
+
+Time bound: every STUN probe and every connect runs concurrently under the adapters' own
+deadlines (about 1.5 s), so netcheck ends within a few seconds even when everything is blocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Final, Literal
+from urllib.parse import urlsplit
+
+import attrs
+
+from rustynet.domain.nat import NatReport, StunObservation, classify
+from rustynet.domain.tunnel import IPAddress, UnderlayEndpoint
+from rustynet.ports.interfaces import InterfaceAddresses, NatProbe
+from rustynet.ports.netcheck import ConnectLatency
+
+DOCUMENT_VERSION: Final = 1
+Measured = Literal["tunnel-port", "ephemeral-port"]
+
+
+@attrs.frozen
+class LatencyTarget:
+    """A host to time: `kind` control or relay, its id (relays), host and TCP port."""
+
+    kind: Literal["control", "relay"]
+    id: str | None
+    host: str
+    port: int
+
+    @classmethod
+    def from_url(
+        cls, kind: Literal["control", "relay"], target_id: str | None, url: str
+    ) -> LatencyTarget | None:
+        """From an https:// or wss:// URL (port 443 by default); None if it has no host."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port or 443
+        except ValueError:
+            return None
+        if not parts.hostname:
+            return None
+        return cls(kind, target_id, parts.hostname, port)
+
+
+@attrs.frozen
+class Latency:
+    """One target's TCP connect time in seconds (None: no connection before the deadline)."""
+
+    target: LatencyTarget
+    rtt: float | None
+
+
+@attrs.frozen
+class NetcheckTargets:
+    """What to measure: the STUN servers (peer map or `--stun`), the control plane, relays."""
+
+    stun: tuple[UnderlayEndpoint, ...]
+    latency: tuple[LatencyTarget, ...] = ()
+
+
+def _endpoint(e: UnderlayEndpoint | None) -> str | None:
+    if e is None:
+        return None
+    return f"{e.address}:{e.port}" if e.address.version == 4 else f"[{e.address}]:{e.port}"
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def _family(report: NatReport | None) -> dict[str, object] | None:
+    if report is None:
+        return None
+    answered = sum(1 for o in report.observations if o.mapped is not None)
+    return {
+        "reachable": answered > 0,
+        "answered": answered,
+        "asked": len(report.observations),
+        "nat": report.nat.value,
+        "description": report.nat.description,
+        "reflexive": [_endpoint(e) for e in report.reflexive],
+        "port_preserved": report.port_preserved,
+        "servers": [
+            {"server": _endpoint(o.server), "mapped": _endpoint(o.mapped), "rtt_ms": _ms(o.rtt)}
+            for o in report.observations
+        ],
+    }
+
+
+def build_document(
+    measured: Measured,
+    local_port: int,
+    observations: Sequence[StunObservation],
+    local_addresses: Iterable[IPAddress],
+    latencies: Sequence[Latency] = (),
+) -> dict[str, object]:
+    """The netcheck document (version 1) from one port's observations (both families)."""
+    own = tuple(local_addresses)
+    reports: dict[int, NatReport | None] = {}
+    for version in (4, 6):
+        of_family = [o for o in observations if o.server.address.version == version]
+        reports[version] = classify(of_family, local_port, own) if of_family else None
+    v4 = _family(reports[4])
+    return {
+        "netcheck": DOCUMENT_VERSION,
+        "measured": measured,
+        "local_port": local_port,
+        "udp": bool(v4 and v4["reachable"]) or bool(reports[6] and reports[6].reflexive),
+        "ipv4": v4,
+        "ipv6": _family(reports[6]),
+        "latency": [
+            {
+                "kind": lat.target.kind,
+                "id": lat.target.id,
+                "target": f"{lat.target.host}:{lat.target.port}",
+                "method": "tcp-connect",
+                "rtt_ms": _ms(lat.rtt),
+            }
+            for lat in latencies
+        ],
+    }
+
+
+def _flatten(addresses: Mapping[str, tuple[IPAddress, ...]]) -> tuple[IPAddress, ...]:
+    return tuple(a for values in addresses.values() for a in values)
+
+
+@attrs.frozen
+class NetcheckTools:
+    """The adapters netcheck measures with (the daemon's or the standalone CLI's)."""
+
+    probe: NatProbe
+    latency: ConnectLatency
+    interfaces: InterfaceAddresses | None
+
+
+async def run_netcheck(
+    tools: NetcheckTools, targets: NetcheckTargets, port: int, measured: Measured
+) -> dict[str, object]:
+    """Probe `targets.stun` from local UDP `port`, time every latency target, concurrently;
+    the document `build_document` shapes."""
+    probe, latency, interfaces = tools.probe, tools.latency, tools.interfaces
+    timed = asyncio.gather(*(latency.connect(t.host, t.port) for t in targets.latency))
+    observed, rtts = await asyncio.gather(probe.observe(targets.stun, port), timed)
+    addresses = await interfaces.addresses() if interfaces is not None else {}
+    return build_document(
+        measured,
+        port,
+        observed,
+        _flatten(addresses),
+        [Latency(t, r) for t, r in zip(targets.latency, rtts, strict=True)],
+    )
+
+
+__all__ = [
+    "DOCUMENT_VERSION",
+    "Latency",
+    "LatencyTarget",
+    "Measured",
+    "NetcheckTargets",
+    "NetcheckTools",
+    "build_document",
+    "run_netcheck",
+]
