@@ -24,6 +24,7 @@ from typing import Protocol, TextIO
 
 import attrs
 from rustynet.adapters.cli import admin as admin_cli
+from rustynet.adapters.cli import netcheck as netcheck_cli
 from rustynet.adapters.cli import node as node_cli
 from rustynet.adapters.cli.crypto_option import add_crypto_policy_option
 
@@ -61,7 +62,7 @@ class DoctorRequest:
     crypto_policy_override: Path | None = None
 
 
-class Commands(Protocol):
+class Commands(netcheck_cli.NetcheckCommands, Protocol):
     """What the composition root provides, one method per subcommand."""
 
     def doctor(self, request: DoctorRequest) -> DoctorReport:
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     node_cli.add_node_commands(sub)
+    netcheck_cli.add_netcheck_command(sub)
     doctor = sub.add_parser(
         "doctor",
         parents=[_keystore_parent()],
@@ -200,7 +202,7 @@ def render_report(report: DoctorReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-Runner = Callable[[Commands, argparse.Namespace, TextIO], ExitCode]
+Runner = Callable[[Commands, argparse.Namespace, TextIO], int]
 
 
 def main(
@@ -227,6 +229,7 @@ def main(
         return int(exc.code) if isinstance(exc.code, int) else int(ExitCode.USAGE)
     if getattr(ns, "node_run", None) is not None:  # up/down/status/peers/ping: see cli/node.py
         return node_cli.run_node_command(ns, out, err)
+    ns.err = err  # `netcheck` reports its usage problems itself (cli/netcheck.py)
     run: Runner = ns.run
     try:
         return int(run(commands, ns, out))

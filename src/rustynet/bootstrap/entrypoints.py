@@ -6,6 +6,7 @@ only when that command runs (so `rustynet doctor` never imports the network stac
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import sys
@@ -17,6 +18,7 @@ from rustynet.adapters.cli import main as cli
 from rustynet.adapters.clock import SystemClock
 from rustynet.adapters.keystore.files import read_private_path
 from rustynet.application.doctor import DoctorReport, run_doctor
+from rustynet.application.node.netcheck import NetcheckTargets, NetcheckTools, run_netcheck
 from rustynet.bootstrap.crypto_policy import load_crypto_policy
 from rustynet.bootstrap.keystores import KeystoreSettings, choose_keystore
 from rustynet.bootstrap.process import disable_core_dumps
@@ -42,6 +44,18 @@ class _Commands:
             ),
             keystore=choice,
         )
+
+    def netcheck(self, targets: NetcheckTargets) -> dict[str, object]:
+        """Standalone `rustynet netcheck --stun ...`: from an ephemeral port of this host."""
+        from rustynet.adapters.entropy import OsEntropy  # noqa: PLC0415 - netcheck only
+        from rustynet.adapters.stun.nat_probe import SocketNatProbe, free_port  # noqa: PLC0415
+        from rustynet.adapters.tcp_latency import TcpConnectLatency  # noqa: PLC0415
+        from rustynet.adapters.tunnel.host_addresses import IpInterfaceAddresses  # noqa: PLC0415
+
+        tools = NetcheckTools(
+            SocketNatProbe(OsEntropy()), TcpConnectLatency(), IpInterfaceAddresses()
+        )
+        return asyncio.run(run_netcheck(tools, targets, free_port(), "ephemeral-port"))
 
 
 class _AdminConnector:
