@@ -24,6 +24,9 @@ Routes (JSON unless said otherwise; errors are `{"error": code, "detail": text}`
     POST /rotate-key  cut over to a fresh tunnel key now (published to control first); answers
                    {"tunnel_key": <new public key text>, "expires_at": <ISO 8601>}
     GET  /metrics  Prometheus text exposition format 0.0.4
+    GET  /netcheck the netcheck document (docs/operations/nodes.md, "netcheck";
+                   application/node/netcheck.py), measured now with the peer map's STUN servers;
+                   409 not_running without a tunnel and peer map, 404 without a probe
 
 `state` is one of: not_enrolled, starting, running, down, revoked, failed.
 """
@@ -102,7 +105,16 @@ class NodeControl(Protocol):
         ...
 
 
+class NetcheckSource(Protocol):
+    """What `GET /netcheck` asks (`NodeDaemon` has it)."""
+
+    async def netcheck(self) -> dict[str, object]:
+        """Measure now; the netcheck document."""
+        ...
+
+
 _CONTROL: Final = web.AppKey("control", NodeControl)
+_NETCHECK: Final = web.AppKey("netcheck", NetcheckSource)
 
 
 def _error(status: int, code: str, detail: str) -> web.Response:
@@ -278,10 +290,25 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=text.encode("utf-8"), headers={"Content-Type": METRICS_TYPE})
 
 
-def create_local_app(control: NodeControl) -> web.Application:
+async def _netcheck(request: web.Request) -> web.Response:
+    source = request.app.get(_NETCHECK)
+    if source is None:
+        return _error(404, "not_available", "this daemon offers no netcheck")
+    try:
+        return web.json_response(await source.netcheck())
+    except RustynetError as exc:
+        return error_response(exc)
+
+
+def create_local_app(
+    control: NodeControl, netcheck: NetcheckSource | None = None
+) -> web.Application:
     """The local API application (tests drive it with `aiohttp_client`)."""
     app = web.Application(client_max_size=MAX_BODY)
     app[_CONTROL] = control
+    if netcheck is not None:
+        app[_NETCHECK] = netcheck
+    app.router.add_get("/netcheck", _netcheck)
     app.router.add_get("/status", _status)
     app.router.add_get("/peers", _peers)
     app.router.add_post("/up", _up)
@@ -342,10 +369,16 @@ def bind_socket(path: Path, group: str | None = None) -> socket.socket:
 class LocalApiServer:
     """The local API on its socket: `start()` binds and serves, `close()` stops and unlinks."""
 
-    def __init__(self, control: NodeControl, path: Path, group: str | None = None) -> None:
+    def __init__(
+        self,
+        control: NodeControl,
+        path: Path,
+        group: str | None = None,
+        netcheck: NetcheckSource | None = None,
+    ) -> None:
         self.path = Path(path)
         self._group = group
-        self._runner = web.AppRunner(create_local_app(control), access_log=None)
+        self._runner = web.AppRunner(create_local_app(control, netcheck), access_log=None)
         self._sock: socket.socket | None = None
 
     async def start(self) -> None:
@@ -367,6 +400,7 @@ class LocalApiServer:
 __all__ = [
     "LocalApiError",
     "LocalApiServer",
+    "NetcheckSource",
     "NodeControl",
     "bind_socket",
     "create_local_app",

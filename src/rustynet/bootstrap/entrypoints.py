@@ -53,7 +53,7 @@ class _Commands:
         from rustynet.adapters.tunnel.host_addresses import IpInterfaceAddresses  # noqa: PLC0415
 
         tools = NetcheckTools(
-            SocketNatProbe(OsEntropy()), TcpConnectLatency(), IpInterfaceAddresses()
+            SocketNatProbe(OsEntropy()), TcpConnectLatency(), IpInterfaceAddresses(), free_port
         )
         return asyncio.run(run_netcheck(tools, targets, free_port(), "ephemeral-port"))
 

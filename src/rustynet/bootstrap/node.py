@@ -49,12 +49,15 @@ from rustynet.adapters.node_state_file import FileNodeStateStore
 from rustynet.adapters.relay.bridge import RelayBridge
 from rustynet.adapters.relay.client import WebSocketRelayTransport
 from rustynet.adapters.relay.probe import DirectProber, probe_port
+from rustynet.adapters.stun.nat_probe import SocketNatProbe, free_port
 from rustynet.adapters.stun.tunnel_port import TunnelPortProbe
+from rustynet.adapters.tcp_latency import TcpConnectLatency
 from rustynet.adapters.tunnel.host_addresses import IpInterfaceAddresses, IpMonitorChanges
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 from rustynet.adapters.tunnel.wireguard_uapi import WireGuardUapiBackend
 from rustynet.application.node import AgentSettings, NodeDaemon, NodePorts
 from rustynet.application.node.nat_discovery import NatDiscovery
+from rustynet.application.node.netcheck import NetcheckTools
 from rustynet.domain.errors import RustynetError
 from rustynet.domain.tls_pin import SpkiPin
 from rustynet.ports.control_plane import ControlPlaneClient
@@ -131,6 +134,12 @@ def nat_discovery(config: NodeConfig, interfaces: IpInterfaceAddresses | None) -
     return NatDiscovery(probe, interfaces, SystemClock(), config.nat_interval)
 
 
+def _netcheck_tools(interfaces: IpInterfaceAddresses | None) -> NetcheckTools:
+    """`GET /netcheck`'s probe: from an ephemeral port of the daemon's host for now (the
+    tunnel-port probe replaces it), TCP connect times, the host's addresses."""
+    return NetcheckTools(SocketNatProbe(OsEntropy()), TcpConnectLatency(), interfaces, free_port)
+
+
 def build_daemon(config: NodeConfig, tunnel: TunnelBackend, keystore: Keystore) -> NodeDaemon:
     """Wire the real adapters around `tunnel` and `keystore`."""
     firewall: Firewall = (
@@ -157,6 +166,7 @@ def build_daemon(config: NodeConfig, tunnel: TunnelBackend, keystore: Keystore) 
         interfaces=interfaces,
         reflexive=None if port is None or interfaces is None else nat_discovery(config, interfaces),
         changes=None if interfaces is None else IpMonitorChanges(),
+        netcheck=_netcheck_tools(interfaces),
     )
     settings = AgentSettings(
         interface=config.interface,
@@ -174,7 +184,7 @@ async def run_daemon(config: NodeConfig, config_path: Path | None, keystore: Key
     try:
         tunnel = await select_backend(config.backend)
         daemon = build_daemon(config, tunnel, keystore)
-        api = LocalApiServer(daemon, config.socket, config.socket_group)
+        api = LocalApiServer(daemon, config.socket, config.socket_group, netcheck=daemon)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         running = config

@@ -26,6 +26,7 @@ import structlog
 from rustynet.application.node.agent import NodeAgent
 from rustynet.application.node.errors import AlreadyEnrolled, JoinFailed, NotEnrolled, NotRunning
 from rustynet.application.node.lifecycle import DaemonState, Lifecycle
+from rustynet.application.node.netcheck import NetcheckTools, daemon_netcheck
 from rustynet.application.node.reenroll import check_reenroll, discard_revoked
 from rustynet.application.node.settings import AgentSettings
 from rustynet.application.node.status import AgentStatus
@@ -69,6 +70,7 @@ class NodePorts:
     interfaces: InterfaceAddresses | None = None
     reflexive: ReflexiveDiscovery | None = None
     changes: InterfaceChanges | None = None
+    netcheck: NetcheckTools | None = None
 
 
 class NodeDaemon:
@@ -108,6 +110,19 @@ class NodeDaemon:
             return await self._agent.status()
         state = self.ports.state_store.load()
         return None if state is None else AgentStatus.offline(state, self.backend)
+
+    async def netcheck(self) -> dict[str, object]:
+        """The netcheck document, measured with the applied peer map's STUN servers and relays
+        (`application/node/netcheck.py`)."""
+        tools, agent = self.ports.netcheck, self._agent
+        if tools is None:
+            raise NotRunning("netcheck: this daemon has no network probe (memory backend)")
+        peer_map = agent.intake.applied if agent is not None else None
+        if agent is None or agent.state is None or peer_map is None:
+            raise NotRunning("netcheck needs the tunnel up with a peer map (rustynet status)")
+        return await daemon_netcheck(
+            tools, peer_map, agent.state.control_url, self.settings.underlay_port
+        )
 
     async def up(self, token: str | None, hostname: str | None) -> None:
         """Join with `token` (only when not enrolled), then start the tunnel if it is not."""

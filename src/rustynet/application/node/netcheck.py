@@ -13,13 +13,14 @@ deadlines (about 1.5 s), so netcheck ends within a few seconds even when everyth
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
 import attrs
 
 from rustynet.domain.nat import NatReport, StunObservation, classify
+from rustynet.domain.netmap import PeerMap
 from rustynet.domain.tunnel import IPAddress, UnderlayEndpoint
 from rustynet.ports.interfaces import InterfaceAddresses, NatProbe
 from rustynet.ports.netcheck import ConnectLatency
@@ -137,11 +138,38 @@ def _flatten(addresses: Mapping[str, tuple[IPAddress, ...]]) -> tuple[IPAddress,
 
 @attrs.frozen
 class NetcheckTools:
-    """The adapters netcheck measures with (the daemon's or the standalone CLI's)."""
+    """The adapters netcheck measures with (the daemon's or the standalone CLI's).
+
+    `tunnel_port`: the probe sends from the tunnel's own port when given it (the daemon's
+    tunnel-port probe); otherwise netcheck asks `ephemeral_port` for a free local port.
+    """
 
     probe: NatProbe
     latency: ConnectLatency
     interfaces: InterfaceAddresses | None
+    ephemeral_port: Callable[[], int]
+    tunnel_port: bool = False
+
+
+def targets_from_map(peer_map: PeerMap, control_url: str) -> NetcheckTargets:
+    """The daemon's targets: the signed map's STUN servers and relays, and its control plane."""
+    latency = [LatencyTarget.from_url("control", None, control_url)]
+    latency += [LatencyTarget.from_url("relay", r.id, r.url) for r in peer_map.relays]
+    return NetcheckTargets(
+        tuple(UnderlayEndpoint.parse(s) for s in peer_map.stun),
+        tuple(t for t in latency if t is not None),
+    )
+
+
+async def daemon_netcheck(
+    tools: NetcheckTools, peer_map: PeerMap, control_url: str, tunnel_port: int | None
+) -> dict[str, object]:
+    """`GET /netcheck`: from the tunnel port when the probe can send from it, else from an
+    ephemeral port (and the document says which)."""
+    targets = targets_from_map(peer_map, control_url)
+    if tools.tunnel_port and tunnel_port:
+        return await run_netcheck(tools, targets, tunnel_port, "tunnel-port")
+    return await run_netcheck(tools, targets, tools.ephemeral_port(), "ephemeral-port")
 
 
 async def run_netcheck(
@@ -170,5 +198,7 @@ __all__ = [
     "NetcheckTargets",
     "NetcheckTools",
     "build_document",
+    "daemon_netcheck",
     "run_netcheck",
+    "targets_from_map",
 ]
