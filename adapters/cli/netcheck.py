@@ -131,7 +131,7 @@ def run_netcheck_command(commands: NetcheckCommands, ns: argparse.Namespace, out
         if not isinstance(doc, dict):
             err.write("rustynet netcheck: the daemon sent an unexpected answer\n")
             return int(node_cli.NodeExit.FAILED)
-        via = "rustynetd"
+        via = "through rustynetd"
     else:
         doc = commands.netcheck(_targets(ns))
         via = "standalone"
@@ -164,7 +164,7 @@ def render_netcheck(doc: Mapping[str, object], via: str) -> str:
     and per-target round trips (stable: tests and bug reports rely on the labels)."""
     port = doc.get("local_port")
     if doc.get("measured") == "tunnel-port":
-        lines = [f"measured:       the tunnel port {port} (through {via})"]
+        lines = [f"measured:       the tunnel port {port} ({via})"]
     else:
         lines = [f"measured:       an ephemeral port {port}, not the tunnel port ({via})"]
     v4, v6 = _family(doc, "ipv4"), _family(doc, "ipv6")
