@@ -23,6 +23,7 @@ from rustynet.adapters.node_state_file import FileNodeStateStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
 from rustynet.application.node import AgentSettings, NodeDaemon, NodePorts
+from rustynet.application.node.netcheck import NetcheckTools
 from rustynet.bootstrap.node import default_hostname
 from rustynet.ports.wire.v1 import CreateJoinKeyRequest
 from tests.integration.test_control_service import World, world_with_policy
@@ -39,7 +40,10 @@ def _interface(tunnel: MemoryTunnelBackend) -> str | None:
     return tunnel.interface  # a call: mypy must not carry narrowing across awaits
 
 
-def _daemon(w: World, tmp: Path) -> tuple[NodeDaemon, MemoryTunnelBackend]:
+def _daemon(
+    w: World, tmp: Path, netcheck: NetcheckTools | None = None
+) -> tuple[NodeDaemon, MemoryTunnelBackend]:
+    """A daemon over the memory tunnel and firewall, talking to `w`'s control plane."""
     keystore = MemoryKeystore()
     keystore.open()
     tunnel = MemoryTunnelBackend()
@@ -52,6 +56,7 @@ def _daemon(w: World, tmp: Path) -> tuple[NodeDaemon, MemoryTunnelBackend]:
         entropy=w.entropy,
         control_factory=lambda _url, _pin: LocalControlPlane(w.service, "198.51.100.21"),
         default_hostname=default_hostname,
+        netcheck=netcheck,
     )
     return NodeDaemon(ports, AgentSettings(interface="rnapi0", long_poll_seconds=0.05)), tunnel
 

@@ -14,78 +14,48 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from rustynet.adapters.control_plane_local import LocalControlPlane
 from rustynet.adapters.entropy import OsEntropy
-from rustynet.adapters.firewall.memory import MemoryFirewall
-from rustynet.adapters.keystore.memory import MemoryKeystore
 from rustynet.adapters.local_api import create_local_app
-from rustynet.adapters.node_state_file import FileNodeStateStore
 from rustynet.adapters.storage.memory import MemoryStore
 from rustynet.adapters.stun.nat_probe import SocketNatProbe, free_port
 from rustynet.adapters.stun.server import StunServer
 from rustynet.adapters.tcp_latency import TcpConnectLatency
 from rustynet.adapters.tunnel.host_addresses import IpInterfaceAddresses
-from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
-from rustynet.application.node import AgentSettings, NodeDaemon, NodePorts
 from rustynet.application.node.netcheck import NetcheckTools
-from rustynet.bootstrap.node import default_hostname
 from rustynet.domain.netmap import RelayEntry
 from rustynet.ports.wire.v1 import CreateJoinKeyRequest
-from tests.integration.test_control_service import POLICY, World, make_world
+from tests.integration.test_control_service import POLICY, make_world
+from tests.integration.test_local_api import _daemon
+from tests.integration.test_stun_service import server  # noqa: F401 - the STUN fixture
 
 pytestmark = pytest.mark.asyncio
 PIN = "sha256//" + "A" * 43 + "="
 
 
 @pytest_asyncio.fixture
-async def stun() -> AsyncIterator[StunServer]:
-    service = StunServer([("127.0.0.1", 0), ("127.0.0.1", 0)])
-    await service.start()
-    try:
-        yield service
-    finally:
-        service.close()
-
-
-@pytest_asyncio.fixture
 async def relay_port() -> AsyncIterator[int]:
     """A TCP listener standing in for a relay's WSS port (netcheck only connects)."""
-    server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    listener = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
     try:
-        yield server.sockets[0].getsockname()[1]
+        yield listener.sockets[0].getsockname()[1]
     finally:
-        server.close()
-
-
-def _daemon(w: World, tmp: Path, tools: NetcheckTools | None) -> NodeDaemon:
-    keystore = MemoryKeystore()
-    keystore.open()
-    ports = NodePorts(
-        tunnel=MemoryTunnelBackend(),
-        firewall=MemoryFirewall(),
-        keystore=keystore,
-        state_store=FileNodeStateStore(tmp / "node-state.json"),
-        clock=w.clock,
-        entropy=w.entropy,
-        control_factory=lambda _url, _pin: LocalControlPlane(w.service, "198.51.100.21"),
-        default_hostname=default_hostname,
-        netcheck=tools,
-    )
-    return NodeDaemon(ports, AgentSettings(interface="rnnc0", long_poll_seconds=0.05))
+        listener.close()
 
 
 async def test_daemon_netcheck_uses_the_peer_maps_servers_and_relays(
-    stun: StunServer, relay_port: int, tmp_path: Path
+    server: StunServer,  # noqa: F811 - the fixture imported from test_stun_service
+    relay_port: int,
+    tmp_path: Path,
 ) -> None:
-    servers = tuple(f"{host}:{port}" for host, port in stun.bound)
+    servers = tuple(f"{host}:{port}" for host, port in server.bound)
     relay = RelayEntry.from_texts("relay-1", f"wss://127.0.0.1:{relay_port}/v1/relay", PIN)
     world = await make_world(MemoryStore(), relays=(relay,), stun=servers)
     await world.service.put_policy(world.admin, POLICY)
     tools = NetcheckTools(
         SocketNatProbe(OsEntropy()), TcpConnectLatency(), IpInterfaceAddresses(), free_port
     )
-    daemon = _daemon(world, tmp_path, tools)
+    daemon, _ = _daemon(world, tmp_path, tools)
     client: TestClient[web.Request, web.Application] = TestClient(
         TestServer(create_local_app(daemon, netcheck=daemon))
     )
@@ -123,7 +93,7 @@ async def test_daemon_netcheck_uses_the_peer_maps_servers_and_relays(
 
 async def test_no_probe_is_404(tmp_path: Path) -> None:
     world = await make_world(MemoryStore())
-    daemon = _daemon(world, tmp_path, None)
+    daemon, _ = _daemon(world, tmp_path)
     client: TestClient[web.Request, web.Application] = TestClient(
         TestServer(create_local_app(daemon))
     )
