@@ -1,15 +1,18 @@
 """`rustynet netcheck` through a running rustynetd: the daemon measures with its signed peer
 map's STUN servers (the control host's two ports) and times the control plane, the CLI prints
-where it measured; standalone beside it says it measured an ephemeral port."""
+where it measured. Once on the lab's flat underlay, once behind an easy NAT of the NAT lab
+(tests/natlab.py) with the control plane on the lab's internet."""
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import CONTROL_IP, CONTROL_PORT, Mesh
+from tests.e2e.harness import CONTROL_IP, CONTROL_PORT, ControlPlane, Mesh, Node
+from tests.natlab import NatKind, NatLab
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -37,3 +40,35 @@ def test_netcheck_through_the_daemon(mesh: Mesh) -> None:
     text = node.cli_ok("netcheck")
     assert text.startswith("measured:       an ephemeral port")
     assert "mapping:        public:" in text
+
+
+@pytest.mark.usefixtures("lab_programs")
+def test_netcheck_through_the_daemon_behind_an_easy_nat(tmp_path: Path) -> None:
+    """rustynetd on a host behind an easy NAT, rustynet-control (and its STUN service) on the
+    lab's internet: netcheck through the daemon finds the router's WAN address with the port
+    it measured (easy NAT keeps it) and classifies eim-port-preserving."""
+    with NatLab() as nat:
+        server = nat.internet_host()
+        control = ControlPlane(server.ns, tmp_path, address=server.address)
+        control.init()
+        control.start()
+        try:
+            host = nat.host(NatKind.EASY)
+            node = Node("ncnat", host.ns, host.address, nat.netlab.interface_name(), tmp_path)
+            try:
+                node.start()
+                node.up(control.join_token())
+                doc = json.loads(node.cli_ok("netcheck", "--json"))
+            finally:
+                node.program.stop()
+        finally:
+            control.program.stop()
+    assert host.site is not None
+    v4 = doc["ipv4"]
+    assert [s["server"] for s in v4["servers"]] == [
+        f"{server.address}:3478",
+        f"{server.address}:3479",
+    ]
+    assert v4["nat"] == "eim-port-preserving", doc
+    assert v4["reflexive"] == [f"{host.site.router.wan_address}:{doc['local_port']}"]
+    assert doc["measured"] == "ephemeral-port"  # the tunnel-port probe is not wired yet
