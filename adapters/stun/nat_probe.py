@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import socket
 import time
@@ -51,7 +52,7 @@ def free_port() -> int:
             try:
                 _bind(socket.AF_INET6, port).close()
             except OSError as exc:
-                if exc.errno == 97:  # EAFNOSUPPORT: no IPv6 on this host, any v4 port is fine
+                if exc.errno == errno.EAFNOSUPPORT:  # no IPv6 on this host: any v4 port is fine
                     return port
                 continue
             return port

@@ -27,6 +27,7 @@ from rustynet.application.node.netcheck import (
     run_netcheck,
     targets_from_map,
 )
+from rustynet.domain.errors import RustynetError
 from rustynet.domain.nat import StunObservation
 from rustynet.domain.tunnel import IPAddress, UnderlayEndpoint
 
@@ -360,3 +361,17 @@ def test_parser_lists_netcheck() -> None:
     ns = parser.parse_args(["netcheck", "--stun", "203.0.113.1:3478"])
     assert isinstance(ns, argparse.Namespace)
     assert ns.stun == [S1]
+
+
+class BrokenInterfaces:
+    async def addresses(self) -> Mapping[str, tuple[IPAddress, ...]]:
+        raise RustynetError("ip: not found")
+
+
+def test_unreadable_interfaces_never_make_a_public_verdict() -> None:
+    probe = FakeProbe({S1: f"{LOCAL}:4000", S2: f"{LOCAL}:4000"})
+    tools = NetcheckTools(probe, FakeLatency(), BrokenInterfaces(), lambda: 4000)
+    doc = asyncio.run(run_netcheck(tools, NetcheckTargets((S1, S2)), 4000, "ephemeral-port"))
+    v4 = doc["ipv4"]
+    assert isinstance(v4, dict)
+    assert v4["nat"] == "eim-port-preserving"  # own addresses unknown: not claimed public

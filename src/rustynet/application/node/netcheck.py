@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from rustynet.domain.errors import RustynetError
 from rustynet.domain.nat import NatReport, StunObservation, classify
 from rustynet.domain.netmap import PeerMap
 from rustynet.domain.tunnel import IPAddress, UnderlayEndpoint
@@ -180,7 +181,12 @@ async def run_netcheck(
     probe, latency, interfaces = tools.probe, tools.latency, tools.interfaces
     timed = asyncio.gather(*(latency.connect(t.host, t.port) for t in targets.latency))
     observed, rtts = await asyncio.gather(probe.observe(targets.stun, port), timed)
-    addresses = await interfaces.addresses() if interfaces is not None else {}
+    addresses: Mapping[str, tuple[IPAddress, ...]] = {}
+    if interfaces is not None:
+        try:
+            addresses = await interfaces.addresses()
+        except RustynetError:  # ip(8) failed: no address is known to be ours (never `public`)
+            addresses = {}
     return build_document(
         measured,
         port,
