@@ -185,6 +185,11 @@ def render_netcheck(doc: Mapping[str, object], via: str) -> str:
         lines.append(f"ipv6:           yes, reflexive {mapped} ({v6.get('nat')})")
     else:
         lines.append(f"ipv6:           no (0 of {v6.get('asked')} IPv6 STUN servers answered)")
+    skipped = ", ".join(map(str, _list(doc.get("skipped"))))
+    if skipped:
+        lines.append(
+            f"skipped:        {skipped} (the tunnel talks to it: not probed from its port)"
+        )
     lines.append("stun:")
     for family in (v4, v6):
         for server in _list(family.get("servers")):

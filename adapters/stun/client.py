@@ -69,19 +69,24 @@ async def probe_all(
     entropy: Entropy,
     timeout: float,
     counters: ProbeCounters | None = None,
+    *,
+    rtts: list[float | None] | None = None,
 ) -> list[BindingResult | None]:
     """One Binding request from `sock` to each of `servers` at once, then one receive loop
     until every server answered or `timeout` seconds passed; answers in `servers` order (None:
-    no valid answer). One socket, so every server sees the same local port."""
+    no valid answer). One socket, so every server sees the same local port. `rtts`, when
+    given, is filled with each server's round trip in seconds (None: no valid answer)."""
     counters = counters if counters is not None else ProbeCounters()
     loop = asyncio.get_running_loop()
     sock.setblocking(False)
     pending: dict[tuple[str, int], bytes] = {}
+    sent: dict[tuple[str, int], float] = {}
     for server in servers:
         transaction_id, request = binding_request(entropy)
         key = (str(ipaddress.ip_address(server[0])), server[1])
         pending[key] = transaction_id
         await loop.sock_sendto(sock, request, _resolve(server, sock.family))
+        sent[key] = loop.time()
     results: dict[tuple[str, int], BindingResult] = {}
     deadline = loop.time() + timeout
     while len(results) < len(pending) and (left := deadline - loop.time()) > 0:
@@ -96,10 +101,14 @@ async def probe_all(
         server = source
         try:
             results[server] = accept_binding_response(data, pending[server])
+            sent[server] = loop.time() - sent[server]  # from now on: the round trip
         except StunError as exc:
             if "transaction id" in str(exc):
                 counters.wrong_transaction += 1
             else:
                 counters.malformed += 1
             _log.debug("stun.response_ignored", server=f"{server[0]}:{server[1]}", reason=str(exc))
-    return [results.get((str(ipaddress.ip_address(s[0])), s[1])) for s in servers]
+    keys = [(str(ipaddress.ip_address(s[0])), s[1]) for s in servers]
+    if rtts is not None:
+        rtts[:] = [sent[k] if k in results else None for k in keys]
+    return [results.get(k) for k in keys]

@@ -1,34 +1,29 @@
-"""A NatProbe (`rustynet.ports.interfaces.NatProbe`) from a plain UDP socket the probe binds itself.
+"""A NatProbe (`rustynet.ports.interfaces.NatProbe`) from a plain UDP socket on a port it binds.
 
 The one rule: one socket per address family, bound to the asked local port (an ephemeral one
-for None), sends one Binding request to every server at once and then reads answers until ONE
-deadline for all of them, so a probe of N blocked servers takes `timeout`, not N x `timeout`.
-An answer is believed only from the address its request went to and with its transaction id
-(the same checks as `client.probe`); everything else is ignored and counted.
-
-This socket is not the tunnel's: `rustynet netcheck` run without a daemon (and a daemon whose
-tunnel-port probe is not wired) measures the port this probe bound, and says so.
+for None) without any source-port rewrite, asks every server at once through
+`client.probe_all` (one deadline for all: N blocked servers take `timeout`, not N x
+`timeout`; only answers from the queried address with our transaction id count). This is the
+probe of a standalone `rustynet netcheck` (which must know its local port to judge port
+preservation) and of a daemon without a tunnel port; the daemon's tunnel port is measured by
+`tunnel_port.TunnelPortProbe`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import ipaddress
 import socket
-import time
 from collections.abc import Sequence
 
-from rustynet.adapters.stun.client import ProbeCounters, _resolve, _same_address
+from rustynet.adapters.stun.client import ProbeCounters, probe_all
 
 from rustynet.domain.entropy import Entropy
 from rustynet.domain.nat import StunObservation
-from rustynet.domain.stun import StunError, accept_binding_response, binding_request
 from rustynet.domain.tunnel import UnderlayEndpoint
 
 DEFAULT_TIMEOUT = 1.5
-_MAX_DATAGRAM = 2048
 
 
 def _bind(family: socket.AddressFamily, port: int) -> socket.socket:
@@ -75,67 +70,42 @@ class SocketNatProbe:
     async def observe(
         self, servers: Sequence[UnderlayEndpoint], port: int | None
     ) -> tuple[StunObservation, ...]:
-        """One Binding request to each server from local UDP `port`, all at once."""
+        """One Binding request to each server from local UDP `port`, all families at once."""
         local = free_port() if port is None else port
-        results = await asyncio.gather(
-            *(
-                self._one_family(
-                    family, [s for s in servers if s.address.version == version], local
-                )
-                for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6))
-                if any(s.address.version == version for s in servers)
-            )
-        )
-        found = {k: v for result in results for k, v in result.items()}
+        groups = [
+            (family, [s for s in servers if s.address.version == version])
+            for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6))
+        ]
+        results = await asyncio.gather(*(self._family(f, g, local) for f, g in groups if g))
+        found = {o.server: o for result in results for o in result}
         return tuple(found.get(s, StunObservation(s, None)) for s in servers)
 
-    async def _one_family(
-        self, family: socket.AddressFamily, servers: Sequence[UnderlayEndpoint], port: int
-    ) -> dict[UnderlayEndpoint, StunObservation]:
-        entropy, timeout, counters = self._entropy, self._timeout, self.counters
-        loop = asyncio.get_running_loop()
-        found: dict[UnderlayEndpoint, StunObservation] = {}
+    async def _family(
+        self, family: socket.AddressFamily, servers: list[UnderlayEndpoint], port: int
+    ) -> list[StunObservation]:
+        rtts: list[float | None] = []
         try:
-            sock = _bind(family, port)
-        except OSError:
-            return found  # this family unusable here: its servers stay unanswered
-        with sock:
-            pending: dict[UnderlayEndpoint, tuple[bytes, float]] = {}
-            for each in servers:
-                transaction_id, request = binding_request(entropy)
-                with contextlib.suppress(OSError):  # unreachable network: unanswered
-                    await loop.sock_sendto(
-                        sock, request, _resolve((str(each.address), each.port), family)
-                    )
-                    pending[each] = (transaction_id, time.monotonic())
-            deadline = loop.time() + timeout
-            while pending and (left := deadline - loop.time()) > 0:
-                try:
-                    data, addr = await asyncio.wait_for(
-                        loop.sock_recvfrom(sock, _MAX_DATAGRAM), left
-                    )
-                except (TimeoutError, OSError):
-                    break
-                server = next(
-                    (s for s in pending if _same_address(addr, (str(s.address), s.port))), None
+            with _bind(family, port) as sock:
+                answers = await probe_all(
+                    sock,
+                    [(str(s.address), s.port) for s in servers],
+                    self._entropy,
+                    self._timeout,
+                    self.counters,
+                    rtts=rtts,
                 )
-                if server is None:
-                    counters.wrong_source += 1
-                    continue
-                transaction_id, sent = pending[server]
-                try:
-                    result = accept_binding_response(data, transaction_id)
-                except StunError as exc:
-                    if "transaction id" in str(exc):
-                        counters.wrong_transaction += 1
-                    else:
-                        counters.malformed += 1
-                    continue
-                del pending[server]
-                ip, mapped_port = result.mapped
-                mapped = UnderlayEndpoint(ipaddress.ip_address(ip), mapped_port)
-                found[server] = StunObservation(server, mapped, time.monotonic() - sent)
-        return found
+        except OSError:  # this family unusable here (no address, no route): unanswered
+            return [StunObservation(s, None) for s in servers]
+        out = []
+        for server, answer, rtt in zip(servers, answers, rtts, strict=True):
+            mapped = None
+            if answer is not None:
+                address = ipaddress.ip_address(answer.mapped[0])
+                if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+                    address = address.ipv4_mapped
+                mapped = UnderlayEndpoint(address, answer.mapped[1])
+            out.append(StunObservation(server, mapped, rtt))
+        return out
 
 
 __all__ = ["DEFAULT_TIMEOUT", "SocketNatProbe", "free_port"]

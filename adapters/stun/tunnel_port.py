@@ -25,7 +25,6 @@ packets) never touch each other's rule. `port=None` skips the rule: a plain ephe
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import socket
@@ -188,32 +187,31 @@ class TunnelPortProbe:
     async def _observe_family(
         self, servers: list[UnderlayEndpoint], port: int | None, version: int
     ) -> dict[UnderlayEndpoint, tuple[UnderlayEndpoint | None, float | None]]:
-        loop = asyncio.get_running_loop()
+        rtts: list[float | None] = []
         try:
             async with sending_as_tunnel_port(
                 port, servers, version=version, netns=self._netns
             ) as sock:
-                started = loop.time()
                 answers = await probe_all(
                     sock,
                     [(str(s.address), s.port) for s in servers],
                     self._entropy,
                     self._deadline,
                     self.counters,
+                    rtts=rtts,
                 )
-                elapsed = loop.time() - started
         except (ProbeSetupError, OSError) as exc:
             _log.warning("stun.probe_failed", version=version, error=str(exc)[:200])
             return {}
         out: dict[UnderlayEndpoint, tuple[UnderlayEndpoint | None, float | None]] = {}
-        for server, answer in zip(servers, answers, strict=True):
+        for server, answer, rtt in zip(servers, answers, rtts, strict=True):
             if answer is None:
                 out[server] = (None, None)
                 continue
             address = answer.mapped[0]
             if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
                 address = address.ipv4_mapped
-            out[server] = (UnderlayEndpoint(address, answer.mapped[1]), elapsed)
+            out[server] = (UnderlayEndpoint(address, answer.mapped[1]), rtt)
         return out
 
 

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import CONTROL_IP, CONTROL_PORT, ControlPlane, Mesh, Node
+from tests.e2e.harness import (
+    CONTROL_IP,
+    CONTROL_PORT,
+    NODE_UNDERLAY_PORT,
+    ControlPlane,
+    Mesh,
+    Node,
+)
 from tests.natlab import NatKind, NatLab
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -20,8 +27,8 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 def test_netcheck_through_the_daemon(mesh: Mesh) -> None:
     """A node on the lab's flat underlay: `netcheck --json` goes to the daemon (GET
     /netcheck), which asks both STUN ports of the control host from the peer map and is seen
-    as itself (public), and reaches the control plane's HTTPS port; the text form names the
-    port it measured. The daemon has no tunnel-port probe yet, so: an ephemeral port."""
+    as itself (public) on its tunnel port, and reaches the control plane's HTTPS port; the
+    text form names the port it measured."""
     mesh.start_control()
     node = mesh.add_node("ncd")
     mesh.join(node)
@@ -31,22 +38,27 @@ def test_netcheck_through_the_daemon(mesh: Mesh) -> None:
     v4 = doc["ipv4"]
     assert [s["server"] for s in v4["servers"]] == [f"{CONTROL_IP}:3478", f"{CONTROL_IP}:3479"]
     assert v4["nat"] == "public", doc
-    assert v4["reflexive"] == [f"{node.underlay_ip}:{doc['local_port']}"]
-    assert doc["measured"] == "ephemeral-port"
+    assert v4["reflexive"] == [f"{node.underlay_ip}:{NODE_UNDERLAY_PORT}"]
+    assert (doc["measured"], doc["local_port"], doc["skipped"]) == (
+        "tunnel-port",
+        NODE_UNDERLAY_PORT,
+        [],
+    )
     [control] = [t for t in doc["latency"] if t["kind"] == "control"]
     assert control["target"] == f"{CONTROL_IP}:{CONTROL_PORT}"
     assert control["rtt_ms"] is not None
     assert elapsed < 5, elapsed
     text = node.cli_ok("netcheck")
-    assert text.startswith("measured:       an ephemeral port")
+    assert text.startswith(f"measured:       the tunnel port {NODE_UNDERLAY_PORT} (through")
     assert "mapping:        public:" in text
 
 
 @pytest.mark.usefixtures("lab_programs")
 def test_netcheck_through_the_daemon_behind_an_easy_nat(tmp_path: Path) -> None:
     """rustynetd on a host behind an easy NAT, rustynet-control (and its STUN service) on the
-    lab's internet: netcheck through the daemon finds the router's WAN address with the port
-    it measured (easy NAT keeps it) and classifies eim-port-preserving."""
+    lab's internet: netcheck through the daemon measures the tunnel port as the router maps
+    it: the router's WAN address with the tunnel port (easy NAT keeps it),
+    eim-port-preserving."""
     with NatLab() as nat:
         server = nat.internet_host()
         control = ControlPlane(server.ns, tmp_path, address=server.address)
@@ -70,5 +82,5 @@ def test_netcheck_through_the_daemon_behind_an_easy_nat(tmp_path: Path) -> None:
         f"{server.address}:3479",
     ]
     assert v4["nat"] == "eim-port-preserving", doc
-    assert v4["reflexive"] == [f"{host.site.router.wan_address}:{doc['local_port']}"]
-    assert doc["measured"] == "ephemeral-port"  # the tunnel-port probe is not wired yet
+    assert v4["reflexive"] == [f"{host.site.router.wan_address}:{NODE_UNDERLAY_PORT}"]
+    assert (doc["measured"], doc["local_port"]) == ("tunnel-port", NODE_UNDERLAY_PORT)

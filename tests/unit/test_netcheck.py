@@ -35,7 +35,7 @@ LOCAL = ipaddress.ip_address("198.51.100.2")
 WAN = "203.0.113.10"
 S1, S2 = UnderlayEndpoint.parse("203.0.113.1:3478"), UnderlayEndpoint.parse("203.0.113.1:3479")
 S6 = UnderlayEndpoint.parse("[2001:db8::1]:3478")
-DOC_KEYS = {"netcheck", "measured", "local_port", "udp", "ipv4", "ipv6", "latency"}
+DOC_KEYS = {"netcheck", "measured", "local_port", "udp", "ipv4", "ipv6", "skipped", "latency"}
 FAMILY_KEYS = {
     "reachable",
     "answered",
@@ -176,10 +176,16 @@ def _peer_map_stub() -> object:
     from rustynet.domain.netmap import RelayEntry  # noqa: PLC0415 - only this test
 
     class Stub:
-        stun = ("203.0.113.1:3478", "203.0.113.1:3479")
+        stun = ("203.0.113.1:3478", "203.0.113.1:3479", "203.0.113.2:3478")
+        peers = ()
         relays = (
             RelayEntry.from_texts(
                 "relay-1", "wss://relay.example:8443/v1/relay", "sha256//" + "A" * 43 + "="
+            ),
+            RelayEntry.from_texts(  # an IP literal: the tunnel talks to it (relayed UDP)
+                "relay-2",
+                "wss://203.0.113.2:443/v1/relay",
+                "sha256//" + "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
             ),
         )
 
@@ -199,12 +205,27 @@ def test_daemon_netcheck_uses_the_tunnel_port_only_when_the_probe_can() -> None:
             )
         )
         assert (probe.ports, doc["measured"], doc["local_port"]) == ([port], measured, port)
+        v4 = doc["ipv4"]
+        assert isinstance(v4, dict)
+        probed = [s["server"] for s in v4["servers"]]
+        if can:  # never from the tunnel port toward an address the tunnel talks to
+            assert (probed, doc["skipped"]) == ([str(S1), str(S2)], ["203.0.113.2:3478"])
+        else:
+            assert (probed[2:], doc["skipped"]) == (["203.0.113.2:3478"], [])
     targets = targets_from_map(peer_map, "https://control.example")  # type: ignore[arg-type]
-    assert targets.stun == (S1, S2)
+    assert targets.stun == (S1, S2, UnderlayEndpoint.parse("203.0.113.2:3478"))
     assert [(t.kind, t.id, t.host, t.port) for t in targets.latency] == [
         ("control", None, "control.example", 443),
         ("relay", "relay-1", "relay.example", 8443),
+        ("relay", "relay-2", "203.0.113.2", 443),
     ]
+
+
+def test_skipped_servers_are_named_in_the_text() -> None:
+    doc = {**_doc("tunnel-port"), "skipped": ["203.0.113.2:3478"]}
+    text = netcheck_cli.render_netcheck(doc, "through rustynetd")
+    assert "skipped:        203.0.113.2:3478 (the tunnel talks to it" in text
+    assert "skipped" not in netcheck_cli.render_netcheck(_doc(), "standalone")
 
 
 # --- the CLI ---------------------------------------------------------------------------------

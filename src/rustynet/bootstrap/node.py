@@ -134,10 +134,13 @@ def nat_discovery(config: NodeConfig, interfaces: IpInterfaceAddresses | None) -
     return NatDiscovery(probe, interfaces, SystemClock(), config.nat_interval)
 
 
-def _netcheck_tools(interfaces: IpInterfaceAddresses | None) -> NetcheckTools:
-    """`GET /netcheck`'s probe: from an ephemeral port of the daemon's host for now (the
-    tunnel-port probe replaces it), TCP connect times, the host's addresses."""
-    return NetcheckTools(SocketNatProbe(OsEntropy()), TcpConnectLatency(), interfaces, free_port)
+def netcheck_tools(config: NodeConfig, interfaces: IpInterfaceAddresses | None) -> NetcheckTools:
+    """`GET /netcheck`'s adapters: with a tunnel port (and a real backend) the tunnel-port
+    probe, as NAT discovery uses it; otherwise a plain socket on an ephemeral port (the
+    document says which). TCP connect times; the host's addresses."""
+    tunnel = config.underlay_port is not None and interfaces is not None
+    probe = TunnelPortProbe(OsEntropy()) if tunnel else SocketNatProbe(OsEntropy())
+    return NetcheckTools(probe, TcpConnectLatency(), interfaces, free_port, tunnel_port=tunnel)
 
 
 def build_daemon(config: NodeConfig, tunnel: TunnelBackend, keystore: Keystore) -> NodeDaemon:
@@ -166,7 +169,7 @@ def build_daemon(config: NodeConfig, tunnel: TunnelBackend, keystore: Keystore) 
         interfaces=interfaces,
         reflexive=None if port is None or interfaces is None else nat_discovery(config, interfaces),
         changes=None if interfaces is None else IpMonitorChanges(),
-        netcheck=_netcheck_tools(interfaces),
+        netcheck=netcheck_tools(config, interfaces),
     )
     settings = AgentSettings(
         interface=config.interface,

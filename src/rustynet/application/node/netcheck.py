@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from rustynet.application.node.nat_discovery import probe_targets, tunnel_addresses
 from rustynet.domain.errors import RustynetError
 from rustynet.domain.nat import NatReport, StunObservation, classify
 from rustynet.domain.netmap import PeerMap
@@ -120,6 +121,7 @@ def build_document(
         "udp": bool(v4 and v4["reachable"]) or bool(reports[6] and reports[6].reflexive),
         "ipv4": v4,
         "ipv6": _family(reports[6]),
+        "skipped": [],
         "latency": [
             {
                 "kind": lat.target.kind,
@@ -166,10 +168,16 @@ async def daemon_netcheck(
     tools: NetcheckTools, peer_map: PeerMap, control_url: str, tunnel_port: int | None
 ) -> dict[str, object]:
     """`GET /netcheck`: from the tunnel port when the probe can send from it, else from an
-    ephemeral port (and the document says which)."""
+    ephemeral port (and the document says which). From the tunnel port, a STUN server whose
+    address the tunnel talks to is never probed (`nat_discovery.probe_targets`): it is listed
+    under `skipped`."""
     targets = targets_from_map(peer_map, control_url)
     if tools.tunnel_port and tunnel_port:
-        return await run_netcheck(tools, targets, tunnel_port, "tunnel-port")
+        safe, skipped = probe_targets(targets.stun, tunnel_addresses(peer_map))
+        targets = attrs.evolve(targets, stun=safe)
+        document = await run_netcheck(tools, targets, tunnel_port, "tunnel-port")
+        document["skipped"] = [_endpoint(s) for s in skipped]
+        return document
     return await run_netcheck(tools, targets, tools.ephemeral_port(), "ephemeral-port")
 
 
