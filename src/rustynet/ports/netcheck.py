@@ -1,5 +1,5 @@
 """What `rustynet netcheck` times besides STUN: a TCP connect to the control plane's HTTPS port
-and to each relay's WSS port (I/O, so a port; `adapters/netcheck.py` implements it)."""
+and to each relay's WSS port (I/O, so a port; `adapters/tcp_latency.py` implements it)."""
 
 from __future__ import annotations
 
