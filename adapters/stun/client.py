@@ -18,7 +18,9 @@ import attrs
 import structlog
 
 from rustynet.domain.entropy import Entropy
+from rustynet.domain.nat import StunObservation
 from rustynet.domain.stun import BindingResult, StunError, accept_binding_response, binding_request
+from rustynet.domain.tunnel import UnderlayEndpoint
 
 _log = structlog.get_logger(__name__)
 _MAX_DATAGRAM = 2048
@@ -112,3 +114,27 @@ async def probe_all(
     if rtts is not None:
         rtts[:] = [sent[k] if k in results else None for k in keys]
     return [results.get(k) for k in keys]
+
+
+async def observe_all(
+    sock: socket.socket,
+    servers: Sequence[UnderlayEndpoint],
+    entropy: Entropy,
+    timeout: float,
+    counters: ProbeCounters | None = None,
+) -> list[StunObservation]:
+    """`probe_all` as `NatProbe` observations: each server's mapped endpoint (an IPv4-mapped
+    IPv6 answer as the IPv4 address) and round trip, in `servers` order."""
+    rtts: list[float | None] = []
+    targets = [(str(s.address), s.port) for s in servers]
+    answers = await probe_all(sock, targets, entropy, timeout, counters, rtts=rtts)
+    out = []
+    for server, answer, rtt in zip(servers, answers, rtts, strict=True):
+        if answer is None:
+            out.append(StunObservation(server, None))
+            continue
+        address = answer.mapped[0]
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        out.append(StunObservation(server, UnderlayEndpoint(address, answer.mapped[1]), rtt))
+    return out

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import socket
 from collections.abc import Sequence
 
-from rustynet.adapters.stun.client import ProbeCounters, probe_all
+from rustynet.adapters.stun.client import ProbeCounters, observe_all
 
 from rustynet.domain.entropy import Entropy
 from rustynet.domain.nat import StunObservation
@@ -83,29 +82,11 @@ class SocketNatProbe:
     async def _family(
         self, family: socket.AddressFamily, servers: list[UnderlayEndpoint], port: int
     ) -> list[StunObservation]:
-        rtts: list[float | None] = []
         try:
             with _bind(family, port) as sock:
-                answers = await probe_all(
-                    sock,
-                    [(str(s.address), s.port) for s in servers],
-                    self._entropy,
-                    self._timeout,
-                    self.counters,
-                    rtts=rtts,
-                )
+                return await observe_all(sock, servers, self._entropy, self._timeout, self.counters)
         except OSError:  # this family unusable here (no address, no route): unanswered
             return [StunObservation(s, None) for s in servers]
-        out = []
-        for server, answer, rtt in zip(servers, answers, rtts, strict=True):
-            mapped = None
-            if answer is not None:
-                address = ipaddress.ip_address(answer.mapped[0])
-                if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-                    address = address.ipv4_mapped
-                mapped = UnderlayEndpoint(address, answer.mapped[1])
-            out.append(StunObservation(server, mapped, rtt))
-        return out
 
 
 __all__ = ["DEFAULT_TIMEOUT", "SocketNatProbe", "free_port"]

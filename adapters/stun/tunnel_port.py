@@ -26,12 +26,11 @@ packets) never touch each other's rule. `port=None` skips the rule: a plain ephe
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import socket
 from collections.abc import AsyncIterator, Sequence
 
 import structlog
-from rustynet.adapters.stun.client import ProbeCounters, probe_all
+from rustynet.adapters.stun.client import ProbeCounters, observe_all
 from rustynet.adapters.support.system_tools import Json, ToolError, nft_json, run_tool
 
 from rustynet.domain.entropy import Entropy
@@ -177,42 +176,28 @@ class TunnelPortProbe:
         self, servers: Sequence[UnderlayEndpoint], port: int | None
     ) -> tuple[StunObservation, ...]:
         """One observation per server, in order; one socket per address family."""
-        mapped: dict[UnderlayEndpoint, tuple[UnderlayEndpoint | None, float | None]] = {}
+        found: dict[UnderlayEndpoint, StunObservation] = {}
         for version in (4, 6):
             group = [s for s in servers if s.address.version == version]
             if group:
-                mapped.update(await self._observe_family(group, port, version))
-        return tuple(StunObservation(s, *mapped.get(s, (None, None))) for s in servers)
+                found.update(
+                    (o.server, o) for o in await self._observe_family(group, port, version)
+                )
+        return tuple(found.get(s, StunObservation(s, None)) for s in servers)
 
     async def _observe_family(
         self, servers: list[UnderlayEndpoint], port: int | None, version: int
-    ) -> dict[UnderlayEndpoint, tuple[UnderlayEndpoint | None, float | None]]:
-        rtts: list[float | None] = []
+    ) -> list[StunObservation]:
         try:
             async with sending_as_tunnel_port(
                 port, servers, version=version, netns=self._netns
             ) as sock:
-                answers = await probe_all(
-                    sock,
-                    [(str(s.address), s.port) for s in servers],
-                    self._entropy,
-                    self._deadline,
-                    self.counters,
-                    rtts=rtts,
+                return await observe_all(
+                    sock, servers, self._entropy, self._deadline, self.counters
                 )
         except (ProbeSetupError, OSError) as exc:
             _log.warning("stun.probe_failed", version=version, error=str(exc)[:200])
-            return {}
-        out: dict[UnderlayEndpoint, tuple[UnderlayEndpoint | None, float | None]] = {}
-        for server, answer, rtt in zip(servers, answers, rtts, strict=True):
-            if answer is None:
-                out[server] = (None, None)
-                continue
-            address = answer.mapped[0]
-            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-                address = address.ipv4_mapped
-            out[server] = (UnderlayEndpoint(address, answer.mapped[1]), rtt)
-        return out
+            return []
 
 
 __all__ = [
