@@ -159,6 +159,21 @@ def _yes(value: object) -> str:
     return {True: "yes", False: "no"}.get(value, "unknown") if isinstance(value, bool) else "-"
 
 
+def _udp_lines(doc: Mapping[str, object], v4: Mapping[str, object] | None) -> list[str]:
+    """UDP reachability, the IPv4 reflexive addresses, mapping and port preservation."""
+    if doc.get("probe_error"):
+        return [f"udp:            unknown: the probe could not run ({doc['probe_error']})"]
+    if not v4:
+        return ["udp:            unknown (no IPv4 STUN server to ask)"]
+    answered = f"{v4.get('answered')} of {v4.get('asked')} IPv4 STUN servers answered"
+    return [
+        f"udp:            {_yes(doc.get('udp'))} ({answered})",
+        f"reflexive:      {', '.join(map(str, _list(v4.get('reflexive')))) or 'none'}",
+        f"mapping:        {v4.get('nat')}: {v4.get('description')}",
+        f"port preserved: {_yes(v4.get('port_preserved'))}",
+    ]
+
+
 def render_netcheck(doc: Mapping[str, object], via: str) -> str:
     """The text form: where it measured, then one labelled line per finding, then per-server
     and per-target round trips (stable: tests and bug reports rely on the labels)."""
@@ -168,16 +183,7 @@ def render_netcheck(doc: Mapping[str, object], via: str) -> str:
     else:
         lines = [f"measured:       an ephemeral port {port}, not the tunnel port ({via})"]
     v4, v6 = _family(doc, "ipv4"), _family(doc, "ipv6")
-    if v4:
-        answered = f"{v4.get('answered')} of {v4.get('asked')} IPv4 STUN servers answered"
-        lines += [
-            f"udp:            {_yes(doc.get('udp'))} ({answered})",
-            f"reflexive:      {', '.join(map(str, _list(v4.get('reflexive')))) or 'none'}",
-            f"mapping:        {v4.get('nat')}: {v4.get('description')}",
-            f"port preserved: {_yes(v4.get('port_preserved'))}",
-        ]
-    else:
-        lines.append("udp:            unknown (no IPv4 STUN server to ask)")
+    lines += _udp_lines(doc, v4)
     if not v6:
         lines.append("ipv6:           unknown (no IPv6 STUN server to ask)")
     elif v6.get("reachable"):

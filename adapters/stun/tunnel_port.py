@@ -36,6 +36,7 @@ from rustynet.adapters.support.system_tools import Json, ToolError, nft_json, ru
 from rustynet.domain.entropy import Entropy
 from rustynet.domain.nat import StunObservation
 from rustynet.domain.tunnel import UnderlayEndpoint
+from rustynet.ports.interfaces import ProbeUnavailableError
 
 _log = structlog.get_logger(__name__)
 DEADLINE_S = 1.5
@@ -195,7 +196,9 @@ class TunnelPortProbe:
                 return await observe_all(
                     sock, servers, self._entropy, self._deadline, self.counters
                 )
-        except (ProbeSetupError, OSError) as exc:
+        except ProbeSetupError as exc:  # nothing was sent: not a finding about the network
+            raise ProbeUnavailableError(str(exc)[:200]) from exc
+        except OSError as exc:  # e.g. no route for this family: nothing answered
             _log.warning("stun.probe_failed", version=version, error=str(exc)[:200])
             return []
 

@@ -11,6 +11,7 @@ toward the STUN ports remains. The time each probe took is printed (`-s`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -19,7 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from rustynet.adapters.entropy import OsEntropy
+from rustynet.adapters.stun.tunnel_port import TunnelPortProbe
 
+from rustynet.domain.tunnel import UnderlayEndpoint
+from rustynet.ports.interfaces import ProbeUnavailableError
 from tests.natlab import Host, NatKind, NatLab, read_line
 from tests.netns import require_in_ci, require_root
 
@@ -142,3 +147,13 @@ def test_two_hosts_behind_one_nat_each_see_their_own_mapping(world: World) -> No
     assert seen_a.split(":")[0] == seen_b.split(":")[0] == site.router.wan_address
     assert seen_a != seen_b  # same local port, so the router gave the second another port
     # and the port it mapped is what a peer sees of b's tunnel, so b's class is `eim`
+
+
+def test_a_probe_whose_rule_is_refused_says_it_could_not_run() -> None:
+    """nft refuses (here: a namespace that does not exist): `ProbeUnavailableError`, not a
+    silent "no answer" that would read as udp-blocked."""
+    require_root()
+    probe = TunnelPortProbe(OsEntropy(), netns="rustynet-test-no-such-namespace")
+    server = UnderlayEndpoint.parse("203.0.113.250:3478")
+    with pytest.raises(ProbeUnavailableError, match="probe rule"):
+        asyncio.run(probe.observe([server], 41641))

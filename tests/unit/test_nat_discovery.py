@@ -20,6 +20,7 @@ from rustynet.domain.netmap import PeerEntry, PeerMap, RelayEntry
 from rustynet.domain.tls_pin import SpkiPin
 from rustynet.domain.tunnel import IPAddress, UnderlayEndpoint
 from rustynet.ports.control_plane import NodeCredentials
+from rustynet.ports.interfaces import ProbeUnavailableError
 from tests.unit.test_netmap import NOW, make_map, tunnel
 
 PORT = 41641
@@ -203,3 +204,21 @@ async def test_the_reporter_sends_the_classification_and_reports_when_only_it_ch
     last_nat: NatClass | None = control.sent[-1][1]
     assert last_nat == NatClass.UNKNOWN
     assert reflexive not in control.sent[-1][0]
+
+
+class BrokenProbe:
+    """A probe that cannot run at all (its nftables rule was refused)."""
+
+    async def observe(
+        self, servers: Sequence[UnderlayEndpoint], port: int | None
+    ) -> tuple[StunObservation, ...]:
+        raise ProbeUnavailableError("cannot install the probe rule: permission denied")
+
+
+@pytest.mark.asyncio
+async def test_a_probe_that_cannot_run_classifies_nothing_and_reports_no_candidate() -> None:
+    """Not `udp-blocked`: nothing was measured, so nothing is claimed about the network."""
+    found = NatDiscovery(BrokenProbe(), Host("198.51.100.5"), Clock(), 300)
+    assert await found.reflexive(PORT, with_stun(S1, S2)) == ()
+    assert found.report is None
+    assert found.nat is not NatClass.UDP_BLOCKED

@@ -30,12 +30,23 @@ from rustynet.application.node.netcheck import (
 from rustynet.domain.errors import RustynetError
 from rustynet.domain.nat import StunObservation
 from rustynet.domain.tunnel import IPAddress, UnderlayEndpoint
+from rustynet.ports.interfaces import ProbeUnavailableError
 
 LOCAL = ipaddress.ip_address("198.51.100.2")
 WAN = "203.0.113.10"
 S1, S2 = UnderlayEndpoint.parse("203.0.113.1:3478"), UnderlayEndpoint.parse("203.0.113.1:3479")
 S6 = UnderlayEndpoint.parse("[2001:db8::1]:3478")
-DOC_KEYS = {"netcheck", "measured", "local_port", "udp", "ipv4", "ipv6", "skipped", "latency"}
+DOC_KEYS = {
+    "netcheck",
+    "measured",
+    "local_port",
+    "udp",
+    "probe_error",
+    "ipv4",
+    "ipv6",
+    "skipped",
+    "latency",
+}
 FAMILY_KEYS = {
     "reachable",
     "answered",
@@ -396,3 +407,22 @@ def test_unreadable_interfaces_never_make_a_public_verdict() -> None:
     v4 = doc["ipv4"]
     assert isinstance(v4, dict)
     assert v4["nat"] == "eim-port-preserving"  # own addresses unknown: not claimed public
+
+
+class BrokenProbe:
+    async def observe(
+        self, servers: Sequence[UnderlayEndpoint], port: int | None
+    ) -> tuple[StunObservation, ...]:
+        raise ProbeUnavailableError("cannot install the probe rule: permission denied")
+
+
+def test_a_probe_that_cannot_run_says_so_instead_of_udp_blocked() -> None:
+    tools = NetcheckTools(BrokenProbe(), FakeLatency(), FakeInterfaces(), lambda: 40000, True)
+    targets = NetcheckTargets((S1, S2), (LatencyTarget("control", None, "control.example", 443),))
+    doc = asyncio.run(run_netcheck(tools, targets, 41641, "tunnel-port"))
+    assert doc["udp"] is None
+    assert doc["probe_error"] == "cannot install the probe rule: permission denied"
+    assert doc["latency"][0]["rtt_ms"] == 5.0  # type: ignore[index]  # still measured
+    text = netcheck_cli.render_netcheck(doc, "through rustynetd")
+    assert "udp:            unknown: the probe could not run (cannot install" in text
+    assert "udp-blocked" not in text

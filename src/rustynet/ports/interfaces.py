@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from rustynet.domain.candidates import Candidate
+from rustynet.domain.errors import RustynetError
 from rustynet.domain.nat import NatClass, StunObservation
 from rustynet.domain.netmap import PeerMap
 from rustynet.domain.tunnel import IPAddress, UnderlayEndpoint
@@ -59,6 +60,11 @@ class ReflexiveDiscovery(Protocol):
         ...
 
 
+class ProbeUnavailableError(RustynetError):
+    """The probe could not run at all (no permission for its nftables rule, nft missing):
+    nothing was measured, which is not the same as "no STUN server answered"."""
+
+
 class NatProbe(Protocol):
     """Asks STUN servers what a local UDP port looks like from outside."""
 
@@ -67,8 +73,15 @@ class NatProbe(Protocol):
     ) -> tuple[StunObservation, ...]:
         """One Binding request to each of `servers` from local UDP `port` (None: an ephemeral
         port of the adapter's choosing), concurrently; one observation per server, in order
-        (`mapped` None: no valid answer before the adapter's deadline)."""
+        (`mapped` None: no valid answer before the adapter's deadline); raises
+        `ProbeUnavailableError` when it could not send at all."""
         ...
 
 
-__all__ = ["InterfaceAddresses", "InterfaceChanges", "NatProbe", "ReflexiveDiscovery"]
+__all__ = [
+    "InterfaceAddresses",
+    "InterfaceChanges",
+    "NatProbe",
+    "ProbeUnavailableError",
+    "ReflexiveDiscovery",
+]

@@ -34,7 +34,7 @@ from rustynet.domain.nat import NatClass, NatReport, classify
 from rustynet.domain.netmap import PeerMap
 from rustynet.domain.tunnel import IPAddress, UnderlayEndpoint
 from rustynet.ports.clock import Clock
-from rustynet.ports.interfaces import InterfaceAddresses, NatProbe
+from rustynet.ports.interfaces import InterfaceAddresses, NatProbe, ProbeUnavailableError
 
 _log = structlog.get_logger(__name__)
 DEFAULT_INTERVAL = 300.0
@@ -129,7 +129,12 @@ class NatDiscovery:
         if not safe:
             self.report, self._found = None, ()
             return ()
-        observations = await self._probe.observe(safe, port)
+        try:
+            observations = await self._probe.observe(safe, port)
+        except ProbeUnavailableError as exc:  # nothing measured: no classification, no candidate
+            _log.warning("nat.probe_unavailable", error=str(exc))
+            self.report, self._found = None, ()
+            return ()
         report = classify(observations, port, await self._local_addresses())
         changed = self.nat is not report.nat
         self.report, self._found = report, usable_reflexive(report)

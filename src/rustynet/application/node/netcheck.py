@@ -24,7 +24,7 @@ from rustynet.domain.errors import RustynetError
 from rustynet.domain.nat import NatReport, StunObservation, classify
 from rustynet.domain.netmap import PeerMap
 from rustynet.domain.tunnel import IPAddress, UnderlayEndpoint
-from rustynet.ports.interfaces import InterfaceAddresses, NatProbe
+from rustynet.ports.interfaces import InterfaceAddresses, NatProbe, ProbeUnavailableError
 from rustynet.ports.netcheck import ConnectLatency
 
 DOCUMENT_VERSION: Final = 1
@@ -106,8 +106,11 @@ def build_document(
     observations: Sequence[StunObservation],
     local_addresses: Iterable[IPAddress],
     latencies: Sequence[Latency] = (),
+    *,
+    probe_error: str | None = None,
 ) -> dict[str, object]:
-    """The netcheck document (version 1) from one port's observations (both families)."""
+    """The netcheck document (version 1) from one port's observations (both families);
+    `probe_error`: the probe could not run, so `udp` is unknown (null), not false."""
     own = tuple(local_addresses)
     reports: dict[int, NatReport | None] = {}
     for version in (4, 6):
@@ -118,7 +121,10 @@ def build_document(
         "netcheck": DOCUMENT_VERSION,
         "measured": measured,
         "local_port": local_port,
-        "udp": bool(v4 and v4["reachable"]) or bool(reports[6] and reports[6].reflexive),
+        "udp": None
+        if probe_error is not None
+        else bool(v4 and v4["reachable"]) or bool(reports[6] and reports[6].reflexive),
+        "probe_error": probe_error,
         "ipv4": v4,
         "ipv6": _family(reports[6]),
         "skipped": [],
@@ -188,7 +194,11 @@ async def run_netcheck(
     the document `build_document` shapes."""
     probe, latency, interfaces = tools.probe, tools.latency, tools.interfaces
     timed = asyncio.gather(*(latency.connect(t.host, t.port) for t in targets.latency))
-    observed, rtts = await asyncio.gather(probe.observe(targets.stun, port), timed)
+    probe_error: str | None = None
+    try:
+        observed, rtts = await asyncio.gather(probe.observe(targets.stun, port), timed)
+    except ProbeUnavailableError as exc:
+        observed, rtts, probe_error = (), await timed, str(exc)
     addresses: Mapping[str, tuple[IPAddress, ...]] = {}
     if interfaces is not None:
         try:
@@ -201,6 +211,7 @@ async def run_netcheck(
         observed,
         _flatten(addresses),
         [Latency(t, r) for t, r in zip(targets.latency, rtts, strict=True)],
+        probe_error=probe_error,
     )
 
 
