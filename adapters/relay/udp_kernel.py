@@ -1,0 +1,218 @@
+"""Kernel forwarding of UDP relay sessions: one nftables table, per-session set and map elements
+with a timeout, and conntrack clean-up (docs/relay-protocol.md, "Forwarding in the kernel").
+
+    table ip rustynet-relay-udp
+      raw prerouting (priority raw, before conntrack), for R:<relay port range>:
+        bind packets (payload starts with the bind magic)  notrack, accept -> the relay's socket
+        source . sport . dport in @bound                   accept -> conntrack, DNAT below
+        anything else                                      counted, dropped
+      raw output: the relay's own packets from the range   notrack
+      nat prerouting:  A:pA -> R:portA  dnat to @to_peer   (B:pB)
+      nat postrouting: A:pA -> B:pB     snat to @as_relay  (R:portB)
+      filter forward:  A:pA -> B:pB in @flows               (per-element packet/byte counters)
+
+The one rule: nothing reaches conntrack for a relay port unless its source is bound (so no
+early packet leaves an entry that points at the relay itself, which WireGuard's retries would
+keep alive forever), every element carries a timeout equal to the allocation's expiry (a
+killed relay stops forwarding by itself: the @bound element lapses and the raw chain drops
+even an established flow), and a teardown or re-bind deletes the elements AND the conntrack
+entries of both relay ports (removing rules alone does not stop an established flow). Bind
+packets are untracked both ways, so the bind socket never creates an entry either. NAT-chain
+counters see only a flow's first packet: the counters live in the forward chain's set.
+
+Needs CAP_NET_ADMIN in the relay's network namespace and net.ipv4.ip_forward=1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Final
+
+import attrs
+import structlog
+from rustynet.adapters.support.system_tools import ToolError, nft_json, run_tool
+
+from rustynet.domain.udp_relay import BIND_MAGIC, Allocation, UdpRelayLimits
+
+TABLE: Final = "rustynet-relay-udp"
+_FLOW: Final = "ipv4_addr . inet_service . ipv4_addr . inet_service"
+_TUPLE: Final = "ip saddr . udp sport . ip daddr . udp dport"
+_log = structlog.get_logger(__name__)
+
+
+class ForwardingUnavailable(Exception):
+    """The kernel path cannot be used here (no permission, nft missing, forwarding off)."""
+
+
+@attrs.frozen
+class SessionCounters:
+    """Packets and bytes the kernel forwarded for one session, per direction."""
+
+    packets: int
+    bytes: int
+
+
+def ruleset(address: str, limits: UdpRelayLimits) -> str:
+    """The table, recreated from scratch (empty sets) in one transaction."""
+    ports = f"{limits.port_first}-{limits.port_last}"
+    magic = int.from_bytes(BIND_MAGIC, "big")
+    ours = f"ip daddr {address} udp dport {ports}"
+    return f"""table ip {TABLE} {{}}
+delete table ip {TABLE}
+table ip {TABLE} {{
+  set bound {{ type ipv4_addr . inet_service . inet_service; flags timeout; }}
+  map to_peer {{ type ipv4_addr . inet_service . inet_service : ipv4_addr . inet_service;
+    flags timeout; }}
+  map as_relay {{ type {_FLOW} : ipv4_addr . inet_service; flags timeout; }}
+  set flows {{ type {_FLOW}; flags timeout; counter; }}
+  chain learn {{ type filter hook prerouting priority raw; policy accept;
+    {ours} @th,64,32 {magic:#x} notrack accept
+    {ours} ip saddr . udp sport . udp dport @bound accept
+    {ours} counter name unbound drop
+  }}
+  counter unbound {{ }}
+  chain learn_out {{ type filter hook output priority raw; policy accept;
+    ip saddr {address} udp sport {ports} notrack
+  }}
+  chain to_peer {{ type nat hook prerouting priority dstnat; policy accept;
+    {ours} dnat ip to ip saddr . udp sport . udp dport map @to_peer
+  }}
+  chain as_relay {{ type nat hook postrouting priority srcnat; policy accept;
+    ct original ip daddr {address} snat ip to {_TUPLE} map @as_relay
+  }}
+  chain count {{ type filter hook forward priority filter; policy accept;
+    meta l4proto udp {_TUPLE} @flows accept
+  }}
+}}
+"""
+
+
+def _elements(address: str, allocation: Allocation) -> dict[str, list[str]]:
+    """Each set's and map's elements for an active allocation (without timeout)."""
+    a, b = allocation.first, allocation.second
+    assert a.source is not None and b.source is not None
+    (ha, pa), (hb, pb) = a.source, b.source
+    return {
+        "bound": [f"{ha} . {pa} . {a.port}", f"{hb} . {pb} . {b.port}"],
+        "to_peer": [f"{ha} . {pa} . {a.port} : {hb} . {pb}", f"{hb} . {pb} . {b.port} : {ha} . {pa}"],
+        "as_relay": [
+            f"{ha} . {pa} . {hb} . {pb} : {address} . {b.port}",
+            f"{hb} . {pb} . {ha} . {pa} : {address} . {a.port}",
+        ],
+        "flows": [f"{ha} . {pa} . {hb} . {pb}", f"{hb} . {pb} . {ha} . {pa}"],
+    }
+
+
+def _with_timeout(element: str, seconds: int) -> str:
+    key, sep, value = element.partition(" : ")
+    return f"{key} timeout {seconds}s{sep}{value}"
+
+
+def _key(element: str) -> str:
+    return element.partition(" : ")[0]
+
+
+class KernelForwarding:
+    """Installs and removes the per-session elements; one instance per relay address."""
+
+    def __init__(self, address: str, limits: UdpRelayLimits) -> None:
+        self.address = address
+        self.limits = limits
+        self._installed: dict[bytes, dict[str, list[str]]] = {}
+
+    async def start(self) -> None:
+        """Install the table (replacing a previous run's); `ForwardingUnavailable` if it cannot."""
+        try:
+            with open("/proc/sys/net/ipv4/ip_forward", encoding="ascii") as flag:
+                forwarding = flag.read().strip() == "1"
+        except OSError as exc:
+            raise ForwardingUnavailable(f"cannot read ip_forward: {exc}") from exc
+        if not forwarding:
+            raise ForwardingUnavailable("net.ipv4.ip_forward is 0")
+        try:
+            await run_tool(["nft", "-f", "-"], ruleset(self.address, self.limits).encode())
+        except ToolError as exc:
+            raise ForwardingUnavailable(f"cannot install the relay table: {exc}") from exc
+
+    async def install(self, allocation: Allocation, now: datetime) -> None:
+        """Forward between the allocation's two bound sources until its expiry; replaces what
+        was installed for it before (a re-bind or a renewal), then drops stale flows."""
+        seconds = max(1, math.ceil((allocation.expires_at - now).total_seconds()))
+        fresh = _elements(self.address, allocation)
+        previous = self._installed.get(allocation.allocation_id)
+        lines = self._deletions(previous)
+        for name, elements in fresh.items():
+            body = ", ".join(_with_timeout(e, seconds) for e in elements)
+            lines.append(f"add element ip {TABLE} {name} {{ {body} }}")
+        await run_tool(["nft", "-f", "-"], "\n".join(lines).encode())
+        self._installed[allocation.allocation_id] = fresh
+        if previous is not None and previous["bound"] != fresh["bound"]:
+            await self._forget_flows(allocation)
+
+    async def remove(self, allocation: Allocation) -> None:
+        """Stop forwarding for `allocation` now: its elements and conntrack entries go."""
+        previous = self._installed.pop(allocation.allocation_id, None)
+        if previous is not None:
+            try:
+                await run_tool(["nft", "-f", "-"], "\n".join(self._deletions(previous)).encode())
+            except ToolError as exc:  # elements that already timed out
+                _log.info("relay.udp_elements_gone", error=str(exc)[:200])
+        await self._forget_flows(allocation)
+
+    def _deletions(self, installed: dict[str, list[str]] | None) -> list[str]:
+        if installed is None:
+            return []
+        return [
+            f"delete element ip {TABLE} {name} {{ {', '.join(_key(e) for e in elements)} }}"
+            for name, elements in installed.items()
+        ]
+
+    async def _forget_flows(self, allocation: Allocation) -> None:
+        for side in allocation.sides:
+            argv = ["conntrack", "-D", "-p", "udp", "--orig-dst", self.address]
+            try:
+                await run_tool([*argv, "--orig-port-dst", str(side.port)])
+            except ToolError as exc:
+                if exc.returncode != 1:  # 1: no entry matched
+                    _log.warning("relay.udp_conntrack_left", port=side.port, error=str(exc)[:200])
+
+    async def counters(self, allocation: Allocation) -> tuple[SessionCounters, SessionCounters]:
+        """Forwarded packets/bytes first→second and second→first (zeros when not installed)."""
+        installed = self._installed.get(allocation.allocation_id)
+        zero = SessionCounters(0, 0)
+        if installed is None:
+            return zero, zero
+        listed = await nft_json(["-j", "list", "set", "ip", TABLE, "flows"], None)
+        found: dict[str, SessionCounters] = {}
+        for item in _set_elements(listed):
+            concat = item.get("val", {}).get("concat", [])
+            counter = item.get("counter", {})
+            key = " . ".join(str(part) for part in concat)
+            found[key] = SessionCounters(int(counter.get("packets", 0)), int(counter.get("bytes", 0)))
+        there, back = installed["flows"]
+        return found.get(there, zero), found.get(back, zero)
+
+    async def stop(self, allocations: Iterable[Allocation]) -> None:
+        """Remove the table (a clean shutdown); the flows of `allocations` are forgotten."""
+        try:
+            await run_tool(["nft", "delete", "table", "ip", TABLE])
+        except ToolError as exc:
+            _log.info("relay.udp_table_gone", error=str(exc)[:200])
+        self._installed.clear()
+        for allocation in allocations:
+            await self._forget_flows(allocation)
+
+
+def _set_elements(listed: object) -> list[dict[str, dict[str, object]]]:
+    """The `elem` entries of `nft -j list set` output (empty when the shape is unexpected)."""
+    items = listed.get("nftables", []) if isinstance(listed, dict) else []
+    for item in items:
+        if isinstance(item, dict) and "set" in item:
+            elements = item["set"].get("elem", [])
+            return [e["elem"] for e in elements if isinstance(e, dict) and "elem" in e]
+    return []
+
+
+__all__ = ["TABLE", "ForwardingUnavailable", "KernelForwarding", "SessionCounters", "ruleset"]

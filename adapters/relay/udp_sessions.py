@@ -1,0 +1,202 @@
+"""UDP relay sessions of one relay process: answering `udp_allocate` asks from authenticated
+WebSocket sessions, the bind sockets (one per allocated port), and driving the forwarder
+(docs/relay-protocol.md, "UDP relay sessions").
+
+The one rule: the forwarder is told about an allocation only when BOTH sides are bound by a
+valid bind packet (`AllocationTable.bind`), is told again on a re-bind and on renewal (new
+expiry), and is told to remove it when the allocation expires or a side's node has no session
+left. A bind socket only ever reads bind packets: datagrams that are not a valid, fresh bind
+for its port are counted and dropped, never answered and never parsed further.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Final, Protocol
+
+import attrs
+import structlog
+
+from rustynet.domain.keys import b64encode
+from rustynet.domain.udp_relay import (
+    Allocation,
+    AllocationRefused,
+    AllocationTable,
+    BindOutcome,
+    Source,
+)
+from rustynet.ports.clock import Clock
+
+SWEEP_S: Final = 1.0
+_log = structlog.get_logger(__name__)
+
+
+class Forwarding(Protocol):
+    """Where bound allocations are forwarded (the kernel, or a userspace loop)."""
+
+    async def install(self, allocation: Allocation, now: datetime) -> None:
+        """Forward between the two bound sources until the allocation's expiry (replacing)."""
+        ...
+
+    async def remove(self, allocation: Allocation) -> None:
+        """Stop forwarding for the allocation now."""
+        ...
+
+
+@attrs.define
+class UdpCounters:
+    """Counters for `/metrics` and tests."""
+
+    allocations: int = 0
+    refused_asks: int = 0
+    binds: int = 0
+    rebinds: int = 0
+    refused_binds: int = 0
+    installs: int = 0
+    teardowns: int = 0
+
+
+class _BindProtocol(asyncio.DatagramProtocol):
+    def __init__(self, owner: UdpRelay, port: int) -> None:
+        self._owner = owner
+        self._port = port
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        self._owner.datagram(self._port, data, (str(addr[0]), int(str(addr[1]))))
+
+
+class UdpRelay:
+    """Allocations, bind sockets and the forwarder of one relay address."""
+
+    def __init__(
+        self, address: str, table: AllocationTable, forwarding: Forwarding, clock: Clock
+    ) -> None:
+        self.address = address
+        self.table = table
+        self.forwarding = forwarding
+        self.counters = UdpCounters()
+        self._clock = clock
+        self._sockets: dict[int, asyncio.DatagramTransport] = {}
+        self._work: asyncio.Queue[tuple[str, Allocation]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Start the worker (forwarder calls in order) and the expiry sweep."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._worker()), loop.create_task(self._sweep())]
+
+    async def close(self) -> None:
+        """Stop the tasks and the sockets; the forwarder's state is the caller's to stop."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for transport in self._sockets.values():
+            transport.close()
+        self._sockets.clear()
+
+    async def ask(
+        self, node_id: str, message: Mapping[str, object], expires_at: datetime
+    ) -> dict[str, object]:
+        """Answer one `udp_allocate` message of an authenticated session."""
+        peer = message.get("peer")
+        if set(message) != {"type", "peer"}:
+            self.counters.refused_asks += 1
+            return {"type": "udp_refused", "peer": "", "reason": "malformed"}
+        known = len(self.table)
+        try:
+            allocation, side = self.table.ask(node_id, peer, expires_at)
+        except AllocationRefused as exc:
+            self.counters.refused_asks += 1
+            _log.info("relay.udp_refused", node=node_id, reason=exc.reason)
+            return {"type": "udp_refused", "peer": str(peer)[:64], "reason": exc.reason}
+        if len(self.table) > known:
+            self.counters.allocations += 1
+            try:
+                for port in (allocation.first.port, allocation.second.port):
+                    await self._open(port)
+            except OSError:
+                self._drop(allocation)
+                self.counters.refused_asks += 1
+                return {"type": "udp_refused", "peer": str(peer), "reason": "relay_full"}
+            _log.info("relay.udp_allocated", node=node_id, peer=peer, port=side.port)
+        elif allocation.active:
+            self._work.put_nowait(("install", allocation))  # the asker's expiry moved
+        return {
+            "type": "udp_allocation",
+            "peer": str(peer),
+            "allocation": b64encode(allocation.allocation_id),
+            "relay_address": self.address,
+            "relay_port": side.port,
+            "bind_key": b64encode(side.key),
+            "expires_at": allocation.expires_at.isoformat(),
+        }
+
+    async def _open(self, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _BindProtocol(self, port), local_addr=(self.address, port)
+        )
+        self._sockets[port] = transport
+
+    def datagram(self, port: int, data: bytes, source: Source) -> None:
+        """A datagram reached bind socket `port` (only bind packets are let through to it)."""
+        outcome, allocation = self.table.bind(port, source, data)
+        if outcome is BindOutcome.REFUSED or allocation is None:
+            self.counters.refused_binds += 1
+            return
+        if outcome is BindOutcome.REBOUND:
+            self.counters.rebinds += 1
+        elif outcome is BindOutcome.BOUND:
+            self.counters.binds += 1
+        if outcome is not BindOutcome.REFRESHED and allocation.active:
+            self._work.put_nowait(("install", allocation))
+
+    def renew(self, node_id: str, expires_at: datetime) -> None:
+        """The node renewed its token: its active allocations get the new expiry."""
+        for allocation in self.table.renew(node_id, expires_at):
+            if allocation.active:
+                self._work.put_nowait(("install", allocation))
+
+    def node_gone(self, node_id: str) -> None:
+        """The node has no session left: tear down every allocation it is part of."""
+        for allocation in self.table.remove_node(node_id):
+            self._drop(allocation)
+
+    def _drop(self, allocation: Allocation) -> None:
+        self.table.remove(allocation)
+        for side in allocation.sides:
+            transport = self._sockets.pop(side.port, None)
+            if transport is not None:
+                transport.close()
+        self._work.put_nowait(("remove", allocation))
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            for allocation in self.table.expire(self._clock.now()):
+                _log.info("relay.udp_expired", first=allocation.first.node_id)
+                self._drop(allocation)
+
+    async def _worker(self) -> None:
+        while True:
+            action, allocation = await self._work.get()
+            try:
+                if action == "remove":
+                    await self.forwarding.remove(allocation)
+                    self.counters.teardowns += 1
+                elif self.table.get(allocation.allocation_id) is allocation:
+                    await self.forwarding.install(allocation, self._clock.now())
+                    self.counters.installs += 1
+            except Exception as exc:  # noqa: BLE001 - a failed rule change must not stop the loop
+                _log.warning("relay.udp_forwarding_failed", action=action, error=str(exc)[:200])
+            finally:
+                self._work.task_done()
+
+    async def settled(self) -> None:
+        """Wait until every queued forwarder call ran (tests, shutdown)."""
+        await self._work.join()
