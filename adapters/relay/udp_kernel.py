@@ -26,8 +26,9 @@ Needs CAP_NET_ADMIN in the relay's network namespace and net.ipv4.ip_forward=1.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Final
 
 import attrs
@@ -42,7 +43,7 @@ _TUPLE: Final = "ip saddr . udp sport . ip daddr . udp dport"
 _log = structlog.get_logger(__name__)
 
 
-class ForwardingUnavailable(Exception):
+class ForwardingUnavailableError(Exception):
     """The kernel path cannot be used here (no permission, nft missing, forwarding off)."""
 
 
@@ -92,11 +93,15 @@ table ip {TABLE} {{
 def _elements(address: str, allocation: Allocation) -> dict[str, list[str]]:
     """Each set's and map's elements for an active allocation (without timeout)."""
     a, b = allocation.first, allocation.second
-    assert a.source is not None and b.source is not None
+    if a.source is None or b.source is None:
+        raise ValueError("the allocation is not bound on both sides")
     (ha, pa), (hb, pb) = a.source, b.source
     return {
         "bound": [f"{ha} . {pa} . {a.port}", f"{hb} . {pb} . {b.port}"],
-        "to_peer": [f"{ha} . {pa} . {a.port} : {hb} . {pb}", f"{hb} . {pb} . {b.port} : {ha} . {pa}"],
+        "to_peer": [
+            f"{ha} . {pa} . {a.port} : {hb} . {pb}",
+            f"{hb} . {pb} . {b.port} : {ha} . {pa}",
+        ],
         "as_relay": [
             f"{ha} . {pa} . {hb} . {pb} : {address} . {b.port}",
             f"{hb} . {pb} . {ha} . {pa} : {address} . {a.port}",
@@ -123,18 +128,18 @@ class KernelForwarding:
         self._installed: dict[bytes, dict[str, list[str]]] = {}
 
     async def start(self) -> None:
-        """Install the table (replacing a previous run's); `ForwardingUnavailable` if it cannot."""
+        """Install the table (replacing a previous run's), or `ForwardingUnavailableError`."""
         try:
-            with open("/proc/sys/net/ipv4/ip_forward", encoding="ascii") as flag:
-                forwarding = flag.read().strip() == "1"
+            flag = Path("/proc/sys/net/ipv4/ip_forward").read_text(encoding="ascii")
+            forwarding = flag.strip() == "1"
         except OSError as exc:
-            raise ForwardingUnavailable(f"cannot read ip_forward: {exc}") from exc
+            raise ForwardingUnavailableError(f"cannot read ip_forward: {exc}") from exc
         if not forwarding:
-            raise ForwardingUnavailable("net.ipv4.ip_forward is 0")
+            raise ForwardingUnavailableError("net.ipv4.ip_forward is 0")
         try:
             await run_tool(["nft", "-f", "-"], ruleset(self.address, self.limits).encode())
         except ToolError as exc:
-            raise ForwardingUnavailable(f"cannot install the relay table: {exc}") from exc
+            raise ForwardingUnavailableError(f"cannot install the relay table: {exc}") from exc
 
     async def install(self, allocation: Allocation, now: datetime) -> None:
         """Forward between the allocation's two bound sources until its expiry; replaces what
@@ -185,12 +190,7 @@ class KernelForwarding:
         if installed is None:
             return zero, zero
         listed = await nft_json(["-j", "list", "set", "ip", TABLE, "flows"], None)
-        found: dict[str, SessionCounters] = {}
-        for item in _set_elements(listed):
-            concat = item.get("val", {}).get("concat", [])
-            counter = item.get("counter", {})
-            key = " . ".join(str(part) for part in concat)
-            found[key] = SessionCounters(int(counter.get("packets", 0)), int(counter.get("bytes", 0)))
+        found = {key: SessionCounters(*counts) for key, counts in _counted(listed)}
         there, back = installed["flows"]
         return found.get(there, zero), found.get(back, zero)
 
@@ -205,14 +205,17 @@ class KernelForwarding:
             await self._forget_flows(allocation)
 
 
-def _set_elements(listed: object) -> list[dict[str, dict[str, object]]]:
-    """The `elem` entries of `nft -j list set` output (empty when the shape is unexpected)."""
+def _counted(listed: object) -> Iterator[tuple[str, tuple[int, int]]]:
+    """(element key as the rules spell it, (packets, bytes)) from `nft -j list set` output;
+    nothing when the shape is unexpected."""
     items = listed.get("nftables", []) if isinstance(listed, dict) else []
     for item in items:
-        if isinstance(item, dict) and "set" in item:
-            elements = item["set"].get("elem", [])
-            return [e["elem"] for e in elements if isinstance(e, dict) and "elem" in e]
-    return []
+        elements = item.get("set", {}).get("elem", []) if isinstance(item, dict) else []
+        for element in elements:
+            value = element.get("elem", {}) if isinstance(element, dict) else {}
+            concat, counter = value.get("val", {}).get("concat", []), value.get("counter", {})
+            key = " . ".join(str(part) for part in concat)
+            yield key, (int(counter.get("packets", 0)), int(counter.get("bytes", 0)))
 
 
-__all__ = ["TABLE", "ForwardingUnavailable", "KernelForwarding", "SessionCounters", "ruleset"]
+__all__ = ["TABLE", "ForwardingUnavailableError", "KernelForwarding", "SessionCounters", "ruleset"]

@@ -23,7 +23,7 @@ import structlog
 from rustynet.domain.keys import b64encode
 from rustynet.domain.udp_relay import (
     Allocation,
-    AllocationRefused,
+    AllocationRefusedError,
     AllocationTable,
     BindOutcome,
     Source,
@@ -110,7 +110,7 @@ class UdpRelay:
         known = len(self.table)
         try:
             allocation, side = self.table.ask(node_id, peer, expires_at)
-        except AllocationRefused as exc:
+        except AllocationRefusedError as exc:
             self.counters.refused_asks += 1
             _log.info("relay.udp_refused", node=node_id, reason=exc.reason)
             return {"type": "udp_refused", "peer": str(peer)[:64], "reason": exc.reason}

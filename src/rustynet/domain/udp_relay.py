@@ -38,7 +38,7 @@ MAX_NODE_ID: Final = 64
 Source = tuple[str, int]
 
 
-class AllocationRefused(Exception):
+class AllocationRefusedError(Exception):
     """An ask the relay will not serve: `reason` is a fixed word for the answer and logs."""
 
     def __init__(self, reason: str) -> None:
@@ -165,9 +165,9 @@ class AllocationTable:
     def ask(self, node_id: str, peer: object, expires_at: datetime) -> tuple[Allocation, Side]:
         """`node_id` (authenticated, token valid until `expires_at`) asks for a UDP session to
         `peer`: the pair's allocation (made now if it is the first ask) and the asker's side.
-        Raises `AllocationRefused` for a bad peer id or when a bound is reached."""
+        Raises `AllocationRefusedError` for a bad peer id or when a bound is reached."""
         if not _valid_node_id(peer) or peer == node_id:
-            raise AllocationRefused("bad_peer")
+            raise AllocationRefusedError("bad_peer")
         assert isinstance(peer, str)
         allocation = self._by_pair.get(frozenset((node_id, peer)))
         if allocation is not None:
@@ -178,9 +178,9 @@ class AllocationTable:
             side.expires_at = expires_at
             return allocation, side
         if self._asked.get(node_id, 0) >= self.limits.per_node:
-            raise AllocationRefused("node_limit")
+            raise AllocationRefusedError("node_limit")
         if len(self._by_pair) >= self.limits.total:
-            raise AllocationRefused("relay_full")
+            raise AllocationRefusedError("relay_full")
         allocation_id = self._random(ALLOCATION_ID_BYTES)
         mine = Side(node_id, self._free.pop(), self._random(BIND_KEY_BYTES), expires_at, True)
         theirs = Side(peer, self._free.pop(), self._random(BIND_KEY_BYTES), expires_at)
@@ -210,12 +210,10 @@ class AllocationTable:
             return BindOutcome.REFUSED, None
         allocation, side = found
         magic, allocation_id, counter = _HEAD.unpack_from(data)
-        if magic != BIND_MAGIC or not side.asked:
-            return BindOutcome.REFUSED, None
         expected = bind_mac(side.key, allocation.allocation_id, port, counter)
-        if not hmac.compare_digest(expected, data[_HEAD.size :]):
-            return BindOutcome.REFUSED, None
-        if allocation_id != allocation.allocation_id or counter <= side.counter:
+        valid = hmac.compare_digest(expected, data[_HEAD.size :])
+        fresh = allocation_id == allocation.allocation_id and counter > side.counter
+        if magic != BIND_MAGIC or not side.asked or not valid or not fresh:
             return BindOutcome.REFUSED, None
         side.counter = counter
         previous, side.source = side.source, source

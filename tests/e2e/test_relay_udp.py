@@ -1,0 +1,274 @@
+"""UDP relay sessions in the NAT lab, relay side, with plain wireguard-go peers: two hosts
+behind HARD NATs and a relay host on the lab's internet running the relay's UDP side
+(`tests/e2e/udp_relay_helper.py`: allocations, bind sockets, kernel forwarding). Each host
+binds its side with a bind packet sent from its tunnel port, then its wireguard-go sends to its
+relay address: pings cross, the kernel forwards (per-session counters move), the marker never
+appears in clear on the relay, forged and replayed binds from another address change nothing,
+teardown removes the elements and the conntrack entries, and a killed relay's elements time
+out by themselves.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from rustynet.adapters.relay.udp_kernel import TABLE
+
+from rustynet.domain.udp_relay import bind_packet
+from tests.e2e.harness import wait_for
+from tests.natlab import Host, NatKind, NatLab
+from tests.netns import require_in_ci, require_root
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+ROOT = Path(__file__).parents[2]
+TUNNEL_PORT = 41641
+PORTS = (40000, 40015)
+MARKER = b"rn-udp-relay-mk1"  # 16 bytes: ping -p repeats it in every echo request
+
+
+def _b64(text: object) -> bytes:
+    value = str(text)
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+class RelayProcess:
+    """The helper in the relay namespace; one JSON line per command."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", host.ns.name, sys.executable, "-m",
+             "tests.e2e.udp_relay_helper", host.address, str(PORTS[0]), str(PORTS[1])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        )  # fmt: skip
+        try:
+            assert self.read() == {"ready": True}
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self) -> dict[str, object]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, "the relay helper exited"
+        answer: dict[str, object] = json.loads(line)
+        return answer
+
+    def call(self, **command: object) -> dict[str, object]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=10)
+
+    def nft_set(self, name: str, kind: str = "set") -> str:
+        return self.host.ns.run("nft", "list", kind, "ip", TABLE, name).stdout
+
+    def keys(self, name: str) -> set[tuple[object, ...]]:
+        """The keys of a set's elements (without their timers)."""
+        out = self.host.ns.run("nft", "-j", "list", "set", "ip", TABLE, name).stdout
+        listed = [i["set"] for i in json.loads(out)["nftables"] if "set" in i]
+        return {tuple(e["elem"]["val"]["concat"]) for e in listed[0].get("elem", [])}
+
+    def conntrack(self) -> str:
+        out = self.host.ns.run("conntrack", "-L", "-p", "udp", check=False)
+        return out.stdout
+
+
+_PROCS: list[subprocess.Popen[bytes]] = []
+
+
+@dataclass
+class Peer:
+    host: Host
+    interface: str
+    overlay: str
+    public_key: str
+
+
+def _wireguard(nat: NatLab, host: Host, overlay: str, workdir: Path) -> Peer:
+    interface = nat.netlab.interface_name()
+    key = host.ns.run("wg", "genkey").stdout.strip()
+    (workdir / interface).write_text(key + "\n")
+    _PROCS.append(host.ns.popen("wireguard-go", "-f", interface))
+    wait_for("wireguard-go is up", lambda: interface in host.ns.links(), 10)
+    host.ns.run("wg", "set", interface, "private-key", str(workdir / interface),
+                "listen-port", str(TUNNEL_PORT))  # fmt: skip
+    host.ns.ip("addr", "add", f"{overlay}/32", "dev", interface)
+    host.ns.ip("link", "set", interface, "up")
+    public = host.ns.run("wg", "pubkey", stdin=key + "\n").stdout.strip()
+    return Peer(host, interface, overlay, public)
+
+
+def _peer_with(me: Peer, other: Peer, endpoint: str) -> None:
+    me.host.ns.run("wg", "set", me.interface, "peer", other.public_key, "endpoint", endpoint,
+                   "allowed-ips", f"{other.overlay}/32", "persistent-keepalive", "1")  # fmt: skip
+    me.host.ns.ip("route", "replace", f"{other.overlay}/32", "dev", me.interface)
+
+
+def _send(host: Host, source: str, relay: Host, port: int, packet: bytes) -> None:
+    host.ns.run(sys.executable, "-m", "tests.e2e.udp_relay_bind", source, relay.address,
+                str(port), packet.hex())  # fmt: skip
+
+
+def _bind(peer: Peer, relay: Host, answer: dict[str, object], counter: int) -> bytes:
+    packet = bind_packet(_b64(answer["bind_key"]), _b64(answer["allocation"]),
+                         int(str(answer["relay_port"])), counter)  # fmt: skip
+    _send(peer.host, str(TUNNEL_PORT), relay, int(str(answer["relay_port"])), packet)
+    return packet
+
+
+def _ping(peer: Peer, other: Peer, *extra: str) -> bool:
+    done = peer.host.ns.run("ping", "-c", "1", "-W", "1", *extra, other.overlay, check=False)
+    return done.returncode == 0
+
+
+@dataclass
+class World:
+    nat: NatLab
+    relay_host: Host
+    relay: RelayProcess
+    a: Peer
+    b: Peer
+    mallory: Host
+
+
+@contextlib.contextmanager
+def _reaped() -> Iterator[None]:
+    """Wait for the wireguard-go processes the lab killed at its close."""
+    try:
+        yield
+    finally:
+        while _PROCS:
+            _PROCS.pop().wait(10)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    require_in_ci("conntrack", "wireguard-go", "wg")
+    require_root("ip", "nft", "conntrack", "wireguard-go", "wg")
+    with _reaped(), NatLab() as nat:
+        relay_host, mallory = nat.internet_host(), nat.internet_host()
+        relay_host.ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        a_host, b_host = nat.host(NatKind.HARD), nat.host(NatKind.HARD)
+        relay = RelayProcess(relay_host)
+        try:
+            a = _wireguard(nat, a_host, "100.64.77.1", tmp_path)
+            b = _wireguard(nat, b_host, "100.64.77.2", tmp_path)
+            yield World(nat, relay_host, relay, a, b, mallory)
+        finally:
+            relay.close()
+
+
+def _allocate(world: World, ttl: float) -> tuple[dict[str, object], dict[str, object]]:
+    """Both sides ask, bind from their tunnel ports, then point wireguard-go at the relay."""
+    ask_a = world.relay.call(op="ask", node="node-a", peer="node-b", ttl=ttl)
+    ask_b = world.relay.call(op="ask", node="node-b", peer="node-a", ttl=ttl)
+    assert ask_a["type"] == ask_b["type"] == "udp_allocation", (ask_a, ask_b)
+    assert ask_a["allocation"] == ask_b["allocation"]
+    assert ask_a["relay_port"] != ask_b["relay_port"]
+    assert ask_a["bind_key"] != ask_b["bind_key"]
+    return ask_a, ask_b
+
+
+def _connect(world: World, ask_a: dict[str, object], ask_b: dict[str, object]) -> bytes:
+    relay = world.relay_host.address
+    packet = _bind(world.a, world.relay_host, ask_a, 1)
+    _bind(world.b, world.relay_host, ask_b, 1)
+    _peer_with(world.a, world.b, f"{relay}:{ask_a['relay_port']}")
+    _peer_with(world.b, world.a, f"{relay}:{ask_b['relay_port']}")
+    return packet
+
+
+def test_hard_to_hard_pings_through_kernel_forwarding_and_forgeries_change_nothing(
+    world: World, tmp_path: Path
+) -> None:
+    ask_a, ask_b = _allocate(world, 60)
+    # Before any bind: WireGuard's packets to the ports are dropped before conntrack.
+    assert "elements" not in world.relay.nft_set("bound")
+    started = time.monotonic()
+    a_bind = _connect(world, ask_a, ask_b)
+    wait_for("A pings B through the relay", lambda: _ping(world.a, world.b), 20, interval=0.0)
+    first_ping_s = time.monotonic() - started
+    bound = world.relay.keys("bound")
+    wans = [p.host.site.router.wan_address for p in (world.a, world.b) if p.host.site]
+    ports = [int(str(ask["relay_port"])) for ask in (ask_a, ask_b)]
+    assert {(k[0], k[2]) for k in bound} == set(zip(wans, ports, strict=True)), bound
+
+    # Forgeries from another internet host: a wrong key, and A's own valid bind replayed.
+    port_a = int(str(ask_a["relay_port"]))
+    wrong = bind_packet(b"k" * 32, _b64(ask_a["allocation"]), port_a, 99)
+    for packet in (wrong, a_bind):
+        _send(world.mallory, "-", world.relay_host, port_a, packet)
+    counters = world.relay.call(op="counters")
+    udp = counters["udp"]
+    assert isinstance(udp, dict)
+    assert (udp["refused_binds"], udp["binds"], udp["rebinds"]) == (2, 2, 0), udp
+    assert world.relay.keys("bound") == bound
+    assert world.mallory.address not in world.relay.conntrack()
+    assert _ping(world.a, world.b)
+
+    # The plaintext marker crosses the tunnel but never the relay in clear.
+    capture = tmp_path / "relay.cap"
+    (wan,) = [link for link in world.relay_host.ns.links() if link != "lo"]
+    sniffer = subprocess.Popen(
+        ["ip", "netns", "exec", world.relay_host.ns.name, sys.executable, "-m",
+         "tests.e2e.sniff", wan, "3", str(capture)],
+        stdout=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    assert sniffer.stdout is not None
+    assert sniffer.stdout.readline().strip() == b"capturing"
+    done = world.a.host.ns.run(
+        "ping", "-c", "5", "-i", "0.2", "-W", "1", "-p", MARKER.hex(), world.b.overlay
+    )
+    sniffer.wait(15)
+    sniffer.stdout.close()
+    assert done.returncode == 0
+    carried = capture.read_bytes()
+    assert len(carried) > 10 * 100, "nothing crossed the relay"
+    assert MARKER not in carried
+
+    # Counted in the forward chain, both ways (more than a flow's first packet).
+    flows = world.relay.call(op="counters")["flows"]
+    assert isinstance(flows, list)
+    assert len(flows) == 1
+    there, back = flows[0]
+    assert min(there["packets"], back["packets"]) >= 5, flows
+
+    # Teardown: elements and conntrack entries go; nothing is forwarded any more.
+    assert f"dport={port_a}" in world.relay.conntrack()
+    world.relay.call(op="gone", node="node-a")
+    assert not world.relay.keys("bound")
+    assert "elements" not in world.relay.nft_set("to_peer", "map")
+    left = world.relay.conntrack()
+    assert f"dport={port_a}" not in left, left
+    assert f"dport={ask_b['relay_port']}" not in left, left
+    assert not _ping(world.a, world.b)
+    print(f"\nudp relay: hard<->hard first ping {first_ping_s:.2f} s after the binds started")
+
+
+def test_a_killed_relays_elements_time_out_and_forwarding_stops(world: World) -> None:
+    ask_a, ask_b = _allocate(world, 4)
+    _connect(world, ask_a, ask_b)
+    wait_for("A pings B through the relay", lambda: _ping(world.a, world.b), 20, interval=0.0)
+    world.relay.proc.send_signal(signal.SIGKILL)
+    world.relay.proc.wait(10)
+    assert "elements" in world.relay.nft_set("bound")  # nobody cleaned up
+    wait_for("the elements time out", lambda: "elements" not in world.relay.nft_set("bound"), 8)
+    assert "elements" not in world.relay.nft_set("to_peer", "map")
+    assert not _ping(world.a, world.b)
