@@ -16,6 +16,7 @@ Protocol: docs/relay-protocol.md.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import ssl
@@ -39,6 +40,7 @@ from rustynet.domain.relay import (
     split_batch,
 )
 from rustynet.domain.tls_pin import SpkiPin
+from rustynet.domain.udp_relay import AllocationRefusedError, UdpGrant
 from rustynet.ports.relay import (
     RelayAuth,
     RelayClosed,
@@ -96,6 +98,7 @@ class WebSocketRelaySession:
         # Unbounded type, bounded by hand in `_read`, so the end-of-session marker always fits.
         self._incoming: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
         self._renewal: asyncio.Future[datetime] | None = None
+        self._udp_asks: collections.deque[asyncio.Future[object]] = collections.deque()
         self._headers: dict[str, bytes] = {}
         self._done = False
         self.dropped = 0
@@ -142,6 +145,13 @@ class WebSocketRelaySession:
             self._finish()
 
     def _on_text(self, data: str) -> None:
+        message = _json(data)
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind in {"udp_allocation", "udp_refused"}:
+            asked = self._udp_asks.popleft() if self._udp_asks else None
+            if asked is not None and not asked.done():
+                asked.set_result(message)
+            return
         waiter = self._renewal
         if waiter is None or waiter.done():
             return
@@ -155,6 +165,10 @@ class WebSocketRelaySession:
             return
         self._done = True
         self._incoming.put_nowait(None)
+        while self._udp_asks:
+            asked = self._udp_asks.popleft()
+            if not asked.done():
+                asked.set_exception(RelayClosed("the relay session ended"))
         waiter = self._renewal
         if waiter is not None and not waiter.done():
             if self._ws.close_code == UNAUTHORIZED_CODE:
@@ -210,6 +224,28 @@ class WebSocketRelaySession:
             raise RelayClosed("the relay session ended") from exc
         self._expires_at = expires_at
         return expires_at
+
+    async def allocate_udp(self, peer: str) -> UdpGrant:
+        """Ask for a UDP relay session toward `peer` (docs/relay-protocol.md, "UDP relay
+        sessions"): this node's side of it, or `AllocationRefusedError` with the relay's reason.
+        Answers come in the order asked."""
+        if self._done:
+            raise RelayClosed("the relay session ended")
+        waiter: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._udp_asks.append(waiter)
+        try:
+            await self._ws.send_str(json.dumps({"type": "udp_allocate", "peer": peer}))
+            answer = await asyncio.wait_for(asyncio.shield(waiter), self._timeout)
+        except TimeoutError as exc:
+            raise RelayClosed("the relay did not answer the UDP allocation") from exc
+        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+            raise RelayClosed("the relay session ended") from exc
+        if isinstance(answer, dict) and answer.get("type") == "udp_refused":
+            raise AllocationRefusedError(str(answer.get("reason", "refused"))[:32])
+        try:
+            return UdpGrant.from_message(answer)
+        except DecodeError as exc:
+            raise RelayUnreachable("the relay sent a malformed udp_allocation") from exc
 
     async def close(self) -> None:
         """Close the socket and the HTTP session; idempotent."""

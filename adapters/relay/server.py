@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from rustynet.adapters.relay.errors import error_middleware, server_header
 from rustynet.adapters.relay.metrics import RelayCollector
 from rustynet.adapters.relay.rejections import REJECTIONS_KEY, Rejections, rejecting_runner
+from rustynet.adapters.relay.udp_sessions import UdpRelay
 from rustynet.adapters.support.prometheus import CONTENT_TYPE, app_registry, render
 
 from rustynet.application.relay import RelayService, Session
@@ -51,6 +52,7 @@ SERVICE_KEY: Final = web.AppKey("relay_service", RelayService)
 SOCKETS_KEY: Final[web.AppKey[set[web.WebSocketResponse]]] = web.AppKey("relay_sockets")
 EXTRA_METRICS_KEY: Final[web.AppKey[tuple[Callable[[], str], ...]]] = web.AppKey("extra_metrics")
 REGISTRY_KEY: Final = web.AppKey("relay_metrics_registry", CollectorRegistry)
+UDP_KEY: Final[web.AppKey[UdpRelay | None]] = web.AppKey("relay_udp")
 _log = structlog.get_logger("rustynet.relay")
 
 
@@ -171,15 +173,26 @@ async def _watch_expiry(service: RelayService, session: Session, handle: _WebSoc
             return
 
 
-async def _renew(
-    service: RelayService,
+async def _on_text(
+    app: web.Application,
     session: Session,
     ws: web.WebSocketResponse,
     handle: _WebSocketHandle,
     data: str,
 ) -> None:
+    """A text message in an open session: `renew` or `udp_allocate`, else counted."""
+    service, udp = app[SERVICE_KEY], app[UDP_KEY]
     message = _json_object(data)
-    if message is None or message.get("type") != "renew" or set(message) != {"type", "token"}:
+    kind = None if message is None else message.get("type")
+    node_id, expires_at = session.node_id, session.expires_at
+    if message is not None and kind == "udp_allocate" and node_id and expires_at:
+        if udp is None:
+            answer: dict[str, object] = {"type": "udp_refused", "reason": "unavailable"}
+        else:
+            answer = await udp.ask(node_id, message, expires_at)
+        await ws.send_str(json.dumps(answer, separators=(",", ":")))
+        return
+    if message is None or kind != "renew" or set(message) != {"type", "token"}:
         service.drop_malformed()
         return
     try:
@@ -188,6 +201,8 @@ async def _renew(
         _log.info("relay.renew_failed", node=session.node_id, reason=exc.reason)
         handle.close_unauthorized()
         return
+    if udp is not None and node_id:
+        udp.renew(node_id, expires_at)
     await ws.send_str(_text({"type": "ok", "expires_at": expires_at.isoformat()}))
 
 
@@ -205,6 +220,13 @@ def _forward_message(
         return
     for frame in frames:
         forward(session, frame)
+
+
+def _udp_session_over(app: web.Application, session: Session) -> None:
+    """The node's last session ended: its UDP allocations are torn down."""
+    udp, node_id = app[UDP_KEY], session.node_id
+    if udp is not None and node_id and not app[SERVICE_KEY].has_session(node_id):
+        udp.node_gone(node_id)
 
 
 async def relay_socket(request: web.Request) -> web.StreamResponse:
@@ -238,7 +260,7 @@ async def relay_socket(request: web.Request) -> web.StreamResponse:
             if kind is WSMsgType.BINARY:
                 _forward_message(service, forward, session, msg.data)
             elif kind is WSMsgType.TEXT:
-                await _renew(service, session, ws, handle, msg.data)
+                await _on_text(request.app, session, ws, handle, msg.data)
             elif kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                 break
     except (ConnectionError, RuntimeError):
@@ -249,6 +271,7 @@ async def relay_socket(request: web.Request) -> web.StreamResponse:
         service.end(session)
         if was_open:
             _log.info("relay.session_closed", node=session.node_id)
+        _udp_session_over(request.app, session)
         for task in (watcher, handle.writer):
             if task is not None:
                 task.cancel()
@@ -280,11 +303,15 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def create_relay_app(
-    service: RelayService, extra_metrics: Sequence[Callable[[], str]] = ()
+    service: RelayService,
+    extra_metrics: Sequence[Callable[[], str]] = (),
+    udp: UdpRelay | None = None,
 ) -> web.Application:
-    """The relay's aiohttp application; `extra_metrics` add text to /metrics."""
+    """The relay's aiohttp application; `extra_metrics` add text to /metrics; `udp` serves
+    `udp_allocate` (None: every ask is refused as `unavailable`)."""
     app = web.Application(client_max_size=4096, middlewares=[error_middleware])
     app[SERVICE_KEY] = service
+    app[UDP_KEY] = udp
     app[EXTRA_METRICS_KEY] = tuple(extra_metrics)
     app[SOCKETS_KEY] = set()
     app[REJECTIONS_KEY] = Rejections()

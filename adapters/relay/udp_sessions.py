@@ -20,13 +20,13 @@ from typing import Final, Protocol
 import attrs
 import structlog
 
-from rustynet.domain.keys import b64encode
 from rustynet.domain.udp_relay import (
     Allocation,
     AllocationRefusedError,
     AllocationTable,
     BindOutcome,
     Source,
+    UdpGrant,
 )
 from rustynet.ports.clock import Clock
 
@@ -126,15 +126,7 @@ class UdpRelay:
             _log.info("relay.udp_allocated", node=node_id, peer=peer, port=side.port)
         elif allocation.active:
             self._work.put_nowait(("install", allocation))  # the asker's expiry moved
-        return {
-            "type": "udp_allocation",
-            "peer": str(peer),
-            "allocation": b64encode(allocation.allocation_id),
-            "relay_address": self.address,
-            "relay_port": side.port,
-            "bind_key": b64encode(side.key),
-            "expires_at": allocation.expires_at.isoformat(),
-        }
+        return UdpGrant.of(allocation, side, self.address).to_message()
 
     async def _open(self, port: int) -> None:
         loop = asyncio.get_running_loop()

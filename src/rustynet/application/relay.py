@@ -291,6 +291,10 @@ class RelayService:
         """Count a message of an unknown type or shape in an open session."""
         self.counters.dropped["malformed"] += 1
 
+    def has_session(self, node_id: str) -> bool:
+        """Whether `node_id` has an open session (its UDP allocations live while it does)."""
+        return node_id in self._nodes
+
     @property
     def node_count(self) -> int:
         """Nodes with at least one open session."""

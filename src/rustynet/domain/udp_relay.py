@@ -25,7 +25,8 @@ from typing import Final
 import attrs
 
 from rustynet.domain.entropy import Entropy
-from rustynet.domain.errors import LocalProtocolError
+from rustynet.domain.errors import DecodeError, LocalProtocolError
+from rustynet.domain.keys import b64decode, b64encode
 
 BIND_MAGIC: Final = b"RNB1"  # first byte 0x52: never a WireGuard message type (1-4, then 0 0 0)
 ALLOCATION_ID_BYTES: Final = 16
@@ -133,6 +134,64 @@ class Allocation:
     def other(self, side: Side) -> Side:
         """The side facing `side`."""
         return self.second if side is self.first else self.first
+
+
+@attrs.frozen
+class UdpGrant:
+    """What the relay tells one node about its side (the `udp_allocation` message)."""
+
+    peer: str
+    allocation_id: bytes
+    relay_address: str
+    relay_port: int
+    bind_key: bytes = attrs.field(repr=False)
+    expires_at: datetime
+
+    @classmethod
+    def of(cls, allocation: Allocation, side: Side, relay_address: str) -> UdpGrant:
+        """The grant for `side` of `allocation`."""
+        peer = allocation.other(side).node_id
+        return cls(
+            peer, allocation.allocation_id, relay_address, side.port, side.key,
+            allocation.expires_at,
+        )  # fmt: skip
+
+    def to_message(self) -> dict[str, object]:
+        """The wire form (docs/relay-protocol.md)."""
+        return {
+            "type": "udp_allocation",
+            "peer": self.peer,
+            "allocation": b64encode(self.allocation_id),
+            "relay_address": self.relay_address,
+            "relay_port": self.relay_port,
+            "bind_key": b64encode(self.bind_key),
+            "expires_at": self.expires_at.isoformat(),
+        }
+
+    @classmethod
+    def from_message(cls, message: object) -> UdpGrant:
+        """Parse a `udp_allocation` message; `DecodeError` when anything is off."""
+        keys = {"type", "peer", "allocation", "relay_address", "relay_port", "bind_key"}
+        if not isinstance(message, dict) or set(message) != keys | {"expires_at"}:
+            raise DecodeError("not a udp_allocation message")
+        try:
+            grant = cls(
+                str(message["peer"]),
+                b64decode(str(message["allocation"])),
+                str(message["relay_address"]),
+                int(message["relay_port"]),
+                b64decode(str(message["bind_key"])),
+                datetime.fromisoformat(str(message["expires_at"])),
+            )
+        except (TypeError, ValueError) as exc:
+            raise DecodeError("malformed udp_allocation message") from exc
+        if len(grant.allocation_id) != ALLOCATION_ID_BYTES or len(grant.bind_key) != BIND_KEY_BYTES:
+            raise DecodeError("udp_allocation with a bad id or key length")
+        return grant
+
+    def bind_packet(self, counter: int) -> bytes:
+        """The bind datagram for this side (send it from the tunnel port)."""
+        return bind_packet(self.bind_key, self.allocation_id, self.relay_port, counter)
 
 
 def _valid_node_id(value: object) -> bool:
