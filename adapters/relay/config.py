@@ -28,6 +28,12 @@ file and key, never a silently ignored setting; relative paths are relative to t
     max_connections = 16384                     # >= [limits].max_sessions
     max_connections_per_ip = 256                # per IPv4 address / IPv6 /64
 
+    [udp]                                       # optional; absent: no UDP relay sessions
+    address = "203.0.113.5"                     # the relay's public IPv4 address (bound)
+    port_first = 40000                          # allocated ports (a pair per peer pair);
+    port_last = 40999                           # other keys: per_node, total
+                                                # (rustynet.domain.udp_relay.UdpRelayLimits)
+
     [stun]                                      # optional; defaults shown: the STUN
     enabled = true                              # service (adapters/support/stun_config.py);
     listen = ["0.0.0.0:3478", "0.0.0.0:3479"]   # its public addresses go into control.toml
@@ -38,6 +44,7 @@ after the upgrade, `[limits].handshake_timeout` bounds authentication (docs/rela
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Final
@@ -71,6 +78,7 @@ from rustynet.domain.connection_limits import (
 from rustynet.domain.errors import DecodeError, RustynetError
 from rustynet.domain.keys import KeyFingerprint
 from rustynet.domain.relay import RelayLimits, validate_relay_id
+from rustynet.domain.udp_relay import UdpRelayLimits
 
 MAX_CONFIG_SIZE: Final = 64 * 1024
 _INT_LIMITS: Final = (
@@ -90,8 +98,9 @@ _SECTIONS: Final = {
     "limits": frozenset({*_INT_LIMITS, "handshake_timeout"}),
     "connections": frozenset(CONNECTION_SETTINGS),
     "stun": frozenset({"enabled", "listen"}),
+    "udp": frozenset({"address", "port_first", "port_last", "per_node", "total"}),
 }
-_OPTIONAL: Final = frozenset({"limits", "connections", "stun"})
+_OPTIONAL: Final = frozenset({"limits", "connections", "stun", "udp"})
 
 
 class RelayConfigError(RustynetError):
@@ -112,6 +121,15 @@ class RelayConfig:
     limits: RelayLimits = attrs.field(factory=RelayLimits)
     connections: ConnectionLimits = attrs.field(factory=ConnectionLimits)
     stun: StunConfig = attrs.field(factory=StunConfig)
+    udp: UdpConfig | None = None
+
+
+@attrs.frozen
+class UdpConfig:
+    """`[udp]`: the address UDP relay sessions use and their bounds."""
+
+    address: str
+    limits: UdpRelayLimits
 
 
 def parse_relay_url(text: str) -> str:
@@ -186,6 +204,7 @@ def load_relay_config(path: Path) -> RelayConfig:
             f"below [limits].max_sessions ({limits.max_sessions}): sessions are connections",
         )
     return RelayConfig(
+        udp=_udp(path, tables["udp"]),
         relay_id=relay_id,
         url=url,
         listen=listen,
@@ -211,6 +230,27 @@ def _limits(path: Path, table: dict[str, object]) -> RelayLimits:
         return RelayLimits(**values)  # type: ignore[arg-type]
     except (ValueError, TypeError, RustynetError) as exc:
         raise _fail(path, "[limits]", str(exc)) from None
+
+
+def _udp(path: Path, table: dict[str, object]) -> UdpConfig | None:
+    if not table:
+        return None
+    address = _text(path, table, "udp", "address")
+    try:
+        ipaddress.IPv4Address(address)
+    except ValueError:
+        raise _fail(path, "[udp].address", "expected an IPv4 address") from None
+    values: dict[str, int] = {}
+    for key, value in table.items():
+        if key == "address":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(path, f"[udp].{key}", "expected an integer")
+        values[key] = value
+    try:
+        return UdpConfig(address, UdpRelayLimits(**values))
+    except (ValueError, TypeError, RustynetError) as exc:
+        raise _fail(path, "[udp]", str(exc)) from None
 
 
 def render_relay_config(config: RelayConfig, base: Path) -> str:
@@ -243,4 +283,7 @@ def render_relay_config(config: RelayConfig, base: Path) -> str:
         *render_connection_limits(config.connections),
         *render_stun_config(config.stun, advertise_allowed=False),
     ]
+    if config.udp is not None:
+        lines += ["", "[udp]", f"address = {toml_string(config.udp.address)}"]
+        lines += [f"{key} = {value!r}" for key, value in attrs.asdict(config.udp.limits).items()]
     return "\n".join(lines) + "\n"

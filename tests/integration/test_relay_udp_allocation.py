@@ -19,6 +19,12 @@ from rustynet.adapters.clock import SystemClock
 from rustynet.adapters.control_client import pinned_ssl_context
 from rustynet.adapters.http_api.tls import server_ssl_context
 from rustynet.adapters.relay.client import WebSocketRelaySession, WebSocketRelayTransport
+from rustynet.adapters.relay.config import (
+    RelayConfigError,
+    UdpConfig,
+    load_relay_config,
+    render_relay_config,
+)
 from rustynet.adapters.relay.server import create_relay_app, make_runner
 from rustynet.adapters.relay.udp_sessions import UdpRelay
 from rustynet.adapters.tls_cert import create_self_signed
@@ -34,6 +40,7 @@ from rustynet.domain.udp_relay import (
 )
 from rustynet.ports.relay import RelayEndpoint
 from tests.integration.test_relay import ENTROPY, ISSUER, RELAY_ID, Hierarchy, Node
+from tests.integration.test_relay_cli import _init
 
 LOOPBACK = "127.0.0.1"
 
@@ -183,3 +190,30 @@ async def test_a_relay_without_udp_refuses_every_ask(start: Start) -> None:
         assert refused.value.reason == "unavailable"
     finally:
         await session.close()
+
+
+def test_the_udp_table_parses_renders_back_and_refuses_bad_values(tmp_path: Path) -> None:
+    """`[udp]` in relay.toml: absent by default (no UDP sessions); parsed, rendered back by
+    the config writer; every bad value refused naming the key."""
+    config, _ = _init(tmp_path, HIERARCHY, 8444)
+    text = config.read_text()
+    assert load_relay_config(config).udp is None
+    udp = '\n[udp]\naddress = "203.0.113.5"\nport_first = 41000\nport_last = 41099\n'
+    config.write_text(text + udp)  # 100 ports cannot hold the default 500 pairs
+    with pytest.raises(RelayConfigError, match=r"\[udp\]: the port range"):
+        load_relay_config(config)
+    limits = UdpRelayLimits(port_first=41000, port_last=41099, total=50)
+    config.write_text(text + udp + "total = 50\n")
+    parsed = load_relay_config(config)
+    assert parsed.udp == UdpConfig("203.0.113.5", limits)
+    config.write_text(render_relay_config(parsed, tmp_path))
+    assert load_relay_config(config) == parsed
+    for bad, key in [
+        ('address = "2001:db8::1"', r"\[udp\]\.address"),
+        ('port_first = "40000"', r"\[udp\]\.port_first"),
+        ("colour = 1", r"\[udp\]\.colour"),
+        ("port_first = 80", r"\[udp\]"),
+    ]:
+        config.write_text(text + '\n[udp]\naddress = "203.0.113.5"\n' + bad + "\n")
+        with pytest.raises(RelayConfigError, match=key):
+            load_relay_config(config)

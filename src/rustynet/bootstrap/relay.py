@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+import structlog
 import uvloop
 
 from rustynet.adapters.cli.crypto_option import add_crypto_policy_option
@@ -37,11 +38,14 @@ from rustynet.adapters.http_api.tls import server_ssl_context
 from rustynet.adapters.logging import configure_logging
 from rustynet.adapters.relay.config import (
     RelayConfig,
+    UdpConfig,
     load_relay_config,
     parse_relay_url,
     render_relay_config,
 )
 from rustynet.adapters.relay.server import create_relay_app, make_runner
+from rustynet.adapters.relay.udp_kernel import ForwardingUnavailableError, KernelForwarding
+from rustynet.adapters.relay.udp_sessions import UdpRelay
 from rustynet.adapters.support.config_values import parse_control_url, parse_listen
 from rustynet.adapters.support.private_file import write_private
 from rustynet.adapters.tls_cert import create_self_signed, spki_pin_of_pem_file
@@ -53,10 +57,12 @@ from rustynet.bootstrap.serving import connection_guard, serve_until_stopped, st
 from rustynet.domain.errors import DecodeError, RustynetError
 from rustynet.domain.keys import KeyFingerprint
 from rustynet.domain.relay import RelayTrust, validate_relay_id
+from rustynet.domain.udp_relay import AllocationTable
 
 CERTIFICATE: Final = "tls/relay.crt"
 PRIVATE_KEY: Final = "tls/relay.key"
 LISTEN_BACKLOG: Final = 4096
+_log = structlog.get_logger(__name__)
 
 
 class RelayInitRefused(RustynetError):  # noqa: N818 - names the outcome
@@ -116,18 +122,42 @@ async def _serve(config: RelayConfig) -> None:
     guard = connection_guard(config.connections)
     stun = stun_server(config.stun.enabled, config.stun.listen)
     metrics = (guard.render_metrics,) + ((stun.render_metrics,) if stun else ())
-    runner = make_runner(create_relay_app(service, extra_metrics=metrics))
-    # Deadlines and caps on every connection before the WebSocket upgrade ([connections]).
-    await serve_until_stopped(
-        runner,
-        config.listen,
-        ssl_context=ssl_context,
-        guard=guard,
-        backlog=LISTEN_BACKLOG,
-        ready=f"rustynet-relay: ready; relay {config.relay_id}",
-        pin=pin,
-        stun=stun,
-    )
+    udp, forwarding = await _udp_sessions(config.udp, clock, entropy)
+    runner = make_runner(create_relay_app(service, extra_metrics=metrics, udp=udp))
+    try:
+        # Deadlines and caps on every connection before the WebSocket upgrade ([connections]).
+        await serve_until_stopped(
+            runner,
+            config.listen,
+            ssl_context=ssl_context,
+            guard=guard,
+            backlog=LISTEN_BACKLOG,
+            ready=f"rustynet-relay: ready; relay {config.relay_id}",
+            pin=pin,
+            stun=stun,
+        )
+    finally:
+        if udp is not None and forwarding is not None:
+            await udp.close()
+            await forwarding.stop(list(udp.table))
+
+
+async def _udp_sessions(
+    udp: UdpConfig | None, clock: SystemClock, entropy: OsEntropy
+) -> tuple[UdpRelay | None, KernelForwarding | None]:
+    """UDP relay sessions forwarded by the kernel when `[udp]` is set and the process may
+    change nftables (CAP_NET_ADMIN, net.ipv4.ip_forward=1); otherwise none (asks refused)."""
+    if udp is None:
+        return None, None
+    forwarding = KernelForwarding(udp.address, udp.limits)
+    try:
+        await forwarding.start()
+    except ForwardingUnavailableError as exc:
+        _log.warning("relay.udp_unavailable", error=str(exc)[:200])
+        return None, None
+    relay = UdpRelay(udp.address, AllocationTable(udp.limits, entropy), forwarding, clock)
+    await relay.start()
+    return relay, forwarding
 
 
 def serve_relay(args: argparse.Namespace) -> int:
