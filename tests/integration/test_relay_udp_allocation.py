@@ -210,10 +210,10 @@ def test_the_udp_table_parses_renders_back_and_refuses_bad_values(tmp_path: Path
     assert load_relay_config(config) == parsed
     for bad, key in [
         ('address = "2001:db8::1"', r"\[udp\]\.address"),
-        ('port_first = "40000"', r"\[udp\]\.port_first"),
-        ("colour = 1", r"\[udp\]\.colour"),
-        ("port_first = 80", r"\[udp\]"),
+        ('address = "203.0.113.5"\nport_first = "40000"', r"\[udp\]\.port_first"),
+        ('address = "203.0.113.5"\ncolour = 1', r"\[udp\]\.colour"),
+        ('address = "203.0.113.5"\nport_first = 80', r"\[udp\]"),
     ]:
-        config.write_text(text + '\n[udp]\naddress = "203.0.113.5"\n' + bad + "\n")
+        config.write_text(text + "\n[udp]\n" + bad + "\n")
         with pytest.raises(RelayConfigError, match=key):
             load_relay_config(config)
