@@ -213,14 +213,17 @@ def test_hard_to_hard_pings_through_kernel_forwarding_and_forgeries_change_nothi
     # Forgeries from another internet host: a wrong key, and A's own valid bind replayed.
     port_a = int(str(ask_a["relay_port"]))
     wrong = bind_packet(b"k" * 32, _b64(ask_a["allocation"]), port_a, 99)
-    for packet in (wrong, a_bind):
+    for packet in (wrong, a_bind, b"\x04\0\0\0" + bytes(28)):  # the last: WireGuard-like
         _send(world.mallory, "-", world.relay_host, port_a, packet)
     counters = world.relay.call(op="counters")
     udp = counters["udp"]
     assert isinstance(udp, dict)
     assert (udp["refused_binds"], udp["binds"], udp["rebinds"]) == (2, 2, 0), udp
+    # The non-bind datagram from an unbound source was dropped before conntrack.
     assert world.relay.keys("bound") == bound
     assert world.mallory.address not in world.relay.conntrack()
+    unbound = world.relay_host.ns.run("nft", "list", "counter", "ip", TABLE, "unbound").stdout
+    assert "packets 0 " not in unbound, unbound
     assert _ping(world.a, world.b)
 
     # The plaintext marker crosses the tunnel but never the relay in clear.

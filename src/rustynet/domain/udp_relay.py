@@ -28,7 +28,7 @@ from rustynet.domain.entropy import Entropy
 from rustynet.domain.errors import DecodeError, LocalProtocolError
 from rustynet.domain.keys import b64decode, b64encode
 
-BIND_MAGIC: Final = b"RNB1"  # first byte 0x52: never a WireGuard message type (1-4, then 0 0 0)
+BIND_MAGIC: Final = b"RNB1"  # first byte 0x52: never a tunnel message type (1-4, then 0 0 0)
 ALLOCATION_ID_BYTES: Final = 16
 BIND_KEY_BYTES: Final = 32
 MAC_BYTES: Final = 32
