@@ -10,9 +10,6 @@ out by themselves.
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import json
 import signal
 import subprocess
 import sys
@@ -24,118 +21,25 @@ from pathlib import Path
 import pytest
 from rustynet.adapters.relay.udp_kernel import TABLE
 
-from rustynet.domain.udp_relay import bind_packet
+from rustynet.domain.udp_relay import UdpGrant, bind_packet
 from tests.e2e.harness import wait_for
+from tests.e2e.udp_relay_lab import (
+    ROOT,
+    Peer,
+    RelayProcess,
+    bind,
+    peer_with,
+    ping,
+    reaped,
+    send,
+    wireguard,
+)
 from tests.natlab import Host, NatKind, NatLab
 from tests.netns import require_in_ci, require_root
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-ROOT = Path(__file__).parents[2]
-TUNNEL_PORT = 41641
-PORTS = (40000, 40015)
 MARKER = b"rn-udp-relay-mk1"  # 16 bytes: ping -p repeats it in every echo request
-
-
-def _b64(text: object) -> bytes:
-    value = str(text)
-    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-
-
-class RelayProcess:
-    """The helper in the relay namespace; one JSON line per command."""
-
-    def __init__(self, host: Host) -> None:
-        self.host = host
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", host.ns.name, sys.executable, "-m",
-             "tests.e2e.udp_relay_helper", host.address, str(PORTS[0]), str(PORTS[1])],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-        )  # fmt: skip
-        try:
-            assert self.read() == {"ready": True}
-        except BaseException:
-            self.close()
-            raise
-
-    def read(self) -> dict[str, object]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line, "the relay helper exited"
-        answer: dict[str, object] = json.loads(line)
-        return answer
-
-    def call(self, **command: object) -> dict[str, object]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-        return self.read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.communicate(timeout=10)
-
-    def nft_set(self, name: str, kind: str = "set") -> str:
-        return self.host.ns.run("nft", "list", kind, "ip", TABLE, name).stdout
-
-    def keys(self, name: str) -> set[tuple[object, ...]]:
-        """The keys of a set's elements (without their timers)."""
-        out = self.host.ns.run("nft", "-j", "list", "set", "ip", TABLE, name).stdout
-        listed = [i["set"] for i in json.loads(out)["nftables"] if "set" in i]
-        return {tuple(e["elem"]["val"]["concat"]) for e in listed[0].get("elem", [])}
-
-    def conntrack(self) -> str:
-        out = self.host.ns.run("conntrack", "-L", "-p", "udp", check=False)
-        return out.stdout
-
-
-_PROCS: list[subprocess.Popen[bytes]] = []
-
-
-@dataclass
-class Peer:
-    host: Host
-    interface: str
-    overlay: str
-    public_key: str
-
-
-def _wireguard(nat: NatLab, host: Host, overlay: str, workdir: Path) -> Peer:
-    interface = nat.netlab.interface_name()
-    key = host.ns.run("wg", "genkey").stdout.strip()
-    (workdir / interface).write_text(key + "\n")
-    _PROCS.append(host.ns.popen("wireguard-go", "-f", interface))
-    wait_for("wireguard-go is up", lambda: interface in host.ns.links(), 10)
-    host.ns.run("wg", "set", interface, "private-key", str(workdir / interface),
-                "listen-port", str(TUNNEL_PORT))  # fmt: skip
-    host.ns.ip("addr", "add", f"{overlay}/32", "dev", interface)
-    host.ns.ip("link", "set", interface, "up")
-    public = host.ns.run("wg", "pubkey", stdin=key + "\n").stdout.strip()
-    return Peer(host, interface, overlay, public)
-
-
-def _peer_with(me: Peer, other: Peer, endpoint: str) -> None:
-    me.host.ns.run("wg", "set", me.interface, "peer", other.public_key, "endpoint", endpoint,
-                   "allowed-ips", f"{other.overlay}/32", "persistent-keepalive", "1")  # fmt: skip
-    me.host.ns.ip("route", "replace", f"{other.overlay}/32", "dev", me.interface)
-
-
-def _send(host: Host, source: str, relay: Host, port: int, packet: bytes) -> None:
-    host.ns.run(sys.executable, "-m", "tests.e2e.udp_relay_bind", source, relay.address,
-                str(port), packet.hex())  # fmt: skip
-
-
-def _bind(peer: Peer, relay: Host, answer: dict[str, object], counter: int) -> bytes:
-    packet = bind_packet(_b64(answer["bind_key"]), _b64(answer["allocation"]),
-                         int(str(answer["relay_port"])), counter)  # fmt: skip
-    _send(peer.host, str(TUNNEL_PORT), relay, int(str(answer["relay_port"])), packet)
-    return packet
-
-
-def _ping(peer: Peer, other: Peer, *extra: str) -> bool:
-    done = peer.host.ns.run("ping", "-c", "1", "-W", "1", *extra, other.overlay, check=False)
-    return done.returncode == 0
 
 
 @dataclass
@@ -148,28 +52,18 @@ class World:
     mallory: Host
 
 
-@contextlib.contextmanager
-def _reaped() -> Iterator[None]:
-    """Wait for the wireguard-go processes the lab killed at its close."""
-    try:
-        yield
-    finally:
-        while _PROCS:
-            _PROCS.pop().wait(10)
-
-
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     require_in_ci("conntrack", "wireguard-go", "wg")
     require_root("ip", "nft", "conntrack", "wireguard-go", "wg")
-    with _reaped(), NatLab() as nat:
+    with reaped(), NatLab() as nat:
         relay_host, mallory = nat.internet_host(), nat.internet_host()
         relay_host.ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
         a_host, b_host = nat.host(NatKind.HARD), nat.host(NatKind.HARD)
         relay = RelayProcess(relay_host)
         try:
-            a = _wireguard(nat, a_host, "100.64.77.1", tmp_path)
-            b = _wireguard(nat, b_host, "100.64.77.2", tmp_path)
+            a = wireguard(nat, a_host, "100.64.77.1", tmp_path)
+            b = wireguard(nat, b_host, "100.64.77.2", tmp_path)
             yield World(nat, relay_host, relay, a, b, mallory)
         finally:
             relay.close()
@@ -188,10 +82,10 @@ def _allocate(world: World, ttl: float) -> tuple[dict[str, object], dict[str, ob
 
 def _connect(world: World, ask_a: dict[str, object], ask_b: dict[str, object]) -> bytes:
     relay = world.relay_host.address
-    packet = _bind(world.a, world.relay_host, ask_a, 1)
-    _bind(world.b, world.relay_host, ask_b, 1)
-    _peer_with(world.a, world.b, f"{relay}:{ask_a['relay_port']}")
-    _peer_with(world.b, world.a, f"{relay}:{ask_b['relay_port']}")
+    packet = bind(world.a, world.relay_host, ask_a, 1)
+    bind(world.b, world.relay_host, ask_b, 1)
+    peer_with(world.a, world.b, f"{relay}:{ask_a['relay_port']}")
+    peer_with(world.b, world.a, f"{relay}:{ask_b['relay_port']}")
     return packet
 
 
@@ -203,7 +97,7 @@ def test_hard_to_hard_pings_through_kernel_forwarding_and_forgeries_change_nothi
     assert "elements" not in world.relay.nft_set("bound")
     started = time.monotonic()
     a_bind = _connect(world, ask_a, ask_b)
-    wait_for("A pings B through the relay", lambda: _ping(world.a, world.b), 20, interval=0.0)
+    wait_for("A pings B through the relay", lambda: ping(world.a, world.b), 20, interval=0.0)
     first_ping_s = time.monotonic() - started
     bound = world.relay.keys("bound")
     wans = [p.host.site.router.wan_address for p in (world.a, world.b) if p.host.site]
@@ -212,9 +106,9 @@ def test_hard_to_hard_pings_through_kernel_forwarding_and_forgeries_change_nothi
 
     # Forgeries from another internet host: a wrong key, and A's own valid bind replayed.
     port_a = int(str(ask_a["relay_port"]))
-    wrong = bind_packet(b"k" * 32, _b64(ask_a["allocation"]), port_a, 99)
+    wrong = bind_packet(b"k" * 32, UdpGrant.from_message(ask_a).allocation_id, port_a, 99)
     for packet in (wrong, a_bind, b"\x04\0\0\0" + bytes(28)):  # the last: WireGuard-like
-        _send(world.mallory, "-", world.relay_host, port_a, packet)
+        send(world.mallory, "-", world.relay_host, port_a, packet)
     counters = world.relay.call(op="counters")
     udp = counters["udp"]
     assert isinstance(udp, dict)
@@ -224,7 +118,7 @@ def test_hard_to_hard_pings_through_kernel_forwarding_and_forgeries_change_nothi
     assert world.mallory.address not in world.relay.conntrack()
     unbound = world.relay_host.ns.run("nft", "list", "counter", "ip", TABLE, "unbound").stdout
     assert "packets 0 " not in unbound, unbound
-    assert _ping(world.a, world.b)
+    assert ping(world.a, world.b)
 
     # The plaintext marker crosses the tunnel but never the relay in clear.
     capture = tmp_path / "relay.cap"
@@ -261,17 +155,17 @@ def test_hard_to_hard_pings_through_kernel_forwarding_and_forgeries_change_nothi
     left = world.relay.conntrack()
     assert f"dport={port_a}" not in left, left
     assert f"dport={ask_b['relay_port']}" not in left, left
-    assert not _ping(world.a, world.b)
+    assert not ping(world.a, world.b)
     print(f"\nudp relay: hard<->hard first ping {first_ping_s:.2f} s after the binds started")
 
 
 def test_a_killed_relays_elements_time_out_and_forwarding_stops(world: World) -> None:
     ask_a, ask_b = _allocate(world, 4)
     _connect(world, ask_a, ask_b)
-    wait_for("A pings B through the relay", lambda: _ping(world.a, world.b), 20, interval=0.0)
+    wait_for("A pings B through the relay", lambda: ping(world.a, world.b), 20, interval=0.0)
     world.relay.proc.send_signal(signal.SIGKILL)
     world.relay.proc.wait(10)
     assert "elements" in world.relay.nft_set("bound")  # nobody cleaned up
     wait_for("the elements time out", lambda: "elements" not in world.relay.nft_set("bound"), 8)
     assert "elements" not in world.relay.nft_set("to_peer", "map")
-    assert not _ping(world.a, world.b)
+    assert not ping(world.a, world.b)
