@@ -22,7 +22,7 @@ import json
 import ssl
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Final, TypeVar
 
 import aiohttp
 
@@ -50,6 +50,7 @@ from rustynet.ports.relay import (
     RelayUntrusted,
 )
 
+_T = TypeVar("_T")
 UNAUTHORIZED_CODE: Final = 4401
 DEFAULT_TIMEOUT: Final = 10.0
 DEFAULT_RECEIVE_QUEUE: Final = 1024
@@ -207,6 +208,16 @@ class WebSocketRelaySession:
             raise RelayClosed("the relay session ended")
         return item
 
+    async def _request(self, message: dict[str, str], waiter: asyncio.Future[_T], what: str) -> _T:
+        """Send a text message and wait (bounded) for the answer `waiter` receives."""
+        try:
+            await self._ws.send_str(json.dumps(message))
+            return await asyncio.wait_for(asyncio.shield(waiter), self._timeout)
+        except TimeoutError as exc:
+            raise RelayClosed(f"the relay did not answer the {what}") from exc
+        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+            raise RelayClosed("the relay session ended") from exc
+
     async def renew(self, token: str) -> datetime:
         """Present a fresh token; returns the new expiry (`RelayUnauthorized` if refused)."""
         if self._done:
@@ -215,13 +226,7 @@ class WebSocketRelaySession:
             raise LocalProtocolError("one renewal at a time")
         waiter: asyncio.Future[datetime] = asyncio.get_running_loop().create_future()
         self._renewal = waiter
-        try:
-            await self._ws.send_str(json.dumps({"type": "renew", "token": token}))
-            expires_at = await asyncio.wait_for(asyncio.shield(waiter), self._timeout)
-        except TimeoutError as exc:
-            raise RelayClosed("the relay did not answer the renewal") from exc
-        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
-            raise RelayClosed("the relay session ended") from exc
+        expires_at = await self._request({"type": "renew", "token": token}, waiter, "renewal")
         self._expires_at = expires_at
         return expires_at
 
@@ -233,13 +238,8 @@ class WebSocketRelaySession:
             raise RelayClosed("the relay session ended")
         waiter: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._udp_asks.append(waiter)
-        try:
-            await self._ws.send_str(json.dumps({"type": "udp_allocate", "peer": peer}))
-            answer = await asyncio.wait_for(asyncio.shield(waiter), self._timeout)
-        except TimeoutError as exc:
-            raise RelayClosed("the relay did not answer the UDP allocation") from exc
-        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
-            raise RelayClosed("the relay session ended") from exc
+        ask = {"type": "udp_allocate", "peer": peer}
+        answer = await self._request(ask, waiter, "UDP allocation")
         if isinstance(answer, dict) and answer.get("type") == "udp_refused":
             raise AllocationRefusedError(str(answer.get("reason", "refused"))[:32])
         try:
