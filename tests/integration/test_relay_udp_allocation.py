@@ -164,6 +164,32 @@ async def test_both_sides_ask_bind_and_the_forwarder_gets_both_sources(start: St
 
 
 @pytest.mark.asyncio
+async def test_renewal_reinstalls_an_active_allocation_with_the_new_expiry(start: Start) -> None:
+    """Renewing both tokens in session moves the allocation's expiry; the forwarder gets the
+    allocation again (new element timeouts)."""
+    endpoint, udp, forwarding = await start(True)
+    assert udp is not None
+    a, b = Node.make("node_a"), Node.make("node_b")
+    sa, sb = await _connect(endpoint, a), await _connect(endpoint, b)
+    try:
+        ga, gb = await sa.allocate_udp("node_b"), await sb.allocate_udp("node_a")
+        _send(ga, ga.bind_packet(1))
+        _send(gb, gb.bind_packet(1))
+        await _settled(udp)
+        ((_, allocation, _),) = forwarding.calls
+        before = allocation.expires_at
+        await asyncio.sleep(1.1)  # token expiries have a resolution of one second
+        await sa.renew(HIERARCHY.token(a))
+        await sb.renew(HIERARCHY.token(b))
+        await udp.settled()
+        assert [call[0] for call in forwarding.calls] == ["install", "install", "install"]
+        assert allocation.expires_at > before
+    finally:
+        await sa.close()
+        await sb.close()
+
+
+@pytest.mark.asyncio
 async def test_asks_beyond_the_per_node_bound_and_bad_peers_are_refused(start: Start) -> None:
     endpoint, _, _ = await start(True)
     session = await _connect(endpoint, Node.make("node_a"))
