@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Final, Protocol
 
@@ -59,27 +59,72 @@ class UdpCounters:
     teardowns: int = 0
 
 
+Deliver = Callable[[int, bytes, Source], None]
+
+
+class Ports(Protocol):
+    """Who owns an allocation's two UDP sockets and hands bind packets to `deliver`."""
+
+    async def open(self, allocation: Allocation, deliver: Deliver) -> None:
+        """Bind both relay ports of `allocation` (OSError when a port cannot be bound)."""
+        ...
+
+    def close(self, allocation: Allocation) -> None:
+        """Close its sockets (idempotent)."""
+        ...
+
+
 class _BindProtocol(asyncio.DatagramProtocol):
-    def __init__(self, owner: UdpRelay, port: int) -> None:
-        self._owner = owner
+    def __init__(self, deliver: Deliver, port: int) -> None:
+        self._deliver = deliver
         self._port = port
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        self._owner.datagram(self._port, data, (str(addr[0]), int(str(addr[1]))))
+        self._deliver(self._port, data, (str(addr[0]), int(str(addr[1]))))
+
+
+class BindSockets:
+    """`Ports` for kernel forwarding: event-loop sockets that only ever see bind packets (the
+    kernel's raw chain lets nothing else through to them)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._sockets: dict[int, asyncio.DatagramTransport] = {}
+
+    async def open(self, allocation: Allocation, deliver: Deliver) -> None:
+        loop = asyncio.get_running_loop()
+        for side in allocation.sides:
+            port = side.port
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda port=port: _BindProtocol(deliver, port),  # type: ignore[misc]
+                local_addr=(self.address, port),
+            )
+            self._sockets[port] = transport
+
+    def close(self, allocation: Allocation) -> None:
+        for side in allocation.sides:
+            transport = self._sockets.pop(side.port, None)
+            if transport is not None:
+                transport.close()
 
 
 class UdpRelay:
     """Allocations, bind sockets and the forwarder of one relay address."""
 
     def __init__(
-        self, address: str, table: AllocationTable, forwarding: Forwarding, clock: Clock
+        self,
+        address: str,
+        table: AllocationTable,
+        forwarding: Forwarding,
+        clock: Clock,
+        ports: Ports | None = None,
     ) -> None:
         self.address = address
         self.table = table
         self.forwarding = forwarding
         self.counters = UdpCounters()
         self._clock = clock
-        self._sockets: dict[int, asyncio.DatagramTransport] = {}
+        self._ports = BindSockets(address) if ports is None else ports
         self._work: asyncio.Queue[tuple[str, Allocation]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -95,9 +140,8 @@ class UdpRelay:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for transport in self._sockets.values():
-            transport.close()
-        self._sockets.clear()
+        for allocation in self.table:
+            self._ports.close(allocation)
 
     async def ask(
         self, node_id: str, message: Mapping[str, object], expires_at: datetime
@@ -117,8 +161,7 @@ class UdpRelay:
         if len(self.table) > known:
             self.counters.allocations += 1
             try:
-                for port in (allocation.first.port, allocation.second.port):
-                    await self._open(port)
+                await self._ports.open(allocation, self.datagram)
             except OSError:
                 self._drop(allocation)
                 self.counters.refused_asks += 1
@@ -127,13 +170,6 @@ class UdpRelay:
         elif allocation.active:
             self._work.put_nowait(("install", allocation))  # the asker's expiry moved
         return UdpGrant.of(allocation, side, self.address).to_message()
-
-    async def _open(self, port: int) -> None:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _BindProtocol(self, port), local_addr=(self.address, port)
-        )
-        self._sockets[port] = transport
 
     def datagram(self, port: int, data: bytes, source: Source) -> None:
         """A datagram reached bind socket `port` (only bind packets are let through to it)."""
@@ -161,10 +197,7 @@ class UdpRelay:
 
     def _drop(self, allocation: Allocation) -> None:
         self.table.remove(allocation)
-        for side in allocation.sides:
-            transport = self._sockets.pop(side.port, None)
-            if transport is not None:
-                transport.close()
+        self._ports.close(allocation)
         self._work.put_nowait(("remove", allocation))
 
     async def _sweep(self) -> None:

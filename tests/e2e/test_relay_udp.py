@@ -52,15 +52,15 @@ class World:
     mallory: Host
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+@pytest.fixture(params=["kernel"])
+def world(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[World]:
     require_in_ci("conntrack", "wireguard-go", "wg")
     require_root("ip", "nft", "conntrack", "wireguard-go", "wg")
     with reaped(), NatLab() as nat:
         relay_host, mallory = nat.internet_host(), nat.internet_host()
         relay_host.ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
         a_host, b_host = nat.host(NatKind.HARD), nat.host(NatKind.HARD)
-        relay = RelayProcess(relay_host)
+        relay = RelayProcess(relay_host, request.param)
         try:
             a = wireguard(nat, a_host, "100.64.77.1", tmp_path)
             b = wireguard(nat, b_host, "100.64.77.2", tmp_path)
@@ -168,4 +168,29 @@ def test_a_killed_relays_elements_time_out_and_forwarding_stops(world: World) ->
     assert "elements" in world.relay.nft_set("bound")  # nobody cleaned up
     wait_for("the elements time out", lambda: "elements" not in world.relay.nft_set("bound"), 8)
     assert "elements" not in world.relay.nft_set("to_peer", "map")
+    assert not ping(world.a, world.b)
+
+
+@pytest.mark.parametrize("world", ["userspace"], indirect=True)
+def test_the_userspace_fallback_forwards_batched_without_any_nft_rule(world: World) -> None:
+    """Without the kernel path (no table, no ip_forward needed) the relay's threads forward
+    between the bound sources; forgeries change nothing; teardown stops forwarding."""
+    world.relay_host.ns.run("sysctl", "-qw", "net.ipv4.ip_forward=0")
+    ask_a, ask_b = _allocate(world, 60)
+    a_bind = _connect(world, ask_a, ask_b)
+    wait_for("A pings B through the relay", lambda: ping(world.a, world.b), 20, interval=0.0)
+    assert "rustynet" not in world.relay_host.ns.run("nft", "list", "tables").stdout
+    port_a = int(str(ask_a["relay_port"]))
+    wrong = bind_packet(b"k" * 32, UdpGrant.from_message(ask_a).allocation_id, port_a, 99)
+    for packet in (wrong, a_bind, b"\x04\0\0\0" + bytes(28)):
+        send(world.mallory, "-", world.relay_host, port_a, packet)
+    done = world.a.host.ns.run("ping", "-c", "5", "-i", "0.2", "-W", "1", world.b.overlay)
+    assert done.returncode == 0
+    counters = world.relay.call(op="counters")
+    udp, forwarded = counters["udp"], counters["forwarded"]
+    assert isinstance(udp, dict)
+    assert isinstance(forwarded, list)
+    assert udp["refused_binds"] == 2, counters
+    assert min(forwarded[0]) >= 5, counters
+    world.relay.call(op="gone", node="node-a")
     assert not ping(world.a, world.b)

@@ -3,9 +3,10 @@ forwarding (`UdpRelay` over `KernelForwarding`), driven by JSON lines on stdin (
 no TLS: the asks stand for authenticated sessions' `udp_allocate` messages).
 
 Usage (as root, inside the relay's namespace):
-`python -m tests.e2e.udp_relay_helper ADDRESS PORT_FIRST PORT_LAST`, then one JSON object per
-line: `{"op": "ask", "node", "peer", "ttl"}` (answer: the `udp_allocation` message),
-`{"op": "gone", "node"}`, `{"op": "counters"}`, `{"op": "stop"}`. Every answer is one line.
+`python -m tests.e2e.udp_relay_helper ADDRESS PORT_FIRST PORT_LAST [kernel|userspace]`, then
+one JSON object per line: `{"op": "ask", "node", "peer", "ttl"}` (answer: the
+`udp_allocation` message), `{"op": "gone", "node"}`, `{"op": "counters"}`, `{"op": "stop"}`.
+Every answer is one line.
 """
 
 from __future__ import annotations
@@ -21,18 +22,24 @@ from rustynet.adapters.clock import SystemClock
 from rustynet.adapters.entropy import OsEntropy
 from rustynet.adapters.relay.udp_kernel import KernelForwarding
 from rustynet.adapters.relay.udp_sessions import UdpRelay
+from rustynet.adapters.relay.udp_userspace import UserspaceForwarding
 
 from rustynet.domain.udp_relay import AllocationTable, UdpRelayLimits
 
 
-async def main(address: str, first: int, last: int) -> None:
+async def main(address: str, first: int, last: int, mode: str) -> None:
     """Serve commands from stdin until `stop` or end of input (then the table stays)."""
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     limits = UdpRelayLimits(port_first=first, port_last=last, per_node=4, total=8)
-    forwarding = KernelForwarding(address, limits)
-    await forwarding.start()
     clock = SystemClock()
-    relay = UdpRelay(address, AllocationTable(limits, OsEntropy()), forwarding, clock)
+    table = AllocationTable(limits, OsEntropy())
+    userspace = UserspaceForwarding(address)
+    forwarding = KernelForwarding(address, limits)
+    if mode == "userspace":
+        relay = UdpRelay(address, table, userspace, clock, ports=userspace)
+    else:
+        await forwarding.start()
+        relay = UdpRelay(address, table, forwarding, clock)
     await relay.start()
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -51,17 +58,22 @@ async def main(address: str, first: int, last: int) -> None:
             relay.node_gone(command["node"])
         elif op == "stop":
             await relay.settled()
-            await forwarding.stop(list(relay.table))
+            if mode != "userspace":
+                await forwarding.stop(list(relay.table))
             await relay.close()
             print(json.dumps(answer), flush=True)
             return
         await relay.settled()
         if op == "counters":
             answer = {"udp": attrs.asdict(relay.counters)}
-            flows = [await forwarding.counters(a) for a in relay.table]
-            answer["flows"] = [[attrs.asdict(c) for c in pair] for pair in flows]
+            if mode == "userspace":
+                answer["forwarded"] = [list(userspace.forwarded(a)) for a in relay.table]
+            else:
+                flows = [await forwarding.counters(a) for a in relay.table]
+                answer["flows"] = [[attrs.asdict(c) for c in pair] for pair in flows]
         print(json.dumps(answer), flush=True)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+    mode = sys.argv[4] if len(sys.argv) > 4 else "kernel"
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), mode))

@@ -28,11 +28,11 @@ PORTS: Final = (40000, 40015)
 class RelayProcess:
     """The helper in the relay namespace; one JSON line per command."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, mode: str = "kernel") -> None:
         self.host = host
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", host.ns.name, sys.executable, "-m",
-             "tests.e2e.udp_relay_helper", host.address, str(PORTS[0]), str(PORTS[1])],
+             "tests.e2e.udp_relay_helper", host.address, str(PORTS[0]), str(PORTS[1]), mode],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
         )  # fmt: skip
         try:
