@@ -46,6 +46,7 @@ from rustynet.adapters.relay.config import (
 from rustynet.adapters.relay.server import create_relay_app, make_runner
 from rustynet.adapters.relay.udp_kernel import ForwardingUnavailableError, KernelForwarding
 from rustynet.adapters.relay.udp_sessions import UdpRelay
+from rustynet.adapters.relay.udp_userspace import UserspaceForwarding
 from rustynet.adapters.support.config_values import parse_control_url, parse_listen
 from rustynet.adapters.support.private_file import write_private
 from rustynet.adapters.tls_cert import create_self_signed, spki_pin_of_pem_file
@@ -137,25 +138,30 @@ async def _serve(config: RelayConfig) -> None:
             stun=stun,
         )
     finally:
-        if udp is not None and forwarding is not None:
+        if udp is not None:
             await udp.close()
+        if udp is not None and forwarding is not None:
             await forwarding.stop(list(udp.table))
 
 
 async def _udp_sessions(
     udp: UdpConfig | None, clock: SystemClock, entropy: OsEntropy
 ) -> tuple[UdpRelay | None, KernelForwarding | None]:
-    """UDP relay sessions forwarded by the kernel when `[udp]` is set and the process may
-    change nftables (CAP_NET_ADMIN, net.ipv4.ip_forward=1); otherwise none (asks refused)."""
+    """UDP relay sessions when `[udp]` is set: forwarded by the kernel when the process may
+    change nftables (CAP_NET_ADMIN, net.ipv4.ip_forward=1), else by the userspace fallback."""
     if udp is None:
         return None, None
+    table = AllocationTable(udp.limits, entropy)
     forwarding = KernelForwarding(udp.address, udp.limits)
     try:
         await forwarding.start()
     except ForwardingUnavailableError as exc:
-        _log.warning("relay.udp_unavailable", error=str(exc)[:200])
-        return None, None
-    relay = UdpRelay(udp.address, AllocationTable(udp.limits, entropy), forwarding, clock)
+        _log.warning("relay.udp_userspace_fallback", error=str(exc)[:200])
+        fallback = UserspaceForwarding(udp.address)
+        relay = UdpRelay(udp.address, table, fallback, clock, ports=fallback)
+        await relay.start()
+        return relay, None
+    relay = UdpRelay(udp.address, table, forwarding, clock)
     await relay.start()
     return relay, forwarding
 
