@@ -153,7 +153,9 @@ class KernelForwarding:
             lines.append(f"add element ip {TABLE} {name} {{ {body} }}")
         await run_tool(["nft", "-f", "-"], "\n".join(lines).encode())
         self._installed[allocation.allocation_id] = fresh
-        if previous is not None and previous["bound"] != fresh["bound"]:
+        if previous is None or previous["bound"] != fresh["bound"]:
+            # New sources (or a restarted relay reusing the ports): no older entry may keep
+            # steering these ports' flows where they no longer belong.
             await self._forget_flows(allocation)
 
     async def remove(self, allocation: Allocation) -> None:
