@@ -121,6 +121,12 @@ def _send(grant: UdpGrant, packet: bytes) -> tuple[str, int]:
         return LOOPBACK, int(sock.getsockname()[1])
 
 
+async def _refusal(session: WebSocketRelaySession, peer: str) -> str:
+    with pytest.raises(AllocationRefusedError) as refused:
+        await session.allocate_udp(peer)
+    return refused.value.reason
+
+
 async def _settled(udp: UdpRelay) -> None:
     await asyncio.sleep(0.1)  # the datagrams reach the bind sockets
     await udp.settled()
@@ -196,12 +202,8 @@ async def test_asks_beyond_the_per_node_bound_and_bad_peers_are_refused(start: S
     try:
         await session.allocate_udp("node_b")
         await session.allocate_udp("node_c")
-        with pytest.raises(AllocationRefusedError) as bound:
-            await session.allocate_udp("node_d")
-        assert bound.value.reason == "node_limit"
-        with pytest.raises(AllocationRefusedError) as self_ask:
-            await session.allocate_udp("node_a")
-        assert self_ask.value.reason == "bad_peer"
+        assert await _refusal(session, "node_d") == "node_limit"
+        assert await _refusal(session, "node_a") == "bad_peer"
     finally:
         await session.close()
 
@@ -211,9 +213,7 @@ async def test_a_relay_without_udp_refuses_every_ask(start: Start) -> None:
     endpoint, _, _ = await start(False)
     session = await _connect(endpoint, Node.make("node_a"))
     try:
-        with pytest.raises(AllocationRefusedError) as refused:
-            await session.allocate_udp("node_b")
-        assert refused.value.reason == "unavailable"
+        assert await _refusal(session, "node_b") == "unavailable"
     finally:
         await session.close()
 
