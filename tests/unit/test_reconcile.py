@@ -13,6 +13,7 @@ from rustynet.domain.keys import TunnelKey, TunnelKeyScheme
 from rustynet.domain.netmap import InboundRule, PeerEntry, PeerMap, SelfEntry
 from rustynet.domain.packet_filter import Ruleset
 from rustynet.domain.reconcile import (
+    DEFAULT_KEEPALIVE_SECONDS,
     EMPTY,
     AddPeer,
     PlanError,
@@ -66,7 +67,7 @@ def test_lower_key_initiates_and_higher_key_waits() -> None:
     low = desired_state(pmap(2, (peer(5),)), key(2)).peers[0]
     high = desired_state(pmap(5, (peer(2),)), key(5)).peers[0]
     assert low.underlay_endpoint == UnderlayEndpoint.parse("198.51.100.5:41641")
-    assert low.keepalive_seconds == 25
+    assert low.keepalive_seconds == DEFAULT_KEEPALIVE_SECONDS
     assert high.underlay_endpoint == UnderlayEndpoint.parse("198.51.100.2:41641")
     assert high.keepalive_seconds is None
     assert initiates(key(2), key(5))
@@ -79,8 +80,8 @@ def test_responder_talks_after_hearing_from_the_initiator_or_when_it_is_overdue(
     heard = desired_state(m, key(5), heard_from=[key(2)]).peers[0]
     late = desired_state(m, key(5), overdue=[key(2)])
     assert heard.underlay_endpoint is not None
-    assert heard.keepalive_seconds == 25
-    assert late.peers[0].keepalive_seconds == 25
+    assert heard.keepalive_seconds == DEFAULT_KEEPALIVE_SECONDS
+    assert late.peers[0].keepalive_seconds == DEFAULT_KEEPALIVE_SECONDS
     assert key(2) in late.initiator_for
 
 

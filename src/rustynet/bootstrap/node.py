@@ -54,6 +54,7 @@ from rustynet.adapters.stun.tunnel_port import TunnelPortProbe
 from rustynet.adapters.tcp_latency import TcpConnectLatency
 from rustynet.adapters.tunnel.host_addresses import IpInterfaceAddresses, IpMonitorChanges
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
+from rustynet.adapters.tunnel.prepunch import RawPrePunch
 from rustynet.adapters.tunnel.wireguard_uapi import WireGuardUapiBackend
 from rustynet.application.node import AgentSettings, NodeDaemon, NodePorts
 from rustynet.application.node.nat_discovery import NatDiscovery
@@ -170,6 +171,7 @@ def build_daemon(config: NodeConfig, tunnel: TunnelBackend, keystore: Keystore) 
         reflexive=None if port is None or interfaces is None else nat_discovery(config, interfaces),
         changes=None if interfaces is None else IpMonitorChanges(),
         netcheck=netcheck_tools(config, interfaces),
+        puncher=None if port is None or config.backend == "memory" else RawPrePunch(port),
     )
     settings = AgentSettings(
         interface=config.interface,

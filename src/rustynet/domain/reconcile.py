@@ -58,7 +58,11 @@ from rustynet.domain.tunnel import (
     diff_peers,
 )
 
-DEFAULT_KEEPALIVE_SECONDS: Final = 25
+DEFAULT_KEEPALIVE_SECONDS: Final = 5
+"""Each side of a live session sends at least this often: the keepalives are the evidence the
+path controller reads to tell a live direct path from a dead one behind any NAT (a probe to
+another port would not cross the NAT's mapping), and they keep that mapping open (many NATs
+drop an idle UDP mapping after 30 s). One 32-byte packet per 5 s per peer."""
 DEFAULT_RESPONDER_GRACE: Final = timedelta(seconds=3)
 """How long a responder waits for the initiator before it initiates itself (under the 5 s
 handshake retry, so a silent initiator costs less than one collision would)."""

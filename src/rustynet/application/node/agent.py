@@ -48,6 +48,7 @@ from rustynet.application.node.saved_state import SavedState
 from rustynet.application.node.settings import AgentSettings
 from rustynet.application.node.status import AgentStatus, first_address, peer_statuses
 from rustynet.domain import path as paths
+from rustynet.domain.keys import TunnelKey
 from rustynet.domain.node_state import NodeState
 from rustynet.domain.reconcile import Action
 from rustynet.ports.clock import Clock
@@ -57,6 +58,7 @@ from rustynet.ports.firewall import Firewall, FirewallError
 from rustynet.ports.interfaces import InterfaceAddresses, InterfaceChanges, ReflexiveDiscovery
 from rustynet.ports.keystore import Keystore
 from rustynet.ports.node_state_store import NodeStateStore
+from rustynet.ports.punch import PrePunchPort
 from rustynet.ports.relay import RelayTransport
 from rustynet.ports.relay_path import DirectProbePort, RelayBridgePort
 from rustynet.ports.tunnel import TunnelBackend, TunnelError
@@ -94,6 +96,7 @@ class NodeAgent:
         interfaces: InterfaceAddresses | None = None,
         reflexive: ReflexiveDiscovery | None = None,
         changes: InterfaceChanges | None = None,
+        puncher: PrePunchPort | None = None,
     ) -> None:
         self.control, self.tunnel, self.clock, self.entropy = control, tunnel, clock, entropy
         self.settings = settings
@@ -141,6 +144,9 @@ class NodeAgent:
             current_map=lambda: self.intake.applied,
             relay_up=lambda: self.relay_link is not None and self.relay_link.up,
             relay_id=self._relay_id,
+            puncher=puncher,
+            own_key=self._own_tunnel_key,
+            own_candidates=lambda: self.candidates.reported or (),
         )
         self.reconciler = Reconciler(
             tunnel=tunnel,
@@ -200,6 +206,10 @@ class NodeAgent:
     def path_of(self, peer_id: str) -> paths.StatusPath | None:
         """The controller's path for a peer (None when it is not in the map)."""
         return self.path_keeper.path_of(peer_id)
+
+    def _own_tunnel_key(self) -> TunnelKey | None:
+        key = self.credentials.tunnel_key
+        return None if key is None else key.public_key
 
     def _trust_texts(self) -> tuple[str, tuple[str, ...]]:
         state = self.saved.require()

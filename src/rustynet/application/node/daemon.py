@@ -40,6 +40,7 @@ from rustynet.ports.firewall import Firewall
 from rustynet.ports.interfaces import InterfaceAddresses, InterfaceChanges, ReflexiveDiscovery
 from rustynet.ports.keystore import Keystore
 from rustynet.ports.node_state_store import NodeStateStore
+from rustynet.ports.punch import PrePunchPort
 from rustynet.ports.relay import RelayTransport
 from rustynet.ports.relay_path import DirectProbeService, RelayBridgePort
 from rustynet.ports.tunnel import TunnelBackend
@@ -71,6 +72,7 @@ class NodePorts:
     reflexive: ReflexiveDiscovery | None = None
     changes: InterfaceChanges | None = None
     netcheck: NetcheckTools | None = None
+    puncher: PrePunchPort | None = None
 
 
 class NodeDaemon:
@@ -220,6 +222,7 @@ class NodeDaemon:
             interfaces=p.interfaces,
             reflexive=p.reflexive,
             changes=p.changes,
+            puncher=p.puncher,
         )
 
     async def _join(self, token: str, hostname: str) -> None:

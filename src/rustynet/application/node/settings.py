@@ -14,6 +14,7 @@ from rustynet.application.node.map_source import STORED_MAP_FALLBACK
 from rustynet.domain import path as paths
 from rustynet.domain import reconcile
 from rustynet.domain.key_hierarchy import TUNNEL_KEY_DEFAULT_LIFETIME
+from rustynet.domain.path.trial import TrialPolicy
 from rustynet.domain.tunnel import IPNetwork
 
 
@@ -39,6 +40,7 @@ class AgentSettings:
     # talking within the handshake-retry window (docs/lab.md pitfall 1), not after the next map.
     reconcile_interval: float = 1.0
     path_policy: paths.PathPolicy = attrs.field(factory=paths.PathPolicy)
+    trial_policy: TrialPolicy = attrs.field(factory=TrialPolicy)
     # After a start, how long without the control plane before the saved map applies.
     stored_map_fallback: timedelta = STORED_MAP_FALLBACK
 
