@@ -613,7 +613,7 @@ class Relay:
             "--config",
             str(self.config),
             "--url",
-            f"wss://{CONTROL_IP}:{self.port}/v1/relay",
+            f"wss://{self.mesh.control.address}:{self.port}/v1/relay",
             "--control-url",
             self.mesh.control.url,
             "--root-fingerprint",
@@ -621,7 +621,7 @@ class Relay:
             "--id",
             self.relay_id,
             "--listen",
-            f"{CONTROL_IP}:{self.port}",
+            f"{self.mesh.control.address}:{self.port}",
         )
         if done.returncode != 0:
             raise LabError(f"rustynet-relay init failed:\n{done.stderr}")

@@ -321,11 +321,20 @@ class NodeAgent:
     async def _reconcile_ticker(self) -> None:
         """Re-plan every `reconcile_interval` s (responders waking up, expiries, lost peers)."""
         while not self.loop.stopping:
-            await asyncio.sleep(self.settings.reconcile_interval)
+            await asyncio.sleep(self._until_next_plan())
             try:
                 await self.reconcile()
             except (TunnelError, FirewallError) as exc:
                 _log.warning("tunnel.reconcile_failed", error=str(exc)[:200])
+
+    def _until_next_plan(self) -> float:
+        """Seconds to the next plan: `reconcile_interval`, or sooner when an endpoint trial's
+        attempt ends (a re-kick on time is what keeps a NAT pair's connect time short)."""
+        interval = self.settings.reconcile_interval
+        due = self.path_keeper.wake_at()
+        if due is None:
+            return interval
+        return min(interval, max(0.02, (due - self.clock.now()).total_seconds()))
 
     async def _candidate_ticker(self) -> None:
         """Re-gather every `candidate_interval` s; report only a changed list."""

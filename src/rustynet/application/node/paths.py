@@ -91,6 +91,12 @@ class PathKeeper:
         """How recent the peer's last packet must be for a direct probe to succeed."""
         return timedelta(seconds=self.settings.keepalive_seconds) + 2 * paths.DEFAULT_TICK
 
+    def wake_at(self) -> datetime | None:
+        """The soonest time an endpoint trial's attempt ends (the agent re-plans then)."""
+        policy = self.settings.trial_policy
+        due = [d for _, t in self.state.trials.values() if (d := t.due(policy)) is not None]
+        return min(due, default=None)
+
     def trial(self, peer_id: str) -> trials.TrialState | None:
         """The endpoint trial of a peer on the direct path (None otherwise)."""
         held = self.state.trials.get(peer_id)

@@ -41,14 +41,21 @@ from rustynet.domain.candidates import Candidate, CandidateKind
 from rustynet.domain.path.phases import PathPolicyError, PathTransitionError
 from rustynet.domain.tunnel import UnderlayEndpoint
 
-DEFAULT_ATTEMPT_TIMEOUT: Final = timedelta(seconds=1)
+DEFAULT_ATTEMPT_TIMEOUT: Final = timedelta(milliseconds=500)
 """A handshake across two NATs takes one round trip once both mappings are open (well under
-100 ms on any sane path); 1 s leaves room for the peer's pre-punch to arrive, and a re-kick
-after it costs far less than the tunnel's own 5 s retry."""
+100 ms on any sane path); 0.5 s leaves room for the peer's pre-punch to arrive (both ends learn
+the candidates from the same long-poll wake-up), and a re-kick after it costs far less than the
+tunnel's own 5 s retry."""
 
-DEFAULT_ATTEMPTS: Final = 2
-"""Two attempts per candidate: the first handshake may reach the peer's NAT before the peer's
-pre-punch opened it; the re-kick one attempt later finds it open."""
+DEFAULT_ATTEMPTS: Final = 3
+"""Attempts per candidate: the first handshake may reach the peer's NAT before the peer's
+pre-punch opened it; the re-kicks after it find it open (three cover a peer whose map came up
+to 1 s later)."""
+
+DEFAULT_RETRY_TIMEOUT: Final = timedelta(seconds=5)
+"""After one full round over the candidates without a handshake, attempts slow down to the
+tunnel's own retry interval: a peer that stays unreachable costs one handshake and a few
+pre-punches per candidate every 5 s, not every `attempt_timeout`."""
 
 DEFAULT_PUNCH_PACKETS: Final = 2
 """Datagrams to each candidate per attempt: one may be lost; two open the mapping."""
@@ -64,10 +71,16 @@ class TrialPolicy:
     attempt_timeout: timedelta = DEFAULT_ATTEMPT_TIMEOUT
     attempts: int = DEFAULT_ATTEMPTS
     punch_packets: int = DEFAULT_PUNCH_PACKETS
+    retry_timeout: timedelta = DEFAULT_RETRY_TIMEOUT
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.attempt_timeout, timedelta) or self.attempt_timeout <= timedelta(0):
             raise PathPolicyError("attempt_timeout must be a positive timedelta")
+        if (
+            not isinstance(self.retry_timeout, timedelta)
+            or self.retry_timeout < self.attempt_timeout
+        ):
+            raise PathPolicyError("retry_timeout must be a timedelta >= attempt_timeout")
         if not isinstance(self.attempts, int) or self.attempts < 1:
             raise PathPolicyError("attempts must be at least 1")
         if not isinstance(self.punch_packets, int) or self.punch_packets < 0:
@@ -77,7 +90,11 @@ class TrialPolicy:
 
     def revert_bound(self) -> timedelta:
         """Longest an unconfirmed candidate stays the tunnel's endpoint (plus one tick)."""
-        return self.attempt_timeout * self.attempts
+        return self.retry_timeout * self.attempts
+
+    def timeout(self, state: TrialState) -> timedelta:
+        """How long the current attempt lasts: quick in the first round, slow after it."""
+        return self.attempt_timeout if state.round == 0 else self.retry_timeout
 
 
 # --- order -----------------------------------------------------------------------------------
@@ -146,6 +163,8 @@ class TrialState:
     attempt: int
     started: datetime
     """When the current attempt began (a handshake must be strictly newer to count)."""
+    round: int = 0
+    """Full rounds over the candidates completed without a handshake."""
     confirmed: UnderlayEndpoint | None = None
     confirmed_at: datetime | None = None
 
@@ -164,6 +183,10 @@ class TrialState:
         """A new trial at the first candidate, punching toward all of them."""
         state = cls(order=order, index=0, attempt=1, started=now)
         return state, _punch(policy, order)
+
+    def due(self, policy: TrialPolicy) -> datetime | None:
+        """When the current attempt ends if nothing is seen (None: confirmed, nothing due)."""
+        return None if self.confirmed is not None else self.started + policy.timeout(self)
 
     @property
     def endpoint(self) -> UnderlayEndpoint | None:
@@ -202,7 +225,7 @@ def observe(
         # on trial, or where the tunnel roamed to when the handshake came from elsewhere.
         when = min(last_handshake, now)
         return attrs.evolve(state, confirmed=current, confirmed_at=when), ()
-    if now - state.started < policy.attempt_timeout:
+    if now - state.started < policy.timeout(state):
         return state, ()
     if not state.order:
         return attrs.evolve(state, started=now), ()
@@ -210,7 +233,8 @@ def observe(
         nxt = attrs.evolve(state, attempt=state.attempt + 1, started=now)
     else:
         index = (state.index + 1) % len(state.order)
-        nxt = attrs.evolve(state, index=index, attempt=1, started=now)
+        done = state.round + (index == 0)
+        nxt = attrs.evolve(state, index=index, attempt=1, started=now, round=done)
     return nxt, (*_punch(policy, state.order), Rekick())
 
 
@@ -230,6 +254,7 @@ __all__ = [
     "DEFAULT_ATTEMPTS",
     "DEFAULT_ATTEMPT_TIMEOUT",
     "DEFAULT_PUNCH_PACKETS",
+    "DEFAULT_RETRY_TIMEOUT",
     "MAX_PUNCH_PACKETS",
     "Punch",
     "Rekick",

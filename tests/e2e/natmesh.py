@@ -1,0 +1,215 @@
+"""The e2e mesh inside the NAT lab: a control plane (and maybe a relay) on the lab's internet,
+`rustynetd` nodes behind NAT routers of every kind, real programs throughout.
+
+`NatMesh` is a `Mesh` (same control plane, node and relay helpers, same clean-up) whose bridge
+is the NAT lab's internet (203.0.113.0/24) and whose nodes live in NAT lab hosts
+(`tests/natlab.py`): `add(name, host)` configures a node in `host`'s namespace. Pairs are timed
+concurrently by `time_pair`: from the moment both nodes of a pair are enrolled to the first
+overlay ping and to `status` showing the pair `direct` on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from tests.e2e.harness import NODE_UNDERLAY_PORT, ControlPlane, LabError, Mesh, Node, run_in
+from tests.natlab import Host, NatLab
+from tests.netns import unique_name
+
+
+class NatMesh(Mesh):
+    """A `Mesh` on a `NatLab`: control on an internet host, nodes behind the lab's routers."""
+
+    def __init__(self, nat: NatLab, workdir: Path) -> None:  # noqa: super().__init__ builds a bridge
+        self.nat = nat
+        self.lab = nat.netlab
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.control_host = nat.internet_host()
+        self.control_ns = self.control_host.ns
+        self.control = ControlPlane(self.control_ns, workdir, address=self.control_host.address)
+        self.nodes: dict[str, Node] = {}
+        self.servers = []
+        self.hosts: dict[str, Host] = {}
+
+    def add(self, name: str, host: Host, endpoints: Sequence[str] = ()) -> Node:
+        """A node in `host`'s namespace; `endpoints` become its `underlay_endpoints` (none: it
+        gathers its own candidates)."""
+        node = Node(name, host.ns, host.address, self.lab.interface_name(), self.workdir)
+        lines = [ln for ln in node.config_text().splitlines() if "underlay_endpoints" not in ln]
+        if endpoints:
+            listed = ", ".join(f'"{e}"' for e in endpoints)
+            lines.append(f"underlay_endpoints = [{listed}]")
+        node.config.write_text("\n".join(lines) + "\n")
+        self.nodes[name] = node
+        self.hosts[name] = host
+        return node
+
+    def join_all(self, tags: Mapping[str, Iterable[str]]) -> dict[str, threading.Event]:
+        """Start and enroll every node at once, in the background; per node, an event set
+        once its `up` ended (`enrolled_at` then reads when, from the daemon's log)."""
+        done = {name: threading.Event() for name in self.nodes}
+
+        def one(node: Node) -> None:
+            try:
+                self.join(node, tuple(tags.get(node.name, ())))
+            finally:
+                done[node.name].set()
+
+        for node in self.nodes.values():
+            threading.Thread(target=one, args=(node,), daemon=True).start()
+        return done
+
+    def block_tcp_from(self, addresses: Iterable[str], port: int) -> None:
+        """Drop TCP from `addresses` to `port` in the control namespace (the relay unreachable
+        for them; control stays reachable)."""
+        rules = "\n".join(f"    ip saddr {a} tcp dport {port} drop" for a in addresses)
+        ruleset = (
+            "table ip natmesh {\n  chain input {\n"
+            "    type filter hook input priority 0; policy accept;\n"
+            f"{rules}\n  }}\n}}\n"
+        )
+        done = run_in(self.control_ns, "nft", "-f", "-", stdin=ruleset)
+        if done.returncode != 0:
+            raise LabError(f"nft in the control namespace failed:\n{done.stderr}")
+
+
+def wan_endpoint(host: Host) -> str:
+    """`<router WAN>:<tunnel port>`: where an endpoint-independent NAT that keeps the port maps
+    the host's tunnel port (the address a reflexive candidate would carry)."""
+    assert host.site is not None
+    return f"{host.site.router.wan_address}:{NODE_UNDERLAY_PORT}"
+
+
+@dataclass
+class PairTiming:
+    """How one pair came up: both paths as `status` ended, and the times from both enrolled."""
+
+    pair: str
+    paths: tuple[str, str]
+    first_ping: float | None
+    direct: float | None
+    endpoint_kinds: tuple[str, str]
+
+
+def _peer(node: Node, other: Node) -> dict[str, object]:
+    return node.peers().get(other.name, {})
+
+
+def log_time(node: Node, event: str, **fields: object) -> float | None:
+    """The wall-clock time (epoch s) of the first `event` with `fields` in `node`'s log."""
+    for line in node.program.log_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        record = json.loads(line)
+        if record.get("event") == event and all(v == record.get(k) for k, v in fields.items()):
+            return datetime.fromisoformat(record["timestamp"]).timestamp()
+    return None
+
+
+def first_ping_at(a: Node, b: Node, timeout: float) -> float | None:
+    """Epoch time of the first overlay echo reply a→b (pings every 0.1 s, `ping -D`)."""
+    done = run_in(
+        a.ns,
+        "ping",
+        "-n",
+        "-D",
+        "-i",
+        "0.1",
+        "-c",
+        "1",
+        "-w",
+        str(int(timeout)),
+        b.overlay_ip,
+        timeout=timeout + 5,
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("[") and "bytes from" in line:
+            return float(line[1 : line.index("]")])
+    return None
+
+
+def time_pair(label: str, a: Node, b: Node, want: str, timeout: float) -> PairTiming:
+    """From the moment both nodes hold each other in an applied map (the later of the two
+    `peer_map.applied` with peers, in the daemons' logs): the first overlay ping a→b, and
+    both daemons confirming the other's endpoint by a handshake (`path.confirmed`, for
+    `want` = direct), or both `status` showing `want`."""
+    ping = first_ping_at(a, b, timeout)
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (a.path_to(b) == want and b.path_to(a) == want):
+        time.sleep(0.1)
+    ends = (a, b)
+    known = [log_time(n, "peer_map.applied", peers=_Positive()) for n in ends]
+    assert None not in known, f"{label}: no map with peers\n{a.program.tail()}"
+    start = max(t for t in known if t is not None)
+    if want == "direct":
+        seen = [log_time(x, "path.confirmed", peer=y.name) for x, y in (ends, ends[::-1])]
+    else:
+        seen = [
+            log_time(x, "path.changed", peer=y.name, path=_Prefix(want))
+            for x, y in (ends, ends[::-1])
+        ]
+    reached = None if None in seen else max(t for t in seen if t is not None) - start
+    pa, pb = _peer(a, b), _peer(b, a)
+    return PairTiming(
+        pair=label,
+        paths=(str(pa.get("path")), str(pb.get("path"))),
+        first_ping=None if ping is None else ping - start,
+        direct=reached,
+        endpoint_kinds=(str(pa.get("endpoint_kind")), str(pb.get("endpoint_kind"))),
+    )
+
+
+class _Positive:
+    """Matches a positive count in a log record."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, int) and other > 0
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _Prefix:
+    """Matches a text starting with `prefix` (a `path` view like `relay relay-e2e`)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and other.startswith(self.prefix)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def table(rows: Sequence[PairTiming]) -> str:
+    """The matrix as text: pair → final path → time to first ping → time to the final path."""
+
+    def secs(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f} s"
+
+    head = f"{'pair':<22} {'path (a/b)':<16} {'kinds (a/b)':<26} {'first ping':>10} {'path':>9}"
+    body = [
+        f"{r.pair:<22} {'/'.join(r.paths):<16} {'/'.join(r.endpoint_kinds):<26} "
+        f"{secs(r.first_ping):>10} {secs(r.direct):>9}"
+        for r in rows
+    ]
+    return "\n".join([head, *body])
+
+
+def new_nat_mesh(workdir: Path) -> NatMesh:
+    """A NatMesh on a fresh NatLab (the caller closes it)."""
+    nat = NatLab()
+    try:
+        return NatMesh(nat, workdir / unique_name("natmesh", 14))
+    except BaseException:
+        nat.close()
+        raise
+
+
+__all__ = ["NatMesh", "PairTiming", "new_nat_mesh", "table", "time_pair", "wan_endpoint"]
