@@ -152,8 +152,7 @@ def time_pair(label: str, a: Node, b: Node, want: str, timeout: float) -> PairTi
         seen = [log_time(x, "path.confirmed", peer=y.name) for x, y in (ends, ends[::-1])]
     else:
         seen = [
-            log_time(x, "path.changed", peer=y.name, path=_Prefix(want))
-            for x, y in (ends, ends[::-1])
+            log_time(x, "path.changed", peer=y.name, to_path=want) for x, y in (ends, ends[::-1])
         ]
     reached = None if None in seen else max(t for t in seen if t is not None) - start
     pa, pb = _peer(a, b), _peer(b, a)
@@ -171,18 +170,6 @@ class _Positive:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, int) and other > 0
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-class _Prefix:
-    """Matches a text starting with `prefix` (a `path` view like `relay relay-e2e`)."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, str) and other.startswith(self.prefix)
 
     __hash__ = None  # type: ignore[assignment]
 
