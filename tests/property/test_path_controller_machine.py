@@ -110,16 +110,31 @@ class PathControllerMachine(RuleBasedStateMachine):
         jump=JUMPS,
         relay=st.sampled_from([True] * 9 + [False]),
         fresh=st.sampled_from([False, False, True]),
+        direct=st.sampled_from([None] * 10 + [0, 0, 30]),
     )
-    def tick(self, answer: bool | None, jump: timedelta, relay: bool, fresh: bool) -> None:
+    def tick(
+        self,
+        answer: bool | None,
+        jump: timedelta,
+        relay: bool,
+        fresh: bool,
+        direct: int | None = None,
+    ) -> None:
         """Maybe the outstanding probe ends at once; time passes, maybe a handshake completes
-        on the active path; the daemon observes."""
+        on the active path, maybe the tunnel took authenticated packets on a direct endpoint
+        (`direct` seconds ago); the daemon observes."""
         if answer is not None:
             self._answer(answer)
         self.now += jump
         if fresh:
             self.handshake = self.now
-        obs = Observation(now=self.now, last_handshake=self.handshake, relay_available=relay)
+        evidence = None if direct is None else self.now - timedelta(seconds=direct)
+        obs = Observation(
+            now=self.now,
+            last_handshake=self.handshake,
+            relay_available=relay,
+            direct_evidence=evidence,
+        )
         before = self.state
         result = self.controller(POLICY, before, obs)
         self._check_common(before, obs, result)
@@ -232,7 +247,15 @@ class PathControllerMachine(RuleBasedStateMachine):
             assert reason is Reason.DIRECT_HEALTHY
             return  # probe_answers checks the streak
         assert reason is not Reason.DIRECT_HEALTHY, "failed back without a successful probe"
+        if reason is Reason.DIRECT_SEEN:
+            assert self._direct_evidence(event), "failed back on direct evidence from before"
+            return
         assert not event.relay_available or self._relay_dead(event), "left a working relay"
+
+    def _direct_evidence(self, obs: Observation) -> bool:
+        """Authenticated direct packets during this relay stint (per the model)."""
+        entered, seen = self.relay_entered, obs.direct_evidence
+        return entered is not None and seen is not None and min(seen, obs.now) > entered
 
     def _check_observation(self, before: PeerPath, obs: Observation, result: Step) -> None:
         after = result.state
@@ -240,6 +263,8 @@ class PathControllerMachine(RuleBasedStateMachine):
             assert after.path is PathKind.DIRECT, "relayed while no relay is available"
         if before.path is PathKind.RELAY and obs.relay_available and self._relay_dead(obs):
             assert after.path is PathKind.DIRECT, "stuck on a silent relay"
+        if before.path is PathKind.RELAY and obs.relay_available and self._direct_evidence(obs):
+            assert after.phase is PathPhase.DIRECT_UP, "stayed relayed on a working direct path"
         if (
             before.path is PathKind.DIRECT
             and before.phase not in DIRECT_LIVE
@@ -306,6 +331,14 @@ class PathControllerMachine(RuleBasedStateMachine):
         if after.phase is PathPhase.DIRECT_TRYING and before.phase is not PathPhase.DIRECT_TRYING:
             self.attempt_start, self.direct_seen = event.now, False
             self.direct_last, self.fails, self.outstanding = None, 0, None
+        if after.phase in DIRECT_LIVE and before.path is PathKind.RELAY:
+            # direct-seen: the session runs direct from here; later handshakes count from
+            # the start of the relay stint, as the controller's `since` does.
+            assert isinstance(event, Observation)
+            assert event.direct_evidence is not None
+            assert self.relay_entered is not None
+            self.attempt_start, self.direct_seen = self.relay_entered, True
+            self.direct_last = min(event.direct_evidence, event.now)
         if after.phase in DIRECT_LIVE and before.phase not in DIRECT_LIVE:
             self.probe_base, self.fails = event.now, 0
         if after.path is not before.path:
@@ -426,6 +459,35 @@ PathControllerMachine.TestCase.settings = settings(
     settings(), stateful_step_count=50, suppress_health_check=[HealthCheck.too_slow]
 )
 TestPathControllerMachine = PathControllerMachine.TestCase
+
+
+class DeafMachine(PathControllerMachine):
+    """BROKEN: ignores authenticated direct packets while relayed (never leaves the relay for
+    a direct path that works unless probes say so)."""
+
+    def controller(self, policy: PathPolicy, state: PeerPath, event: PathInput) -> Step:
+        if isinstance(event, Observation):
+            event = attrs.evolve(event, direct_evidence=None)
+        return step(policy, state, event)
+
+
+class CredulousMachine(PathControllerMachine):
+    """BROKEN: takes direct evidence from before the relay stint (a stale roam) as fresh."""
+
+    def controller(self, policy: PathPolicy, state: PeerPath, event: PathInput) -> Step:
+        if isinstance(event, Observation) and event.direct_evidence is not None:
+            event = attrs.evolve(event, direct_evidence=event.now)
+        return step(policy, state, event)
+
+
+def test_machine_catches_a_controller_deaf_to_direct_packets_while_relayed() -> None:
+    """Negative control: staying relayed while the tunnel runs direct is caught."""
+    assert_machine_catches(DeafMachine, match="stayed relayed on a working direct path")
+
+
+def test_machine_catches_a_controller_that_takes_stale_direct_evidence() -> None:
+    """Negative control: failing back on direct evidence from before the relay is caught."""
+    assert_machine_catches(CredulousMachine, match="direct evidence from before")
 
 
 def test_machine_catches_a_controller_that_leaves_direct_too_early() -> None:

@@ -48,7 +48,6 @@ from rustynet.adapters.logging import set_level
 from rustynet.adapters.node_state_file import FileNodeStateStore
 from rustynet.adapters.relay.bridge import RelayBridge
 from rustynet.adapters.relay.client import WebSocketRelayTransport
-from rustynet.adapters.relay.probe import DirectProber, probe_port
 from rustynet.adapters.stun.nat_probe import SocketNatProbe, free_port
 from rustynet.adapters.stun.tunnel_port import TunnelPortProbe
 from rustynet.adapters.tcp_latency import TcpConnectLatency
@@ -154,7 +153,8 @@ def build_daemon(config: NodeConfig, tunnel: TunnelBackend, keystore: Keystore) 
     port = config.underlay_port
     interfaces = None if config.backend == "memory" else IpInterfaceAddresses()
     # The relay path needs the tunnel's own UDP port (the bridge sends relayed packets to it)
-    # and probes use port + 1: both come with a configured underlay_port.
+    # and so does the pre-punch (datagrams leave as if from it): both come with a configured
+    # underlay_port.
     ports = NodePorts(
         tunnel=tunnel,
         firewall=firewall,
@@ -166,7 +166,6 @@ def build_daemon(config: NodeConfig, tunnel: TunnelBackend, keystore: Keystore) 
         default_hostname=default_hostname,
         relay=None if port is None else WebSocketRelayTransport(ssl_context=pinned_ssl_context),
         bridge=None if port is None else RelayBridge(lambda: port),
-        prober=None if port is None else DirectProber(probe_port(port)),
         interfaces=interfaces,
         reflexive=None if port is None or interfaces is None else nat_discovery(config, interfaces),
         changes=None if interfaces is None else IpMonitorChanges(),

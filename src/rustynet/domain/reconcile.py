@@ -145,14 +145,20 @@ def desired_state(
     overdue: Iterable[TunnelKey] = (),
     keepalive_seconds: int = DEFAULT_KEEPALIVE_SECONDS,
     endpoints: Mapping[TunnelKey, UnderlayEndpoint] | None = None,
+    learned: Iterable[TunnelKey] = (),
+    quiet: Iterable[TunnelKey] = (),
 ) -> DesiredState:
     """Everything the node should hold for `peer_map` (see the module docstring).
 
     `heard_from`: peers a handshake was seen with; `overdue`: peers whose initiator stayed
     silent past the grace period (`overdue_responders`); `endpoints`: peers to reach at another
-    endpoint than the map's (the relay bridge, chosen by the path controller).
+    endpoint than the map's first (the relay bridge or an endpoint trial's choice, by the path
+    controller); `learned`: peers whose endpoint is left to the tunnel (no endpoint in their
+    config: a relayed probe window); `quiet`: peers whose keepalive is off in this plan (a
+    nudge: switched on again in the next plan, the tunnel sends a keepalive at once).
     """
     heard, late = frozenset(heard_from), frozenset(overdue)
+    leave, hush = frozenset(learned), frozenset(quiet)
     peers: list[PeerConfig] = []
     speak_first: set[TunnelKey] = set()
     for entry in peer_map.peers:
@@ -163,13 +169,15 @@ def desired_state(
             speak_first.add(entry.tunnel_key)
         talk = first or entry.tunnel_key in heard
         chosen = endpoints.get(entry.tunnel_key) if endpoints else None
-        endpoint = chosen or first_endpoint(entry)
+        left = entry.tunnel_key in leave and chosen is None
+        endpoint = None if left else chosen or first_endpoint(entry)
+        keepalive = talk and (endpoint is not None or left) and entry.tunnel_key not in hush
         peers.append(
             PeerConfig(
                 key=entry.tunnel_key,
                 overlay_prefixes=entry.overlay_addresses,
                 underlay_endpoint=endpoint,
-                keepalive_seconds=keepalive_seconds if talk and endpoint is not None else None,
+                keepalive_seconds=keepalive_seconds if keepalive else None,
             )
         )
     peers.sort(key=lambda p: key_order(p.key))

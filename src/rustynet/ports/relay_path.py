@@ -1,10 +1,9 @@
-"""Node-side relay path ports: the bridge that splices relayed peers into the tunnel, and the
-direct-path prober the path controller uses while a peer is relayed.
+"""Node-side relay path port: the bridge that splices relayed peers into the tunnel.
 
-The one rule: neither port ever touches tunnel packets' content: the bridge moves datagrams
-unchanged between the tunnel and a relay session; the prober only learns whether an echo came
-back from a peer's underlay address. Implemented by `rustynet.adapters.relay.bridge` and
-`rustynet.adapters.relay.probe`.
+The one rule: the port never touches tunnel packets' content: the bridge moves datagrams
+unchanged between the tunnel and a relay session. Implemented by
+`rustynet.adapters.relay.bridge`. (Whether a relayed peer's direct path works again is the
+tunnel's own evidence: `rustynet.application.node.punching`.)
 """
 
 from __future__ import annotations
@@ -40,24 +39,4 @@ class RelayBridgePort(Protocol):
 
     def close(self) -> None:
         """Release every endpoint."""
-        ...
-
-
-class DirectProbePort(Protocol):
-    """Asks a peer's underlay address whether it answers (not authenticated: see the adapter)."""
-
-    async def probe(self, endpoint: UnderlayEndpoint, timeout: float = 1.0) -> bool:
-        """True when an echo came back from `endpoint`'s address within `timeout` s."""
-        ...
-
-
-class DirectProbeService(DirectProbePort, Protocol):
-    """A prober the daemon owns: started once before the agents use it, closed at shutdown."""
-
-    async def start(self) -> None:
-        """Bind what the probes need (the adapter's UDP socket)."""
-        ...
-
-    def close(self) -> None:
-        """Release it."""
         ...

@@ -60,7 +60,7 @@ from rustynet.ports.keystore import Keystore
 from rustynet.ports.node_state_store import NodeStateStore
 from rustynet.ports.punch import PrePunchPort
 from rustynet.ports.relay import RelayTransport
-from rustynet.ports.relay_path import DirectProbePort, RelayBridgePort
+from rustynet.ports.relay_path import RelayBridgePort
 from rustynet.ports.tunnel import TunnelBackend, TunnelError
 from rustynet.ports.wire.v1 import Trust
 
@@ -92,7 +92,6 @@ class NodeAgent:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         relay: RelayTransport | None = None,
         bridge: RelayBridgePort | None = None,
-        prober: DirectProbePort | None = None,
         interfaces: InterfaceAddresses | None = None,
         reflexive: ReflexiveDiscovery | None = None,
         changes: InterfaceChanges | None = None,
@@ -138,7 +137,6 @@ class NodeAgent:
         self.path_keeper = PathKeeper(
             tunnel=tunnel,
             bridge=bridge,
-            prober=prober,
             clock=clock,
             settings=settings,
             current_map=lambda: self.intake.applied,

@@ -42,7 +42,7 @@ from rustynet.ports.keystore import Keystore
 from rustynet.ports.node_state_store import NodeStateStore
 from rustynet.ports.punch import PrePunchPort
 from rustynet.ports.relay import RelayTransport
-from rustynet.ports.relay_path import DirectProbeService, RelayBridgePort
+from rustynet.ports.relay_path import RelayBridgePort
 from rustynet.ports.tunnel import TunnelBackend
 
 SUPERVISE_BACKOFF_MAX: Final = 30.0
@@ -67,7 +67,6 @@ class NodePorts:
     default_hostname: Callable[[], str]
     relay: RelayTransport | None = None
     bridge: RelayBridgePort | None = None
-    prober: DirectProbeService | None = None
     interfaces: InterfaceAddresses | None = None
     reflexive: ReflexiveDiscovery | None = None
     changes: InterfaceChanges | None = None
@@ -181,8 +180,6 @@ class NodeDaemon:
 
     async def start(self) -> None:
         """At daemon start: an enrolled node brings its tunnel up (missing keys raise)."""
-        if self.ports.prober is not None:
-            await self.ports.prober.start()
         async with self._lock:
             state = self.ports.state_store.load()
             if state is None:
@@ -200,8 +197,6 @@ class NodeDaemon:
             await self.ports.firewall.remove()
             if self.ports.bridge is not None:
                 self.ports.bridge.close()
-            if self.ports.prober is not None:
-                self.ports.prober.close()
 
     # --- one agent --------------------------------------------------------------------------------
 
@@ -218,7 +213,6 @@ class NodeDaemon:
             settings=self.settings,
             relay=p.relay,
             bridge=p.bridge,
-            prober=p.prober,
             interfaces=p.interfaces,
             reflexive=p.reflexive,
             changes=p.changes,

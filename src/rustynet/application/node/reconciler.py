@@ -10,19 +10,18 @@ empty state: every peer removed (fail closed).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from datetime import datetime
 
 import attrs
 
 from rustynet.application.node.credentials import Credentials
 from rustynet.application.node.map_intake import MapIntake
-from rustynet.application.node.paths import PathKeeper
+from rustynet.application.node.paths import PathKeeper, Plan
 from rustynet.application.node.settings import AgentSettings
 from rustynet.domain import reconcile
 from rustynet.domain.keys import TunnelKey, TunnelPrivateKey
 from rustynet.domain.reconcile import Action
-from rustynet.domain.tunnel import IPInterface, IPNetwork, UnderlayEndpoint
+from rustynet.domain.tunnel import IPInterface, IPNetwork
 from rustynet.ports.clock import Clock
 from rustynet.ports.firewall import Firewall
 from rustynet.ports.tunnel import TunnelBackend
@@ -66,7 +65,7 @@ class Reconciler:
         self,
         now: datetime,
         heard: dict[TunnelKey, datetime | None],
-        endpoints: Mapping[TunnelKey, UnderlayEndpoint] | None = None,
+        paths: Plan | None = None,
     ) -> reconcile.DesiredState:
         """The state the applied map asks for (empty when there is none or it expired)."""
         node = self.credentials.saved.current
@@ -87,7 +86,9 @@ class Reconciler:
             heard_from=heard_from,
             overdue=overdue,
             keepalive_seconds=self.settings.keepalive_seconds,
-            endpoints=endpoints or {},
+            endpoints=paths.endpoints if paths else {},
+            learned=paths.learned if paths else (),
+            quiet=paths.quiet if paths else (),
         )
 
     async def start_interface(self, key: TunnelPrivateKey) -> None:
@@ -118,9 +119,9 @@ class Reconciler:
         now = self.clock.now()
         self.intake.apply_fallback(now)
         stats = await self.tunnel.stats()
-        endpoints = await self.path_keeper.endpoints(now, stats)
+        plan = await self.path_keeper.endpoints(now, stats)
         await self.path_keeper.restart_sessions(stats)
-        desired = self.desired(now, {k: s.last_handshake for k, s in stats.items()}, endpoints)
+        desired = self.desired(now, {k: s.last_handshake for k, s in stats.items()}, plan)
         actual = reconcile.ActualState(
             addresses=self.state.addresses,
             peers=await self.tunnel.peers(),

@@ -27,9 +27,11 @@ an older one belongs to the previous path.
                             relay-available -> relay
     relay           relay   relay-lost | relay-silent -> direct-trying
                             probe-due -> relay-probing     (every probe_interval)
+                            direct-seen -> direct-up       (authenticated packets, direct)
     relay-probing   relay   relay-lost | relay-silent -> direct-trying
                             probe-failed | probe-timed-out | probe-succeeded -> relay
                             direct-healthy -> direct-trying (failback_successes in a row)
+                            direct-seen -> direct-up
 
 * Direct first. A peer starts in `direct-trying`. If no handshake completes within
   `direct_timeout` (measured from `since`, the start of this direct attempt) it switches to the
@@ -56,6 +58,12 @@ an older one belongs to the previous path.
   `confirm_interval` later, and only `failback_successes` successes in a row fail the peer back
   to direct (`UsePath(DIRECT)`); any failure resets the count. The fail-back bound after the
   direct path heals is `PathPolicy.failback_bound()` (`FAILBACK_BOUND` for the defaults).
+* While relayed, `Observation.direct_evidence` says the tunnel itself took authenticated
+  packets from the peer on a direct endpoint (a probe window sent the peer a keepalive
+  directly, the peer's tunnel roamed to us and answered, or the peer's own window reached us):
+  the session already runs direct, so the controller moves to `direct-up` at once
+  (`direct-seen`), where the direct liveness probes take over. Evidence from before this
+  relay stint does not count.
 * Each step makes at most one transition; commands follow from the state change alone:
   `UsePath` exactly when the active path changes, `ProbeDirect` exactly when a probe starts.
   Time never goes backwards: an input older than the state's `as_of` raises. A `ProbeResult`

@@ -173,6 +173,19 @@ def _relay_exit(policy: PathPolicy, state: PeerPath, obs: Observation) -> _Move:
     """Shared by both relayed phases: leave a lost or silent relay, else note handshakes."""
     if not obs.relay_available:
         return _Move(Reason.RELAY_LOST, _enter(policy, state, PathPhase.DIRECT_TRYING, obs.now))
+    direct = obs.direct_evidence
+    if direct is not None and min(direct, obs.now) > state.since:
+        # The tunnel took authenticated packets on a direct endpoint during this relay stint:
+        # the direct path carries the session now (no handshake needed to prove the keys).
+        up = PeerPath(
+            phase=PathPhase.DIRECT_UP,
+            as_of=obs.now,
+            since=state.since,
+            last_seen=min(direct, obs.now),
+            probe_seq=state.probe_seq,
+            next_probe_at=obs.now + policy.direct_probe_interval,
+        )
+        return _Move(Reason.DIRECT_SEEN, up)
     seen = _fresh(state, obs.last_handshake, obs.now)
     if seen is not None:
         state = attrs.evolve(state, last_seen=seen)

@@ -71,6 +71,7 @@ class Reason(enum.Enum):
     PROBE_TIMED_OUT = "probe-timed-out"
     PROBE_SUCCEEDED = "probe-succeeded"
     DIRECT_HEALTHY = "direct-healthy"
+    DIRECT_SEEN = "direct-seen"
 
 
 StatusPath: TypeAlias = Literal["direct", "relay", "trying", "none"]

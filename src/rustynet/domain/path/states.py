@@ -56,6 +56,9 @@ class Observation:
     now: datetime = attrs.field(validator=_required_utc)
     last_handshake: datetime | None = attrs.field(validator=_optional_utc)
     relay_available: bool = attrs.field(validator=_bool)
+    direct_evidence: datetime | None = attrs.field(default=None, validator=_optional_utc)
+    """While relayed: when the tunnel last took authenticated packets from the peer on a
+    direct endpoint (it moves there only for packets that decrypt), None if it did not."""
 
 
 @attrs.frozen

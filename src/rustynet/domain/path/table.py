@@ -28,11 +28,13 @@ EDGES: Final[Mapping[tuple[PathPhase, Reason], PathPhase]] = {
     (_P.RELAY, _R.RELAY_LOST): _P.DIRECT_TRYING,
     (_P.RELAY, _R.RELAY_SILENT): _P.DIRECT_TRYING,
     (_P.RELAY, _R.PROBE_DUE): _P.RELAY_PROBING,
+    (_P.RELAY, _R.DIRECT_SEEN): _P.DIRECT_UP,
     (_P.RELAY_PROBING, _R.RELAY_LOST): _P.DIRECT_TRYING,
     (_P.RELAY_PROBING, _R.RELAY_SILENT): _P.DIRECT_TRYING,
     (_P.RELAY_PROBING, _R.PROBE_FAILED): _P.RELAY,
     (_P.RELAY_PROBING, _R.PROBE_TIMED_OUT): _P.RELAY,
     (_P.RELAY_PROBING, _R.PROBE_SUCCEEDED): _P.RELAY,
     (_P.RELAY_PROBING, _R.DIRECT_HEALTHY): _P.DIRECT_TRYING,
+    (_P.RELAY_PROBING, _R.DIRECT_SEEN): _P.DIRECT_UP,
 }
 """Every legal transition: (from phase, reason) -> to phase. Handlers name the reason only."""

@@ -184,6 +184,26 @@ class TrialState:
         state = cls(order=order, index=0, attempt=1, started=now)
         return state, _punch(policy, order)
 
+    @classmethod
+    def already_confirmed(
+        cls,
+        order: tuple[UnderlayEndpoint, ...],
+        endpoint: UnderlayEndpoint,
+        when: datetime,
+        now: datetime,
+    ) -> TrialState:
+        """A trial that starts with `endpoint` already confirmed (at `when`): the tunnel took
+        authenticated packets there before the trial began (the path controller's
+        `direct-seen`)."""
+        return cls(
+            order=order,
+            index=0,
+            attempt=1,
+            started=now,
+            confirmed=endpoint,
+            confirmed_at=min(when, now),
+        )
+
     def due(self, policy: TrialPolicy) -> datetime | None:
         """When the current attempt ends if nothing is seen (None: confirmed, nothing due)."""
         return None if self.confirmed is not None else self.started + policy.timeout(self)
