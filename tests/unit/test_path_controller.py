@@ -635,3 +635,31 @@ def test_status_without_a_controller_needs_a_live_handshake() -> None:
     assert peer_status(POLICY, None, None, now) == "trying"
     assert peer_status(POLICY, None, now - POLICY.session_timeout, now) == "trying"
     assert peer_status(POLICY, None, now - POLICY.session_timeout + US, now) == "direct"
+
+
+def _evidence(state: PeerPath, seconds: float, seen: float) -> Step:
+    obs = Observation(
+        now=at(seconds), last_handshake=None, relay_available=True, direct_evidence=at(seen)
+    )
+    return step(POLICY, state, obs)
+
+
+@pytest.mark.parametrize("probe", [False, True])
+def test_direct_packets_while_relayed_move_the_peer_to_direct_up_at_once(probe: bool) -> None:
+    """The tunnel took authenticated packets on a direct endpoint during the relay stint: the
+    session runs direct already (`direct-seen`), no handshake or probe streak needed."""
+    state = relayed(6)
+    if probe:
+        state = probing(state, 16)
+    result = _evidence(state, 17, 16.5)
+    assert result.state.phase is PathPhase.DIRECT_UP
+    assert reasons(result) == [Reason.DIRECT_SEEN]
+    assert result.state.last_seen == at(16.5)
+    assert status_path(result.state) == "direct"
+
+
+def test_direct_evidence_from_before_the_relay_stint_does_not_count() -> None:
+    state = relayed(6)
+    result = _evidence(state, 7, 5)
+    assert result.state.phase is PathPhase.RELAY
+    assert result.transitions == ()

@@ -3,7 +3,7 @@ is being tried, and when an endpoint stands.
 
 The one rule (authenticated before trusted): the tunnel is only ever pointed at an endpoint the
 signed peer map lists for the peer (a candidate), or at the endpoint the tunnel itself moved to
-when an authenticated handshake completed there (WireGuard roams to the source of a valid
+when an authenticated handshake completed there (the tunnel roams to the source of a valid
 handshake). A candidate is on trial until a handshake completes with the tunnel pointed at it;
 one that sees no handshake within `TrialPolicy.attempt_timeout`, `attempts` times in a row, is
 dropped for the next one (reverted: the tunnel never keeps sending to an endpoint nothing
