@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import CONTROL_BIN, RUSTYNETD_BIN, TOOLS, Mesh, new_mesh
+from tests.e2e.natmesh import NatMesh, new_nat_mesh
 
 _FAILED = pytest.StashKey[bool]()
 
@@ -67,3 +68,16 @@ def mesh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mesh]:
     """Like `control_mesh`, and `rustynetd` must be installed."""
     _require(CONTROL_BIN, RUSTYNETD_BIN)
     yield from _mesh(request, tmp_path)
+
+
+@pytest.fixture
+def nat_mesh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NatMesh]:
+    """The NAT lab with a control plane on its internet (nodes added by the test)."""
+    _require(CONTROL_BIN, RUSTYNETD_BIN)
+    mesh = new_nat_mesh(tmp_path)
+    try:
+        yield mesh
+    finally:
+        if request.node.stash.get(_FAILED, False):
+            print(f"\n=== e2e logs ({request.node.name}) ===\n{mesh.logs()}")
+        mesh.close()

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from tests.e2e.harness import NODE_UNDERLAY_PORT, ControlPlane, LabError, Mesh, Node, run_in
-from tests.natlab import Host, NatLab
+from tests.natlab import INTERNET, SITE_PREFIX_LEN, Host, NatLab, Site
 from tests.netns import unique_name
 
 
@@ -199,4 +199,48 @@ def new_nat_mesh(workdir: Path) -> NatMesh:
         raise
 
 
-__all__ = ["NatMesh", "PairTiming", "new_nat_mesh", "table", "time_pair", "wan_endpoint"]
+def move(nat: NatLab, host: Host, site: Site) -> str:
+    """Unplug `host` from its site and plug it into `site` (a new LAN address, routed through
+    the new router), as a laptop moving to another network would be; its new address."""
+    base = int(site.network.rsplit(".", 1)[1])
+    address = f"198.51.100.{base + 2 + len(site.hosts)}"
+    host.ns.ip("link", "del", "eth0")
+    nat.link_to_lan(host.ns, f"{address}/{SITE_PREFIX_LEN}", site.router)
+    host.ns.ip("route", "add", INTERNET, "via", site.router.lan_address)
+    site.hosts.append(Host(host.ns, address, site))
+    host.address, host.site = address, site
+    return address
+
+
+def block_udp_between(mesh: NatMesh, a: str, b: str, table: str = "natblock") -> None:
+    """Drop UDP between public addresses `a` and `b` on the lab's internet (its bridge)."""
+    rules = (
+        f"table bridge {table} {{\n  chain forward {{\n"
+        "    type filter hook forward priority 0; policy accept;\n"
+        f"    ip saddr {a} ip daddr {b} meta l4proto udp drop\n"
+        f"    ip saddr {b} ip daddr {a} meta l4proto udp drop\n"
+        "  }\n}\n"
+    )
+    done = run_in(mesh.lab.bridge(), "nft", "-f", "-", stdin=rules)
+    if done.returncode != 0:
+        raise LabError(f"nft on the internet bridge failed:\n{done.stderr}")
+
+
+def unblock(mesh: NatMesh, table: str = "natblock") -> None:
+    """Remove a `block_udp_between` table."""
+    done = run_in(mesh.lab.bridge(), "nft", "delete", "table", "bridge", table)
+    if done.returncode != 0:
+        raise LabError(f"nft on the internet bridge failed:\n{done.stderr}")
+
+
+__all__ = [
+    "NatMesh",
+    "PairTiming",
+    "block_udp_between",
+    "move",
+    "new_nat_mesh",
+    "table",
+    "time_pair",
+    "unblock",
+    "wan_endpoint",
+]

@@ -11,14 +11,12 @@ the first ping and to the final path.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from tests.e2e.harness import RELAY_PORT, start_control_with_relay
-from tests.e2e.natmesh import NatMesh, PairTiming, new_nat_mesh, table, time_pair, wan_endpoint
+from tests.e2e.natmesh import NatMesh, PairTiming, table, time_pair, wan_endpoint
 from tests.natlab import Host, NatKind
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -86,17 +84,6 @@ def _endpoints(name: str, host: Host) -> list[str]:
     if kind is NatKind.CGNAT:
         return [f"{_public(host)}:41641"]
     return [wan_endpoint(host)]
-
-
-@pytest.fixture
-def nat_mesh(tmp_path: Path, lab_programs: None) -> Iterator[NatMesh]:
-    """A NAT lab with a control plane on its internet (nodes added by the test)."""
-    del lab_programs
-    mesh = new_nat_mesh(tmp_path)
-    try:
-        yield mesh
-    finally:
-        mesh.close()
 
 
 def test_nat_matrix(nat_mesh: NatMesh) -> None:

@@ -110,6 +110,7 @@ class PathKeeper:
         bridge.keep_only(listed)
         out: dict[TunnelKey, UnderlayEndpoint] = {}
         learned: set[TunnelKey] = set()
+        self.punching.own_candidates_changed(peer_map.peers, now)
         for peer in peer_map.peers:
             seen = stats.get(peer.tunnel_key)
             state = s.controllers.get(peer.id) or paths.PeerPath.start(now)
@@ -136,6 +137,8 @@ class PathKeeper:
                 chosen = self.punching.relayed_endpoint(peer, home, now)
             else:
                 chosen = await self.punching.direct_endpoint(peer, new, seen, direct, now)
+                if new.phase in (paths.PathPhase.DIRECT_UP, paths.PathPhase.DIRECT_PROBING):
+                    self.punching.unstick(peer, now)
             if chosen is not None:
                 out[peer.tunnel_key] = chosen
             elif new.path is paths.PathKind.RELAY:

@@ -18,7 +18,10 @@ is believed only on the tunnel's own evidence, never on an unauthenticated echo:
   its packets come back directly: two consecutive reads of the tunnel with a direct endpoint
   and a grown receive counter are the evidence (`direct_evidence`) that moves the controller
   to direct at once. Outside a window the endpoint is the relay bridge, so a direct endpoint
-  seen there was set by the tunnel itself, on authenticated packets (the peer's window).
+  seen there was set by the tunnel itself, on authenticated packets (the peer's window);
+* a direct peer the tunnel sent nothing to for a keepalive interval (and `STALL_MARGIN`) is
+  nudged, and so is every peer when our own candidates change: that sets each endpoint
+  again, which is how a host whose address changed (roaming) gets its tunnel sending again.
 """
 
 from __future__ import annotations
@@ -44,17 +47,27 @@ _log = structlog.get_logger(__name__)
 NUDGE_DELAY = timedelta(milliseconds=50)
 """The keepalive comes back on this soon after a nudge switched it off."""
 
+STALL_MARGIN = timedelta(milliseconds=500)
+"""A direct peer the tunnel sent nothing to for a keepalive interval and this margin is
+nudged: the tunnel resets a peer's keepalive timer on every packet it receives too, so two
+idle ends can settle into one of them never sending (and the other then sees no evidence);
+and a host whose address changed has a tunnel that keeps failing to send from the old one
+until the endpoint is set again (which a nudge does)."""
+
 WINDOW_READS = timedelta(milliseconds=200)
 """While a probe window is open the tunnel is read this often (the answer is one RTT away)."""
 
 
 @attrs.frozen
 class Read:
-    """One read of the tunnel for a peer: its receive counter, whether its endpoint was direct."""
+    """One read of the tunnel for a peer: its counters, whether its endpoint was direct, and
+    when the send counter last grew."""
 
     rx: int
     direct: bool
     at: datetime
+    tx: int = 0
+    sent_at: datetime | None = None
 
 
 @attrs.frozen
@@ -87,6 +100,10 @@ class PunchState:
     """When the tunnel last took packets from the peer on a direct endpoint."""
     quiet: dict[TunnelKey, datetime] = attrs.Factory(dict)
     """Peers whose keepalive is off in plans until the time given (a nudge)."""
+    nudged: dict[str, datetime] = attrs.Factory(dict)
+    """When a stalled direct peer was last nudged (at most once per keepalive interval)."""
+    own: tuple[Candidate, ...] | None = None
+    """Our own candidates as last seen (a change means our address changed: nudge all)."""
     restart: set[TunnelKey] = attrs.Factory(set)
     """Peers due a fresh session (a trial's re-kick)."""
 
@@ -107,13 +124,17 @@ class Punching:
 
     @property
     def evidence_window(self) -> timedelta:
-        """How recent the peer's last direct packet must be for a direct probe to succeed."""
-        return timedelta(seconds=self.settings.keepalive_seconds) + 2 * paths.DEFAULT_TICK
+        """How recent the peer's last direct packet must be for a direct probe to succeed: each
+        end sends at least once per keepalive interval plus the stall margin and a tick
+        (`unstick`), so two intervals and two ticks cover one lost keepalive."""
+        keepalive = timedelta(seconds=self.settings.keepalive_seconds)
+        return 2 * keepalive + 2 * paths.DEFAULT_TICK
 
     def keep_only(self, listed: set[str]) -> None:
         """Forget peers no longer in the map."""
         s = self.state
-        for table in (s.trials, s.windows, s.opened, s.reads, s.pointed, s.last_direct):
+        tables = (s.trials, s.windows, s.opened, s.reads, s.pointed, s.last_direct, s.nudged)
+        for table in tables:
             for gone in [k for k in table if k not in listed]:
                 del table[gone]
 
@@ -148,7 +169,9 @@ class Punching:
         if seen is None:
             s.reads.pop(peer_id, None)
             return False
-        s.reads[peer_id] = Read(seen.rx_bytes, direct, now)
+        sent = before is None or seen.tx_bytes != before.tx or before.sent_at is None
+        sent_at = now if sent or before is None else before.sent_at
+        s.reads[peer_id] = Read(seen.rx_bytes, direct, now, seen.tx_bytes, sent_at)
         pointed = s.pointed.get(peer_id)
         if before is None or not direct or seen.rx_bytes <= before.rx:
             return False
@@ -156,6 +179,30 @@ class Punching:
             return False
         s.last_direct[peer_id] = now
         return True
+
+    def unstick(self, peer: PeerEntry, now: datetime) -> None:
+        """Nudge a direct peer the tunnel has sent nothing to for a keepalive interval and
+        `STALL_MARGIN` (see there), at most once per keepalive interval."""
+        s = self.state
+        read, last = s.reads.get(peer.id), s.nudged.get(peer.id)
+        keepalive = timedelta(seconds=self.settings.keepalive_seconds)
+        if read is None or read.sent_at is None or now - read.sent_at < keepalive + STALL_MARGIN:
+            return
+        if last is not None and now - last < keepalive:
+            return
+        s.nudged[peer.id] = now
+        s.quiet[peer.tunnel_key] = now + NUDGE_DELAY
+
+    def own_candidates_changed(self, peers: tuple[PeerEntry, ...], now: datetime) -> None:
+        """Our own candidates changed (an address came or went): nudge every peer, so each
+        tunnel endpoint is set again and a keepalive goes out from where we are now."""
+        own = self._own_candidates()
+        before, self.state.own = self.state.own, own
+        if before is None or before == own:
+            return
+        _log.info("path.own_address_changed", peers=len(peers))
+        for peer in peers:
+            self.state.quiet[peer.tunnel_key] = now + NUDGE_DELAY
 
     def alive(self, peer_id: str, now: datetime) -> bool:
         """The tunnel took packets from the peer on a direct endpoint within the window."""
@@ -260,4 +307,12 @@ class Punching:
         return restart
 
 
-__all__ = ["NUDGE_DELAY", "WINDOW_READS", "PunchState", "Punching", "Read", "Window"]
+__all__ = [
+    "NUDGE_DELAY",
+    "STALL_MARGIN",
+    "WINDOW_READS",
+    "PunchState",
+    "Punching",
+    "Read",
+    "Window",
+]
