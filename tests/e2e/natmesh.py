@@ -14,12 +14,24 @@ import json
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from tests.e2e.harness import NODE_UNDERLAY_PORT, ControlPlane, LabError, Mesh, Node, run_in
-from tests.natlab import INTERNET, SITE_PREFIX_LEN, Host, NatLab, Site
+from tests.e2e.harness import (
+    NODE_UNDERLAY_PORT,
+    RELAY_PORT,
+    ControlPlane,
+    LabError,
+    Mesh,
+    Node,
+    dig,
+    run_in,
+    start_control_with_relay,
+    wait_for,
+)
+from tests.natlab import INTERNET, SITE_PREFIX_LEN, Host, NatKind, NatLab, Site
 from tests.netns import unique_name
 
 
@@ -37,6 +49,7 @@ class NatMesh(Mesh):
         self.nodes: dict[str, Node] = {}
         self.servers = []
         self.hosts: dict[str, Host] = {}
+        self.errors: dict[str, str] = {}
 
     def add(self, name: str, host: Host, endpoints: Sequence[str] = ()) -> Node:
         """A node in `host`'s namespace; `endpoints` become its `underlay_endpoints` (none: it
@@ -53,18 +66,33 @@ class NatMesh(Mesh):
 
     def join_all(self, tags: Mapping[str, Iterable[str]]) -> dict[str, threading.Event]:
         """Start and enroll every node at once, in the background; per node, an event set
-        once its `up` ended (`enrolled_at` then reads when, from the daemon's log)."""
+        once its `up` ended (`errors` then holds why, for those that failed)."""
         done = {name: threading.Event() for name in self.nodes}
 
         def one(node: Node) -> None:
             try:
                 self.join(node, tuple(tags.get(node.name, ())))
+            except (LabError, OSError) as exc:
+                self.errors[node.name] = str(exc)
             finally:
                 done[node.name].set()
 
         for node in self.nodes.values():
             threading.Thread(target=one, args=(node,), daemon=True).start()
         return done
+
+    def overlay_of(self, node: Node) -> str:
+        """The node's overlay address (read again from `status` if `up` could not read it:
+        a `status` call can time out while ten daemons start at once)."""
+        if not node.overlay_ip:
+            address, _ = wait_for(
+                f"{node.name}'s overlay address",
+                lambda: _text(dig(node.status(), "node", "overlay_ip")),
+                20,
+                interval=0.5,
+            )
+            node.overlay_ip = address
+        return node.overlay_ip
 
     def block_tcp_from(self, addresses: Iterable[str], port: int) -> None:
         """Drop TCP from `addresses` to `port` in the control namespace (the relay unreachable
@@ -78,6 +106,10 @@ class NatMesh(Mesh):
         done = run_in(self.control_ns, "nft", "-f", "-", stdin=ruleset)
         if done.returncode != 0:
             raise LabError(f"nft in the control namespace failed:\n{done.stderr}")
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def wan_endpoint(host: Host) -> str:
@@ -233,12 +265,116 @@ def unblock(mesh: NatMesh, table: str = "natblock") -> None:
         raise LabError(f"nft on the internet bridge failed:\n{done.stderr}")
 
 
+# --- the NAT matrix (tests/e2e/test_nat_matrix.py, bench/bench_punch.py) ---------------------
+
+RELAY_BOUND = 30.0  # direct attempt (6 s) + relay session + a handshake through it, loaded
+
+NODES = {  # name → NAT kind (None: the shared site of s1 and s2); reaches the relay?
+    "pub": (NatKind.PUBLIC, False),
+    "e1": (NatKind.EASY, False),
+    "e2": (NatKind.EASY, False),
+    "f1": (NatKind.FULL_CONE, False),
+    "c1": (NatKind.CGNAT, False),
+    "s1": (None, False),
+    "s2": (None, False),
+    "h1": (NatKind.HARD, True),
+    "e3": (NatKind.EASY, True),
+    "h2": (NatKind.HARD, True),
+}
+PAIRS = (  # label, a, b, the path both must end on
+    ("public-easy", "pub", "e1", "direct"),
+    ("easy-easy", "e1", "e2", "direct"),
+    ("easy-fullcone", "e1", "f1", "direct"),
+    ("fullcone-hard", "f1", "h1", "direct"),
+    ("one-nat", "s1", "s2", "direct"),
+    ("easy-cgnat", "e1", "c1", "direct"),
+    ("easy-hard", "e3", "h1", "relay"),
+    ("hard-hard", "h1", "h2", "relay"),
+)
+
+
+def matrix_policy(*, acls: bool = True) -> dict[str, object]:
+    """Each pair's tag sees only itself (`acls=False`: the tags exist, no one sees anyone)."""
+    tags = [f"tag:{label}" for label, *_ in PAIRS]
+    rules = [{"action": "accept", "src": [t], "dst": [f"{t}:*"]} for t in tags]
+    return {"tagOwners": {t: [] for t in tags}, "acls": rules if acls else []}
+
+
+def _matrix_hosts(mesh: NatMesh) -> dict[str, Host]:
+    shared = mesh.nat.site(NatKind.EASY)
+    hosts: dict[str, Host] = {}
+    for name, (kind, _) in NODES.items():
+        hosts[name] = shared.host() if kind is None else mesh.nat.host(kind)
+    return hosts
+
+
+def public_address(host: Host) -> str:
+    """The address the internet sees the host at (its router's, or the carrier's, WAN)."""
+    if host.site is None:
+        return host.address
+    if host.site.kind is NatKind.CGNAT:
+        return host.site.lab.carrier().wan_address
+    return host.site.router.wan_address
+
+
+def _endpoints(name: str, host: Host) -> list[str]:
+    """Configured candidates standing in for reflexive discovery: the router's WAN with the
+    tunnel port (right for NATs that keep the port; a guess for hard ones); the shared site's
+    nodes gather their own (local) candidates."""
+    kind = NODES[name][0]
+    if kind is None:
+        return []
+    if kind is NatKind.PUBLIC:
+        return [f"{host.address}:41641"]
+    if kind is NatKind.CGNAT:
+        return [f"{public_address(host)}:41641"]
+    return [wan_endpoint(host)]
+
+
+def run_matrix(mesh: NatMesh) -> list[PairTiming]:
+    """Build the matrix in `mesh` (control with a relay the direct pairs cannot reach), enroll
+    every node seeing no one, open every pair with one policy change, time each pair."""
+    hosts = _matrix_hosts(mesh)
+    for name, host in hosts.items():
+        mesh.add(name, host, _endpoints(name, host))
+    start_control_with_relay(mesh)
+    mesh.block_tcp_from(
+        sorted({public_address(hosts[n]) for n, (_, reach) in NODES.items() if not reach}),
+        RELAY_PORT,
+    )
+    # Everyone enrolls first, seeing no one; then one policy change opens every pair at once,
+    # so each pair's two nodes learn of each other from the same long-poll wake-up.
+    mesh.control.set_policy(matrix_policy(acls=False), mesh.workdir)
+    tags = {n: [f"tag:{label}" for label, a, b, _ in PAIRS if n in (a, b)] for n in NODES}
+    up = mesh.join_all(tags)
+    for name, event in up.items():
+        if not event.wait(90):
+            raise LabError(f"{name} did not come up\n{mesh.logs()}")
+    for node in mesh.nodes.values():
+        if node.name in mesh.errors and not node.program.running:
+            raise LabError(f"{node.name}: {mesh.errors[node.name]}\n{mesh.logs()}")
+        mesh.overlay_of(node)
+    mesh.control.set_policy(matrix_policy(), mesh.workdir)
+
+    def timed(pair: tuple[str, str, str, str]) -> PairTiming:
+        label, a, b, want = pair
+        return time_pair(label, mesh.nodes[a], mesh.nodes[b], want, RELAY_BOUND)
+
+    with ThreadPoolExecutor(max_workers=len(PAIRS)) as pool:
+        return list(pool.map(timed, PAIRS))
+
+
 __all__ = [
+    "NODES",
+    "PAIRS",
     "NatMesh",
     "PairTiming",
     "block_udp_between",
+    "matrix_policy",
     "move",
     "new_nat_mesh",
+    "public_address",
+    "run_matrix",
     "table",
     "time_pair",
     "unblock",
