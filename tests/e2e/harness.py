@@ -589,16 +589,26 @@ BLOCK_TABLE: Final = "e2eblock"
 
 
 class Relay:
-    """`rustynet-relay` in the control namespace, listed in control.toml before control starts."""
+    """`rustynet-relay`, listed in control.toml before control starts: in the control namespace
+    at control's address, or in namespace `ns` at `address` (a host of its own)."""
 
-    def __init__(self, mesh: Mesh, relay_id: str = "relay-e2e", port: int = RELAY_PORT) -> None:
+    def __init__(
+        self,
+        mesh: Mesh,
+        relay_id: str = "relay-e2e",
+        port: int = RELAY_PORT,
+        ns: Namespace | None = None,
+        address: str | None = None,
+    ) -> None:
         self.mesh = mesh
         self.relay_id = relay_id
         self.port = port
+        self.ns = ns or mesh.control_ns
+        self.address = address or mesh.control.address
         self.config = mesh.workdir / "relay" / "relay.toml"
         self.config.parent.mkdir(parents=True)
         self.program = Program(
-            mesh.control_ns,
+            self.ns,
             [RELAY_BIN, "serve", "--config", str(self.config)],
             mesh.workdir / "relay.log",
         )
@@ -607,13 +617,13 @@ class Relay:
     def init(self, root_fingerprint: str) -> str:
         """`rustynet-relay init`; returns the `[[relays]]` block it printed for control.toml."""
         done = run_in(
-            self.mesh.control_ns,
+            self.ns,
             RELAY_BIN,
             "init",
             "--config",
             str(self.config),
             "--url",
-            f"wss://{self.mesh.control.address}:{self.port}/v1/relay",
+            f"wss://{self.address}:{self.port}/v1/relay",
             "--control-url",
             self.mesh.control.url,
             "--root-fingerprint",
@@ -621,7 +631,7 @@ class Relay:
             "--id",
             self.relay_id,
             "--listen",
-            f"{self.mesh.control.address}:{self.port}",
+            f"{self.address}:{self.port}",
         )
         if done.returncode != 0:
             raise LabError(f"rustynet-relay init failed:\n{done.stderr}")
@@ -633,14 +643,17 @@ class Relay:
         self.program.wait_log("ready;")
 
 
-def start_control_with_relay(mesh: Mesh) -> Relay:
-    """Control plane initialised with a relay listed in its control.toml; both serving.
+def start_control_with_relay(
+    mesh: Mesh, ns: Namespace | None = None, address: str | None = None
+) -> Relay:
+    """Control plane initialised with a relay listed in its control.toml; both serving (the
+    relay in the control namespace, or in `ns` at `address`).
 
     The root fingerprint the relay pins is taken from a join token (which stays unused), as an
     operator would copy it; control is restarted to read the `[[relays]]` block.
     """
     mesh.control.init()
-    relay = Relay(mesh)
+    relay = Relay(mesh, ns=ns, address=address)
     mesh.control.start()
     token = mesh.control.join_token()
     fingerprint = JoinToken.parse(token).root_fingerprint.to_text()

@@ -32,7 +32,7 @@ from tests.e2e.harness import (
     wait_for,
 )
 from tests.natlab import INTERNET, SITE_PREFIX_LEN, Host, NatKind, NatLab, Site
-from tests.netns import unique_name
+from tests.netns import Namespace, unique_name
 
 
 class NatMesh(Mesh):
@@ -94,16 +94,18 @@ class NatMesh(Mesh):
             node.overlay_ip = address
         return node.overlay_ip
 
-    def block_tcp_from(self, addresses: Iterable[str], port: int) -> None:
-        """Drop TCP from `addresses` to `port` in the control namespace (the relay unreachable
-        for them; control stays reachable)."""
+    def block_tcp_from(
+        self, addresses: Iterable[str], port: int, ns: Namespace | None = None
+    ) -> None:
+        """Drop TCP from `addresses` to `port` in namespace `ns` (default control's): the relay
+        there unreachable for them."""
         rules = "\n".join(f"    ip saddr {a} tcp dport {port} drop" for a in addresses)
         ruleset = (
             "table ip natmesh {\n  chain input {\n"
             "    type filter hook input priority 0; policy accept;\n"
             f"{rules}\n  }}\n}}\n"
         )
-        done = run_in(self.control_ns, "nft", "-f", "-", stdin=ruleset)
+        done = run_in(ns or self.control_ns, "nft", "-f", "-", stdin=ruleset)
         if done.returncode != 0:
             raise LabError(f"nft in the control namespace failed:\n{done.stderr}")
 
@@ -317,31 +319,18 @@ def public_address(host: Host) -> str:
     return host.site.router.wan_address
 
 
-def _endpoints(name: str, host: Host) -> list[str]:
-    """Configured candidates standing in for reflexive discovery: the router's WAN with the
-    tunnel port (right for NATs that keep the port; a guess for hard ones); the shared site's
-    nodes gather their own (local) candidates."""
-    kind = NODES[name][0]
-    if kind is None:
-        return []
-    if kind is NatKind.PUBLIC:
-        return [f"{host.address}:41641"]
-    if kind is NatKind.CGNAT:
-        return [f"{public_address(host)}:41641"]
-    return [wan_endpoint(host)]
-
-
 def run_matrix(mesh: NatMesh) -> list[PairTiming]:
     """Build the matrix in `mesh` (control with a relay the direct pairs cannot reach), enroll
     every node seeing no one, open every pair with one policy change, time each pair."""
     hosts = _matrix_hosts(mesh)
     for name, host in hosts.items():
-        mesh.add(name, host, _endpoints(name, host))
-    start_control_with_relay(mesh)
-    mesh.block_tcp_from(
-        sorted({public_address(hosts[n]) for n, (_, reach) in NODES.items() if not reach}),
-        RELAY_PORT,
-    )
+        mesh.add(name, host)  # no underlay_endpoints: candidates are discovered
+    # The relay on a host of its own: nodes never probe STUN at an address their tunnel
+    # talks to (the relay's included), so a relay beside control would hide control's STUN.
+    relay_host = mesh.nat.internet_host()
+    start_control_with_relay(mesh, relay_host.ns, relay_host.address)
+    unreachable = {public_address(hosts[n]) for n, (_, reach) in NODES.items() if not reach}
+    mesh.block_tcp_from(sorted(unreachable), RELAY_PORT, relay_host.ns)
     # Everyone enrolls first, seeing no one; then one policy change opens every pair at once,
     # so each pair's two nodes learn of each other from the same long-poll wake-up.
     mesh.control.set_policy(matrix_policy(acls=False), mesh.workdir)

@@ -42,6 +42,7 @@ from rustynet.application.node.errors import AgentRevoked
 from rustynet.application.node.map_intake import MapIntake
 from rustynet.application.node.map_source import MapSource
 from rustynet.application.node.paths import PathKeeper
+from rustynet.application.node.punching import NUDGE_DELAY
 from rustynet.application.node.reconciler import Reconciler
 from rustynet.application.node.relay_link import RelayLink
 from rustynet.application.node.saved_state import SavedState
@@ -366,8 +367,21 @@ class NodeAgent:
                     discovery.invalidate()
                 _log.info("candidates.interfaces_changed")
                 self.candidates.wake.set()
+                await self._nudge_peers()
         finally:
             await changes.close()
+
+    async def _nudge_peers(self) -> None:
+        """Our addresses changed (roaming): every tunnel endpoint is set again and a keepalive
+        goes out from where we are now, at once (two plans, a nudge apart), so peers follow
+        us without waiting for the new candidates to travel through control."""
+        self.path_keeper.punching.nudge_all(self.intake.applied, self.clock.now())
+        try:
+            await self.reconcile()
+            await asyncio.sleep(NUDGE_DELAY.total_seconds())
+            await self.reconcile()
+        except (TunnelError, FirewallError) as exc:
+            _log.warning("tunnel.reconcile_failed", error=str(exc)[:200])
 
     async def _run_steps(self) -> None:
         delay = self.settings.backoff_initial

@@ -37,7 +37,7 @@ from rustynet.domain import path as paths
 from rustynet.domain import reconcile
 from rustynet.domain.candidates import Candidate
 from rustynet.domain.keys import TunnelKey
-from rustynet.domain.netmap import PeerEntry
+from rustynet.domain.netmap import PeerEntry, PeerMap
 from rustynet.domain.path import trial as trials
 from rustynet.domain.tunnel import PeerStats, UnderlayEndpoint
 from rustynet.ports.punch import PrePunchPort
@@ -192,6 +192,11 @@ class Punching:
             return
         s.nudged[peer.id] = now
         s.quiet[peer.tunnel_key] = now + NUDGE_DELAY
+
+    def nudge_all(self, peer_map: PeerMap | None, now: datetime) -> None:
+        """Nudge every peer of `peer_map` (our host's addresses changed)."""
+        for peer in () if peer_map is None else peer_map.peers:
+            self.state.quiet[peer.tunnel_key] = now + NUDGE_DELAY
 
     def own_candidates_changed(self, peers: tuple[PeerEntry, ...], now: datetime) -> None:
         """Our own candidates changed (an address came or went): nudge every peer, so each
