@@ -58,18 +58,18 @@ def stats(rx: int, endpoint: UnderlayEndpoint) -> PeerStats:
 
 
 def test_direct_packets_are_evidence_only_on_reads_after_the_tunnel_was_pointed() -> None:
-    """Right after a plan pointed the tunnel at a direct endpoint, a read there with a grown
-    counter proves nothing (a relayed packet may have arrived before the plan); the read after
-    it does, and a read on the bridge never does."""
+    """The first read after a plan pointed the tunnel at a direct endpoint proves nothing (a
+    relayed packet may have arrived just before the plan, and the plan moved the endpoint
+    back); growth between two later reads on a direct endpoint does; the bridge never does."""
     p, _ = punching()
     asyncio.run(p.open_window(PEER, T0 + timedelta(seconds=2), T0))
     assert not p.read(PEER.id, stats(100, BRIDGE), False, T0)
     later = T0 + timedelta(milliseconds=10)
     assert not p.read(PEER.id, stats(200, PEER_AT), True, later)  # counter from before
     nudged = T0 + NUDGE_DELAY
-    assert p.relayed_endpoint(PEER, BRIDGE, nudged) == PEER_AT  # the nudge re-points
-    assert not p.read(PEER.id, stats(300, PEER_AT), True, nudged)
-    after = nudged + timedelta(milliseconds=200)
+    assert p.relayed_endpoint(PEER, BRIDGE, nudged) is None  # left to the tunnel from here
+    assert p.read(PEER.id, stats(300, PEER_AT), True, nudged + timedelta(milliseconds=200))
+    after = nudged + timedelta(milliseconds=400)
     assert not p.read(PEER.id, stats(300, PEER_AT), True, after)  # nothing arrived
     assert p.read(PEER.id, stats(400, PEER_AT), True, after + timedelta(milliseconds=200))
     assert not p.read(PEER.id, stats(500, BRIDGE), False, after + timedelta(milliseconds=400))
@@ -93,7 +93,7 @@ def test_a_window_points_punches_nudges_then_leaves_the_endpoint_to_the_tunnel()
     assert p.quiet_now(T0) == {PEER.tunnel_key}  # keepalive off in the opening plan
     assert p.relayed_endpoint(PEER, BRIDGE, T0) == PEER_AT
     assert p.quiet_now(T0 + NUDGE_DELAY) == frozenset()  # back on: one keepalive goes out
-    assert p.relayed_endpoint(PEER, BRIDGE, T0 + NUDGE_DELAY) == PEER_AT
+    assert p.relayed_endpoint(PEER, BRIDGE, T0 + NUDGE_DELAY) is None
     assert p.relayed_endpoint(PEER, BRIDGE, T0 + timedelta(seconds=1)) is None
     assert p.relayed_endpoint(PEER, BRIDGE, deadline) == BRIDGE
     asyncio.run(p.open_window(PEER, deadline + timedelta(seconds=10), deadline))

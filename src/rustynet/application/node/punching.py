@@ -74,10 +74,10 @@ class Read:
 class Window:
     """A probe window while relayed: the candidate the tunnel is pointed at until `deadline`.
 
-    The plan that opens it points the tunnel at `target` with the keepalive off; the plan at
-    `nudge_at` points it there again with the keepalive on (the tunnel sends one at once);
-    later plans leave the endpoint to the tunnel, so that where it roams (on authenticated
-    packets only) is what the next reads see."""
+    The plan that opens it points the tunnel at `target` with the keepalive off; from the
+    plan at `nudge_at` on, the keepalive is on again (the tunnel sends one at once) and the
+    endpoint is left to the tunnel, so that where it roams (on authenticated packets only) is
+    what the next reads see: any read after the first one that follows the pointing plan."""
 
     target: UnderlayEndpoint
     deadline: datetime
@@ -287,9 +287,10 @@ class Punching:
             return bridge
         if window.nudged:
             return None
-        if now >= window.nudge_at:
+        if now >= window.nudge_at:  # the keepalive goes out where the tunnel points now
             s.windows[peer.id] = attrs.evolve(window, nudged=True)
-            s.pointed[peer.id] = now
+            return None
+        s.pointed[peer.id] = now
         return window.target
 
     def left_relay(self, peer: PeerEntry, now: datetime) -> None:
