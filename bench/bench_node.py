@@ -60,8 +60,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench.lab import (
+    alternate_iperf,
     finish,
-    iperf,
     lab_run,
     machine_busy,
     preflight,
@@ -459,13 +459,10 @@ def run(args: argparse.Namespace, mesh: Mesh, results: dict[str, Any]) -> None:
     wg.start()
 
     print(f"throughput A→B: {args.rounds} x (rustynet, wireguard-go), {args.seconds} s each ...")
-    runs: dict[str, list[dict[str, Any]]] = {"rustynet": [], "wireguard_go": []}
-    for _ in range(args.rounds):
-        for name, address in (("rustynet", b.overlay_ip), ("wireguard_go", WG_OVERLAY[1])):
-            run_ = iperf(mesh, a, b, address, args.seconds)
-            runs[name].append(run_)
-            print(f"  {name}: {run_}")
-    results["throughput"] = runs
+    targets = {"rustynet": b.overlay_ip, "wireguard_go": WG_OVERLAY[1]}
+    results["throughput"] = alternate_iperf(
+        mesh, a, b, targets, rounds=args.rounds, seconds=args.seconds
+    )
 
     nebula = None
     if shutil.which("nebula") and shutil.which("nebula-cert"):

@@ -25,18 +25,23 @@ figure next to its budget from bench/budgets.toml [punch]. Exit codes: 0 every b
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
-import tempfile
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from bench.lab import iperf, preflight
+from bench.lab import alternate_iperf, finish, lab_run, preflight
 from bench.report import RESULTS, budgets_of, write_results
-from tests.e2e.harness import CONTROL_BIN, RUSTYNETD_BIN, LabError, Node, Program, run_in, wait_for
+from tests.e2e.harness import (
+    CONTROL_BIN,
+    RUSTYNETD_BIN,
+    LabError,
+    Mesh,
+    Node,
+    Program,
+    run_in,
+    wait_for,
+)
 from tests.e2e.natmesh import NatMesh, new_nat_mesh, run_matrix, table
 
 WG_PORT: Final = 51820
@@ -93,8 +98,10 @@ def hand_punched(mesh: NatMesh, a: Node, b: Node) -> None:
     wait_for("A pings B over the hand-punched wireguard-go pair", pings, 20, interval=0.2)
 
 
-def run(args: argparse.Namespace, mesh: NatMesh, results: dict[str, Any]) -> None:
+def run(args: argparse.Namespace, mesh: Mesh, results: dict[str, Any]) -> None:
     """The matrix, then the throughput comparison across easy↔easy."""
+    if not isinstance(mesh, NatMesh):
+        raise LabError("bench_punch runs in the NAT lab (lab_run(..., make=new_nat_mesh))")
     rows = run_matrix(mesh)
     print("NAT matrix (times from both nodes holding each other in their maps)")
     print(table(rows))
@@ -111,12 +118,8 @@ def run(args: argparse.Namespace, mesh: NatMesh, results: dict[str, Any]) -> Non
     a, b = mesh.nodes["e1"], mesh.nodes["e2"]
     hand_punched(mesh, a, b)
     print(f"throughput e1→e2: {args.rounds} x (rustynet, wireguard-go), {args.seconds} s each")
-    runs: dict[str, list[dict[str, Any]]] = {"rustynet": [], "wireguard_go": []}
-    for _ in range(args.rounds):
-        for name, address in (("rustynet", b.overlay_ip), ("wireguard_go", WG_OVERLAY[1])):
-            sample = iperf(mesh, a, b, address, args.seconds)
-            runs[name].append(sample)
-            print(f"  {name}: {sample}")
+    targets = {"rustynet": b.overlay_ip, "wireguard_go": WG_OVERLAY[1]}
+    runs = alternate_iperf(mesh, a, b, targets, rounds=args.rounds, seconds=args.seconds)
     results["throughput"] = runs
     medians = {
         name: statistics.median(s["mbit_s"] for s in samples if "mbit_s" in s)
@@ -197,31 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_punch: cannot run: {why}", file=sys.stderr)
         return 2
     budgets = budgets_of("punch")
-    results: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, "-m", "bench.bench_punch", *sys.argv[1:]]),
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "budgets": budgets,
-    }
-    workdir = Path(tempfile.mkdtemp(prefix="rustynet-bench-punch-"))
-    mesh = new_nat_mesh(workdir)
-    started, failed = time.monotonic(), False
-    try:
-        run(args, mesh, results)
-    except (LabError, KeyboardInterrupt) as exc:
-        failed = True
-        results["error"] = f"{type(exc).__name__}: {exc}"
-        print(f"bench_punch: {results['error']}\n{mesh.logs()}", file=sys.stderr)
-    finally:
-        mesh.close()
-        shutil.rmtree(workdir, ignore_errors=True)
-    results["duration_s"] = round(time.monotonic() - started, 1)
+    results, failed = lab_run("punch", args, run, budgets, make=new_nat_mesh)
     verdict = verdicts(results, budgets)
     results["verdicts"] = verdict
-    report = markdown(results, verdict)
-    write_results(args.output, results, report)
-    print(report)
-    misses = [k for k, v in verdict.items() if v != "ok"]
-    return 1 if failed or misses else 0
+    write_results(args.output, results, markdown(results, verdict))
+    print(markdown(results, verdict))
+    return finish("punch", args.output, results, verdict, failed)
 
 
 if __name__ == "__main__":

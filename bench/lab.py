@@ -60,13 +60,16 @@ def lab_run(
     run: Run,
     budgets: Mapping[str, float],
     extra: Mapping[str, object] | None = None,
+    *,
+    make: Callable[[Path], Mesh] = new_mesh,
 ) -> tuple[dict[str, Any], bool]:
-    """Run `run` in a fresh lab, removed even on failure; (results, whether the run failed).
+    """Run `run` in a fresh lab (`make`, default the one-bridge `Mesh`), removed even on
+    failure; (results, whether the run failed).
 
     The results start with the command, the time, the host, the budgets and `extra`; a
     `LabError` or Ctrl-C ends the run with its error (and the programs' logs on stderr)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"rustynet-bench-{name}-"))
-    mesh = new_mesh(workdir)
+    mesh = make(workdir)
     for signum in (signal.SIGINT, signal.SIGTERM):  # end through the cleanup below
         signal.signal(signum, signal.default_int_handler)
     results: dict[str, Any] = {
@@ -199,3 +202,23 @@ def iperf(mesh: Mesh, client: Node, server: Node, address: str, seconds: int) ->
         }
     finally:
         listener.kill()
+
+
+def alternate_iperf(
+    mesh: Mesh,
+    client: Node,
+    server: Node,
+    targets: Mapping[str, str],
+    *,
+    rounds: int,
+    seconds: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """`rounds` rounds of one `iperf` run per target (name → address), alternating, so that
+    drift of a noisy machine hits every target alike; the runs by name (printed as they end)."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, address in targets.items():
+            sample = iperf(mesh, client, server, address, seconds)
+            runs[name].append(sample)
+            print(f"  {name}: {sample}")
+    return runs

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -18,6 +19,7 @@ from tests.e2e.harness import CONTROL_BIN, RUSTYNETD_BIN, TOOLS, Mesh, new_mesh
 from tests.e2e.natmesh import NatMesh, new_nat_mesh
 
 _FAILED = pytest.StashKey[bool]()
+M = TypeVar("M", bound=Mesh)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -40,8 +42,8 @@ def _require(*programs: str) -> None:
         pytest.skip(f"e2e: missing programs: {', '.join(missing)}")
 
 
-def _mesh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mesh]:
-    mesh = new_mesh(tmp_path)
+def _mesh(request: pytest.FixtureRequest, tmp_path: Path, make: Callable[[Path], M]) -> Iterator[M]:
+    mesh = make(tmp_path)
     try:
         yield mesh
     finally:
@@ -60,24 +62,18 @@ def lab_programs() -> None:
 def control_mesh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mesh]:
     """A lab with the bridge and the control namespace (nodes added by the test)."""
     _require(CONTROL_BIN)
-    yield from _mesh(request, tmp_path)
+    yield from _mesh(request, tmp_path, new_mesh)
 
 
 @pytest.fixture
 def mesh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mesh]:
     """Like `control_mesh`, and `rustynetd` must be installed."""
     _require(CONTROL_BIN, RUSTYNETD_BIN)
-    yield from _mesh(request, tmp_path)
+    yield from _mesh(request, tmp_path, new_mesh)
 
 
 @pytest.fixture
 def nat_mesh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NatMesh]:
     """The NAT lab with a control plane on its internet (nodes added by the test)."""
     _require(CONTROL_BIN, RUSTYNETD_BIN)
-    mesh = new_nat_mesh(tmp_path)
-    try:
-        yield mesh
-    finally:
-        if request.node.stash.get(_FAILED, False):
-            print(f"\n=== e2e logs ({request.node.name}) ===\n{mesh.logs()}")
-        mesh.close()
+    yield from _mesh(request, tmp_path, new_nat_mesh)
