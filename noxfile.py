@@ -71,7 +71,7 @@ def demo(session: nox.Session) -> None:
 
 
 # Cheapest first; the root benches (node, relay) last: they miss budgets today.
-BENCHES = ("policy_compile", "control", "node", "relay", "relay_udp")
+BENCHES = ("policy_compile", "control", "node", "relay", "relay_udp", "punch")
 
 
 @nox.session
