@@ -123,5 +123,9 @@ FAILBACK_BOUND: Final = PathPolicy().failback_bound()
 """Default fail-back bound (18 s): e2e tests wait this long for `path` to read `direct` again."""
 
 FALLOVER_BOUND: Final = PathPolicy().fallover_bound()
-"""Default fall-over bound for a direct path that dies while up (28 s, against 196 s before
-probing: `session_timeout` + `direct_timeout`): e2e tests wait this long for `relay`."""
+"""Default fall-over bound of the controller, from the first failed direct probe's due time
+(28 s, against 196 s before probing: `session_timeout` + `direct_timeout`). A direct probe is
+the tunnel's own receive evidence (`application/node/punching.py`): it first fails one
+evidence window (two keepalive intervals and two ticks, 12 s by default) after the last packet,
+so end to end a dying direct path reaches `relay` within about FALLOVER_BOUND + 12 s (~33 s
+measured in the e2e relay test, which waits 45 s)."""
