@@ -3,7 +3,7 @@
 The one rule: every request of a route that reads a body passes `RequestAdmission.admit`
 (rustynet.application.admission) before the handler runs, so the token is spent whether the
 body later parses or not, and a client over its budget gets 429 without its body being read.
-`ROUTE_GATES` names the gate of every such route (tests/integration/test_hostile_input.py
+`ROUTE_GATES` names the gate of every such route (and of the relays' unauthenticated feed) (tests/integration/test_hostile_input.py
 checks that no body-reading route of the route table is missing from it). Routes without a
 body (GET, DELETE, long polls) are limited by their use cases before any work.
 """
@@ -27,6 +27,7 @@ ROUTE_GATES: Final[dict[tuple[str, str], Gate]] = {
     ("POST", "/v1/node/tunnel-key"): Gate.NODE,
     ("PUT", "/v1/node/endpoints"): Gate.NODE,
     ("POST", "/v1/relay-token"): Gate.NODE,
+    ("GET", "/v1/relay/revocations"): Gate.RELAY_FEED,  # no body, but no credential either
     ("POST", "/v1/admin/join-keys"): Gate.ADMIN,
     ("PATCH", "/v1/admin/nodes/{id}"): Gate.ADMIN,
     ("POST", "/v1/admin/api-keys"): Gate.ADMIN,

@@ -42,6 +42,7 @@ from rustynet.ports.wire.v1 import (
     JoinKeyList,
     NodeList,
     PeerMapDelivery,
+    RelayRevocations,
     RelayTokenRequest,
     RotateTunnelKeyRequest,
     TokenChallengeRequest,
@@ -134,6 +135,19 @@ async def relay_token(request: web.Request) -> web.Response:
     """POST /v1/relay-token."""
     body = await read_json(request, RelayTokenRequest)
     return _json(await _service(request).relay_token(node_auth(request), body))
+
+
+async def relay_revocations(request: web.Request) -> web.Response:
+    """GET /v1/relay/revocations?after=SERIAL[&wait=S]: 200 with a newer signed feed, 204 after
+    the long-poll timeout (as for the peer map); no credential (the document is signed)."""
+    after = _query_int(request, "after", 0)
+    service = _service(request)
+    longest = service.settings.long_poll_timeout.total_seconds()
+    wait = min(float(_query_int(request, "wait", int(longest))), longest)
+    result = await service.relay_revocations(after, wait)
+    if result is None:
+        return web.Response(status=204)
+    return _json(result)
 
 
 # --- admin routes -----------------------------------------------------------------------------

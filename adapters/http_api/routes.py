@@ -25,6 +25,8 @@ ROUTES: Final = (
     ("PUT", "/v1/node/endpoints", h.set_endpoints),
     ("GET", "/v1/peermap", h.peer_map),
     ("POST", "/v1/relay-token", h.relay_token),
+    # relay routes
+    ("GET", "/v1/relay/revocations", h.relay_revocations),
     # admin routes
     ("POST", "/v1/admin/join-keys", h.create_join_key),
     ("GET", "/v1/admin/join-keys", h.list_join_keys),
@@ -51,6 +53,7 @@ ROUTES: Final = (
 # (method, route template) → the query parameters it takes; every other route takes none.
 QUERY: Final[Mapping[tuple[str, str], frozenset[str]]] = {
     ("GET", "/v1/peermap"): frozenset({"after", "wait"}),
+    ("GET", "/v1/relay/revocations"): frozenset({"after", "wait"}),
     ("GET", "/v1/admin/audit"): frozenset({"start", "limit"}),
 }
 

@@ -11,7 +11,8 @@ Three gates, each its own GCRA bucket table (the domain `Limiter`, keyed by /32 
 
 * `PUBLIC` — enrollment and token routes (no credential yet): the deployment's `limits.per_ip`;
 * `ADMIN` — admin routes that take a body: `admin_per_ip`;
-* `NODE` — node routes that take a body (token not yet verified): `DEFAULT_NODE_PER_IP`.
+* `NODE` — node routes that take a body (token not yet verified): `DEFAULT_NODE_PER_IP`;
+* `RELAY_FEED` — the relays' revocation feed (no credential, no body): `DEFAULT_RELAY_FEED_PER_IP`.
 
 These buckets are separate from the use cases' own per-IP buckets (same policy), so a valid
 request passes both and its allowance is unchanged, while a request refused before the use case
@@ -34,6 +35,8 @@ from rustynet.domain.limits import BucketPolicy, Limiter, LimitPolicy, decide_or
 from rustynet.ports.clock import Clock
 
 DEFAULT_NODE_PER_IP: Final = BucketPolicy(burst=120, refill=60, per=timedelta(minutes=1))
+# A relay polls about once a minute, and once per revocation (a burst when many are revoked).
+DEFAULT_RELAY_FEED_PER_IP: Final = BucketPolicy(burst=60, refill=120, per=timedelta(minutes=1))
 
 
 class Gate(enum.Enum):
@@ -42,6 +45,7 @@ class Gate(enum.Enum):
     PUBLIC = "public"
     ADMIN = "admin"
     NODE = "node"
+    RELAY_FEED = "relay-feed"
 
 
 class RequestAdmission:
@@ -65,7 +69,12 @@ class RequestAdmission:
         node_per_ip: BucketPolicy = DEFAULT_NODE_PER_IP,
     ) -> RequestAdmission:
         """Budgets from the deployment's limits (the same numbers the use cases apply)."""
-        buckets = {Gate.PUBLIC: limits.per_ip, Gate.ADMIN: admin_per_ip, Gate.NODE: node_per_ip}
+        buckets = {
+            Gate.PUBLIC: limits.per_ip,
+            Gate.ADMIN: admin_per_ip,
+            Gate.NODE: node_per_ip,
+            Gate.RELAY_FEED: DEFAULT_RELAY_FEED_PER_IP,
+        }
         return cls(clock, limits, buckets)
 
     def admit(self, gate: Gate, client_ip: str) -> None:

@@ -13,6 +13,7 @@ from rustynet.application.control.context import ControlContext
 from rustynet.application.control.guards import Guards
 from rustynet.application.control.inputs import node_name, tags
 from rustynet.application.control.projections import node_info, tag_texts
+from rustynet.application.control.relay_revocations import REVOCATION_FEED_KEY
 from rustynet.application.control_types import AdminAuth
 from rustynet.application.errors import Conflict, NotFoundError
 from rustynet.domain.api_keys import AdminAction
@@ -99,9 +100,9 @@ class AdminNodes:
         now = ctx.clock.now()
         async with ctx.write() as uow:
             node, woken = await self._revoke(uow, node_id, now)
-            await uow.announce(woken | {node_id})
+            await uow.announce(woken | {node_id, REVOCATION_FEED_KEY})
             await ctx.audit(uow, now, f"apikey:{admin.id}", "node.revoked", node_id)
-        ctx.waiters.wake(woken | {node_id})
+        ctx.waiters.wake(woken | {node_id, REVOCATION_FEED_KEY})  # the relays' feed too
         return node_info(node)
 
     async def delete_node(self, auth: AdminAuth, node_id: str) -> None:
@@ -112,6 +113,6 @@ class AdminNodes:
         async with ctx.write() as uow:
             _, woken = await self._revoke(uow, node_id, now)
             await uow.nodes.delete(node_id)
-            await uow.announce(woken | {node_id})
+            await uow.announce(woken | {node_id, REVOCATION_FEED_KEY})
             await ctx.audit(uow, now, f"apikey:{admin.id}", "node.deleted", node_id)
-        ctx.waiters.wake(woken | {node_id})
+        ctx.waiters.wake(woken | {node_id, REVOCATION_FEED_KEY})

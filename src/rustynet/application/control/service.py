@@ -17,6 +17,7 @@ from rustynet.application.control.enrollment import Enrollment
 from rustynet.application.control.guards import Guards
 from rustynet.application.control.node_session import NodeSession
 from rustynet.application.control.peer_maps import PeerMaps
+from rustynet.application.control.relay_revocations import RelayRevocationFeed
 from rustynet.application.control.relays import RelaysReplaced, replace_relays
 from rustynet.application.control.upkeep import Upkeep
 from rustynet.application.control_keys import ControlKeys
@@ -46,6 +47,7 @@ from rustynet.ports.wire.v1 import (
     NodeInfo,
     PolicyCheckResult,
     PolicyInfo,
+    RelayRevocations,
     RelayToken,
     RelayTokenRequest,
     RotateTunnelKeyRequest,
@@ -81,6 +83,7 @@ class ControlService:
         self._enrollment = Enrollment(ctx, guards)
         self._session = NodeSession(ctx, guards)
         self._peer_maps = PeerMaps(ctx, guards)
+        self._revocation_feed = RelayRevocationFeed(ctx)
         self._join_keys = AdminJoinKeys(ctx, guards)
         self._nodes = AdminNodes(ctx, guards)
         self._api_keys = AdminApiKeys(ctx, guards)
@@ -161,6 +164,10 @@ class ControlService:
     ) -> PeerMapResponse | None:
         """GET /v1/peermap?after=N (None means 204)."""
         return await self._peer_maps.peer_map(auth, after, timeout)
+
+    async def relay_revocations(self, after: int, timeout: float) -> RelayRevocations | None:
+        """GET /v1/relay/revocations?after=N (None means 204)."""
+        return await self._revocation_feed.revocations(after, timeout)
 
     # --- admin routes (admin_*.py) -------------------------------------------------------------
 

@@ -156,6 +156,15 @@ class PeerMapDelivery:
     trust: Trust
 
 
+@attrs.frozen
+class RelayRevocations:
+    """`GET /v1/relay/revocations` 200 body: the signed relay revocation feed (verified by the
+    relay against the root it pins, never trusted as delivered) and the trust to verify it."""
+
+    envelope: str
+    trust: Trust
+
+
 # --- admin routes -----------------------------------------------------------------------------
 
 
@@ -351,6 +360,7 @@ COMPONENTS: Final[Mapping[str, type]] = {
     "RelayTokenRequest": RelayTokenRequest,
     "RelayToken": RelayToken,
     "PeerMap": PeerMapDelivery,
+    "RelayRevocations": RelayRevocations,
     "NodeInfo": NodeInfo,
     "NodeList": NodeList,
     "CreateJoinKeyRequest": CreateJoinKeyRequest,
