@@ -3,9 +3,10 @@
 The one rule: every request of a route that reads a body passes `RequestAdmission.admit`
 (rustynet.application.admission) before the handler runs, so the token is spent whether the
 body later parses or not, and a client over its budget gets 429 without its body being read.
-`ROUTE_GATES` names the gate of every such route (and of the relays' unauthenticated feed) (tests/integration/test_hostile_input.py
+`ROUTE_GATES` names the gate of every such route (tests/integration/test_hostile_input.py
 checks that no body-reading route of the route table is missing from it). Routes without a
-body (GET, DELETE, long polls) are limited by their use cases before any work.
+body (GET, DELETE, long polls) are limited by their use cases before any work, except the
+relays' revocation feed, which has no credential and spends a `RELAY_FEED` token here.
 """
 
 from __future__ import annotations

@@ -42,7 +42,6 @@ from rustynet.ports.wire.v1 import (
     JoinKeyList,
     NodeList,
     PeerMapDelivery,
-    RelayRevocations,
     RelayTokenRequest,
     RotateTunnelKeyRequest,
     TokenChallengeRequest,

@@ -11,6 +11,7 @@ file and key, never a silently ignored setting; relative paths are relative to t
     [control]
     url = "https://ctl.example.org:8443"        # relay-token issuer
     root_fingerprint = "rnfp_..."               # the control root key (join tokens pin it)
+    revocation_feed = true                      # optional: follow GET /v1/relay/revocations
 
     [tls]
     certificate = "tls/relay.crt"
@@ -90,10 +91,13 @@ _INT_LIMITS: Final = (
     "max_sessions",
     "max_frame_bytes",
     "send_queue_frames",
+    "handshakes_per_second",
+    "handshakes_burst",
+    "handshake_sources",
 )
 _SECTIONS: Final = {
     "relay": frozenset({"id", "url", "listen"}),
-    "control": frozenset({"url", "root_fingerprint"}),
+    "control": frozenset({"url", "root_fingerprint", "revocation_feed"}),
     "tls": frozenset({"certificate", "private_key"}),
     "limits": frozenset({*_INT_LIMITS, "handshake_timeout"}),
     "connections": frozenset(CONNECTION_SETTINGS),
@@ -122,6 +126,7 @@ class RelayConfig:
     connections: ConnectionLimits = attrs.field(factory=ConnectionLimits)
     stun: StunConfig = attrs.field(factory=StunConfig)
     udp: UdpConfig | None = None
+    revocation_feed: bool = True
 
 
 @attrs.frozen
@@ -186,6 +191,9 @@ def load_relay_config(path: Path) -> RelayConfig:
         )
     except (ValueError, DecodeError) as exc:
         raise RelayConfigError(f"{path}: {exc}") from None
+    revocation_feed = tables["control"].get("revocation_feed", True)
+    if not isinstance(revocation_feed, bool):
+        raise _fail(path, "[control].revocation_feed", "expected true or false")
     certificate = base / _text(path, tables["tls"], "tls", "certificate")
     private_key = base / _text(path, tables["tls"], "tls", "private_key")
     limits = _limits(path, tables["limits"])
@@ -215,6 +223,7 @@ def load_relay_config(path: Path) -> RelayConfig:
         limits=limits,
         connections=connections,
         stun=stun,
+        revocation_feed=revocation_feed,
     )
 
 
@@ -272,6 +281,7 @@ def render_relay_config(config: RelayConfig, base: Path) -> str:
         "[control]",
         f"url = {toml_string(config.control_url)}",
         f"root_fingerprint = {toml_string(config.root_fingerprint.to_text())}",
+        f"revocation_feed = {'true' if config.revocation_feed else 'false'}",
         "",
         "[tls]",
         f"certificate = {toml_string(rel(config.certificate))}",

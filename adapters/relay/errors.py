@@ -30,6 +30,7 @@ ERRORS: Final[dict[int, tuple[str, str]]] = {
     405: ("method_not_allowed", "method not allowed"),
     413: ("payload_too_large", "request body too large"),
     417: ("expectation_failed", 'the only expectation supported is "Expect: 100-continue"'),
+    429: ("rate_limited", "too many handshakes from this address; retry later"),
     500: ("internal", "internal error"),
     503: ("unavailable", "the relay is full; retry later"),
 }

@@ -51,6 +51,16 @@ class RelayCollector(Collector):
             ("rejected_connections_total", "Refused: relay full.", c.rejected_connections),
             ("replaced_sessions_total", "Closed: node over its limit.", c.replaced_sessions),
             (
+                "handshakes_limited_total",
+                "Refused 429: source over its budget.",
+                c.handshakes_limited,
+            ),
+            ("revoked_sessions_total", "Closed: node revoked (feed).", c.revoked_sessions),
+            ("revoked_refusals_total", "Auth or renewal of a revoked node.", c.revoked_refusals),
+            ("revocation_feeds_applied_total", "Feeds verified and applied.", c.feeds_applied),
+            ("revocation_feeds_rejected_total", "Feeds refused (forged, stale).", c.feeds_rejected),
+            ("revocation_feed_failures_total", "Feed polls that failed.", c.feed_failures),
+            (
                 "rejected_requests_total",
                 "Requests refused outside the app (HTTP parser; an Expect other than "
                 "100-continue).",
@@ -63,5 +73,8 @@ class RelayCollector(Collector):
             "rustynet_relay_pending_handshakes",
             "Connections not yet authenticated.",
             c.pending_handshakes,
+        )
+        yield gauge(
+            "rustynet_relay_revocation_feed_up", "The last feed poll got an answer.", c.feed_up
         )
         yield gauge("rustynet_relay_nodes", "Nodes with an open session.", self._service.node_count)

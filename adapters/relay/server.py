@@ -4,6 +4,8 @@ The one rule: the adapter never buffers without bound and never says why it refu
 session has a bounded send queue drained by its own writer task (a slow destination gets
 frames dropped and counted by `RelayService.forward`), unauthenticated connections get
 `handshake_timeout` seconds, and every rejection is the same close (4401, "unauthorized").
+Before the upgrade each source (IPv4 address / IPv6 /64) spends a handshake token
+(`RelayService.admit_handshake`); over its budget it gets the JSON 429, no signature checked.
 The data path does no JSON, no logging and one copy per frame (header + memoryview slice).
 
 TLS is the caller's: serve the app on an `ssl.SSLContext` that allows TLS 1.3 only (bootstrap
@@ -229,7 +231,7 @@ def _udp_session_over(app: web.Application, session: Session) -> None:
         udp.node_gone(node_id)
 
 
-async def relay_socket(request: web.Request) -> web.StreamResponse:
+async def relay_socket(request: web.Request) -> web.StreamResponse:  # noqa: PLR0912 - one session
     """`GET /v1/relay`: one relay session (docs/relay-protocol.md)."""
     service = request.app[SERVICE_KEY]
     limits = service.limits
@@ -238,6 +240,8 @@ async def relay_socket(request: web.Request) -> web.StreamResponse:
         heartbeat=HEARTBEAT,
         compress=False,
     )
+    if not service.admit_handshake(request.remote or ""):
+        raise web.HTTPTooManyRequests  # the JSON 429 of errors.py; no signature checked
     handle = _WebSocketHandle(ws, limits.send_queue_frames)
     session = service.open_connection(handle)
     if session is None:

@@ -24,11 +24,11 @@ import attrs
 import structlog
 from rustynet.adapters.support.prometheus import counter, gauge, labelled_counter, render_families
 
-from rustynet.domain.limits import BucketPolicy, LimitPolicy, bucket_take, ip_key
+from rustynet.domain.limits import BucketPolicy
+from rustynet.domain.source_rates import SourceRateTable
 from rustynet.domain.stun import Endpoint, answer
 
 _log = structlog.get_logger(__name__)
-_KEYS = LimitPolicy()  # only its prefixes: IPv4 /32, IPv6 /64
 
 
 @attrs.frozen
@@ -50,36 +50,6 @@ class StunCounters:
     dropped_rate_limited: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
-
-
-class _RateTable:
-    """GCRA timestamps per source network, never more than `max_sources` of them."""
-
-    def __init__(self, limits: StunLimits) -> None:
-        self._limits = limits
-        self._tats: dict[str, datetime] = {}
-
-    def __len__(self) -> int:
-        return len(self._tats)
-
-    def take(self, host: str, now: datetime) -> bool:
-        try:
-            key = ip_key(host, _KEYS)
-        except ValueError:
-            return False
-        tat = self._tats.get(key)
-        if tat is None and len(self._tats) >= self._limits.max_sources:
-            self._prune(now)
-            if len(self._tats) >= self._limits.max_sources:
-                return False
-        outcome = bucket_take(tat, now, self._limits.per_source)
-        if outcome.allowed:
-            self._tats[key] = outcome.tat
-        return outcome.allowed
-
-    def _prune(self, now: datetime) -> None:
-        for key in [key for key, tat in self._tats.items() if tat <= now]:
-            del self._tats[key]
 
 
 def _endpoint(sockname: tuple[str, int]) -> Endpoint | None:
@@ -115,7 +85,8 @@ class StunServer:
     ) -> None:
         self.listen = tuple(listen)
         self.counters = StunCounters()
-        self._rates = _RateTable(limits or StunLimits())
+        limits = limits or StunLimits()
+        self._rates = SourceRateTable(limits.per_source, limits.max_sources)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._transports: list[asyncio.DatagramTransport] = []
         self._local: list[Endpoint | None] = []

@@ -14,14 +14,15 @@ Per-node state (rate buckets, the session list) lives while the node has a sessi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Final, Protocol
 
 import attrs
 
 from rustynet.domain.errors import LocalProtocolError
 from rustynet.domain.keys import b64encode
+from rustynet.domain.limits import BucketPolicy
 from rustynet.domain.relay import (
     FROM_RELAY,
     NONCE_BYTES,
@@ -41,6 +42,12 @@ from rustynet.domain.relay import (
     frame_header,
     renew,
 )
+from rustynet.domain.relay_revocations import (
+    FeedRejected,
+    RevokedNodes,
+    accept_revocation_feed,
+)
+from rustynet.domain.source_rates import SourceRateTable
 from rustynet.ports.clock import Clock
 from rustynet.ports.entropy import Entropy
 
@@ -82,6 +89,13 @@ class RelayCounters:
     replaced_sessions: int = 0
     open_sessions: int = 0
     pending_handshakes: int = 0
+    handshakes_limited: int = 0
+    revoked_sessions: int = 0
+    revoked_refusals: int = 0
+    feeds_applied: int = 0
+    feeds_rejected: int = 0
+    feed_failures: int = 0
+    feed_up: int = 0  # gauge: the last poll of the revocation feed got an answer
 
 
 class Session:
@@ -129,8 +143,23 @@ class RelayService:
         self._entropy = entropy
         self._nodes: dict[str, _Node] = {}
         self._connections = 0
+        self.revoked = RevokedNodes()
+        per_source = BucketPolicy(
+            burst=limits.handshakes_burst,
+            refill=limits.handshakes_per_second,
+            per=timedelta(seconds=1),
+        )
+        self._handshake_rates = SourceRateTable(per_source, limits.handshake_sources)
 
     # --- lifecycle ---------------------------------------------------------------------------
+
+    def admit_handshake(self, source: str) -> bool:
+        """Spend one token of `source`'s handshake budget (per IPv4 address / IPv6 /64), before
+        the upgrade and any signature check; False (counted) when over it."""
+        if self._handshake_rates.take(source, self._clock.now()):
+            return True
+        self.counters.handshakes_limited += 1
+        return False
 
     def open_connection(self, handle: SessionHandle) -> Session | None:
         """A new connection and its challenge nonce, or None when the relay is full."""
@@ -160,9 +189,13 @@ class RelayService:
         if session.machine.phase is not SessionPhase.AWAITING_AUTH:
             raise LocalProtocolError("authenticate runs once, before anything else")
         try:
+            now = self._clock.now()
             verified = authenticate(
-                AuthRequest.from_message(message), self.trust, session.nonce, self._clock.now()
+                AuthRequest.from_message(message), self.trust, session.nonce, now
             )
+            if self.revoked.is_revoked(verified.node_id, now):
+                self.counters.revoked_refusals += 1
+                raise RelayAuthFailed("the node is revoked")  # noqa: TRY301 - counted below
         except RelayAuthFailed:
             self.counters.auth_failures += 1
             self.counters.pending_handshakes -= 1
@@ -193,7 +226,11 @@ class RelayService:
         if current is None or not session.machine.is_open:
             raise RelayAuthFailed("renew before ok")
         try:
-            renewed = renew(current, token, self.trust, self._clock.now())
+            now = self._clock.now()
+            renewed = renew(current, token, self.trust, now)
+            if self.revoked.is_revoked(renewed.node_id, now):
+                self.counters.revoked_refusals += 1
+                raise RelayAuthFailed("the node is revoked")  # noqa: TRY301 - counted below
         except RelayAuthFailed:
             self.counters.auth_failures += 1
             self._close_open(session, SessionEvent.AUTH_FAILED)
@@ -213,6 +250,38 @@ class RelayService:
         self.counters.expired_sessions += 1
         self._close_open(session, SessionEvent.TOKEN_EXPIRED)
         return True
+
+    def apply_revocations(
+        self, envelope: str, root_certificate: str, signing_certificates: Sequence[str]
+    ) -> int:
+        """Verify a delivered revocation feed (`FeedRejected` when it must not be applied:
+        forged, another control plane's, replayed or rolled back) and close every open
+        session of the nodes it names; how many sessions were closed."""
+        now = self._clock.now()
+        try:
+            feed = accept_revocation_feed(
+                envelope,
+                root_certificate,
+                signing_certificates,
+                root_fingerprint=self.trust.root_fingerprint,
+                issuer=self.trust.issuer,
+                watermark=self.revoked.watermark,
+                now=now,
+            )
+        except FeedRejected:
+            self.counters.feeds_rejected += 1
+            raise
+        self.counters.feeds_applied += 1
+        closed = 0
+        for node_id in self.revoked.apply(feed, now):
+            node = self._nodes.get(node_id)
+            for session in list(node.sessions) if node is not None else ():
+                self._close_open(session, SessionEvent.REVOKED)
+                session.rate = None  # sends nothing more while the adapter closes it
+                session.handle.close_unauthorized()
+                closed += 1
+        self.counters.revoked_sessions += closed
+        return closed
 
     def seconds_left(self, session: Session) -> float | None:
         """Seconds until the session's token expires (None before `ok`)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ from rustynet.adapters.relay.config import (
     parse_relay_url,
     render_relay_config,
 )
+from rustynet.adapters.relay.revocation_feed import RevocationFeedFollower
 from rustynet.adapters.relay.server import create_relay_app, make_runner
 from rustynet.adapters.relay.udp_kernel import ForwardingUnavailableError, KernelForwarding
 from rustynet.adapters.relay.udp_sessions import UdpRelay
@@ -125,6 +127,12 @@ async def _serve(config: RelayConfig) -> None:
     metrics = (guard.render_metrics,) + ((stun.render_metrics,) if stun else ())
     udp, forwarding = await _udp_sessions(config.udp, clock, entropy)
     runner = make_runner(create_relay_app(service, extra_metrics=metrics, udp=udp))
+    # The control plane's signed revocation feed: sessions of revoked nodes close within ~1 s.
+    follower = (
+        asyncio.create_task(RevocationFeedFollower(service, config.control_url).follow())
+        if config.revocation_feed
+        else None
+    )
     try:
         # Deadlines and caps on every connection before the WebSocket upgrade ([connections]).
         await serve_until_stopped(
@@ -138,6 +146,10 @@ async def _serve(config: RelayConfig) -> None:
             stun=stun,
         )
     finally:
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
         if udp is not None:
             await udp.close()
         if udp is not None and forwarding is not None:

@@ -23,8 +23,9 @@ and `verify_token` checks kind, audience (= relay id), issuer (= control URL), l
 the binding to the presented identity key; the token subject must be the claimed node id; the
 identity key must have signed `nonce || relay_id` for `Purpose.RELAY_AUTH`.
 
-The relay sees no revocation records: a revoked node keeps a session at most until its current
-relay token (<= 120 s) expires, because the control plane stops issuing it new ones.
+Revocations reach the relay through the control plane's signed revocation feed
+(`rustynet.domain.relay_revocations`); the application layer refuses and closes sessions of
+the nodes it names.
 """
 
 from __future__ import annotations
@@ -372,6 +373,7 @@ class SessionEvent(enum.Enum):
     RENEWED = "renewed"
     TOKEN_EXPIRED = "token-expired"  # noqa: S105 - an event name, not a password
     DISCONNECTED = "disconnected"
+    REVOKED = "revoked"  # the control plane's revocation feed names the node
 
 
 _A, _O, _C = SessionPhase.AWAITING_AUTH, SessionPhase.OPEN, SessionPhase.CLOSED
@@ -384,6 +386,7 @@ SESSION_TRANSITIONS: Final[Mapping[tuple[SessionPhase, SessionEvent], SessionPha
     (_O, _E.RENEWED): _O,
     (_O, _E.AUTH_FAILED): _C,  # a failed renewal closes the session
     (_O, _E.TOKEN_EXPIRED): _C,
+    (_O, _E.REVOKED): _C,
     (_O, _E.DISCONNECTED): _C,
     (_C, _E.DISCONNECTED): _C,  # the transport may report the end after we closed
 }
@@ -430,6 +433,11 @@ class RelayLimits:
     max_frame_bytes: int = attrs.field(default=4096, validator=_positive)
     handshake_timeout: float = attrs.field(default=5.0, validator=_positive)
     send_queue_frames: int = attrs.field(default=512, validator=_positive)
+    # unauthenticated WebSocket handshakes per source (IPv4 address / IPv6 /64), before any
+    # signature check; the table of sources is bounded by `handshake_sources`
+    handshakes_per_second: int = attrs.field(default=10, validator=_positive)
+    handshakes_burst: int = attrs.field(default=20, validator=_positive)
+    handshake_sources: int = attrs.field(default=16_384, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.max_frame_bytes > 65_535 + 2 + MAX_NODE_ID:

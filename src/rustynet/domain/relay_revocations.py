@@ -133,7 +133,7 @@ def seal_revocation_feed(
     return keyring.seal(Purpose.REVOCATION, feed.to_payload(), now)
 
 
-def accept_revocation_feed(  # noqa: PLR0913 - the envelope, its trust, and what it must match
+def accept_revocation_feed(
     envelope_text: str,
     root_certificate: str,
     signing_certificates: Sequence[str],
@@ -156,13 +156,11 @@ def accept_revocation_feed(  # noqa: PLR0913 - the envelope, its trust, and what
         envelope = SignedEnvelope.from_text(envelope_text)
         cert = trust.certificate_for(envelope.key_id)
         verify_certificate(cert, trust.root, now)
-        if cert.role is not KeyRole.SIGNING or Purpose.REVOCATION not in cert.scope:
-            raise FeedRejected("the certificate does not cover revocations")
         payload = envelope.open(cert.subject, Purpose.REVOCATION)
-    except FeedRejected:
-        raise
     except (RemoteProtocolError, DecodeError) as exc:
         raise FeedRejected(f"{type(exc).__name__}: {exc}") from None
+    if cert.role is not KeyRole.SIGNING or Purpose.REVOCATION not in cert.scope:
+        raise FeedRejected("the certificate does not cover revocations")
     feed = RevocationFeed.from_payload(payload)
     if feed.issuer != issuer:
         raise FeedRejected("the feed is another control plane's")
