@@ -90,7 +90,9 @@ class RevocationFeedFollower:
 
     async def _poll_once(self, http: aiohttp.ClientSession) -> None:
         service = self._service
-        params = {"after": str(service.revoked.watermark), "wait": str(self._wait)}
+        # While the feed is not known to be up, ask for an answer at once (204 or the feed).
+        wait = self._wait if service.counters.feed_up else 0
+        params = {"after": str(service.revoked.watermark), "wait": str(wait)}
         async with http.get(self._url, params=params) as response:
             if response.status == 204:
                 self._up()
