@@ -30,13 +30,18 @@ from rustynet.adapters.relay.revocation_feed import RevocationFeedFollower
 from rustynet.adapters.relay.server import create_relay_app, make_runner
 from rustynet.adapters.tls_cert import create_self_signed
 
+from rustynet.application.control.relay_revocations import (
+    MAX_FEED_WAITERS,
+    RelayRevocationFeed,
+)
+from rustynet.application.errors import RateLimited
 from rustynet.application.relay import RelayService
 from rustynet.domain.join_tokens import JoinToken
 from rustynet.domain.keys import Purpose, SigningKey
 from rustynet.domain.netmap import RelayEntry
 from rustynet.domain.relay import RelayLimits, RelayTrust
 from rustynet.domain.relay_revocations import FeedRejected, RevocationFeed
-from rustynet.domain.signed import SignedEnvelope
+from rustynet.domain.signed import SignedEnvelope, canonical_json
 from rustynet.domain.tls_pin import SpkiPin
 from rustynet.ports.relay import RelayAuth, RelayClosed, RelayEndpoint, RelayUnauthorized
 from tests.integration.http_server import LiveApi, enroll_over_http, node_headers, running_api
@@ -160,6 +165,18 @@ async def _closed(session: WebSocketRelaySession) -> None:
         await _receive_until_closed(session)
 
 
+async def _refused(
+    transport: WebSocketRelayTransport, endpoint: RelayEndpoint, auth: RelayAuth
+) -> bool:
+    """True when the relay refuses the session (a session it accepts is closed again)."""
+    try:
+        session = await transport.connect(endpoint, auth)
+    except RelayUnauthorized:
+        return True
+    await session.close()
+    return False
+
+
 @pytest.mark.asyncio
 async def test_revoked_nodes_session_closes_within_a_second_and_its_token_is_refused(
     world: World,
@@ -180,8 +197,7 @@ async def test_revoked_nodes_session_closes_within_a_second_and_its_token_is_ref
     assert elapsed < 1.0
     assert world.service.counters.revoked_sessions == 1
     # Its token has not expired, yet a new session with it is refused.
-    with pytest.raises(RelayUnauthorized):
-        await transport.connect(world.endpoint, await _auth(world, a, token_a))
+    assert await _refused(transport, world.endpoint, await _auth(world, a, token_a))
     assert world.service.counters.revoked_refusals == 1
     # The other nodes still relay.
     await sb.send(c.node_id, b"still here")
@@ -239,14 +255,19 @@ async def test_forged_unsigned_and_rolled_back_feeds_change_nothing(world: World
     forged = SignedEnvelope.seal(
         SigningKey.generate(ENTROPY), Purpose.REVOCATION, forged_feed.to_payload()
     )
+    # Tampered: the genuine envelope's key id and signature over a payload naming c.
+    genuine = SignedEnvelope.from_text(first["envelope"])
+    tampered = SignedEnvelope(
+        genuine.purpose, genuine.key_id, canonical_json(forged_feed.to_payload()), genuine.signature
+    )
     # Unsigned: not an envelope at all.
-    for envelope in (forged.to_text(), "rnenv_not-signed"):
+    for envelope in (forged.to_text(), tampered.to_text(), "rnenv_not-signed"):
         with pytest.raises(FeedRejected):
             service.apply_revocations(
                 envelope, trust["root_certificate"], trust["signing_certificates"]
             )
     assert service.revoked.watermark == watermark
-    assert service.counters.feeds_rejected == rejected + 3
+    assert service.counters.feeds_rejected == rejected + 4
     assert not service.revoked.is_revoked(c.node_id, datetime.now(UTC))
     assert service.revoked.is_revoked(a.node_id, datetime.now(UTC))
 
@@ -298,3 +319,14 @@ async def test_a_handshake_flood_from_one_address_is_limited_while_another_is_se
         assert service.counters.handshakes_limited >= 1
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_waiting_feed_polls_are_bounded(world: World) -> None:
+    """The feed has no credential: beyond `MAX_FEED_WAITERS` waiting polls it answers 429."""
+    feed = RelayRevocationFeed(world.api.service.context)
+    feed.waiting = MAX_FEED_WAITERS
+    with pytest.raises(RateLimited):
+        await feed.revocations(0, 0)
+    feed.waiting = MAX_FEED_WAITERS - 1
+    assert await feed.revocations(0, 0) is None  # nothing revoked yet: 204

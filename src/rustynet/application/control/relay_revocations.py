@@ -121,4 +121,4 @@ async def _recent_revocations(
     return found
 
 
-__all__ = ["REVOCATION_FEED_KEY", "RelayRevocationFeed"]
+__all__ = ["MAX_FEED_WAITERS", "REVOCATION_FEED_KEY", "RelayRevocationFeed"]
