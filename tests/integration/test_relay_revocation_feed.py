@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from rustynet.adapters.http_api.tls import server_ssl_context
 from rustynet.adapters.relay.client import WebSocketRelaySession, WebSocketRelayTransport
 from rustynet.adapters.relay.revocation_feed import RevocationFeedFollower
 from rustynet.adapters.relay.server import create_relay_app, make_runner
+from rustynet.adapters.relay.udp_sessions import UdpRelay
 from rustynet.adapters.tls_cert import create_self_signed
 
 from rustynet.application.control.relay_revocations import (
@@ -40,10 +42,13 @@ from rustynet.domain.join_tokens import JoinToken
 from rustynet.domain.keys import Purpose, SigningKey
 from rustynet.domain.netmap import RelayEntry
 from rustynet.domain.relay import RelayLimits, RelayTrust
-from rustynet.domain.relay_revocations import FeedRejected, RevocationFeed
+from rustynet.domain.relay_revocations import FeedRejected, Revocation, RevocationFeed
 from rustynet.domain.signed import SignedEnvelope, canonical_json
 from rustynet.domain.tls_pin import SpkiPin
+from rustynet.domain.udp_relay import AllocationTable, UdpRelayLimits
 from rustynet.ports.relay import RelayAuth, RelayClosed, RelayEndpoint, RelayUnauthorized
+from tests.integration import test_relay as relay_test
+from tests.integration import test_relay_udp_allocation as udp_test
 from tests.integration.http_server import LiveApi, enroll_over_http, node_headers, running_api
 
 RELAY_ID = "relay-rev"
@@ -330,3 +335,49 @@ async def test_waiting_feed_polls_are_bounded(world: World) -> None:
         await feed.revocations(0, 0)
     feed.waiting = MAX_FEED_WAITERS - 1
     assert await feed.revocations(0, 0) is None  # nothing revoked yet: 204
+
+
+@pytest.mark.asyncio
+async def test_revocation_removes_the_nodes_udp_allocations(tmp_path: Path) -> None:
+    """A verified feed naming a node ends its sessions, so its UDP allocations (and the
+    forwarder's rules for them) are removed; the feed is signed like control signs it."""
+    h = udp_test.HIERARCHY
+    cert = create_self_signed(
+        "https://127.0.0.1:1", tmp_path / "u.crt", tmp_path / "u.key", now=datetime.now(UTC)
+    )
+    trust = RelayTrust(relay_test.RELAY_ID, relay_test.ISSUER, h.root_key.public_key.fingerprint())
+    service = RelayService(trust, RelayLimits(), SystemClock(), ENTROPY)
+    forwarding = udp_test.RecordingForwarding()
+    first = 20000 + 16 * secrets.randbelow(2000)
+    limits = UdpRelayLimits(port_first=first, port_last=first + 15, per_node=2, total=4)
+    udp = UdpRelay("127.0.0.1", AllocationTable(limits, ENTROPY), forwarding, SystemClock())
+    await udp.start()
+    runner = make_runner(create_relay_app(service, udp=udp), shutdown_timeout=1.0)
+    await runner.setup()
+    ssl_context = server_ssl_context(cert.certificate, cert.private_key)
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context).start()
+    port = runner.addresses[0][1]
+    endpoint = RelayEndpoint(relay_test.RELAY_ID, f"wss://127.0.0.1:{port}/v1/relay", cert.pin)
+    try:
+        a, b = relay_test.Node.make("node_a"), relay_test.Node.make("node_b")
+        sa = await _transport().connect(endpoint, a.auth(h, h.token(a)))
+        sb = await _transport().connect(endpoint, b.auth(h, h.token(b)))
+        await sa.allocate_udp("node_b")
+        await sb.allocate_udp("node_a")
+        assert len(udp.table) == 1
+        now = datetime.now(UTC).replace(microsecond=0)
+        feed = RevocationFeed(1, relay_test.ISSUER, now, (Revocation("node_a", now),))
+        envelope = SignedEnvelope.seal(h.signing_key, Purpose.REVOCATION, feed.to_payload())
+        closed = service.apply_revocations(
+            envelope.to_text(), h.root_certificate, (h.signing_certificate,)
+        )
+        assert closed == 1
+        await asyncio.wait_for(_closed(sa), timeout=1.5)
+        await sa.close()
+        await _until(lambda: len(udp.table) == 0)
+        await udp.settled()
+        assert len(udp.table) == 0
+        await sb.close()
+    finally:
+        await runner.cleanup()
+        await udp.close()
