@@ -31,14 +31,13 @@ import attrs
 from rustynet.domain.errors import DecodeError, LocalProtocolError, RemoteProtocolError
 from rustynet.domain.key_hierarchy import KeyRole, SigningKeyring, verify_certificate
 from rustynet.domain.keys import KeyFingerprint, Purpose
-from rustynet.domain.netmap import PeerMapTrust, format_time, parse_time
+from rustynet.domain.netmap import MAX_ISSUED_AHEAD, PeerMapTrust, format_time, parse_time
 from rustynet.domain.signed import JsonObject, SignedEnvelope
 
 FEED_KIND: Final = "relay-revocations"
 FEED_WINDOW: Final = timedelta(seconds=180)  # relay-token lifetime (120 s) + 60 s of skew
 MAX_FEED_ENTRIES: Final = 1024  # newest first; older ones fall back to token expiry
 MAX_REVOKED_TRACKED: Final = 4096  # the relay's table
-MAX_ISSUED_AHEAD: Final = timedelta(seconds=90)  # the relay's clock may run behind control's
 MAX_NODE_ID_CHARS: Final = 255
 MAX_SIGNING_CERTIFICATES: Final = 8
 _PAYLOAD_KEYS: Final = frozenset({"kind", "serial", "issuer", "issued_at", "revoked"})
