@@ -25,6 +25,7 @@ from rustynet.adapters.storage.sqlite import SqliteStore
 from rustynet.adapters.tunnel.memory import MemoryTunnelBackend
 
 from rustynet.application.node import AgentRevoked, AgentSettings, NodeAgent
+from rustynet.application.node.paths import Plan
 from rustynet.domain.policy import Proto
 from rustynet.ports.control_plane import ControlUnreachable, NodeCredentials
 from rustynet.ports.store import Store
@@ -309,3 +310,29 @@ async def test_parked_long_poll_does_not_delay_the_responder(world: World, tmp_p
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_path_switch_gives_an_overdue_responder_its_grace_again(
+    world: World, tmp_path: Path
+) -> None:
+    """Both ends switch path (to the relay, say) at nearly the same instant with fresh
+    sessions; a responder that was overdue (it never heard from the initiator, as through a
+    relay that broke every packet) waits the grace again instead of initiating in step with
+    the initiator, whose crossing handshake it would collide with."""
+    a, b = await pair(world, tmp_path)
+    assert a.agent.state is not None
+    assert b.agent.state is not None
+    a_key, b_key = a.agent.state.tunnel_key, b.agent.state.tunnel_key
+    responder, initiator_key = (b, a_key) if a_key.raw < b_key.raw else (a, b_key)
+    reconciler = responder.agent.reconciler
+    world.clock.advance(timedelta(seconds=4))  # past the responder grace: overdue
+    now = world.clock.now()
+    overdue = reconciler.desired(now, {initiator_key: None}, Plan())
+    assert initiator_key in overdue.initiator_for
+    switched = reconciler.desired(
+        now, {initiator_key: None}, Plan(switched=frozenset({initiator_key}))
+    )
+    assert initiator_key not in switched.initiator_for  # the grace starts again
+    world.clock.advance(timedelta(seconds=4))
+    later = reconciler.desired(world.clock.now(), {initiator_key: None}, Plan())
+    assert initiator_key in later.initiator_for  # and ends: a silent initiator is not waited for

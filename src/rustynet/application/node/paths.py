@@ -53,11 +53,13 @@ class PathState:
 @attrs.frozen
 class Plan:
     """What the next plan needs from the paths: an endpoint per peer, the peers whose endpoint
-    is left to the tunnel, and the peers whose keepalive is off (a nudge)."""
+    is left to the tunnel, the peers whose keepalive is off (a nudge), and the peers whose path
+    (direct / relay) changed in this plan."""
 
     endpoints: Mapping[TunnelKey, UnderlayEndpoint] = attrs.Factory(dict)
     learned: frozenset[TunnelKey] = frozenset()
     quiet: frozenset[TunnelKey] = frozenset()
+    switched: frozenset[TunnelKey] = frozenset()
 
 
 class PathKeeper:
@@ -110,6 +112,7 @@ class PathKeeper:
         bridge.keep_only(listed)
         out: dict[TunnelKey, UnderlayEndpoint] = {}
         learned: set[TunnelKey] = set()
+        switched: set[TunnelKey] = set()
         self.punching.own_candidates_changed(peer_map.peers, now)
         for peer in peer_map.peers:
             seen = stats.get(peer.tunnel_key)
@@ -128,6 +131,7 @@ class PathKeeper:
             new = await self._feed(peer, state, observation, direct)
             s.controllers[peer.id] = new
             if new.path is not state.path:
+                switched.add(peer.tunnel_key)
                 if new.phase is paths.PathPhase.DIRECT_UP:  # direct-seen: already running
                     self.punching.left_relay(peer, now)
                 else:
@@ -144,7 +148,7 @@ class PathKeeper:
             elif new.path is paths.PathKind.RELAY:
                 learned.add(peer.tunnel_key)
         s.new_session |= self.punching.take_restarts()
-        return Plan(out, frozenset(learned), self.punching.quiet_now(now))
+        return Plan(out, frozenset(learned), self.punching.quiet_now(now), frozenset(switched))
 
     async def restart_sessions(self, stats: Mapping[TunnelKey, PeerStats]) -> None:
         """Drop peers whose path just changed, so the plan re-adds them with a fresh session.

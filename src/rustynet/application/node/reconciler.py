@@ -76,6 +76,13 @@ class Reconciler:
         keys = {p.tunnel_key for p in peer_map.peers}
         since = self.state.listed_since
         self.state.listed_since = since = {k: since.get(k, now) for k in keys}
+        for k in paths.switched if paths is not None else ():
+            # Both ends of a pair switch path (to or from the relay) at nearly the same instant
+            # and start fresh sessions: a responder already overdue (it never heard from the
+            # initiator, e.g. through a relay that broke every packet) would initiate in step
+            # with the initiator, and the crossing handshakes collide. Its grace starts again.
+            if k in since:
+                since[k] = now
         heard_from = [k for k, when in heard.items() if when is not None]
         overdue = reconcile.overdue_responders(
             since, heard_from, now, self.settings.responder_grace
