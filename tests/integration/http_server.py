@@ -130,6 +130,7 @@ def build_service(
     relays: tuple[RelayEntry, ...] = (),
     audit_fold_window: timedelta | None = None,
     admin_per_ip: BucketPolicy | None = None,
+    long_poll_timeout: timedelta | None = None,
 ) -> ControlService:
     """The service as the composition root builds it (fresh keys, system clock and entropy)."""
     entropy = OsEntropy()
@@ -145,6 +146,8 @@ def build_service(
         settings = attrs.evolve(settings, audit_fold_window=audit_fold_window)
     if admin_per_ip is not None:
         settings = attrs.evolve(settings, admin_per_ip=admin_per_ip)
+    if long_poll_timeout is not None:
+        settings = attrs.evolve(settings, long_poll_timeout=long_poll_timeout)
     return ControlService(store, keys, clock, entropy, settings)
 
 
@@ -166,6 +169,7 @@ async def running_api(
     relays: tuple[RelayEntry, ...] = (),
     audit_fold_window: timedelta | None = None,
     admin_per_ip: BucketPolicy | None = None,
+    long_poll_timeout: timedelta | None = None,
 ) -> AsyncIterator[LiveApi]:
     """Serve the control API over TLS 1.3 on 127.0.0.1 (an OS-chosen port) until exit."""
     certificate = throwaway_certificate(tmp_path)
@@ -175,7 +179,13 @@ async def running_api(
     runner: web.AppRunner | None = None
     try:
         service = build_service(
-            store, "https://127.0.0.1", limits, relays, audit_fold_window, admin_per_ip
+            store,
+            "https://127.0.0.1",
+            limits,
+            relays,
+            audit_fold_window,
+            admin_per_ip,
+            long_poll_timeout,
         )
         admin = await create_initial_admin_key(
             store, now=service.clock.now(), entropy=service.entropy, keys=service.keys
