@@ -160,6 +160,13 @@ class ControlClient:
             )
         return self._session
 
+    async def reset(self) -> None:
+        """Close every connection (requests in flight fail as `ControlUnreachable`); the next
+        request opens a new session. The API key stays."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
     async def close(self) -> None:
         """Close connections and wipe the API key; idempotent."""
         if self._session is not None:

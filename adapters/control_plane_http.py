@@ -103,6 +103,10 @@ class NodeRoutes(Protocol):
         """`POST /v1/relay-token`."""
         ...
 
+    async def reset(self) -> None:
+        """Drop open connections; the next request connects anew."""
+        ...
+
     async def close(self) -> None:
         """Close connections."""
         ...
@@ -208,6 +212,10 @@ class HttpControlPlane:
         """`POST /v1/relay-token`."""
         answer = await self._client.relay_token(auth, relay_id=relay_id)
         return _read("POST /v1/relay-token", answer, RelayToken)
+
+    async def reconnect(self) -> None:
+        """Drop the client's connections (in-flight requests end as unreachable)."""
+        await self._client.reset()
 
     async def close(self) -> None:
         """Close the client's connections; idempotent."""

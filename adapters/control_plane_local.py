@@ -129,5 +129,8 @@ class LocalControlPlane:
             self.service.relay_token(self._auth(auth), RelayTokenRequest(relay_id))
         )
 
+    async def reconnect(self) -> None:
+        """No connection to drop."""
+
     async def close(self) -> None:
         """Nothing to release."""

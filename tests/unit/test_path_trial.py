@@ -168,6 +168,24 @@ def test_new_candidates_restart_an_unconfirmed_trial_and_keep_a_confirmed_one() 
     assert effects == (Punch(order, POLICY.punch_packets),)
 
 
+def test_a_handshake_seen_in_the_tick_the_candidates_change_still_confirms() -> None:
+    """The peer's reflexive candidate often arrives in the very tick the first handshake is
+    seen: that handshake vouches for where the tunnel is, even though the trial would start
+    over (a restarted trial sees no fresher handshake for two minutes)."""
+    state = _started()
+    roamed = ep("203.0.113.12:41641")  # the tunnel moved there on the peer's handshake
+    order = (roamed, *state.order)
+    now = T0 + timedelta(milliseconds=800)
+    seen = T0 + timedelta(milliseconds=700)
+    kept, effects = reorder(POLICY, state, order, now, last_handshake=seen, current=roamed)
+    assert (kept.confirmed, kept.endpoint, kept.order) == (roamed, roamed, order)
+    assert effects == (Punch(order, POLICY.punch_packets),)
+    # A handshake from before the attempt began vouches for nothing: the trial starts over.
+    old = T0 - timedelta(seconds=1)
+    fresh, _ = reorder(POLICY, state, order, now, last_handshake=old, current=roamed)
+    assert (fresh.confirmed, fresh.started, fresh.endpoint) == (None, now, order[0])
+
+
 def test_no_candidates_no_endpoint_no_packets() -> None:
     state, effects = TrialState.start(POLICY, (), T0)
     assert (state.endpoint, effects) == (None, ())

@@ -117,6 +117,13 @@ class ControlPlaneClient(Protocol):
         control lists no such relay, 401 when the node is revoked."""
         ...
 
+    async def reconnect(self) -> None:
+        """Drop every open connection: requests in flight end with `ControlUnreachable`, the
+        next one connects anew. An address of this host went away (it moved to another
+        network): a connection from that address is dead, and a request on it (a parked long
+        poll above all) would wait for its timeout instead of reaching control at once."""
+        ...
+
     async def close(self) -> None:
         """Release connections; idempotent."""
         ...

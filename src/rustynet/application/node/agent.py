@@ -169,6 +169,7 @@ class NodeAgent:
         )
         self.candidates.current_map = lambda: self.intake.applied
         self._changes = changes
+        self._interfaces = interfaces
         self.loop = LoopState()
 
     # --- what the daemon and the status read --------------------------------------------------
@@ -355,6 +356,7 @@ class NodeAgent:
         changes = self._changes
         assert changes is not None
         try:
+            known = await self._host_addresses()
             while not self.loop.stopping:
                 await changes.changed()
                 while True:  # debounce: a burst (DHCP, a link flap) is one re-gather
@@ -366,10 +368,32 @@ class NodeAgent:
                 if discovery is not None:
                     discovery.invalidate()
                 _log.info("candidates.interfaces_changed")
+                now = await self._host_addresses()
+                if known is None or now is None or known - now:
+                    await self._reconnect()
+                known = now
                 self.candidates.wake.set()
                 await self._nudge_peers()
         finally:
             await changes.close()
+
+    async def _host_addresses(self) -> frozenset[str] | None:
+        """The host's addresses outside the tunnel (None: this node cannot read them)."""
+        if self._interfaces is None:
+            return None
+        found = await self._interfaces.addresses()
+        tunnel = self.settings.interface
+        return frozenset(str(a) for name, addrs in found.items() if name != tunnel for a in addrs)
+
+    async def _reconnect(self) -> None:
+        """An address of this host went away: connections to control and to the relay made
+        from it are dead, and a request parked on one (the long poll) would only time out.
+        Dropping them makes the next request (the candidate report first) connect from where
+        the host is now."""
+        _log.info("node.reconnecting", reason="a host address went away")
+        await self.control.reconnect()
+        if self.relay_link is not None:
+            await self.relay_link.reconnect()
 
     async def _nudge_peers(self) -> None:
         """Our addresses changed (roaming): every tunnel endpoint is set again and a keepalive

@@ -233,13 +233,15 @@ class Punching:
         held = self.state.trials.get(peer.id)
         self.state.windows.pop(peer.id, None)
         effects: tuple[trials.TrialEffect, ...] = ()
+        handshake = seen.last_handshake if seen is not None else None
         if held is not None and held[0] == attempt.since:
-            trial, effects = trials.reorder(policy, held[1], order, now)
+            trial, effects = trials.reorder(
+                policy, held[1], order, now, last_handshake=handshake, current=direct
+            )
         elif attempt.last_seen is not None and direct is not None:
             trial = trials.TrialState.already_confirmed(order, direct, attempt.last_seen, now)
         else:
             trial, effects = trials.TrialState.start(policy, order, now)
-        handshake = seen.last_handshake if seen is not None else None
         trial, more = trials.observe(policy, trial, now, handshake, direct)
         self.state.trials[peer.id] = (attempt.since, trial)
         await self._carry_out(peer, (*effects, *more))

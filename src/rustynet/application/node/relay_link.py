@@ -102,6 +102,13 @@ class RelayLink:
             await self._sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
 
+    async def reconnect(self) -> None:
+        """End the current session (if any); `run` connects again at once from wherever this
+        host is now (its address changed: the old connection is dead)."""
+        session = self.session
+        if session is not None:
+            await session.close()
+
     async def _auth(self, home: RelayEndpoint) -> tuple[RelayAuth, datetime]:
         creds = await self._credentials()
         grant = await self.control.relay_token(creds, home.relay_id)

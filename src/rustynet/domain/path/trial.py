@@ -259,12 +259,26 @@ def observe(
 
 
 def reorder(
-    policy: TrialPolicy, state: TrialState, order: tuple[UnderlayEndpoint, ...], now: datetime
+    policy: TrialPolicy,
+    state: TrialState,
+    order: tuple[UnderlayEndpoint, ...],
+    now: datetime,
+    *,
+    last_handshake: datetime | None = None,
+    current: UnderlayEndpoint | None = None,
 ) -> tuple[TrialState, tuple[TrialEffect, ...]]:
     """The peer's candidates changed: a confirmed endpoint stands (punch the new ones so a
-    roamed peer gets in); an unconfirmed trial starts over on the new order."""
+    roamed peer gets in); an unconfirmed trial starts over on the new order.
+
+    A handshake that completed during the attempt now ending is taken first (`observe`): the
+    peer's candidates often change (its reflexive one arrives) in the very tick in which the
+    first handshake is seen, and a trial started over after it would never see a fresh one
+    (the session rekeys only every two minutes; a responder never re-kicks), so it would keep
+    pointing the tunnel away from a working endpoint."""
     if order == state.order:
         return state, ()
+    if state.confirmed is None:
+        state, _ = observe(policy, state, now, last_handshake, current)
     if state.confirmed is not None:
         return attrs.evolve(state, order=order, index=0), _punch(policy, order)
     return TrialState.start(policy, order, now)
