@@ -32,9 +32,10 @@ _IPV6_CHECKSUM_OFFSET: Final = 6  # the UDP checksum's offset: the kernel fills 
 _log = structlog.get_logger(__name__)
 
 
-def datagram(source_port: int, target: UnderlayEndpoint) -> bytes:
-    """The UDP header and marker for one pre-punch (IPv4 checksum 0: none; IPv6: the kernel's)."""
-    return _UDP_HEADER.pack(source_port, target.port, _UDP_HEADER.size + len(MARKER), 0) + MARKER
+def datagram(source_port: int, target: UnderlayEndpoint, payload: bytes = MARKER) -> bytes:
+    """The UDP header and payload (the marker: a pre-punch) for one datagram (IPv4 checksum 0:
+    none; IPv6: the kernel's)."""
+    return _UDP_HEADER.pack(source_port, target.port, _UDP_HEADER.size + len(payload), 0) + payload
 
 
 class RawPrePunch:
@@ -55,8 +56,19 @@ class RawPrePunch:
         self.sent += sent
         return sent
 
+    async def send(self, target: UnderlayEndpoint, payload: bytes) -> bool:
+        """One datagram carrying `payload` (a relay bind) to `target`."""
+        family = socket.AF_INET if target.address.version == 4 else socket.AF_INET6
+        sent = self._send(family, [target], 1, payload) == 1
+        self.sent += sent
+        return sent
+
     def _send(
-        self, family: socket.AddressFamily, targets: list[UnderlayEndpoint], count: int
+        self,
+        family: socket.AddressFamily,
+        targets: list[UnderlayEndpoint],
+        count: int,
+        payload: bytes = MARKER,
     ) -> int:
         sent = 0
         try:
@@ -70,7 +82,7 @@ class RawPrePunch:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_CHECKSUM, _IPV6_CHECKSUM_OFFSET)
             for target in targets:
-                packet = datagram(self.port, target)
+                packet = datagram(self.port, target, payload)
                 for _ in range(count):
                     try:
                         sock.sendto(packet, (str(target.address), 0))

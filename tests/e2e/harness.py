@@ -644,10 +644,11 @@ class Relay:
 
 
 def start_control_with_relay(
-    mesh: Mesh, ns: Namespace | None = None, address: str | None = None
+    mesh: Mesh, ns: Namespace | None = None, address: str | None = None, relay_toml: str = ""
 ) -> Relay:
     """Control plane initialised with a relay listed in its control.toml; both serving (the
-    relay in the control namespace, or in `ns` at `address`).
+    relay in the control namespace, or in `ns` at `address`; `relay_toml` is appended to the
+    relay's relay.toml, e.g. a `[udp]` table).
 
     The root fingerprint the relay pins is taken from a join token (which stays unused), as an
     operator would copy it; control is restarted to read the `[[relays]]` block.
@@ -659,6 +660,8 @@ def start_control_with_relay(
     fingerprint = JoinToken.parse(token).root_fingerprint.to_text()
     mesh.control.program.stop()
     block = relay.init(fingerprint)
+    if relay_toml:
+        relay.config.write_text(relay.config.read_text() + "\n" + relay_toml)
     found = sorted(mesh.control.data_dir.glob("*.toml"))
     if not found:
         raise LabError(f"no control config under {mesh.control.data_dir}")

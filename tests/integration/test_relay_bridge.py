@@ -22,6 +22,8 @@ import pytest
 import pytest_asyncio
 from rustynet.adapters.relay.bridge import RelayBridge
 
+from rustynet.domain.udp_relay import AllocationRefusedError, UdpGrant
+
 pytestmark = pytest.mark.asyncio
 
 PEER = "node_AAAAAAAAAAAAAAAA"
@@ -50,6 +52,9 @@ class QueueSession:
 
     async def renew(self, token: str) -> datetime:
         return self.expires_at
+
+    async def allocate_udp(self, peer: str) -> UdpGrant:
+        raise AllocationRefusedError("unavailable")
 
     async def close(self) -> None:
         return None

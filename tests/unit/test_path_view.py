@@ -40,11 +40,27 @@ def _c(text: str, kind: CandidateKind) -> Candidate:
             "relay relay-1",
             {"path": "relay", "relay": "relay-1"},
         ),
+        (
+            PathView("relay", relay_id="relay-1", transport="udp"),
+            "relay relay-1 (udp)",
+            {"path": "relay", "relay": "relay-1", "relay_transport": "udp"},
+        ),
+        (
+            PathView("relay", relay_id="relay-1", transport="wss"),
+            "relay relay-1 (wss)",
+            {"path": "relay", "relay": "relay-1", "relay_transport": "wss"},
+        ),
     ],
 )
 def test_text_and_json_forms(view: PathView, text: str, doc: dict[str, str]) -> None:
     """Each view's text form, its JSON form (absent fields are null) and the round trip."""
-    full = {"path": None, "endpoint": None, "endpoint_kind": None, "relay": None} | doc
+    full = {
+        "path": None,
+        "endpoint": None,
+        "endpoint_kind": None,
+        "relay": None,
+        "relay_transport": None,
+    } | doc
     assert view.text() == text
     assert view.to_json() == full
     assert PathView.from_json(view.to_json()) == view
@@ -65,6 +81,8 @@ def test_the_words_are_the_four() -> None:
         lambda: PathView("direct", None, EndpointKind.LOCAL),
         lambda: PathView("direct", relay_id="relay-1"),
         lambda: PathView("none", relay_id="relay-1"),
+        lambda: PathView("direct", EP, EndpointKind.LOCAL, transport="udp"),
+        lambda: PathView("relay", relay_id="relay-1", transport="tcp"),  # type: ignore[arg-type]
     ],
 )
 def test_impossible_views_are_refused(make: object) -> None:

@@ -47,6 +47,9 @@ class Recorder:
         self.sent.append((targets, count))
         return len(targets) * count
 
+    async def send(self, target: UnderlayEndpoint, payload: bytes) -> bool:
+        raise AssertionError("punching sends no relay bind")
+
 
 def punching(own: int = 1) -> tuple[Punching, Recorder]:
     recorder = Recorder()

@@ -22,6 +22,7 @@ import attrs
 from rustynet.domain.errors import DecodeError, RustynetError
 from rustynet.domain.relay import validate_relay_id
 from rustynet.domain.tls_pin import SpkiPin
+from rustynet.domain.udp_relay import UdpGrant
 
 
 class RelayError(RustynetError):
@@ -103,6 +104,12 @@ class RelaySession(Protocol):
     async def renew(self, token: str) -> datetime:
         """Present a fresh relay token on the same session; returns the new expiry.
         `RelayUnauthorized` if refused (the relay then closes the session)."""
+        ...
+
+    async def allocate_udp(self, peer: str) -> UdpGrant:
+        """Ask for a UDP relay session toward the node `peer` (docs/relay-protocol.md, "UDP
+        relay sessions"): this node's side of it. `AllocationRefusedError` with the relay's
+        reason word, `RelayClosed` once the session is over."""
         ...
 
     async def close(self) -> None:

@@ -146,6 +146,7 @@ class NodeAgent:
             puncher=puncher,
             own_key=self._own_tunnel_key,
             own_candidates=lambda: self.candidates.reported or (),
+            relay_session=lambda: None if self.relay_link is None else self.relay_link.session,
         )
         self.reconciler = Reconciler(
             tunnel=tunnel,
@@ -314,6 +315,7 @@ class NodeAgent:
             every = (*tasks, *self.path_keeper.probes())
             for task in every:
                 task.cancel()
+            self.path_keeper.udp.close()
             for task in every:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -453,6 +455,7 @@ class NodeAgent:
             self.settings.path_policy,
             self.clock.now(),
             relay_id=self._relay_id(),
+            transport=self.path_keeper.transport,
         )
         watermark = self.intake.watermark
         source = self.map_source

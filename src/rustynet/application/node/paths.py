@@ -26,15 +26,19 @@ import attrs
 import structlog
 
 from rustynet.application.node.punching import Punching
+from rustynet.application.node.relay_udp import UdpRelayLegs
 from rustynet.application.node.settings import AgentSettings
 from rustynet.domain import path as paths
 from rustynet.domain import reconcile
 from rustynet.domain.candidates import Candidate
 from rustynet.domain.keys import TunnelKey
 from rustynet.domain.netmap import PeerEntry, PeerMap
+from rustynet.domain.path import relay_udp
+from rustynet.domain.path.view import RelayTransport
 from rustynet.domain.tunnel import Capability, PeerDiff, PeerStats, UnderlayEndpoint
 from rustynet.ports.clock import Clock
 from rustynet.ports.punch import NoPrePunch, PrePunchPort
+from rustynet.ports.relay import RelaySession
 from rustynet.ports.relay_path import RelayBridgePort
 from rustynet.ports.tunnel import TunnelBackend
 
@@ -78,16 +82,31 @@ class PathKeeper:
         puncher: PrePunchPort | None = None,
         own_key: Callable[[], TunnelKey | None] = lambda: None,
         own_candidates: Callable[[], tuple[Candidate, ...]] = tuple,
+        relay_session: Callable[[], RelaySession | None] = lambda: None,
     ) -> None:
         self.tunnel, self.bridge = tunnel, bridge
         self.clock, self.settings = clock, settings
         self._map, self._relay_up, self._relay_id = current_map, relay_up, relay_id
-        self.punching = Punching(settings, puncher or NoPrePunch(), own_key, own_candidates)
+        sender = puncher or NoPrePunch()
+        self.punching = Punching(settings, sender, own_key, own_candidates)
+        stale = self.punching.evidence_window
+        self.udp = UdpRelayLegs(
+            relay_udp.UdpLegPolicy(stale=stale),
+            sender,
+            relay_session,
+            self.punching.nudge,
+            clock.now,
+        )
         self.state = PathState()
 
     def wake_at(self) -> datetime | None:
         """When the paths next need a plan sooner than the regular tick (None: no hurry)."""
-        return self.punching.wake_at()
+        due = [d for d in (self.punching.wake_at(), self.udp.wake_at()) if d is not None]
+        return min(due, default=None)
+
+    def transport(self, peer_id: str) -> RelayTransport:
+        """How a relayed peer's packets go: the relay's UDP port or the WebSocket session."""
+        return self.udp.transport(peer_id)
 
     def controller(self, peer_id: str) -> paths.PeerPath | None:
         """The controller state of a peer (None when it is not in the map)."""
@@ -104,12 +123,15 @@ class PathKeeper:
         if bridge is None or peer_map is None or now >= peer_map.expires_at:
             s.controllers.clear()
             self.punching.clear()
+            self.udp.keep_only(set())
             return Plan()
         relay_up = self._relay_up() and Capability.RELAY_ENDPOINTS in self.tunnel.capabilities()
         listed = {p.id for p in peer_map.peers}
         s.controllers = {k: v for k, v in s.controllers.items() if k in listed}
         self.punching.keep_only(listed)
         bridge.keep_only(listed)
+        on_relay = {k for k, v in s.controllers.items() if v.path is paths.PathKind.RELAY}
+        self.udp.keep_only(on_relay)
         out: dict[TunnelKey, UnderlayEndpoint] = {}
         learned: set[TunnelKey] = set()
         switched: set[TunnelKey] = set()
@@ -117,7 +139,10 @@ class PathKeeper:
         for peer in peer_map.peers:
             seen = stats.get(peer.tunnel_key)
             state = s.controllers.get(peer.id) or paths.PeerPath.start(now)
-            via_relay = seen is not None and bridge.is_bridge_endpoint(seen.underlay_endpoint)
+            via_relay = seen is not None and (
+                bridge.is_bridge_endpoint(seen.underlay_endpoint)
+                or self.udp.is_relay_endpoint(peer.id, seen.underlay_endpoint)
+            )
             direct = None if seen is None or via_relay else seen.underlay_endpoint
             evidence = self.punching.read(peer.id, seen, direct is not None, now)
             on_path = via_relay == (state.path is paths.PathKind.RELAY)
@@ -138,6 +163,7 @@ class PathKeeper:
                     s.new_session.add(peer.tunnel_key)
             if new.path is paths.PathKind.RELAY:
                 home = await bridge.endpoint_for(peer.id)
+                home = await self.udp.endpoint(peer, home, seen, now)
                 chosen = self.punching.relayed_endpoint(peer, home, now)
             else:
                 chosen = await self.punching.direct_endpoint(peer, new, seen, direct, now)

@@ -193,6 +193,10 @@ class Punching:
         s.nudged[peer.id] = now
         s.quiet[peer.tunnel_key] = now + NUDGE_DELAY
 
+    def nudge(self, peer: PeerEntry, now: datetime) -> None:
+        """Make the tunnel send `peer` a keepalive now (its keepalive off for one plan)."""
+        self.state.quiet[peer.tunnel_key] = now + NUDGE_DELAY
+
     def nudge_all(self, peer_map: PeerMap | None, now: datetime) -> None:
         """Nudge every peer of `peer_map` (our host's addresses changed)."""
         for peer in () if peer_map is None else peer_map.peers:

@@ -7,7 +7,7 @@ The one rule: status reports, never decides: a peer's path is its path controlle
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 import attrs
@@ -16,6 +16,7 @@ from rustynet.domain import path as paths
 from rustynet.domain.keys import TunnelKey
 from rustynet.domain.netmap import PeerMap
 from rustynet.domain.node_state import NodeState
+from rustynet.domain.path.view import RelayTransport
 from rustynet.domain.tunnel import PeerStats
 
 
@@ -98,8 +99,10 @@ def peer_statuses(
     now: datetime,
     *,
     relay_id: str | None = None,
+    transport: Callable[[str], RelayTransport] = lambda _: "wss",
 ) -> tuple[PeerStatus, ...]:
-    """One `PeerStatus` per peer of the applied map (`relay_id`: the relay relayed peers use)."""
+    """One `PeerStatus` per peer of the applied map (`relay_id`: the relay relayed peers use;
+    `transport`: how a relayed peer's packets go there)."""
     peers = []
     for entry in peer_map.peers if peer_map is not None else ():
         s, controller = stats.get(entry.tunnel_key), controllers.get(entry.id)
@@ -113,6 +116,7 @@ def peer_statuses(
                     s.underlay_endpoint if s else None,
                     entry.candidates,
                     relay_id,
+                    transport(entry.id),
                 ),
                 phase=None if controller is None else controller.phase.value,
                 last_handshake=s.last_handshake if s else None,

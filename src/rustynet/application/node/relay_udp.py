@@ -1,0 +1,187 @@
+"""UDP relay sessions on the node: relayed peers whose tunnel sends straight to the relay's UDP
+port for the pair (`relay-udp`, forwarded by the relay's kernel: no Python touches a packet on
+either node) instead of through the WebSocket bridge (`relay-wss`).
+
+The one rule (authenticated before trusted): a peer's tunnel is pointed only at the address the
+relay granted over the authenticated relay session, only for a peer of the signed map that is
+on the relay path, and `relay-udp` stands only on the tunnel's own evidence
+(`domain.path.relay_udp`); everywhere else a relayed peer goes through the bridge. The binds go
+out from the tunnel's port (`PrePunchPort.send`), through the same NAT mapping as the tunnel's
+own packets to that relay port.
+
+This module asks (one task per peer, over the current relay session), sends the binds, nudges
+the tunnel, and says which endpoint a relayed peer's tunnel uses; the decisions are the pure
+`UdpLeg`'s. A new relay session forgets every leg: the relay dropped the old session's
+allocations with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Callable
+from datetime import datetime
+
+import attrs
+import structlog
+
+from rustynet.domain.netmap import PeerEntry
+from rustynet.domain.path import relay_udp as legs
+from rustynet.domain.path.view import RelayTransport
+from rustynet.domain.tunnel import PeerStats, UnderlayEndpoint
+from rustynet.domain.udp_relay import AllocationRefusedError, UdpGrant
+from rustynet.ports.punch import PrePunchPort
+from rustynet.ports.relay import RelayError, RelaySession
+
+_log = structlog.get_logger(__name__)
+
+
+@attrs.define
+class LegState:
+    """Per peer id: the leg, its grant, the ask in flight; the relay session they belong to."""
+
+    legs: dict[str, legs.UdpLeg] = attrs.Factory(dict)
+    grants: dict[str, UdpGrant] = attrs.Factory(dict)
+    asks: dict[str, asyncio.Task[None]] = attrs.Factory(dict)
+    session: RelaySession | None = None
+    unavailable: bool = False
+    """The relay serves no UDP sessions (`unavailable`): ask no more on this session."""
+
+
+class UdpRelayLegs:
+    """Owns `LegState`; `paths.PathKeeper` asks it for each relayed peer's endpoint."""
+
+    def __init__(
+        self,
+        policy: legs.UdpLegPolicy,
+        puncher: PrePunchPort,
+        session: Callable[[], RelaySession | None],
+        nudge: Callable[[PeerEntry, datetime], None],
+        now: Callable[[], datetime],
+    ) -> None:
+        self.policy, self.puncher = policy, puncher
+        self._session, self._nudge, self._now = session, nudge, now
+        self.state = LegState()
+
+    def transport(self, peer_id: str) -> RelayTransport:
+        """How a relayed peer's packets go now."""
+        leg = self.state.legs.get(peer_id)
+        return "udp" if leg is not None and leg.points_at_relay else "wss"
+
+    def is_relay_endpoint(self, peer_id: str, endpoint: UnderlayEndpoint | None) -> bool:
+        """`endpoint` is the relay address granted for this peer (a relay path, not direct)."""
+        leg = self.state.legs.get(peer_id)
+        return endpoint is not None and leg is not None and leg.endpoint == endpoint
+
+    def wake_at(self) -> datetime | None:
+        """The soonest time a leg needs a plan (a bind, a nudge, a trial's end)."""
+        due = [d for leg in self.state.legs.values() if (d := leg.due(self.policy)) is not None]
+        return min(due, default=None)
+
+    def keep_only(self, relayed: set[str]) -> None:
+        """Forget the legs of peers no longer on the relay path (or in the map); a new relay
+        session forgets them all."""
+        s, session = self.state, self._session()
+        if session is not s.session:
+            relayed = set()
+            s.session, s.unavailable = session, False
+        for gone in [k for k in (*s.legs, *s.asks) if k not in relayed]:
+            s.legs.pop(gone, None)
+            s.grants.pop(gone, None)
+            task = s.asks.pop(gone, None)
+            if task is not None:
+                task.cancel()
+
+    def close(self) -> None:
+        """Cancel the asks in flight (the agent's loop ended)."""
+        for task in self.state.asks.values():
+            task.cancel()
+        self.state = LegState()
+
+    async def endpoint(
+        self, peer: PeerEntry, bridge: UnderlayEndpoint, seen: PeerStats | None, now: datetime
+    ) -> UnderlayEndpoint:
+        """Where a relayed peer's tunnel sends now: the relay's UDP address (trying or up) or
+        the bridge; asks, binds and nudges on the way."""
+        s = self.state
+        session = s.session
+        if session is None or s.unavailable:
+            return bridge
+        leg = s.legs.get(peer.id)
+        if leg is None or (
+            leg.endpoint is None
+            and leg.phase is legs.LegPhase.RESTING
+            and leg.retry is not None
+            and now - leg.since >= leg.retry
+        ):
+            self._ask(peer, session, now, leg)
+            return bridge
+        grant = s.grants.get(peer.id)
+        read = None
+        if seen is not None:
+            at_relay = leg.endpoint is not None and seen.underlay_endpoint == leg.endpoint
+            read = legs.Read(at_relay, seen.rx_bytes)
+        before = leg.phase
+        leg, effects = legs.observe(self.policy, leg, now, read)
+        s.legs[peer.id] = leg
+        if leg.phase is not before and legs.LegPhase.ASKING not in (before, leg.phase):
+            _log.info("relay.udp_leg", peer=peer.name, phase=leg.phase.value, was=before.value)
+        await self._carry_out(peer, leg, grant, effects, now)
+        return leg.endpoint if leg.points_at_relay and leg.endpoint is not None else bridge
+
+    async def _carry_out(
+        self,
+        peer: PeerEntry,
+        leg: legs.UdpLeg,
+        grant: UdpGrant | None,
+        effects: tuple[legs.LegEffect, ...],
+        now: datetime,
+    ) -> None:
+        for effect in effects:
+            if isinstance(effect, legs.Nudge):
+                self._nudge(peer, now)
+            elif grant is not None and leg.endpoint is not None:
+                await self.puncher.send(leg.endpoint, grant.bind_packet(effect.counter))
+
+    def _ask(
+        self, peer: PeerEntry, session: RelaySession, now: datetime, leg: legs.UdpLeg | None
+    ) -> None:
+        s = self.state
+        if peer.id in s.asks:
+            return
+        asking = legs.UdpLeg.asking(now)
+        s.legs[peer.id] = asking if leg is None else attrs.evolve(asking, retry=leg.retry)
+        task = asyncio.create_task(self._allocate(peer, session), name=f"udp-ask-{peer.name}")
+        s.asks[peer.id] = task
+        task.add_done_callback(lambda _: s.asks.pop(peer.id, None))
+
+    async def _allocate(self, peer: PeerEntry, session: RelaySession) -> None:
+        s = self.state
+        try:
+            grant = await session.allocate_udp(peer.id)
+            endpoint = UnderlayEndpoint(ipaddress.ip_address(grant.relay_address), grant.relay_port)
+        except AllocationRefusedError as exc:
+            _log.info("relay.udp_refused", peer=peer.name, reason=exc.reason)
+            s.unavailable = s.unavailable or exc.reason == "unavailable"
+            self._refused(peer.id)
+            return
+        except (RelayError, ValueError) as exc:
+            _log.info("relay.udp_ask_failed", peer=peer.name, error=type(exc).__name__)
+            self._refused(peer.id)
+            return
+        leg = s.legs.get(peer.id)
+        if leg is None or s.session is not session or grant.peer != peer.id:
+            return  # forgotten meanwhile (left the relay path, new session), or not ours
+        now = self._now()
+        s.grants[peer.id] = grant
+        s.legs[peer.id], effects = legs.granted(self.policy, leg, endpoint, now)
+        _log.info("relay.udp_granted", peer=peer.name, relay=endpoint.to_text())
+        await self._carry_out(peer, s.legs[peer.id], grant, effects, now)
+
+    def _refused(self, peer_id: str) -> None:
+        leg = self.state.legs.get(peer_id)
+        if leg is not None:
+            self.state.legs[peer_id] = legs.refused(self.policy, leg, self._now())
+
+
+__all__ = ["LegState", "UdpRelayLegs"]

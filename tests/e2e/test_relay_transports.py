@@ -1,0 +1,76 @@
+"""A relayed pair's transport, end to end: two `rustynetd` behind hard NATs (no direct path)
+and a `rustynet-relay` with `[udp]` on the lab's internet. While UDP to the relay is blocked
+(only its TCP port answers) the pair goes through the relay's WebSocket session (`relay-wss`);
+once UDP gets through, both ends' tunnels move to the relay's kernel-forwarded UDP ports
+(`relay-udp`: asked over the session, bound from the tunnel port, proven by the tunnels' own
+packets) and pings flow with no relay process in the data path."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.e2e.harness import ALLOW_ALL_POLICY, Node, run_in, start_control_with_relay, wait_for
+from tests.e2e.natmesh import NatMesh, block_udp_between, unblock
+from tests.natlab import NatKind
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+RELAY_S = 30.0  # direct attempt (6 s) + relay session + a handshake through it, loaded
+UDP_S = 30.0  # a leg's retry (10 s) + its trial (4 s) + reads, loaded
+PORTS = (40100, 40199)
+
+
+def _transport(a: Node, b: Node) -> object:
+    return a.peers().get(b.name, {}).get("relay_transport")
+
+
+def _both(a: Node, b: Node, transport: str) -> bool:
+    return all(
+        x.path_to(y) == "relay" and _transport(x, y) == transport for x, y in ((a, b), (b, a))
+    )
+
+
+def _wg_endpoint(node: Node) -> str:
+    done = run_in(node.ns, "wg", "show", node.interface, "endpoints")
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()[-1]
+
+
+def test_hard_nats_relay_over_wss_while_udp_is_blocked_then_over_udp(nat_mesh: NatMesh) -> None:
+    mesh = nat_mesh
+    ha, hb = mesh.nat.host(NatKind.HARD), mesh.nat.host(NatKind.HARD)
+    a, b = mesh.add("ta", ha), mesh.add("tb", hb)
+    assert ha.site is not None
+    assert hb.site is not None
+    relay_host = mesh.nat.internet_host()
+    relay_host.ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    for router in (ha.site.router, hb.site.router):  # only the relay's TCP port answers them
+        block_udp_between(mesh, router.wan_address, relay_host.address, table="noudp")
+    udp = f'[udp]\naddress = "{relay_host.address}"\nport_first = {PORTS[0]}\n'
+    udp += f"port_last = {PORTS[1]}\ntotal = 50\n"
+    start_control_with_relay(mesh, relay_host.ns, relay_host.address, relay_toml=udp)
+    mesh.control.set_policy(ALLOW_ALL_POLICY, mesh.workdir)
+    mesh.join(a)
+    mesh.join(b)
+    wait_for("both on the relay", lambda: _both(a, b, "wss"), RELAY_S, interval=0.2)
+    assert wait_for("a ping through the relay's WebSocket", lambda: a.ping(b), 10)[0]
+    time.sleep(5)  # each leg's trial ran out with nothing through the UDP port: still wss
+    assert _both(a, b, "wss")
+    assert a.ping(b)
+
+    unblock(mesh, table="noudp")
+    _, took = wait_for("both over the relay's UDP ports", lambda: _both(a, b, "udp"), UDP_S)
+    print(f"\ne2e-timing UDP to the relay unblocked → both relay-udp: {took * 1000:.0f} ms")
+    assert wait_for("a ping through the relay's UDP ports", lambda: a.ping(b), 5)[0]
+    for node in (a, b):  # each tunnel sends straight to its relay port, not to a bridge
+        host, port = _wg_endpoint(node).rsplit(":", 1)
+        assert host == relay_host.address
+        assert PORTS[0] <= int(port) <= PORTS[1]
+    flows = run_in(relay_host.ns, "nft", "list", "set", "ip", "rustynet-relay-udp", "flows")
+    assert flows.returncode == 0, flows.stderr
+    forwarded = [int(n) for n in re.findall(r"counter packets (\d+)", flows.stdout)]
+    assert forwarded, flows.stdout
+    assert max(forwarded) > 0, flows.stdout  # the relay's kernel carried the pings
