@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from rustynet.domain.nat import NatClass, StunObservation, classify
+from rustynet.domain.nat import NatClass, StunObservation, classify, direct_unlikely
 from rustynet.domain.tunnel import UnderlayEndpoint
 
 S1A = UnderlayEndpoint.parse("203.0.113.5:3478")
@@ -74,3 +74,24 @@ def test_a_public_address_on_another_port_is_not_public() -> None:
 
 def test_every_class_has_a_description() -> None:
     assert all(c.description for c in NatClass)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "unlikely"),
+    [
+        (NatClass.HARD, NatClass.HARD, True),
+        (NatClass.UDP_BLOCKED, NatClass.PUBLIC, True),
+        (NatClass.EIM, NatClass.UDP_BLOCKED, True),
+        (NatClass.HARD, NatClass.EIM, False),  # a full-cone NAT lets the hard side in
+        (NatClass.HARD, NatClass.PUBLIC, False),
+        (NatClass.HARD, NatClass.UNKNOWN, False),
+        (NatClass.HARD, None, False),  # not classified: try
+        (None, None, False),
+        (NatClass.EIM_PORT_PRESERVING, NatClass.EIM_PORT_PRESERVING, False),
+    ],
+)
+def test_direct_is_unlikely_only_between_two_hard_nats_or_with_udp_blocked(
+    ours: NatClass | None, theirs: NatClass | None, unlikely: bool
+) -> None:
+    assert direct_unlikely(ours, theirs) is unlikely
+    assert direct_unlikely(theirs, ours) is unlikely

@@ -11,6 +11,7 @@ from rustynet.application.control_keys import create_control_keys
 from rustynet.domain.candidates import Candidate
 from rustynet.domain.key_hierarchy import KeyRole, SigningKeyring, issue_certificate
 from rustynet.domain.keys import Purpose, SigningKey, TunnelKey, TunnelKeyScheme
+from rustynet.domain.nat import NatClass
 from rustynet.domain.netmap import (
     MalformedPeerMap,
     PeerEntry,
@@ -209,3 +210,22 @@ def test_a_peer_candidate_breaking_the_rule_makes_the_map_malformed(candidates: 
     payload["peers"] = [first, *peers[1:]]
     with pytest.raises(MalformedPeerMap):
         PeerMap.from_payload(payload)
+
+
+def test_a_peers_nat_class_travels_in_the_map_and_an_older_map_without_it_reads_as_null() -> None:
+    payload = dict(make_map().to_payload())
+    peers = payload["peers"]
+    assert isinstance(peers, list)
+    first = dict(peers[0])
+    assert first["nat"] is None
+    first["nat"] = "hard"
+    payload["peers"] = [first]
+    assert PeerMap.from_payload(payload).peers[0].nat is NatClass.HARD
+    del first["nat"]
+    payload["peers"] = [first]
+    assert PeerMap.from_payload(payload).peers[0].nat is None
+    for bad in ("symmetric", 3, ""):
+        first["nat"] = bad
+        payload["peers"] = [first]
+        with pytest.raises(MalformedPeerMap):
+            PeerMap.from_payload(payload)

@@ -663,3 +663,31 @@ def test_direct_evidence_from_before_the_relay_stint_does_not_count() -> None:
     result = _evidence(state, 7, 5)
     assert result.state.phase is PathPhase.RELAY
     assert result.transitions == ()
+
+
+def test_a_pair_whose_nats_rule_out_direct_takes_the_relay_as_soon_as_it_is_up() -> None:
+    """Both ends behind hard NATs (the map's and our own classes): no direct attempt to sit out;
+    without a relay the attempt goes on as usual."""
+    state = PeerPath.start(T0)
+    unlikely = Observation(at(0.2), None, relay_available=False, direct_unlikely=True)
+    waiting = step(POLICY, state, unlikely)
+    assert waiting.state.phase is PathPhase.DIRECT_TRYING
+    result = step(POLICY, waiting.state, Observation(at(0.4), None, True, direct_unlikely=True))
+    assert result.state.phase is PathPhase.RELAY
+    assert reasons(result) == [Reason.DIRECT_UNLIKELY]
+    assert result.commands == (UsePath(PathKind.RELAY),)
+    likely = step(POLICY, state, Observation(at(0.4), None, True))
+    assert likely.state.phase is PathPhase.DIRECT_TRYING  # only the classes decide
+
+
+def test_after_relay_probes_a_misjudged_pair_gets_its_full_direct_attempt() -> None:
+    """Relay probes that succeed move the pair to a direct attempt, which the classes do not cut
+    short (probe_seq > 0): a wrong class costs a probe interval, never the direct path."""
+    state = probing(relayed(6), 16)
+    state = step(POLICY, state, ProbeResult(at(16.1), probe=1, ok=True)).state
+    confirm = observe(state, 18.1, handshake=16)
+    back = step(POLICY, confirm.state, ProbeResult(at(18.2), probe=2, ok=True))
+    assert back.state.phase is PathPhase.DIRECT_TRYING
+    again = step(POLICY, back.state, Observation(at(18.5), None, True, direct_unlikely=True))
+    assert again.state.phase is PathPhase.DIRECT_TRYING
+    assert again.transitions == ()

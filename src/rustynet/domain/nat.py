@@ -119,4 +119,17 @@ def classify(
     return report(NatClass.EIM_PORT_PRESERVING if preserved else NatClass.EIM)
 
 
-__all__ = ["NatClass", "NatReport", "StunObservation", "classify"]
+def direct_unlikely(ours: NatClass | None, theirs: NatClass | None) -> bool:
+    """True when no direct path can open between two nodes with these NAT classes: either side
+    cannot send or receive UDP at all, or both map a new public port per destination (neither
+    can tell the other where to send, and neither accepts from an unknown source). Anything
+    unknown, and one hard side against an endpoint-independent one (a full-cone NAT lets the
+    hard side's packets in), is worth a direct attempt."""
+    if ours is None or theirs is None:
+        return False
+    if NatClass.UDP_BLOCKED in (ours, theirs):
+        return True
+    return ours is NatClass.HARD and theirs is NatClass.HARD
+
+
+__all__ = ["NatClass", "NatReport", "StunObservation", "classify", "direct_unlikely"]

@@ -10,7 +10,7 @@ Payload (canonical JSON inside a `SignedEnvelope` with `Purpose.PEER_MAP`)::
      "policy_version": N,
      "self":  {"id", "name", "overlay_addresses", "tunnel_key", "tags"},
      "peers": [{"id", "name", "overlay_addresses", "tunnel_key", "tunnel_key_expires_at",
-                "candidates": [{"endpoint", "kind"}], "relays"}],
+                "candidates": [{"endpoint", "kind"}], "relays", "nat"}],
      "inbound": [{"sources": ["100.64.0.1/32"], "proto": "tcp|udp|icmp|any",
                   "ports": [[22, 22]]}],
      "relays": [{"id": "relay-1", "url": "wss://relay.example:443/v1/relay",
@@ -22,7 +22,9 @@ keep the compiler's order; everything is in protocol-agnostic terms (tunnel keys
 prefixes, underlay endpoints), the tunnel adapter translates. The top-level `relays` list is
 the same for every node of a mesh (docs/relay-protocol.md): a node's home relay is the first
 one, so two nodes that need a relay meet on the same one; each relay is pinned by its TLS key,
-and the list is signed with the rest of the map. A peer's `relays` names relay ids from it.
+and the list is signed with the rest of the map. A peer's `relays` names relay ids from it;
+its `nat` is the class of its NAT (`rustynet.domain.nat.NatClass`, null: not classified; a
+map without the field is read as null).
 `stun` is the mesh's STUN servers (the control host's and the relays', as control.toml
 `[stun].advertise` lists them), IP-literal endpoints checked by `rustynet.domain.stun`.
 """
@@ -46,6 +48,7 @@ from rustynet.domain.key_hierarchy import (
     verify_certificate,
 )
 from rustynet.domain.keys import KeyFingerprint, Purpose, TunnelKey
+from rustynet.domain.nat import NatClass
 from rustynet.domain.policy import Proto
 from rustynet.domain.policy_compile import FilterRule
 from rustynet.domain.signed import JsonObject, JsonValue, SignedEnvelope
@@ -174,6 +177,7 @@ class PeerEntry:
     tunnel_key_expires_at: datetime
     candidates: tuple[Candidate, ...] = ()
     relays: tuple[str, ...] = ()
+    nat: NatClass | None = None
     # The two text forms that cost (base64, strftime), made on first use: the control plane
     # puts one entry into the maps of every node that sees the peer. Not part of eq/hash.
     _texts: tuple[str, str] | None = attrs.field(
@@ -194,6 +198,7 @@ class PeerEntry:
             "tunnel_key_expires_at": texts[1],
             "candidates": [c.to_json() for c in self.candidates],
             "relays": list(self.relays),
+            "nat": None if self.nat is None else self.nat.value,
         }
 
     @property
@@ -498,7 +503,8 @@ def _rule(value: object) -> InboundRule:
 
 
 def _peer(value: object) -> PeerEntry:
-    p = _exact(value, _PEER_KEYS, "peer")
+    with_nat = isinstance(value, Mapping) and "nat" in value
+    p = _exact(value, _PEER_KEYS | {"nat"} if with_nat else _PEER_KEYS, "peer")
     return PeerEntry(
         id=_str(p["id"], "peer id"),
         name=_str(p["name"], "peer name"),
@@ -507,7 +513,17 @@ def _peer(value: object) -> PeerEntry:
         tunnel_key_expires_at=parse_time(p["tunnel_key_expires_at"], "tunnel_key_expires_at"),
         candidates=_candidates(p["candidates"]),
         relays=_strs(p["relays"], "relays"),
+        nat=_nat(p.get("nat")),
     )
+
+
+def _nat(value: object) -> NatClass | None:
+    if value is None:
+        return None
+    try:
+        return NatClass(value)
+    except ValueError:
+        raise MalformedPeerMap("a peer's nat is null or a NAT class") from None
 
 
 def _candidates(value: object) -> tuple[Candidate, ...]:

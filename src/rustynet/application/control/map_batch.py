@@ -138,6 +138,7 @@ class MapAssembler:
                 tunnel_key_expires_at=node.tunnel_key_expires_at,
                 candidates=node.candidates,
                 relays=self._relay_ids,
+                nat=node.nat_classification,
             )
         self._peers[peer_id] = entry
         return entry

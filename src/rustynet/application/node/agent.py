@@ -147,6 +147,7 @@ class NodeAgent:
             own_key=self._own_tunnel_key,
             own_candidates=lambda: self.candidates.reported or (),
             relay_session=lambda: None if self.relay_link is None else self.relay_link.session,
+            own_nat=lambda: self.candidates.reported_nat,
         )
         self.reconciler = Reconciler(
             tunnel=tunnel,
@@ -284,8 +285,10 @@ class NodeAgent:
             if self.credentials.rotation_due():
                 await self.rotate_tunnel_key()
             if self.candidates.reported is None:
-                await self.candidates.report(self.credentials.node_credentials())
+                await self._report_candidates()
             applied = await self.poll(timeout)
+            if applied and self.relay_link is not None:
+                self.relay_link.map_applied()  # a first (or new) home relay: connect now
             discovery = self.candidates.discovery
             if applied and discovery is not None and discovery.stale(self.intake.applied):
                 self.candidates.wake.set()  # new STUN servers: classify now, not at the tick
@@ -348,9 +351,21 @@ class NodeAgent:
             if self.candidates.reported is None:
                 continue  # the loop's step reports first (it holds a fresh token)
             try:
-                await self.candidates.report(self.credentials.node_credentials())
+                await self._report_candidates()
             except (ControlUnreachable, ControlRejected, TunnelError) as exc:
                 _log.info("candidates.report_failed", error=str(exc)[:200])
+            except FirewallError as exc:
+                _log.warning("tunnel.reconcile_failed", error=str(exc)[:200])
+
+    async def _report_candidates(self) -> None:
+        """Report our candidates; when our NAT class changed, plan at once: whether a peer's
+        direct path is worth an attempt depends on it (`domain.nat.direct_unlikely`), and both
+        ends of a pair should decide at nearly the same instant (each switch to the relay
+        starts a fresh session)."""
+        before = self.candidates.reported_nat
+        await self.candidates.report(self.credentials.node_credentials())
+        if self.candidates.reported_nat is not before:
+            await self.reconcile()
 
     async def _watch_changes(self) -> None:
         """An address or route change: after `change_debounce` s of quiet, re-classify and

@@ -28,10 +28,11 @@ import structlog
 from rustynet.application.node.punching import Punching
 from rustynet.application.node.relay_udp import UdpRelayLegs
 from rustynet.application.node.settings import AgentSettings
+from rustynet.domain import nat, reconcile
 from rustynet.domain import path as paths
-from rustynet.domain import reconcile
 from rustynet.domain.candidates import Candidate
 from rustynet.domain.keys import TunnelKey
+from rustynet.domain.nat import NatClass
 from rustynet.domain.netmap import PeerEntry, PeerMap
 from rustynet.domain.path import relay_udp
 from rustynet.domain.path.view import RelayTransport
@@ -83,10 +84,12 @@ class PathKeeper:
         own_key: Callable[[], TunnelKey | None] = lambda: None,
         own_candidates: Callable[[], tuple[Candidate, ...]] = tuple,
         relay_session: Callable[[], RelaySession | None] = lambda: None,
+        own_nat: Callable[[], NatClass | None] = lambda: None,
     ) -> None:
         self.tunnel, self.bridge = tunnel, bridge
         self.clock, self.settings = clock, settings
         self._map, self._relay_up, self._relay_id = current_map, relay_up, relay_id
+        self._own_nat = own_nat
         sender = puncher or NoPrePunch()
         self.punching = Punching(settings, sender, own_key, own_candidates)
         stale = self.punching.evidence_window
@@ -136,6 +139,7 @@ class PathKeeper:
         learned: set[TunnelKey] = set()
         switched: set[TunnelKey] = set()
         self.punching.own_candidates_changed(peer_map.peers, now)
+        own_nat = self._own_nat()
         for peer in peer_map.peers:
             seen = stats.get(peer.tunnel_key)
             state = s.controllers.get(peer.id) or paths.PeerPath.start(now)
@@ -152,6 +156,7 @@ class PathKeeper:
                 last_handshake=seen.last_handshake if seen is not None and on_path else None,
                 relay_available=relay_up,
                 direct_evidence=now if evidence and relayed else None,
+                direct_unlikely=nat.direct_unlikely(own_nat, peer.nat),
             )
             new = await self._feed(peer, state, observation, direct)
             s.controllers[peer.id] = new
@@ -163,7 +168,9 @@ class PathKeeper:
                     s.new_session.add(peer.tunnel_key)
             if new.path is paths.PathKind.RELAY:
                 home = await bridge.endpoint_for(peer.id)
-                home = await self.udp.endpoint(peer, home, seen, now)
+                home = await self.udp.endpoint(
+                    peer, home, seen, now, confirmed=new.last_seen is not None
+                )
                 chosen = self.punching.relayed_endpoint(peer, home, now)
             else:
                 chosen = await self.punching.direct_endpoint(peer, new, seen, direct, now)

@@ -102,6 +102,11 @@ class RelayLink:
             await self._sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
 
+    def map_applied(self) -> None:
+        """A peer map was applied: `run` looks for the home relay again at once (without this
+        it looked every 5 s, so a new node's first relayed packet waited up to 5 s)."""
+        self.changed.set()
+
     async def reconnect(self) -> None:
         """End the current session (if any); `run` connects again at once from wherever this
         host is now (its address changed: the old connection is dead)."""

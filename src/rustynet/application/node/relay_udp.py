@@ -64,9 +64,11 @@ class UdpRelayLegs:
         self.state = LegState()
 
     def transport(self, peer_id: str) -> RelayTransport:
-        """How a relayed peer's packets go now."""
+        """How a relayed peer's packets go: `udp` once the leg is up (proven), else `wss`
+        (a trial's two seconds on the UDP port show as `wss`, as a direct attempt shows as
+        `trying`)."""
         leg = self.state.legs.get(peer_id)
-        return "udp" if leg is not None and leg.points_at_relay else "wss"
+        return "udp" if leg is not None and leg.phase is legs.LegPhase.UP else "wss"
 
     def is_relay_endpoint(self, peer_id: str, endpoint: UnderlayEndpoint | None) -> bool:
         """`endpoint` is the relay address granted for this peer (a relay path, not direct)."""
@@ -99,13 +101,22 @@ class UdpRelayLegs:
         self.state = LegState()
 
     async def endpoint(
-        self, peer: PeerEntry, bridge: UnderlayEndpoint, seen: PeerStats | None, now: datetime
+        self,
+        peer: PeerEntry,
+        bridge: UnderlayEndpoint,
+        seen: PeerStats | None,
+        now: datetime,
+        *,
+        confirmed: bool,
     ) -> UnderlayEndpoint:
         """Where a relayed peer's tunnel sends now: the relay's UDP address (trying or up) or
-        the bridge; asks, binds and nudges on the way."""
+        the bridge; asks, binds and nudges on the way. Nothing is asked before a handshake
+        through the bridge `confirmed` the relay path: the first packets go the way that works
+        wherever the relay's TCP port does, and the session they start then moves to the UDP
+        port without a new handshake (a trial on a network that blocks UDP would hold them)."""
         s = self.state
         session = s.session
-        if session is None or s.unavailable:
+        if session is None or s.unavailable or (not confirmed and peer.id not in s.legs):
             return bridge
         leg = s.legs.get(peer.id)
         if leg is None or (

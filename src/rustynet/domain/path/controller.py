@@ -106,6 +106,10 @@ def _on_direct_trying(policy: PathPolicy, state: PeerPath, obs: Observation) -> 
     seen = _fresh(state, obs.last_handshake, obs.now)
     if seen is not None:
         return _Move(Reason.HANDSHAKE_SEEN, _up(policy, state, seen, obs.now))
+    if obs.direct_unlikely and obs.relay_available and state.probe_seq == 0:
+        # A first attempt only: after relay probes (probe_seq > 0) direct gets its full time,
+        # so a pair whose NATs were misjudged still moves up.
+        return _Move(Reason.DIRECT_UNLIKELY, _enter(policy, state, PathPhase.RELAY, obs.now))
     if obs.now - state.since < policy.direct_timeout:
         return _Move(None, state)
     if obs.relay_available:

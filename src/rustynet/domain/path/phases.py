@@ -60,6 +60,7 @@ class Reason(enum.Enum):
 
     HANDSHAKE_SEEN = "handshake-seen"
     DIRECT_TIMEOUT = "direct-timeout"
+    DIRECT_UNLIKELY = "direct-unlikely"
     NO_RELAY = "no-relay"
     RELAY_AVAILABLE = "relay-available"
     DIRECT_STALE = "direct-stale"

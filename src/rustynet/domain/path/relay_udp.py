@@ -37,16 +37,17 @@ import attrs
 
 from rustynet.domain.tunnel import UnderlayEndpoint
 
-DEFAULT_TRIAL: Final = timedelta(seconds=2)
-"""Long enough for the peer's ask and binds to arrive (both ends enter the relay path within a
-tick of each other) and for two reads of the tunnel after the nudged keepalives; short, as the
-tunnel's packets to the peer are lost for its length when UDP to the relay is blocked. A peer
-whose trial starts later still gets through: its packets reach us through the UDP port, our
-tunnel moves there by itself, and that is evidence while resting."""
+DEFAULT_TRIAL: Final = timedelta(seconds=1)
+"""Long enough for the peer's binds to arrive (both ends start their trials when their relay
+path is confirmed, within a tick of each other) and for two reads of the tunnel after the
+nudged keepalives; short, as the tunnel's packets to the peer are lost for its length where
+UDP to the relay is blocked (once per retry). A peer whose trial starts later still gets
+through: its packets reach us through the UDP port, our tunnel moves there by itself, and that
+is evidence while resting."""
 
 _MS = timedelta(milliseconds=1)
-DEFAULT_BIND_AT: Final = (0 * _MS, 500 * _MS, 1000 * _MS)
-DEFAULT_NUDGE_AT: Final = (0 * _MS, 500 * _MS, 1000 * _MS, 1500 * _MS)
+DEFAULT_BIND_AT: Final = (0 * _MS, 300 * _MS, 600 * _MS)
+DEFAULT_NUDGE_AT: Final = (0 * _MS, 300 * _MS, 600 * _MS)
 DEFAULT_RETRY_FIRST: Final = timedelta(seconds=10)
 DEFAULT_RETRY_MAX: Final = timedelta(seconds=120)
 DEFAULT_REBIND_EVERY: Final = timedelta(seconds=25)

@@ -59,6 +59,10 @@ class Observation:
     direct_evidence: datetime | None = attrs.field(default=None, validator=_optional_utc)
     """While relayed: when the tunnel last took authenticated packets from the peer on a
     direct endpoint (it moves there only for packets that decrypt), None if it did not."""
+    direct_unlikely: bool = attrs.field(default=False, validator=_bool)
+    """The NAT classes of both ends say no direct path can open (`domain.nat.direct_unlikely`):
+    a first attempt goes to the relay as soon as it is up instead of after `direct_timeout`;
+    relay probes still try the direct path, and an attempt after them takes its full time."""
 
 
 @attrs.frozen
