@@ -80,6 +80,53 @@ RELAY: Final = [
 ENTROPY: Final = OsEntropy()
 
 
+# --- the figures and their budgets (bench/budgets.toml [relay_udp]) ------------------------------
+
+# (figure, where in bench_relay_udp's results, budget key, "max" or "min")
+ALLOCATION_CHECKS: Final = (
+    ("allocations installed at once", ("allocations", "installed"), "allocations_min", "min"),
+    ("allocations: relay RSS KiB per allocation", ("allocations", "kb_per_allocation"),
+     "allocation_memory_max_kb", "max"),
+    ("allocations: nft elements per allocation", ("allocations", "elements_per_allocation"),
+     "allocation_elements_max", "max"),
+    ("allocations: nft rules in the relay table", ("allocations", "rules"),
+     "allocation_rules_max", "max"),
+    ("allocations: set-up per s (binds → elements)", ("allocations", "setup_per_s"),
+     "allocation_setup_min_per_s", "min"),
+    ("allocations: teardown s (sessions closed → maps empty)", ("allocations", "teardown_s"),
+     "allocation_teardown_max_s", "max"),
+)  # fmt: skip
+
+
+def allocation_figures(raw: dict[str, Any]) -> dict[str, Any]:
+    """The child's figures plus the derived ones the budgets name."""
+    table = raw.get("table", {})
+    elements = table.get("elements", {})
+    if "error" in raw or not elements:
+        return raw
+    return {
+        **raw,
+        "installed": elements.get("to_peer", 0) // 2,
+        "elements_per_allocation": round(sum(elements.values()) / raw["pairs"], 2),
+        "rules": table.get("rules"),
+    }
+
+
+def summary(figures: dict[str, Any]) -> str:
+    """One markdown line on the allocation run (what the budget table does not show)."""
+    if "error" in figures:
+        return f"Allocations: {figures['error'][:300]}"
+    rss = figures["rss_kb"]
+    return (
+        f"Allocations: {figures['pairs']} pairs over {figures['nodes']} relay sessions "
+        f"(per_node {figures['per_node']}); relay VmRSS KiB no session {rss['no_session']}, "
+        f"sessions {rss['sessions']}, asked {rss['asked']}, installed {rss['installed']}; "
+        f"elements {figures['table']['elements']}; asks {figures['asks_per_s']}/s; relay stop "
+        f"{figures['relay_stop_s']} s, table left {figures['table_left_after_stop']}; "
+        f"relay.toml raised: {figures['relay_limits_raised']}."
+    )
+
+
 # --- the parent: the two namespaces ---------------------------------------------------------------
 
 
