@@ -115,21 +115,22 @@ def iperf(
     }
 
 
-def rtt_ms(peer: Peer, other: Peer, count: int) -> dict[str, Any]:
-    """`ping -c COUNT -i 0.05` over the tunnel: median and p95 RTT in ms, replies received."""
+def ping_times(peer: Peer, other: Peer, count: int) -> list[float]:
+    """`ping -c COUNT -i 0.05` over the tunnel: the RTTs of the replies, ms."""
     out = peer.host.ns.run(
         "ping", "-c", str(count), "-i", "0.05", "-W", "1", other.overlay,
         check=False, timeout=count * 0.05 + 30,
     ).stdout  # fmt: skip
-    times = [float(w[5:]) for w in out.split() if w.startswith("time=")]
+    return [float(w[5:]) for w in out.split() if w.startswith("time=")]
+
+
+def rtt_ms(times: list[float], sent: int) -> dict[str, Any]:
+    """Median and p95 of the RTTs (ms), replies out of `sent`."""
     if len(times) < 2:
-        return {"replies": len(times)}
+        return {"replies": len(times), "sent": sent}
     p95 = statistics.quantiles(times, n=20, method="inclusive")[18]
-    return {
-        "median": round(statistics.median(times), 3),
-        "p95": round(p95, 3),
-        "replies": len(times),
-    }
+    median = statistics.median(times)
+    return {"median": round(median, 3), "p95": round(p95, 3), "replies": len(times), "sent": sent}
 
 
 def idle_kernel_cpu(seconds: float) -> float:
@@ -312,8 +313,15 @@ def measure_paths(args: argparse.Namespace, results: dict[str, Any], idle_per_s:
                 "relayed": relayed_path(nat, workdir, "kernel", stack),
                 "userspace": relayed_path(nat, workdir, "userspace", stack),
             }
-            for client, server, info in paths.values():
-                info["rtt_ms"] = rtt_ms(client, server, args.pings)
+            # Pings in interleaved chunks too (a path measured alone sees the load of its moment).
+            chunks = max(1, min(args.rounds, args.pings))
+            times: dict[str, list[float]] = {name: [] for name in paths}
+            for chunk in range(chunks):
+                count = args.pings // chunks + (chunk < args.pings % chunks)
+                for name, (client, server, _) in paths.items():
+                    times[name] += ping_times(client, server, count)
+            for name, (_, _, info) in paths.items():
+                info["rtt_ms"] = rtt_ms(times[name], args.pings)
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
             for _ in range(args.rounds):  # interleaved: the machine's load hits every path
                 for name, (client, server, info) in paths.items():
