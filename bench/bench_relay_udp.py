@@ -1,26 +1,34 @@
-"""UDP relay benchmark (issue 16 "Numbers", relay side): TCP throughput through a
-kernel-forwarded UDP relay session vs a direct path, in one run, with plain wireguard-go.
+"""UDP relay benchmark (issue 16 "Numbers", relay side): TCP throughput, relay CPU per Gbit and
+RTT through a UDP relay session (kernel forwarding and the userspace fallback) vs a direct
+path, in one run, with plain wireguard-go; then 1,000 concurrent allocations on a real relay.
 
 Run as root from the repository root (not part of the test suite):
 
     .venv/bin/python -m bench.bench_relay_udp
-    .venv/bin/python -m bench.bench_relay_udp --seconds 10 --rounds 5
+    .venv/bin/python -m bench.bench_relay_udp --seconds 10 --rounds 5 --pings 200 --pairs 0
 
 The lab is tests/natlab.py (everything removed at the end, even on failure):
 
 1. Direct: easy↔easy, wireguard-go peered directly (each with the other's router address);
-   `iperf3 -c B_overlay -t SECONDS -J` from A to `iperf3 -s -1` in B; ping RTT (median of 20).
-   Both hosts sit behind EASY NATs (endpoint-independent mapping keeping the port), so the
-   direct path crosses as many NAT routers as the relayed one.
+   `iperf3 -c B_overlay -t SECONDS -J` from A to `iperf3 -s -1` in B. Both hosts sit behind
+   EASY NATs (endpoint-independent mapping keeping the port), so the direct path crosses as
+   many NAT routers as the relayed one.
 2. Relayed (kernel, then the userspace fallback in a second relay namespace with
    ip_forward off): two hosts behind HARD NATs and a relay host on the internet running the relay's
    UDP side (tests/e2e/udp_relay_helper.py: allocation, bind sockets, nftables forwarding;
    no process in the data path); both sides ask, bind from their tunnel ports, and point
-   wireguard-go at their relay address. The same iperf3 run and pings, plus the time from the
-   binds to the first ping through the relay.
-3. Kernel CPU of the machine (system + softirq jiffies from /proc/stat) per Gbit moved during
-   each run, minus an idle baseline of the same length: the forwarding cost shows as the
-   difference between the two runs (the machine also runs both wireguard-go and iperf3).
+   wireguard-go at their relay address. The same iperf3 runs, plus the time from the binds
+   to the first ping through the relay.
+3. RTT: `ping -c PINGS -i 0.05` over each path in interleaved chunks (one per round): median
+   and p95, and what each relay mode adds to the direct path's.
+4. Relay CPU per Gbit moved (`CPU_METHOD`): the whole machine's system + softirq jiffies
+   from /proc/stat over each run minus an idle baseline measured at the start of this
+   invocation (kernel forwarding has no process to account; the figure includes both
+   wireguard-go peers and iperf3, so the direct path's is printed beside it), and the relay
+   process's utime + stime (the userspace fallback's cost; ~0 for kernel forwarding).
+5. PAIRS concurrent allocations on a real rustynet-relay (bench/bench_relay_alloc.py, in a
+   lab of its own after the first one is gone): relay memory, nft elements and rules, set-up
+   and teardown rates.
 
 The three paths are set up first, then measured in ROUNDS interleaved rounds (direct, kernel,
 userspace, direct, ...): each path's throughput is the median of its rounds and the ratio is
