@@ -10,8 +10,9 @@ so the relay installs its nftables table) and a nodes namespace (203.0.113.11) j
 Everything else runs in a child process inside the nodes namespace (`--child`), which:
 
 1. writes a relay.toml (`rustynet-relay init`, then `[udp]` with a port range of 2 x PAIRS and
-   `total = PAIRS`, `[limits]` handshakes raised so one source may open every session at once,
-   no revocation feed, no STUN) and starts `rustynet-relay serve` in the relay namespace;
+   `total = PAIRS` (plus the probes'), `[limits]` handshakes raised so one source may open every
+   session at once, no revocation feed, no STUN) and starts `rustynet-relay serve` in the relay
+   namespace;
 2. opens NODES authenticated WebSocket sessions (real relay tokens signed by a certified
    signing key, as the control plane issues them). Each node keeps the default per-node bound
    (`UdpRelayLimits.per_node`, 16 allocations), so PAIRS pairs need 2 x PAIRS / 16 nodes: a
@@ -21,13 +22,18 @@ Everything else runs in a child process inside the nodes namespace (`--child`), 
    present in the relay's `to_peer` map (polled with `nft -j`);
 4. reads the relay's VmRSS (no session, sessions, allocations asked, allocations installed),
    the element count of each set/map and the table's rule count;
-5. closes every session (the relay tears every allocation down: elements and conntrack
+5. with every allocation installed, one more pair (of PROBE_PAIRS x 2 extra sessions) asks
+   and binds: binds -> its elements present, on a quiet relay; then every session renews its
+   token at once and another pair does the same (its install is queued behind every
+   re-install the renewals caused);
+6. closes every session (the relay tears every allocation down: elements and conntrack
    entries) and times until the maps are empty, then stops the relay (SIGTERM) and checks that
    its table is gone.
 
-Relay tokens live at most 120 s: the sessions renew theirs 100 s after they opened (and every
-100 s after that). A renewal re-installs every active allocation, so a set-up still running
-then is slowed; `renewals_during_setup` in the figures says whether that happened.
+Relay tokens live at most 120 s: during the set-up the sessions renew theirs 100 s after they
+opened (and every 100 s after that), then once more in step 5. A renewal re-installs every
+active allocation, so a set-up still running at 100 s is slowed; `renewals_during_setup` in
+the figures says whether that happened.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ BIND_SOURCE_FIRST: Final = 10000  # bind packets come from 10000, 10001, ...
 ISSUER: Final = "https://control.example.net:8443"
 RELAY_ID: Final = "relay-bench"
 PER_NODE: Final = UdpRelayLimits().per_node
+PROBE_PAIRS: Final = 2  # one pair installed on a quiet relay, one right after renewals
 RENEW_EVERY_S: Final = 100.0  # tokens live 120 s; a renewal re-installs every allocation
 RELAY: Final = [
     sys.executable,
@@ -94,6 +101,10 @@ ALLOCATION_CHECKS: Final = (
      "allocation_rules_max", "max"),
     ("allocations: set-up per s (binds → elements)", ("allocations", "setup_per_s"),
      "allocation_setup_min_per_s", "min"),
+    ("allocations: one more pair, binds → installed s", ("allocations", "probe_install_quiet_s"),
+     "bind_to_install_max_s", "max"),
+    ("allocations: the same right after every session renewed",
+     ("allocations", "probe_install_after_renewals_s"), "bind_to_install_max_s", "max"),
     ("allocations: teardown per s (sessions closed → maps empty)",
      ("allocations", "teardown_per_s"), "allocation_teardown_min_per_s", "min"),
 )  # fmt: skip
@@ -210,7 +221,7 @@ def relay_config(workdir: Path, chain: Chain, pairs: int, nodes: int) -> tuple[P
             raise RuntimeError(f"relay init wrote no {key}: the bench cannot set it")
     text += (
         f'\n[udp]\naddress = "{RELAY_ADDRESS}"\nport_first = {PORT_FIRST}\n'
-        f"port_last = {PORT_FIRST + 2 * pairs - 1}\ntotal = {pairs}\n"
+        f"port_last = {PORT_FIRST + 2 * pairs - 1}\ntotal = {pairs}\n"  # pairs: with the probes
     )
     config.write_text(text)
     return config, SpkiPin.from_text(pin)
@@ -270,11 +281,11 @@ async def wait_until(check: Callable[[], bool], timeout: float, interval: float 
     return time.monotonic() - started
 
 
-def send_binds(grants: Sequence[UdpGrant]) -> None:
+def send_binds(grants: Sequence[UdpGrant], first_port: int = BIND_SOURCE_FIRST) -> None:
     """One valid bind packet per grant, each from its own source port."""
     for number, grant in enumerate(grants):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind((NODES_ADDRESS, BIND_SOURCE_FIRST + number))
+            sock.bind((NODES_ADDRESS, first_port + number))
             sock.sendto(grant.bind_packet(1), (grant.relay_address, grant.relay_port))
 
 
@@ -363,7 +374,7 @@ async def tear_down(
     sessions.clear()
     await wait_until(lambda: map_size(relay_ns) == 0, 300)
     out["teardown_s"] = round(time.monotonic() - started, 2)
-    out["teardown_per_s"] = round(out["pairs"] / out["teardown_s"], 1)
+    out["teardown_per_s"] = round((out["pairs"] + PROBE_PAIRS) / out["teardown_s"], 1)
     out["table_after_teardown"] = nft_table(relay_ns)
     started = time.monotonic()
     relay.proc.send_signal(signal.SIGTERM)
@@ -373,23 +384,64 @@ async def tear_down(
     out["relay_exit"] = relay.proc.returncode
 
 
+async def probe(
+    relay_ns: str, sessions: Sequence[WebSocketRelaySession], pair: tuple[int, int], before: int
+) -> float:
+    """One more pair asks and binds (`before` allocations installed already): seconds from its
+    binds to its elements present in `@to_peer`."""
+    a, b = pair
+    grants = [
+        await sessions[a].allocate_udp(f"node-{b}"),
+        await sessions[b].allocate_udp(f"node-{a}"),
+    ]
+    started = time.monotonic()
+    send_binds(grants, BIND_SOURCE_FIRST + 2 * before)  # ports no earlier bind used
+    await wait_until(lambda: map_size(relay_ns) >= 2 * (before + 1), 300, interval=0.05)
+    return round(time.monotonic() - started, 2)
+
+
+async def probes(
+    relay_ns: str,
+    sessions: Sequence[WebSocketRelaySession],
+    chain: Chain,
+    identities: Sequence[SigningKey],
+    installed: int,
+) -> dict[str, float]:
+    """With `installed` allocations in place: one new pair's bind -> install on a quiet relay,
+    then again right after every session renewed its token (each renewal re-installs that
+    node's active allocations: the new pair's install is queued behind all of them). The probe
+    pairs are the last 2 x PROBE_PAIRS sessions."""
+    first = len(sessions) - 2 * PROBE_PAIRS
+    quiet = await probe(relay_ns, sessions, (first, first + 1), installed)
+    started = time.monotonic()
+    await renew_all(sessions, chain, identities)
+    renewed = round(time.monotonic() - started, 2)
+    busy = await probe(relay_ns, sessions, (first + 2, first + 3), installed + 1)
+    return {
+        "probe_install_quiet_s": quiet,
+        "renew_all_s": renewed,
+        "probe_install_after_renewals_s": busy,
+    }
+
+
 async def run_child(relay_ns: str, pairs: int) -> dict[str, Any]:
-    """Everything in the module docstring's steps 1-5; the figures."""
+    """Everything in the module docstring's steps 1-6; the figures."""
     nodes = max(-(-2 * pairs // PER_NODE), PER_NODE + 1)
     plan = pairs_of(nodes, pairs)
     chain = Chain()
     out: dict[str, Any] = {"pairs": len(plan), "nodes": nodes, "per_node": PER_NODE}
+    capacity, sessions_max = len(plan) + PROBE_PAIRS, nodes + 2 * PROBE_PAIRS
     out["relay_limits_raised"] = (
-        f"[udp] port_first {PORT_FIRST} port_last {PORT_FIRST + 2 * pairs - 1} total {pairs}; "
-        f"[limits] handshakes_per_second = handshakes_burst = {nodes}"
+        f"[udp] port_first {PORT_FIRST} port_last {PORT_FIRST + 2 * capacity - 1} total "
+        f"{capacity}; [limits] handshakes_per_second = handshakes_burst = {sessions_max}"
     )
     workdir = Path(tempfile.mkdtemp(prefix="rustynet-bench-alloc-"))
-    relay = await start_relay(relay_ns, workdir, chain, pairs, nodes)
+    relay = await start_relay(relay_ns, workdir, chain, capacity, sessions_max)
     sessions: list[WebSocketRelaySession] = []
     try:
         rss = {"no_session": relay.rss_kb()}
         started = time.monotonic()
-        sessions, identities = await open_sessions(relay, chain, nodes)
+        sessions, identities = await open_sessions(relay, chain, sessions_max)
         out["sessions_open_s"] = round(time.monotonic() - started, 2)
         rss["sessions"] = relay.rss_kb()
         renewals: list[float] = []
@@ -404,8 +456,9 @@ async def run_child(relay_ns: str, pairs: int) -> dict[str, Any]:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
-        out["rss_kb"] = rss
         out["renewals_during_setup"] = len(renewals)
+        out |= await probes(relay_ns, sessions, chain, identities, len(plan))
+        out["rss_kb"] = rss
         out["kb_per_allocation"] = round((rss["installed"] - rss["sessions"]) / len(plan), 2)
         await tear_down(relay_ns, sessions, relay, out)
     finally:
@@ -426,12 +479,19 @@ async def renew(
     while True:
         await asyncio.sleep(RENEW_EVERY_S)
         renewals.append(time.monotonic())
-        await asyncio.gather(
-            *(
-                s.renew(chain.token(f"node-{i}", key))
-                for i, (s, key) in enumerate(zip(sessions, identities, strict=True))
-            )
+        await renew_all(sessions, chain, identities)
+
+
+async def renew_all(
+    sessions: Sequence[WebSocketRelaySession], chain: Chain, identities: Sequence[SigningKey]
+) -> None:
+    """Every session renews its token (a fresh 120 s), all at once."""
+    await asyncio.gather(
+        *(
+            s.renew(chain.token(f"node-{i}", key))
+            for i, (s, key) in enumerate(zip(sessions, identities, strict=True))
         )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
