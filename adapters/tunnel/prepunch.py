@@ -1,4 +1,5 @@
-"""Pre-punch datagrams from the tunnel's UDP port while wireguard-go owns it (`PrePunchPort`).
+"""Pre-punch datagrams (and UDP relay binds) from the tunnel's UDP port while wireguard-go owns
+it (`PrePunchPort`).
 
 wireguard-go holds the tunnel's socket and sends only WireGuard messages, so the datagram is
 written through a raw socket (`SOCK_RAW`, `IPPROTO_UDP`: we write the UDP header, the kernel the

@@ -3,7 +3,8 @@ and a `rustynet-relay` with `[udp]` on the lab's internet. While UDP to the rela
 (only its TCP port answers) the pair goes through the relay's WebSocket session (`relay-wss`);
 once UDP gets through, both ends' tunnels move to the relay's kernel-forwarded UDP ports
 (`relay-udp`: asked over the session, bound from the tunnel port, proven by the tunnels' own
-packets) and pings flow with no relay process in the data path."""
+packets) and pings flow with no relay process in the data path. A restarted relay is
+re-allocated; a revoked node's allocation leaves the relay's kernel tables."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from tests.e2e.harness import ALLOW_ALL_POLICY, Node, run_in, start_control_with_relay, wait_for
 from tests.e2e.natmesh import NatMesh, block_udp_between, unblock
-from tests.natlab import NatKind
+from tests.natlab import Host, NatKind
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -55,7 +56,7 @@ def test_hard_nats_relay_over_wss_while_udp_is_blocked_then_over_udp(nat_mesh: N
         block_udp_between(mesh, router.wan_address, relay_host.address, table="noudp")
     udp = f'[udp]\naddress = "{relay_host.address}"\nport_first = {PORTS[0]}\n'
     udp += f"port_last = {PORTS[1]}\ntotal = 50\n"
-    start_control_with_relay(mesh, relay_host.ns, relay_host.address, relay_toml=udp)
+    relay = start_control_with_relay(mesh, relay_host.ns, relay_host.address, relay_toml=udp)
     mesh.control.set_policy(ALLOW_ALL_POLICY, mesh.workdir)
     mesh.join(a)
     mesh.join(b)
@@ -80,8 +81,34 @@ def test_hard_nats_relay_over_wss_while_udp_is_blocked_then_over_udp(nat_mesh: N
         host, port = _wg_endpoint(node).rsplit(":", 1)
         assert host == relay_host.address
         assert PORTS[0] <= int(port) <= PORTS[1]
-    flows = run_in(relay_host.ns, "nft", "list", "set", "ip", "rustynet-relay-udp", "flows")
-    assert flows.returncode == 0, flows.stderr
-    forwarded = [int(n) for n in re.findall(r"counter packets (\d+)", flows.stdout)]
-    assert forwarded, flows.stdout
-    assert max(forwarded) > 0, flows.stdout  # the relay's kernel carried the pings
+    forwarded = [int(n) for n in re.findall(r"counter packets (\d+)", _set(relay_host, "flows"))]
+    assert forwarded
+    assert max(forwarded) > 0  # the relay's kernel carried the pings
+
+    # A restarted relay: every session and allocation is gone; the nodes reconnect, ask again,
+    # bind again, and the pair is back on relay-udp.
+    relay.program.stop()
+    relay.start()
+    _, took = wait_for("both back on relay-udp", lambda: _both(a, b, "udp"), UDP_S)
+    print(f"e2e-timing relay restarted → both relay-udp again: {took * 1000:.0f} ms")
+    assert wait_for("a ping after the relay restart", lambda: a.ping(b), 5)[0]
+
+    # Revocation reaches the kernel: the relay follows the signed revocation feed, closes the
+    # node's session and removes its allocation's elements (no packet of it is forwarded).
+    assert _elements(relay_host, "bound")
+    status, _ = mesh.control.rest("POST", f"/v1/admin/nodes/{mesh.control.node_id(a.name)}/revoke")
+    assert status == 200
+    _, took = wait_for("no bound source left", lambda: not _elements(relay_host, "bound"), 10)
+    print(f"e2e-timing node revoked → its relay-udp elements gone: {took * 1000:.0f} ms")
+    assert not a.ping(b)
+
+
+def _set(host: Host, name: str) -> str:
+    done = run_in(host.ns, "nft", "list", "set", "ip", "rustynet-relay-udp", name)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _elements(host: Host, name: str) -> bool:
+    """The relay's nft set `name` holds at least one element."""
+    return "elements = {" in _set(host, name)

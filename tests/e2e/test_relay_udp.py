@@ -39,6 +39,7 @@ from tests.netns import require_in_ci, require_root
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
+KILLED_TTL_S = 10
 MARKER = b"rn-udp-relay-mk1"  # 16 bytes: ping -p repeats it in every echo request
 
 
@@ -160,13 +161,20 @@ def test_hard_to_hard_pings_through_kernel_forwarding_and_forgeries_change_nothi
 
 
 def test_a_killed_relays_elements_time_out_and_forwarding_stops(world: World) -> None:
-    ask_a, ask_b = _allocate(world, 4)
+    # The allocation lives TTL s from the ask: long enough for the binds and a first ping on a
+    # loaded machine (CI's mutation gate saw a 4 s one lapse before the kill), short enough to
+    # watch it lapse.
+    ask_a, ask_b = _allocate(world, KILLED_TTL_S)
     _connect(world, ask_a, ask_b)
     wait_for("A pings B through the relay", lambda: ping(world.a, world.b), 20, interval=0.0)
     world.relay.proc.send_signal(signal.SIGKILL)
     world.relay.proc.wait(10)
     assert "elements" in world.relay.nft_set("bound")  # nobody cleaned up
-    wait_for("the elements time out", lambda: "elements" not in world.relay.nft_set("bound"), 8)
+    wait_for(
+        "the elements time out",
+        lambda: "elements" not in world.relay.nft_set("bound"),
+        KILLED_TTL_S + 4,
+    )
     assert "elements" not in world.relay.nft_set("to_peer", "map")
     assert not ping(world.a, world.b)
 

@@ -124,6 +124,7 @@ async def test_status_is_trying_until_the_controller_confirms_direct(
         "endpoint": "198.51.100.32:41641",
         "endpoint_kind": "configured",
         "relay": None,
+        "relay_transport": None,
     }
     for agent in (a, b):
         await agent.teardown()

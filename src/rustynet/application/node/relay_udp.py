@@ -21,6 +21,7 @@ import asyncio
 import ipaddress
 from collections.abc import Callable
 from datetime import datetime
+from typing import Final
 
 import attrs
 import structlog
@@ -35,6 +36,9 @@ from rustynet.ports.relay import RelayError, RelaySession
 
 _log = structlog.get_logger(__name__)
 
+MAX_REMEMBERED: Final = 1024
+"""Relay addresses remembered as relay endpoints (a node has at most a few per relay peer)."""
+
 
 @attrs.define
 class LegState:
@@ -43,6 +47,10 @@ class LegState:
     legs: dict[str, legs.UdpLeg] = attrs.Factory(dict)
     grants: dict[str, UdpGrant] = attrs.Factory(dict)
     asks: dict[str, asyncio.Task[None]] = attrs.Factory(dict)
+    granted: dict[UnderlayEndpoint, None] = attrs.Factory(dict)
+    """Every relay address granted so far (insertion-ordered, bounded): still a relay endpoint,
+    never a direct one, after its leg is forgotten (a tunnel may point there until the next
+    plan, and packets from it prove nothing about a direct path)."""
     session: RelaySession | None = None
     unavailable: bool = False
     """The relay serves no UDP sessions (`unavailable`): ask no more on this session."""
@@ -71,9 +79,12 @@ class UdpRelayLegs:
         return "udp" if leg is not None and leg.phase is legs.LegPhase.UP else "wss"
 
     def is_relay_endpoint(self, peer_id: str, endpoint: UnderlayEndpoint | None) -> bool:
-        """`endpoint` is the relay address granted for this peer (a relay path, not direct)."""
+        """`endpoint` is a relay address granted for this peer now or before (a relay path,
+        never direct evidence)."""
         leg = self.state.legs.get(peer_id)
-        return endpoint is not None and leg is not None and leg.endpoint == endpoint
+        if endpoint is None:
+            return False
+        return (leg is not None and leg.endpoint == endpoint) or endpoint in self.state.granted
 
     def wake_at(self) -> datetime | None:
         """The soonest time a leg needs a plan (a bind, a nudge, a trial's end)."""
@@ -86,7 +97,7 @@ class UdpRelayLegs:
         s, session = self.state, self._session()
         if session is not s.session:
             relayed = set()
-            s.session, s.unavailable = session, False
+            s.session, s.unavailable = session, False  # `granted` stays: see there
         for gone in [k for k in (*s.legs, *s.asks) if k not in relayed]:
             s.legs.pop(gone, None)
             s.grants.pop(gone, None)
@@ -98,7 +109,7 @@ class UdpRelayLegs:
         """Cancel the asks in flight (the agent's loop ended)."""
         for task in self.state.asks.values():
             task.cancel()
-        self.state = LegState()
+        self.state = LegState(granted=self.state.granted)
 
     async def endpoint(
         self,
@@ -185,6 +196,9 @@ class UdpRelayLegs:
             return  # forgotten meanwhile (left the relay path, new session), or not ours
         now = self._now()
         s.grants[peer.id] = grant
+        s.granted[endpoint] = None
+        while len(s.granted) > MAX_REMEMBERED:
+            del s.granted[next(iter(s.granted))]
         s.legs[peer.id], effects = legs.granted(self.policy, leg, endpoint, now)
         _log.info("relay.udp_granted", peer=peer.name, relay=endpoint.to_text())
         await self._carry_out(peer, s.legs[peer.id], grant, effects, now)
