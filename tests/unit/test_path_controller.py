@@ -691,3 +691,18 @@ def test_after_relay_probes_a_misjudged_pair_gets_its_full_direct_attempt() -> N
     again = step(POLICY, back.state, Observation(at(18.5), None, True, direct_unlikely=True))
     assert again.state.phase is PathPhase.DIRECT_TRYING
     assert again.transitions == ()
+
+
+def test_a_pair_whose_nats_rule_out_direct_goes_back_to_a_relay_that_returns_at_once() -> None:
+    """The relay lost and back (a restart): no 6 s direct attempt for a hard<->hard pair."""
+    def obs(seconds: float, relay: bool) -> Observation:
+        return Observation(at(seconds), None, relay, direct_unlikely=True)
+
+    state = step(POLICY, PeerPath.start(T0), obs(0.1, True)).state
+    assert state.phase is PathPhase.RELAY
+    lost = step(POLICY, state, obs(20, False))
+    assert lost.state.phase is PathPhase.DIRECT_TRYING
+    assert reasons(lost) == [Reason.RELAY_LOST]
+    back = step(POLICY, lost.state, obs(21, True))
+    assert back.state.phase is PathPhase.RELAY
+    assert reasons(back) == [Reason.DIRECT_UNLIKELY]

@@ -132,3 +132,23 @@ def test_a_trial_starting_on_a_live_session_starts_confirmed() -> None:
     chosen = asyncio.run(p.direct_endpoint(PEER, up, None, roamed, T0 + timedelta(seconds=5)))
     assert chosen == roamed
     assert recorder.sent == []
+
+
+def test_an_unconfirmed_relay_stint_is_re_kicked_each_second_three_times_by_the_initiator() -> None:
+    """Both ends switch to the relay at once; the first initiation may arrive before the peer
+    holds the map: the side that speaks first starts a fresh session after 1, 2 and 3 s."""
+    first, _ = punching(own=1)  # key 1 sorts below the peer's: it speaks first
+    kicked = []
+    for tenth in range(60):
+        now = T0 + timedelta(seconds=tenth / 10)
+        first.relay_unconfirmed(PEER, T0, now)
+        if first.take_restarts():
+            kicked.append(tenth / 10)
+    assert kicked == [1.0, 2.0, 3.0]
+    # A new relay stint starts the count again.
+    first.relay_unconfirmed(PEER, T0 + timedelta(seconds=10), T0 + timedelta(seconds=11))
+    assert first.take_restarts() == {PEER.tunnel_key}
+    responder, _ = punching(own=9)
+    for tenth in range(60):
+        responder.relay_unconfirmed(PEER, T0, T0 + timedelta(seconds=tenth / 10))
+        assert not responder.take_restarts()

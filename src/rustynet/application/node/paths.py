@@ -167,6 +167,8 @@ class PathKeeper:
                 else:
                     s.new_session.add(peer.tunnel_key)
             if new.path is paths.PathKind.RELAY:
+                if new.last_seen is None:
+                    self.punching.relay_unconfirmed(peer, new.since, now)
                 home = await bridge.endpoint_for(peer.id)
                 home = await self.udp.endpoint(
                     peer, home, seen, now, confirmed=new.last_seen is not None

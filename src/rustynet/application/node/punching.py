@@ -54,6 +54,15 @@ idle ends can settle into one of them never sending (and the other then sees no 
 and a host whose address changed has a tunnel that keeps failing to send from the old one
 until the endpoint is set again (which a nudge does)."""
 
+RELAY_REKICK = timedelta(seconds=1)
+"""A relayed peer with no handshake through the relay this long after the switch gets a fresh
+session from the side that speaks first (at most `RELAY_REKICKS` times): both ends switch at
+nearly the same instant, and the first initiation can reach the peer a moment before the peer
+holds the map that lists us (its bridge drops it); without a re-kick the pair waits out the
+tunnel's own 5 s retry or the responder's grace."""
+
+RELAY_REKICKS = 3
+
 WINDOW_READS = timedelta(milliseconds=200)
 """While a probe window is open the tunnel is read this often (the answer is one RTT away)."""
 
@@ -106,6 +115,8 @@ class PunchState:
     """Our own candidates as last seen (a change means our address changed: nudge all)."""
     restart: set[TunnelKey] = attrs.Factory(set)
     """Peers due a fresh session (a trial's re-kick)."""
+    relay_kicks: dict[str, tuple[datetime, int]] = attrs.Factory(dict)
+    """Per relayed peer not yet confirmed: when its relay stint began, re-kicks done."""
 
 
 class Punching:
@@ -133,7 +144,16 @@ class Punching:
     def keep_only(self, listed: set[str]) -> None:
         """Forget peers no longer in the map."""
         s = self.state
-        tables = (s.trials, s.windows, s.opened, s.reads, s.pointed, s.last_direct, s.nudged)
+        tables = (
+            s.trials,
+            s.windows,
+            s.opened,
+            s.reads,
+            s.pointed,
+            s.last_direct,
+            s.nudged,
+            s.relay_kicks,
+        )
         for table in tables:
             for gone in [k for k in table if k not in listed]:
                 del table[gone]
@@ -298,6 +318,20 @@ class Punching:
             return None
         s.pointed[peer.id] = now
         return window.target
+
+    def relay_unconfirmed(self, peer: PeerEntry, since: datetime, now: datetime) -> None:
+        """A relayed peer with no handshake through the relay yet (the stint began at
+        `since`): re-kick every `RELAY_REKICK`, at most `RELAY_REKICKS` times, from the side
+        that speaks first."""
+        s, own = self.state, self._own_key()
+        began, kicks = s.relay_kicks.get(peer.id, (since, 0))
+        if began != since:
+            began, kicks = since, 0
+        if kicks < RELAY_REKICKS and now - began >= (kicks + 1) * RELAY_REKICK:
+            kicks += 1
+            if own is not None and reconcile.initiates(own, peer.tunnel_key):
+                s.restart.add(peer.tunnel_key)
+        s.relay_kicks[peer.id] = (began, kicks)
 
     def left_relay(self, peer: PeerEntry, now: datetime) -> None:
         """The peer moved to the direct path on direct evidence: tell it at once (a nudge:

@@ -79,8 +79,11 @@ def _session_end(policy: PathPolicy, state: PeerPath) -> datetime:
 
 def _enter(policy: PathPolicy, state: PeerPath, phase: PathPhase, now: datetime) -> PeerPath:
     """The fresh state on entering a new path (phases that keep the path use `evolve`)."""
+    worked = state.direct_worked
     if phase is PathPhase.DIRECT_TRYING:
-        return PeerPath(phase=phase, as_of=now, since=now, probe_seq=state.probe_seq)
+        return PeerPath(
+            phase=phase, as_of=now, since=now, probe_seq=state.probe_seq, direct_worked=worked
+        )
     if phase is PathPhase.RELAY:
         return PeerPath(
             phase=phase,
@@ -88,6 +91,7 @@ def _enter(policy: PathPolicy, state: PeerPath, phase: PathPhase, now: datetime)
             since=now,
             probe_seq=state.probe_seq,
             next_probe_at=now + policy.probe_interval,
+            direct_worked=worked,
         )
     raise PathTransitionError(f"{phase.value} is not entered from another path")
 
@@ -99,6 +103,7 @@ def _up(policy: PathPolicy, state: PeerPath, seen: datetime, now: datetime) -> P
         phase=PathPhase.DIRECT_UP,
         last_seen=seen,
         next_probe_at=now + policy.direct_probe_interval,
+        direct_worked=True,
     )
 
 
@@ -106,9 +111,9 @@ def _on_direct_trying(policy: PathPolicy, state: PeerPath, obs: Observation) -> 
     seen = _fresh(state, obs.last_handshake, obs.now)
     if seen is not None:
         return _Move(Reason.HANDSHAKE_SEEN, _up(policy, state, seen, obs.now))
-    if obs.direct_unlikely and obs.relay_available and state.probe_seq == 0:
-        # A first attempt only: after relay probes (probe_seq > 0) direct gets its full time,
-        # so a pair whose NATs were misjudged still moves up.
+    if obs.direct_unlikely and obs.relay_available and not state.direct_worked:
+        # Once direct was seen working (relay probes succeeded) it gets its full time, so a
+        # pair whose NATs were misjudged still moves up.
         return _Move(Reason.DIRECT_UNLIKELY, _enter(policy, state, PathPhase.RELAY, obs.now))
     if obs.now - state.since < policy.direct_timeout:
         return _Move(None, state)
@@ -188,6 +193,7 @@ def _relay_exit(policy: PathPolicy, state: PeerPath, obs: Observation) -> _Move:
             last_seen=min(direct, obs.now),
             probe_seq=state.probe_seq,
             next_probe_at=obs.now + policy.direct_probe_interval,
+            direct_worked=True,
         )
         return _Move(Reason.DIRECT_SEEN, up)
     seen = _fresh(state, obs.last_handshake, obs.now)
@@ -248,7 +254,9 @@ def _on_probe_result(policy: PathPolicy, state: PeerPath, result: ProbeResult) -
         return _probe_over(state, Reason.PROBE_FAILED, successes=0)
     successes = state.successes + 1
     if successes >= policy.failback_successes:
-        fresh = _enter(policy, state, PathPhase.DIRECT_TRYING, result.now)
+        fresh = _enter(
+            policy, attrs.evolve(state, direct_worked=True), PathPhase.DIRECT_TRYING, result.now
+        )
         return _Move(Reason.DIRECT_HEALTHY, fresh)
     return _probe_over(
         state,

@@ -61,8 +61,9 @@ class Observation:
     direct endpoint (it moves there only for packets that decrypt), None if it did not."""
     direct_unlikely: bool = attrs.field(default=False, validator=_bool)
     """The NAT classes of both ends say no direct path can open (`domain.nat.direct_unlikely`):
-    a first attempt goes to the relay as soon as it is up instead of after `direct_timeout`;
-    relay probes still try the direct path, and an attempt after them takes its full time."""
+    a direct attempt goes to the relay as soon as it is up instead of after `direct_timeout`,
+    until the direct path was seen working (`PeerPath.direct_worked`); relay probes still try
+    it, and an attempt after they succeeded takes its full time."""
 
 
 @attrs.frozen
@@ -143,6 +144,9 @@ class PeerPath:
     """Number of the latest probe asked for (never reused for this peer)."""
     next_probe_at: datetime | None = attrs.field(default=None, validator=_optional_utc)
     probe_deadline: datetime | None = attrs.field(default=None, validator=_optional_utc)
+    direct_worked: bool = attrs.field(default=False, validator=_bool)
+    """The direct path was seen working for this peer (direct-up, or relay probes that
+    succeeded): from then on its NAT classes no longer cut a direct attempt short."""
 
     def __attrs_post_init__(self) -> None:
         if not self.since <= self.as_of:
