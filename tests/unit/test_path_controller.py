@@ -695,6 +695,7 @@ def test_after_relay_probes_a_misjudged_pair_gets_its_full_direct_attempt() -> N
 
 def test_a_pair_whose_nats_rule_out_direct_goes_back_to_a_relay_that_returns_at_once() -> None:
     """The relay lost and back (a restart): no 6 s direct attempt for a hard<->hard pair."""
+
     def obs(seconds: float, relay: bool) -> Observation:
         return Observation(at(seconds), None, relay, direct_unlikely=True)
 
