@@ -8,7 +8,9 @@ re-allocated; a revoked node's allocation leaves the relay's kernel tables."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import time
 
 import pytest
@@ -16,6 +18,7 @@ import pytest
 from tests.e2e.harness import ALLOW_ALL_POLICY, Node, run_in, start_control_with_relay, wait_for
 from tests.e2e.natmesh import NatMesh, block_udp_between, unblock
 from tests.natlab import Host, NatKind
+from tests.netns import require_in_ci, require_root
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -45,6 +48,8 @@ def _wg_endpoint(node: Node) -> str:
 
 
 def test_hard_nats_relay_over_wss_while_udp_is_blocked_then_over_udp(nat_mesh: NatMesh) -> None:
+    require_in_ci("iperf3")
+    require_root("iperf3")
     mesh = nat_mesh
     ha, hb = mesh.nat.host(NatKind.HARD), mesh.nat.host(NatKind.HARD)
     a, b = mesh.add("ta", ha), mesh.add("tb", hb)
@@ -77,6 +82,9 @@ def test_hard_nats_relay_over_wss_while_udp_is_blocked_then_over_udp(nat_mesh: N
     _, took = wait_for("both over the relay's UDP ports", lambda: _both(a, b, "udp"), UDP_S)
     print(f"\ne2e-timing UDP to the relay unblocked → both relay-udp: {took * 1000:.0f} ms")
     assert wait_for("a ping through the relay's UDP ports", lambda: a.ping(b), 5)[0]
+    mbit = _iperf(a, b)
+    print(f"e2e-timing iperf3 TCP through relay-udp (1 s, loaded lab): {mbit:.0f} Mbit/s")
+    assert mbit > 0
     for node in (a, b):  # each tunnel sends straight to its relay port, not to a bridge
         host, port = _wg_endpoint(node).rsplit(":", 1)
         assert host == relay_host.address
@@ -101,6 +109,25 @@ def test_hard_nats_relay_over_wss_while_udp_is_blocked_then_over_udp(nat_mesh: N
     _, took = wait_for("no bound source left", lambda: not _elements(relay_host, "bound"), 10)
     print(f"e2e-timing node revoked → its relay-udp elements gone: {took * 1000:.0f} ms")
     assert not a.ping(b)
+
+
+def _iperf(client: Node, server: Node) -> float:
+    """TCP Mbit/s over the overlay for 1 s (iperf3; the ratio to direct is bench/'s job)."""
+    listener = subprocess.Popen(
+        ["ip", "netns", "exec", server.ns.name, "iperf3", "-s", "-1", "-p", "5399"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        argv = ["iperf3", "-c", server.overlay_ip, "-p", "5399", "-t", "1", "-J"]
+        done = run_in(client.ns, *argv, "--connect-timeout", "3000", timeout=20)
+        report = json.loads(done.stdout)
+        assert "error" not in report, report.get("error")
+        return float(report["end"]["sum_received"]["bits_per_second"]) / 1e6
+    finally:
+        listener.kill()
+        listener.wait(5)
 
 
 def _set(host: Host, name: str) -> str:
