@@ -20,13 +20,22 @@ entries of both relay ports (removing rules alone does not stop an established f
 packets are untracked both ways, so the bind socket never creates an entry either. NAT-chain
 counters see only a flow's first packet: the counters live in the forward chain's set.
 
+Changes come in batches (`apply`): one `nft -f -` transaction per batch, whose element
+changes are grouped per set (a refresh re-adds an allocation's elements with the new timeout,
+since nft 1.0.6 on older kernels cannot update an element's timeout in place; every deletion
+is preceded by an add of the same element, a no-op when it is there, so an element that
+already timed out cannot fail the transaction). Conntrack work follows only for ports whose
+sources changed or went away: one listing, then one deletion per port that has an entry. A
+failed transaction is retried one allocation at a time, so a bad change holds back nothing.
+
 Needs CAP_NET_ADMIN in the relay's network namespace and net.ipv4.ip_forward=1.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Final
@@ -35,11 +44,13 @@ import attrs
 import structlog
 from rustynet.adapters.support.system_tools import ToolError, nft_json, run_tool
 
-from rustynet.domain.udp_relay import BIND_MAGIC, Allocation, UdpRelayLimits
+from rustynet.domain.udp_relay import BIND_MAGIC, Allocation, ForwardingBatch, UdpRelayLimits
 
 TABLE: Final = "rustynet-relay-udp"
 _FLOW: Final = "ipv4_addr . inet_service . ipv4_addr . inet_service"
 _TUPLE: Final = "ip saddr . udp sport . ip daddr . udp dport"
+_SETS: Final = ("bound", "to_peer", "as_relay", "flows")
+_ORIGINAL_DPORT: Final = re.compile(r"\bdport=(\d+)\b")
 _log = structlog.get_logger(__name__)
 
 
@@ -90,7 +101,10 @@ table ip {TABLE} {{
 """
 
 
-def _elements(address: str, allocation: Allocation) -> dict[str, list[str]]:
+Elements = dict[str, list[str]]
+
+
+def _elements(address: str, allocation: Allocation) -> Elements:
     """Each set's and map's elements for an active allocation (without timeout)."""
     a, b = allocation.first, allocation.second
     if a.source is None or b.source is None:
@@ -119,13 +133,45 @@ def _key(element: str) -> str:
     return element.partition(" : ")[0]
 
 
+@attrs.frozen
+class _Change:
+    """One allocation's part of a batch: elements to delete, elements to add (with a timeout of
+    `seconds`), and the relay ports whose conntrack entries must go afterwards."""
+
+    allocation_id: bytes
+    gone: Elements | None
+    fresh: Elements | None
+    seconds: int = 0
+    ports: tuple[int, ...] = ()
+
+
+def _script(changes: Sequence[_Change]) -> str:
+    """One nft transaction for `changes`: per set, re-add what goes (a no-op unless it timed
+    out), delete it, then add the fresh elements with their timeouts."""
+    gone = [c.gone for c in changes if c.gone is not None]
+    fresh = [(c.fresh, c.seconds) for c in changes if c.fresh is not None]
+    phases = [
+        *(("add", name, [e for g in gone for e in g[name]]) for name in _SETS),
+        *(("delete", name, [_key(e) for g in gone for e in g[name]]) for name in _SETS),
+        *(
+            ("add", name, [_with_timeout(e, seconds) for f, seconds in fresh for e in f[name]])
+            for name in _SETS
+        ),
+    ]
+    return "\n".join(
+        f"{verb} element ip {TABLE} {name} {{ {', '.join(elements)} }}"
+        for verb, name, elements in phases
+        if elements
+    )
+
+
 class KernelForwarding:
-    """Installs and removes the per-session elements; one instance per relay address."""
+    """Applies batches of per-session element changes; one instance per relay address."""
 
     def __init__(self, address: str, limits: UdpRelayLimits) -> None:
         self.address = address
         self.limits = limits
-        self._installed: dict[bytes, dict[str, list[str]]] = {}
+        self._installed: dict[bytes, Elements] = {}
 
     async def start(self) -> None:
         """Install the table (replacing a previous run's), or `ForwardingUnavailableError`."""
@@ -141,49 +187,73 @@ class KernelForwarding:
         except ToolError as exc:
             raise ForwardingUnavailableError(f"cannot install the relay table: {exc}") from exc
 
-    async def install(self, allocation: Allocation, now: datetime) -> None:
-        """Forward between the allocation's two bound sources until its expiry; replaces what
-        was installed for it before (a re-bind or a renewal), then drops stale flows."""
+    async def apply(self, batch: ForwardingBatch, now: datetime) -> None:
+        """Removals stop forwarding now (elements and conntrack entries go); installs and
+        refreshes forward between the two bound sources until the allocation's expiry,
+        replacing what was installed for it; stale flows are dropped where a source changed."""
+        changes = [self._removal(a) for a in batch.removals]
+        changes += [self._install(a, now) for a in (*batch.installs, *batch.refreshes)]
+        if not changes:
+            return
+        try:
+            await run_tool(["nft", "-f", "-"], _script(changes).encode())
+            failed: set[bytes] = set()
+        except ToolError as exc:
+            _log.warning("relay.udp_batch_failed", changes=len(changes), error=str(exc)[:200])
+            failed = {c.allocation_id for c in changes if not await self._alone(c)}
+        for change in changes:
+            if change.fresh is not None and change.allocation_id not in failed:
+                self._installed[change.allocation_id] = change.fresh
+        # A removal's ports lose their flows even when its elements could not be deleted.
+        await self._forget_flows(
+            port
+            for change in changes
+            if change.fresh is None or change.allocation_id not in failed
+            for port in change.ports
+        )
+
+    def _removal(self, allocation: Allocation) -> _Change:
+        gone = self._installed.pop(allocation.allocation_id, None)
+        ports = tuple(side.port for side in allocation.sides) if gone is not None else ()
+        return _Change(allocation.allocation_id, gone, None, ports=ports)
+
+    def _install(self, allocation: Allocation, now: datetime) -> _Change:
         seconds = max(1, math.ceil((allocation.expires_at - now).total_seconds()))
         fresh = _elements(self.address, allocation)
         previous = self._installed.get(allocation.allocation_id)
-        lines = self._deletions(previous)
-        for name, elements in fresh.items():
-            body = ", ".join(_with_timeout(e, seconds) for e in elements)
-            lines.append(f"add element ip {TABLE} {name} {{ {body} }}")
-        await run_tool(["nft", "-f", "-"], "\n".join(lines).encode())
-        self._installed[allocation.allocation_id] = fresh
+        ports: tuple[int, ...] = ()
         if previous is None or previous["bound"] != fresh["bound"]:
             # New sources (or a restarted relay reusing the ports): no older entry may keep
             # steering these ports' flows where they no longer belong.
-            await self._forget_flows(allocation)
+            ports = tuple(side.port for side in allocation.sides)
+        return _Change(allocation.allocation_id, previous, fresh, seconds, ports)
 
-    async def remove(self, allocation: Allocation) -> None:
-        """Stop forwarding for `allocation` now: its elements and conntrack entries go."""
-        previous = self._installed.pop(allocation.allocation_id, None)
-        if previous is not None:
+    async def _alone(self, change: _Change) -> bool:
+        try:
+            await run_tool(["nft", "-f", "-"], _script([change]).encode())
+        except ToolError as exc:
+            removal = change.fresh is None
+            _log.warning("relay.udp_change_failed", removal=removal, error=str(exc)[:200])
+            return False
+        return True
+
+    async def _forget_flows(self, ports: Iterable[int]) -> None:
+        """Delete the conntrack entries whose original destination is one of `ports` here."""
+        wanted = set(ports)
+        if not wanted:
+            return
+        argv = ["conntrack", "-D", "-p", "udp", "--orig-dst", self.address]
+        try:
+            listed = await run_tool(["conntrack", "-L", "-p", "udp", "--orig-dst", self.address])
+            wanted &= _original_ports(listed.decode(errors="replace"))
+        except ToolError as exc:  # cannot tell which ports have entries: try every one
+            _log.warning("relay.udp_conntrack_unlisted", error=str(exc)[:200])
+        for port in sorted(wanted):
             try:
-                await run_tool(["nft", "-f", "-"], "\n".join(self._deletions(previous)).encode())
-            except ToolError as exc:  # elements that already timed out
-                _log.info("relay.udp_elements_gone", error=str(exc)[:200])
-        await self._forget_flows(allocation)
-
-    def _deletions(self, installed: dict[str, list[str]] | None) -> list[str]:
-        if installed is None:
-            return []
-        return [
-            f"delete element ip {TABLE} {name} {{ {', '.join(_key(e) for e in elements)} }}"
-            for name, elements in installed.items()
-        ]
-
-    async def _forget_flows(self, allocation: Allocation) -> None:
-        for side in allocation.sides:
-            argv = ["conntrack", "-D", "-p", "udp", "--orig-dst", self.address]
-            try:
-                await run_tool([*argv, "--orig-port-dst", str(side.port)])
+                await run_tool([*argv, "--orig-port-dst", str(port)])
             except ToolError as exc:
                 if exc.returncode != 1:  # 1: no entry matched
-                    _log.warning("relay.udp_conntrack_left", port=side.port, error=str(exc)[:200])
+                    _log.warning("relay.udp_conntrack_left", port=port, error=str(exc)[:200])
 
     async def counters(self, allocation: Allocation) -> tuple[SessionCounters, SessionCounters]:
         """Forwarded packets/bytes first→second and second→first (zeros when not installed)."""
@@ -203,8 +273,14 @@ class KernelForwarding:
         except ToolError as exc:
             _log.info("relay.udp_table_gone", error=str(exc)[:200])
         self._installed.clear()
-        for allocation in allocations:
-            await self._forget_flows(allocation)
+        await self._forget_flows(side.port for a in allocations for side in a.sides)
+
+
+def _original_ports(listed: str) -> set[int]:
+    """The original destination port of every entry `conntrack -L` printed (the first
+    `dport=` of a line; the second is the reply direction's)."""
+    found = (_ORIGINAL_DPORT.search(line) for line in listed.splitlines())
+    return {int(match.group(1)) for match in found if match}
 
 
 def _counted(listed: object) -> Iterator[tuple[str, tuple[int, int]]]:

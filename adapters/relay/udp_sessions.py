@@ -7,6 +7,10 @@ valid bind packet (`AllocationTable.bind`), is told again on a re-bind and on re
 expiry), and is told to remove it when the allocation expires or a side's node has no session
 left. A bind socket only ever reads bind packets: datagrams that are not a valid, fresh bind
 for its port are counted and dropped, never answered and never parsed further.
+
+Forwarder work is coalesced (`ForwardingQueue`): one worker drains it, each drain is one
+`Forwarding.apply` call (one nft transaction in the kernel), removals and new binds go first
+and renewals' expiry refreshes follow at most `REFRESH_BATCH` allocations per drain.
 """
 
 from __future__ import annotations
@@ -25,24 +29,25 @@ from rustynet.domain.udp_relay import (
     AllocationRefusedError,
     AllocationTable,
     BindOutcome,
+    ForwardingBatch,
+    ForwardingQueue,
     Source,
     UdpGrant,
 )
 from rustynet.ports.clock import Clock
 
 SWEEP_S: Final = 1.0
+REFRESH_BATCH: Final = 256  # refreshes per drain: urgent work waits behind at most this many
 _log = structlog.get_logger(__name__)
 
 
 class Forwarding(Protocol):
     """Where bound allocations are forwarded (the kernel, or a userspace loop)."""
 
-    async def install(self, allocation: Allocation, now: datetime) -> None:
-        """Forward between the two bound sources until the allocation's expiry (replacing)."""
-        ...
-
-    async def remove(self, allocation: Allocation) -> None:
-        """Stop forwarding for the allocation now."""
+    async def apply(self, batch: ForwardingBatch, now: datetime) -> None:
+        """Stop forwarding for `batch.removals` now; forward between the two bound sources of
+        each of `batch.installs` and `batch.refreshes` until its expiry (replacing what was
+        there). A failure for one allocation must not keep the others from being applied."""
         ...
 
 
@@ -56,7 +61,9 @@ class UdpCounters:
     rebinds: int = 0
     refused_binds: int = 0
     installs: int = 0
+    refreshes: int = 0
     teardowns: int = 0
+    batches: int = 0
 
 
 Deliver = Callable[[int, bytes, Source], None]
@@ -125,11 +132,14 @@ class UdpRelay:
         self.counters = UdpCounters()
         self._clock = clock
         self._ports = BindSockets(address) if ports is None else ports
-        self._work: asyncio.Queue[tuple[str, Allocation]] = asyncio.Queue()
+        self._pending = ForwardingQueue()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        """Start the worker (forwarder calls in order) and the expiry sweep."""
+        """Start the worker (the forwarder's batches) and the expiry sweep."""
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._worker()), loop.create_task(self._sweep())]
 
@@ -168,7 +178,7 @@ class UdpRelay:
                 return {"type": "udp_refused", "peer": str(peer), "reason": "relay_full"}
             _log.info("relay.udp_allocated", node=node_id, peer=peer, port=side.port)
         elif allocation.active:
-            self._work.put_nowait(("install", allocation))  # the asker's expiry moved
+            self._queued(self._pending.refresh, allocation)  # the asker's expiry moved
         return UdpGrant.of(allocation, side, self.address).to_message()
 
     def datagram(self, port: int, data: bytes, source: Source) -> None:
@@ -182,13 +192,13 @@ class UdpRelay:
         elif outcome is BindOutcome.BOUND:
             self.counters.binds += 1
         if outcome is not BindOutcome.REFRESHED and allocation.active:
-            self._work.put_nowait(("install", allocation))
+            self._queued(self._pending.install, allocation)
 
     def renew(self, node_id: str, expires_at: datetime) -> None:
         """The node renewed its token: its active allocations get the new expiry."""
         for allocation in self.table.renew(node_id, expires_at):
             if allocation.active:
-                self._work.put_nowait(("install", allocation))
+                self._queued(self._pending.refresh, allocation)
 
     def node_gone(self, node_id: str) -> None:
         """The node has no session left: tear down every allocation it is part of."""
@@ -198,7 +208,12 @@ class UdpRelay:
     def _drop(self, allocation: Allocation) -> None:
         self.table.remove(allocation)
         self._ports.close(allocation)
-        self._work.put_nowait(("remove", allocation))
+        self._queued(self._pending.remove, allocation)
+
+    def _queued(self, change: Callable[[Allocation], None], allocation: Allocation) -> None:
+        change(allocation)
+        self._idle.clear()
+        self._wake.set()
 
     async def _sweep(self) -> None:
         while True:
@@ -209,19 +224,26 @@ class UdpRelay:
 
     async def _worker(self) -> None:
         while True:
-            action, allocation = await self._work.get()
-            try:
-                if action == "remove":
-                    await self.forwarding.remove(allocation)
-                    self.counters.teardowns += 1
-                elif self.table.get(allocation.allocation_id) is allocation:
-                    await self.forwarding.install(allocation, self._clock.now())
-                    self.counters.installs += 1
-            except Exception as exc:  # noqa: BLE001 - a failed rule change must not stop the loop
-                _log.warning("relay.udp_forwarding_failed", action=action, error=str(exc)[:200])
-            finally:
-                self._work.task_done()
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                await self._apply(self._pending.take(REFRESH_BATCH))
+            self._idle.set()
+
+    async def _apply(self, batch: ForwardingBatch) -> None:
+        live = [a for a in batch.installs if self.table.get(a.allocation_id) is a]
+        fresh = [a for a in batch.refreshes if self.table.get(a.allocation_id) is a]
+        batch = ForwardingBatch(tuple(live), tuple(fresh), batch.removals)
+        try:
+            await self.forwarding.apply(batch, self._clock.now())
+        except Exception as exc:  # noqa: BLE001 - a failed rule change must not stop the loop
+            _log.warning("relay.udp_forwarding_failed", changes=len(batch), error=str(exc)[:200])
+            return
+        self.counters.batches += 1
+        self.counters.installs += len(batch.installs)
+        self.counters.refreshes += len(batch.refreshes)
+        self.counters.teardowns += len(batch.removals)
 
     async def settled(self) -> None:
-        """Wait until every queued forwarder call ran (tests, shutdown)."""
-        await self._work.join()
+        """Wait until every queued forwarder change was applied (tests, shutdown)."""
+        await self._idle.wait()

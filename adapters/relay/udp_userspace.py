@@ -26,7 +26,7 @@ from typing import Final
 import structlog
 from rustynet.adapters.relay.udp_sessions import Deliver
 
-from rustynet.domain.udp_relay import BIND_MAGIC, Allocation, Side, Source
+from rustynet.domain.udp_relay import BIND_MAGIC, Allocation, ForwardingBatch, Side, Source
 
 SOL_UDP: Final = 17
 UDP_SEGMENT: Final = 103
@@ -147,6 +147,14 @@ class UserspaceForwarding:
         session.join(timeout=2 * _POLL_S + 1)
         for sock in session.sockets.values():
             sock.close()
+
+    async def apply(self, batch: ForwardingBatch, now: datetime) -> None:
+        """`Forwarding`: removals stop their threads forwarding, installs and refreshes start
+        them (an expiry needs nothing here: the relay's sweep closes the allocation)."""
+        for allocation in batch.removals:
+            await self.remove(allocation)
+        for allocation in (*batch.installs, *batch.refreshes):
+            await self.install(allocation, now)
 
     async def install(self, allocation: Allocation, now: datetime) -> None:  # noqa: ARG002 - the thread stops at close, the relay's sweep closes at expiry
         """Forward between the bound sources (the thread reads them as they change)."""

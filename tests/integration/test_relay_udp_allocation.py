@@ -35,6 +35,7 @@ from rustynet.domain.udp_relay import (
     Allocation,
     AllocationRefusedError,
     AllocationTable,
+    ForwardingBatch,
     UdpGrant,
     UdpRelayLimits,
 )
@@ -46,19 +47,21 @@ LOOPBACK = "127.0.0.1"
 
 
 class RecordingForwarding:
-    """`Forwarding` double: what the relay asked for, in order."""
+    """`Forwarding` double: what the relay asked for, in order (one entry per allocation of
+    each batch: removals, installs, refreshes), and the batches."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Allocation, tuple[object, ...]]] = []
+        self.batches: list[ForwardingBatch] = []
         self.changed = asyncio.Event()
 
-    async def install(self, allocation: Allocation, now: datetime) -> None:
-        sources = tuple(side.source for side in allocation.sides)
-        self.calls.append(("install", allocation, sources))
-        self.changed.set()
-
-    async def remove(self, allocation: Allocation) -> None:
-        self.calls.append(("remove", allocation, ()))
+    async def apply(self, batch: ForwardingBatch, now: datetime) -> None:
+        self.batches.append(batch)
+        self.calls += [("remove", allocation, ()) for allocation in batch.removals]
+        for kind, allocations in (("install", batch.installs), ("refresh", batch.refreshes)):
+            for allocation in allocations:
+                sources = tuple(side.source for side in allocation.sides)
+                self.calls.append((kind, allocation, sources))
         self.changed.set()
 
 
@@ -170,9 +173,9 @@ async def test_both_sides_ask_bind_and_the_forwarder_gets_both_sources(start: St
 
 
 @pytest.mark.asyncio
-async def test_renewal_reinstalls_an_active_allocation_with_the_new_expiry(start: Start) -> None:
+async def test_renewal_refreshes_an_active_allocation_with_the_new_expiry(start: Start) -> None:
     """Renewing both tokens in session moves the allocation's expiry; the forwarder gets the
-    allocation again (new element timeouts)."""
+    allocation again as a refresh (new element timeouts, sources unchanged)."""
     endpoint, udp, forwarding = await start(True)
     assert udp is not None
     a, b = Node.make("node_a"), Node.make("node_b")
@@ -188,7 +191,8 @@ async def test_renewal_reinstalls_an_active_allocation_with_the_new_expiry(start
         await sa.renew(HIERARCHY.token(a))
         await sb.renew(HIERARCHY.token(b))
         await udp.settled()
-        assert [call[0] for call in forwarding.calls] == ["install", "install", "install"]
+        assert [call[0] for call in forwarding.calls][:2] == ["install", "refresh"]
+        assert {call[0] for call in forwarding.calls[1:]} == {"refresh"}
         assert allocation.expires_at > before
     finally:
         await sa.close()

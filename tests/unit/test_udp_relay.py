@@ -1,5 +1,6 @@
 """UDP relay allocations and the bind rule (`rustynet.domain.udp_relay`): who may bind a side,
-replays, re-binding, bounds per node and in total, expiry and renewal."""
+replays, re-binding, bounds per node and in total, expiry and renewal; the forwarder's queue
+(coalescing, urgent work first)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from rustynet.domain.udp_relay import (
     AllocationRefusedError,
     AllocationTable,
     BindOutcome,
+    ForwardingQueue,
     Side,
     UdpRelayLimits,
     bind_packet,
@@ -170,3 +172,46 @@ def test_limits_must_fit_the_port_range() -> None:
         UdpRelayLimits(port_first=40000, port_last=40009, total=6)
     with pytest.raises(LocalProtocolError):
         UdpRelayLimits(port_first=80, port_last=40000)
+
+
+def _allocations(n: int) -> list[Allocation]:
+    table = _table(per_node=n, total=n)
+    return [table.ask("node-a", f"node-{i}", LATER)[0] for i in range(n)]
+
+
+def test_the_forwarding_queue_keeps_one_entry_per_allocation() -> None:
+    """A renewal cycle refreshes each allocation once per side: one entry each; an install
+    absorbs a refresh (it carries the expiry too); a removal replaces either."""
+    x, y, z = _allocations(3)
+    queue = ForwardingQueue()
+    for allocation in (x, y, x, y, z):
+        queue.refresh(allocation)
+    queue.install(y)
+    queue.refresh(y)
+    queue.remove(z)
+    queue.install(x)
+    queue.remove(x)
+    assert len(queue) == 3
+    batch = queue.take(100)
+    assert (batch.installs, batch.refreshes, batch.removals) == ((y,), (), (z, x))
+    assert len(queue) == 0
+    assert len(queue.take(100)) == 0
+
+
+def test_installs_and_removals_never_wait_behind_refreshes() -> None:
+    """Every drain takes all urgent work and at most `refresh_limit` refreshes, oldest
+    first: a new pair's install or a revoked node's teardown queued after a renewal storm
+    goes into the next drain."""
+    *renewed, new, revoked = _allocations(12)
+    queue = ForwardingQueue()
+    for allocation in renewed:
+        queue.refresh(allocation)
+    queue.install(new)
+    queue.remove(revoked)
+    first = queue.take(4)
+    assert (first.installs, first.removals) == ((new,), (revoked,))
+    assert first.refreshes == tuple(renewed[:4])
+    queue.install(renewed[9])  # a re-bind while its refresh waits: it becomes urgent
+    second = queue.take(4)
+    assert (second.installs, second.refreshes) == ((renewed[9],), tuple(renewed[4:8]))
+    assert queue.take(4).refreshes == (renewed[8],)

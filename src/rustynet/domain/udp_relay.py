@@ -9,7 +9,9 @@ covers the magic, the allocation id, the relay port and a counter strictly great
 last accepted one. Whoever sends first without the key binds nothing; a replayed bind (same or
 lower counter, from anywhere) is ignored; a valid bind from a new source re-binds (NAT
 rebinding). An allocation lives until the earlier of its two sides' relay-token expiries
-(renewed with the token) and is bounded per asking node and in total.
+(renewed with the token) and is bounded per asking node and in total. What the forwarder still
+has to apply is kept in a `ForwardingQueue`: one entry per allocation, removals and new binds
+ahead of expiry refreshes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import hmac
 import struct
 from collections.abc import Iterator
 from datetime import datetime
+from itertools import islice
 from typing import Final
 
 import attrs
@@ -321,3 +324,60 @@ class AllocationTable:
                 if not self._asked[side.node_id]:
                     del self._asked[side.node_id]
         self._free.sort(reverse=True)
+
+
+@attrs.frozen
+class ForwardingBatch:
+    """One drain of a `ForwardingQueue`: what the forwarder applies together."""
+
+    installs: tuple[Allocation, ...] = ()  # sources bound or changed: forward between them
+    refreshes: tuple[Allocation, ...] = ()  # only the expiry moved (a renewal)
+    removals: tuple[Allocation, ...] = ()  # stop forwarding now
+
+    def __len__(self) -> int:
+        return len(self.installs) + len(self.refreshes) + len(self.removals)
+
+
+class ForwardingQueue:
+    """The forwarder's pending work, at most one entry per allocation: a removal replaces
+    whatever was pending for it, an install replaces a pending refresh (it carries the current
+    expiry too), a refresh or install already pending absorbs another. Removals and installs
+    are urgent: every drain takes all of them, refreshes only up to a limit, oldest first, so
+    a revocation's teardown or a new pair's install never waits behind a renewal storm."""
+
+    def __init__(self) -> None:
+        self._urgent: dict[bytes, tuple[bool, Allocation]] = {}  # id -> (removal?, allocation)
+        self._refreshes: dict[bytes, Allocation] = {}
+
+    def __len__(self) -> int:
+        return len(self._urgent) + len(self._refreshes)
+
+    def install(self, allocation: Allocation) -> None:
+        """Both sides are bound, or a side re-bound."""
+        key = allocation.allocation_id
+        if key not in self._urgent:
+            self._refreshes.pop(key, None)
+            self._urgent[key] = (False, allocation)
+
+    def refresh(self, allocation: Allocation) -> None:
+        """The active allocation's expiry moved."""
+        if allocation.allocation_id not in self._urgent:
+            self._refreshes.setdefault(allocation.allocation_id, allocation)
+
+    def remove(self, allocation: Allocation) -> None:
+        """The allocation is gone."""
+        key = allocation.allocation_id
+        self._refreshes.pop(key, None)
+        self._urgent[key] = (True, allocation)
+
+    def take(self, refresh_limit: int) -> ForwardingBatch:
+        """Every urgent entry and at most `refresh_limit` refreshes, removed from the queue."""
+        urgent, self._urgent = self._urgent, {}
+        refreshes = tuple(islice(self._refreshes.values(), refresh_limit))
+        for allocation in refreshes:
+            del self._refreshes[allocation.allocation_id]
+        return ForwardingBatch(
+            installs=tuple(a for removal, a in urgent.values() if not removal),
+            refreshes=refreshes,
+            removals=tuple(a for removal, a in urgent.values() if removal),
+        )
