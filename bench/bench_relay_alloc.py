@@ -24,16 +24,16 @@ Everything else runs in a child process inside the nodes namespace (`--child`), 
    the element count of each set/map and the table's rule count;
 5. with every allocation installed, one more pair (of PROBE_PAIRS x 2 extra sessions) asks
    and binds: binds -> its elements present, on a quiet relay; then every session renews its
-   token at once and another pair does the same (its install is queued behind every
-   re-install the renewals caused);
+   token at once and another pair does the same (its install shares the queue with every
+   timeout refresh the renewals caused; installs go first);
 6. closes every session (the relay tears every allocation down: elements and conntrack
    entries) and times until the maps are empty, then stops the relay (SIGTERM) and checks that
    its table is gone.
 
 Relay tokens live at most 120 s: during the set-up the sessions renew theirs 100 s after they
-opened (and every 100 s after that), then once more in step 5. A renewal re-installs every
-active allocation, so a set-up still running at 100 s is slowed; `renewals_during_setup` in
-the figures says whether that happened.
+opened (and every 100 s after that), then once more in step 5. A renewal refreshes every
+active allocation's timeouts, so a set-up still running at 100 s shares the queue with them;
+`renewals_during_setup` in the figures says whether that happened.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ ISSUER: Final = "https://control.example.net:8443"
 RELAY_ID: Final = "relay-bench"
 PER_NODE: Final = UdpRelayLimits().per_node
 PROBE_PAIRS: Final = 2  # one pair installed on a quiet relay, one right after renewals
-RENEW_EVERY_S: Final = 100.0  # tokens live 120 s; a renewal re-installs every allocation
+RENEW_EVERY_S: Final = 100.0  # tokens live 120 s; a renewal refreshes every allocation
 RELAY: Final = [
     sys.executable,
     "-c",
@@ -408,8 +408,8 @@ async def probes(
     installed: int,
 ) -> dict[str, float]:
     """With `installed` allocations in place: one new pair's bind -> install on a quiet relay,
-    then again right after every session renewed its token (each renewal re-installs that
-    node's active allocations: the new pair's install is queued behind all of them). The probe
+    then again right after every session renewed its token (each renewal queues a timeout
+    refresh for that node's active allocations; the new pair's install goes first). The probe
     pairs are the last 2 x PROBE_PAIRS sessions."""
     first = len(sessions) - 2 * PROBE_PAIRS
     quiet = await probe(relay_ns, sessions, (first, first + 1), installed)
