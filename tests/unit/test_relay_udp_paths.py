@@ -20,7 +20,7 @@ from rustynet.domain.keys import TunnelKey, TunnelKeyScheme
 from rustynet.domain.nat import NatClass
 from rustynet.domain.netmap import PeerEntry, PeerMap, SelfEntry, build_peer_map
 from rustynet.domain.tunnel import Capability, PeerStats, UnderlayEndpoint
-from rustynet.domain.udp_relay import UdpGrant
+from rustynet.domain.udp_relay import AllocationRefusedError, UdpGrant
 from rustynet.ports.relay import RelaySession
 from tests.doubles import FakeClock
 
@@ -152,3 +152,40 @@ async def test_a_relayed_pair_moves_to_the_granted_udp_port_only_on_the_tunnels_
     again = await plan(6.5, read(RELAY, 900, T0 + timedelta(seconds=0.4)))
     assert keeper.transport("node_b") == "wss"
     assert again.endpoints[KEY_B] == BRIDGE
+
+
+class Refusing:
+    """A relay session without `[udp]`: every ask is refused as `unavailable`."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def allocate_udp(self, peer: str) -> UdpGrant:
+        self.asked += 1
+        raise AllocationRefusedError("unavailable")
+
+
+async def test_a_relay_without_udp_sessions_is_asked_once_per_session_and_the_bridge_stays() -> (
+    None
+):
+    clock = FakeClock(T0)
+    session = Refusing()
+    keeper = PathKeeper(
+        tunnel=MemoryTunnelBackend({Capability.RELAY_ENDPOINTS, Capability.ROAMING}),
+        bridge=Bridge(),
+        clock=clock,
+        settings=AgentSettings(interface="rn0"),
+        current_map=peer_map,
+        relay_up=lambda: True,
+        puncher=Sender(),
+        relay_session=lambda: session,  # type: ignore[arg-type,return-value]
+        own_nat=lambda: NatClass.HARD,
+    )
+    for tenth in range(1, 400, 7):  # 40 s: several retry intervals
+        clock.current = T0 + timedelta(seconds=tenth / 10)
+        handshake = T0 + timedelta(seconds=0.2)
+        plan = await keeper.endpoints(clock.now(), read(BRIDGE, tenth, handshake))
+        await asyncio.sleep(0)
+        assert plan.endpoints[KEY_B] == BRIDGE
+    assert session.asked == 1
+    assert keeper.transport("node_b") == "wss"
