@@ -11,9 +11,17 @@ the bridge forwards each datagram over the relay session addressed to the peer's
 Frames the relay delivers from a node are sent from that node's socket to the tunnel's port,
 so the tunnel sees the peer at a stable local endpoint (its roaming logic follows it like
 any endpoint). A frame from a node without a socket gets one on demand if the agent allows
-that node (it is in the current peer map); others are dropped. Outbound datagrams wait in
-one bounded queue for the session writer: when it is full they are dropped and counted,
-never buffered without bound.
+that node (it is in the current peer map); others are dropped.
+
+Hot path (docs/relay-protocol.md, "Performance"). The sockets are plain non-blocking sockets
+watched with `add_reader`, not asyncio datagram transports: one wake-up drains a run of
+datagrams (up to `READ_RUN` per socket) and the writer task sends everything that queued up
+since its last write as one relay message (split at `BATCH_BYTES`), so a burst from the
+tunnel costs one event-loop callback, one WebSocket message and one TLS write instead of one
+each per datagram. Outbound datagrams wait in one bounded list for the writer: when it holds
+`QUEUE_PACKETS` the rest are dropped and counted, never buffered without bound. Delivery to the
+tunnel is one non-blocking `sendto` per datagram, straight from the session's receive loop
+(a full socket buffer drops and counts).
 """
 
 from __future__ import annotations
@@ -22,8 +30,8 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-from collections.abc import Callable
-from typing import Final, cast
+from collections.abc import Callable, Iterator
+from typing import Final
 
 import structlog
 
@@ -34,18 +42,19 @@ _log = structlog.get_logger("rustynet.relay.bridge")
 
 LOOPBACK: Final = "127.0.0.1"
 QUEUE_PACKETS: Final = 2048
+READ_RUN: Final = 256  # datagrams drained from one socket per wake-up (then others get a turn)
+MAX_DATAGRAM: Final = 65535
 SOCKET_BUFFER: Final = 4 * 1024 * 1024
 BATCH_BYTES: Final = 48 * 1024  # well under the relay protocol's MAX_BATCH_BYTES (60 KiB)
+FRAME_OVERHEAD: Final = 2 + 2 + 255  # batch length + type/length bytes + the longest node id
 SO_SNDBUFFORCE: Final = getattr(socket, "SO_SNDBUFFORCE", 32)
 SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
-def _grow_buffers(sock: socket.socket | None) -> None:
+def _grow_buffers(sock: socket.socket) -> None:
     """Big socket buffers: a burst from the tunnel (a TCP window's worth of datagrams) must
     wait here for the relay writer rather than overflow (the relay bench saw thousands of
     receive-buffer overflows with the default ~200 KiB). Root may exceed rmem_max (FORCE)."""
-    if sock is None:
-        return
     for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
         try:
             sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
@@ -54,27 +63,35 @@ def _grow_buffers(sock: socket.socket | None) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
 
 
-class _PeerSocket(asyncio.DatagramProtocol):
-    """One relayed peer's loopback socket."""
+def _batches(items: list[tuple[str, bytes]]) -> Iterator[list[tuple[str, bytes]]]:
+    """`items` in order, cut into runs whose relay message stays under `BATCH_BYTES`."""
+    start, size = 0, 0
+    for end, (_, packet) in enumerate(items):
+        grown = size + len(packet) + FRAME_OVERHEAD
+        if grown > BATCH_BYTES and end > start:
+            yield items[start:end]
+            start, grown = end, len(packet) + FRAME_OVERHEAD
+        size = grown
+    if start < len(items):
+        yield items[start:] if start else items
 
-    def __init__(self, bridge: RelayBridge, node_id: str) -> None:
-        self.bridge = bridge
+
+class _PeerSocket:
+    """One relayed peer's loopback socket (non-blocking, watched by the event loop)."""
+
+    __slots__ = ("endpoint", "loop", "node_id", "sock")
+
+    def __init__(self, node_id: str, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
         self.node_id = node_id
-        self.transport: asyncio.DatagramTransport | None = None
-        self.endpoint: UnderlayEndpoint | None = None  # where the tunnel sends this peer's packets
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A datagram endpoint's transport (3.11's selector transport does not subclass
-        # DatagramTransport, so no isinstance check).
-        self.transport = cast("asyncio.DatagramTransport", transport)
-        port = int(self.transport.get_extra_info("sockname")[1])
+        self.sock = sock
+        self.loop = loop
+        port = int(sock.getsockname()[1])
         self.endpoint = UnderlayEndpoint(ipaddress.IPv4Address(LOOPBACK), port)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        self.bridge.from_tunnel(self.node_id, data, addr)
-
-    def error_received(self, exc: Exception) -> None:  # noqa: ARG002 - counted, not kept
-        self.bridge.dropped += 1
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError, ValueError, OSError):
+            self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
 
 
 class RelayBridge:
@@ -83,7 +100,8 @@ class RelayBridge:
     def __init__(self, tunnel_port: Callable[[], int | None]) -> None:
         self._tunnel_port = tunnel_port
         self._sockets: dict[str, _PeerSocket] = {}
-        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_PACKETS)
+        self._outbound: list[tuple[str, bytes]] = []
+        self._wake = asyncio.Event()
         self.allowed: Callable[[str], bool] = lambda _node: False
         self.to_relay = 0
         self.from_relay = 0
@@ -94,14 +112,19 @@ class RelayBridge:
     async def endpoint_for(self, node_id: str) -> UnderlayEndpoint:
         """The loopback endpoint the tunnel should use for `node_id` (bound on first use)."""
         peer = self._sockets.get(node_id)
-        if peer is None or peer.transport is None:
+        if peer is None:
             loop = asyncio.get_running_loop()
-            transport, protocol = await loop.create_datagram_endpoint(
-                lambda: _PeerSocket(self, node_id), local_addr=(LOOPBACK, 0)
-            )
-            _grow_buffers(transport.get_extra_info("socket"))
-            peer = self._sockets[node_id] = protocol
-        assert peer.endpoint is not None  # set by connection_made
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.bind((LOOPBACK, 0))
+                _grow_buffers(sock)
+                peer = _PeerSocket(node_id, sock, loop)
+                loop.add_reader(sock.fileno(), self._readable, peer)
+            except BaseException:
+                sock.close()
+                raise
+            self._sockets[node_id] = peer
         return peer.endpoint
 
     def is_bridge_endpoint(self, endpoint: UnderlayEndpoint | None) -> bool:
@@ -111,65 +134,71 @@ class RelayBridge:
     def keep_only(self, node_ids: set[str]) -> None:
         """Close the sockets of nodes no longer in the peer map."""
         for node_id in set(self._sockets) - node_ids:
-            peer = self._sockets.pop(node_id)
-            if peer.transport is not None:
-                peer.transport.close()
+            self._sockets.pop(node_id).close()
 
     # --- data path ------------------------------------------------------------------------------
 
-    def from_tunnel(self, node_id: str, data: bytes, addr: tuple[str | object, ...]) -> None:
-        """A datagram the tunnel sent to `node_id`'s socket: queue it for the relay."""
+    def _readable(self, peer: _PeerSocket) -> None:
+        """The tunnel sent to `peer`'s socket: queue a run of datagrams for the relay writer."""
         port = self._tunnel_port()
-        if port is None or addr[0] != LOOPBACK or addr[1] != port:
-            self.dropped += 1  # only the tunnel itself may use the bridge
-            return
-        try:
-            self._queue.put_nowait((node_id, data))
-        except asyncio.QueueFull:
-            self.dropped += 1
-
-    async def _deliver(self, node_id: str, packet: bytes) -> None:
-        port = self._tunnel_port()
-        if port is None:
-            self.dropped += 1
-            return
-        peer = self._sockets.get(node_id)
-        if peer is None:
-            if not self.allowed(node_id):
+        outbound, node_id, recvfrom = self._outbound, peer.node_id, peer.sock.recvfrom
+        for _ in range(READ_RUN):
+            try:
+                data, addr = recvfrom(MAX_DATAGRAM)
+            except OSError:  # BlockingIOError: drained
+                break
+            if port is None or addr[0] != LOOPBACK or addr[1] != port:
+                self.dropped += 1  # only the tunnel itself may use the bridge
+                continue
+            if len(outbound) >= QUEUE_PACKETS:
                 self.dropped += 1
-                return
-            await self.endpoint_for(node_id)
-            peer = self._sockets[node_id]
-        if peer.transport is None:
-            self.dropped += 1
-            return
-        peer.transport.sendto(packet, (LOOPBACK, port))
-        self.from_relay += 1
+                continue
+            outbound.append((node_id, data))
+        if outbound:
+            self._wake.set()
+
+    async def _deliver_new(self, node_id: str) -> _PeerSocket | None:
+        """The socket for a node the relay delivers from before the tunnel used it."""
+        if not self.allowed(node_id):
+            return None
+        await self.endpoint_for(node_id)
+        return self._sockets.get(node_id)
 
     async def run(self, session: RelaySession) -> None:
         """Splice the sockets onto `session` until it ends (its error propagates)."""
         writer = asyncio.create_task(self._write(session), name="relay-bridge-writer")
+        sockets, address = self._sockets, (LOOPBACK, 0)
         try:
             while True:
                 node_id, packet = await session.receive()
-                await self._deliver(node_id, packet)
+                peer = sockets.get(node_id) or await self._deliver_new(node_id)
+                port = self._tunnel_port()
+                if peer is None or port is None:
+                    self.dropped += 1
+                    continue
+                if address[1] != port:
+                    address = (LOOPBACK, port)
+                try:
+                    peer.sock.sendto(packet, address)
+                except OSError:  # BlockingIOError: the tunnel's buffer is full
+                    self.dropped += 1
+                    continue
+                self.from_relay += 1
         finally:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
 
     async def _write(self, session: RelaySession) -> None:
-        """Send what the tunnel queued; a burst leaves as one relay message."""
-        queue = self._queue
+        """Send what the tunnel queued since the last write; a burst leaves as one message."""
+        wake = self._wake
         while True:
-            batch = [await queue.get()]
-            size = len(batch[0][1])
-            while not queue.empty() and size < BATCH_BYTES:
-                item = queue.get_nowait()
-                batch.append(item)
-                size += len(item[1]) + 64
-            await session.send_many(batch)
-            self.to_relay += len(batch)
+            await wake.wait()
+            wake.clear()
+            items, self._outbound = self._outbound, []
+            for batch in _batches(items):
+                await session.send_many(batch)
+                self.to_relay += len(batch)
 
     def close(self) -> None:
         """Close every socket."""
