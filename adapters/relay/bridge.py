@@ -47,6 +47,7 @@ MAX_DATAGRAM: Final = 65535
 SOCKET_BUFFER: Final = 4 * 1024 * 1024
 BATCH_BYTES: Final = 48 * 1024  # well under the relay protocol's MAX_BATCH_BYTES (60 KiB)
 FRAME_OVERHEAD: Final = 2 + 2 + 255  # batch length + type/length bytes + the longest node id
+MAX_PACKET: Final = 0xFFFF - 2 - 255  # a frame (type, length, node id, packet) in a batch
 SO_SNDBUFFORCE: Final = getattr(socket, "SO_SNDBUFFORCE", 32)
 SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
 
@@ -150,7 +151,7 @@ class RelayBridge:
             if port is None or addr[0] != LOOPBACK or addr[1] != port:
                 self.dropped += 1  # only the tunnel itself may use the bridge
                 continue
-            if len(outbound) >= QUEUE_PACKETS:
+            if len(outbound) >= QUEUE_PACKETS or len(data) > MAX_PACKET:
                 self.dropped += 1
                 continue
             outbound.append((node_id, data))

@@ -22,10 +22,12 @@ connection (1009), so a peer cannot make the relay hold an arbitrarily large mes
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
+import struct
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, cast
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -38,10 +40,10 @@ from rustynet.adapters.support.prometheus import CONTENT_TYPE, app_registry, ren
 
 from rustynet.application.relay import RelayService, Session
 from rustynet.domain.relay import (
+    BATCH,
     MAX_BATCH_BYTES,
     FrameError,
     RelayAuthFailed,
-    encode_batch,
     split_batch,
 )
 
@@ -56,26 +58,34 @@ EXTRA_METRICS_KEY: Final[web.AppKey[tuple[Callable[[], str], ...]]] = web.AppKey
 REGISTRY_KEY: Final = web.AppKey("relay_metrics_registry", CollectorRegistry)
 UDP_KEY: Final[web.AppKey[UdpRelay | None]] = web.AppKey("relay_udp")
 _log = structlog.get_logger("rustynet.relay")
+_BATCH_BYTE: Final = bytes((BATCH,))
+_LENGTH16: Final = struct.Struct(">H").pack
+MAX_BATCHED_FRAME: Final = 0xFFFF  # a batch entry's length is 16 bits; larger frames go alone
 
 
 class _WebSocketHandle:
-    """`SessionHandle` over one WebSocket: a bounded queue and the task that drains it."""
+    """`SessionHandle` over one WebSocket: a bounded list of frames and the task that drains
+    it (a plain deque and one waiter, not an asyncio.Queue: no per-frame wake-up bookkeeping)."""
 
-    __slots__ = ("_closing", "_queue", "_ws", "writer")
+    __slots__ = ("_closing", "_frames", "_limit", "_waiter", "_ws", "writer")
 
     def __init__(self, ws: web.WebSocketResponse, limit: int) -> None:
         self._ws = ws
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=limit)
+        self._frames: collections.deque[bytes] = collections.deque()
+        self._limit = limit
+        self._waiter: asyncio.Future[None] | None = None
         self._closing = False
         self.writer: asyncio.Task[None] | None = None
 
     def deliver(self, frame: bytes) -> bool:
-        if self._closing:
+        if self._closing or len(self._frames) >= self._limit:
             return False
-        try:
-            self._queue.put_nowait(frame)
-        except asyncio.QueueFull:
-            return False
+        self._frames.append(frame)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
         return True
 
     def close_unauthorized(self) -> None:
@@ -94,20 +104,38 @@ class _WebSocketHandle:
     async def drain(self) -> None:
         """Writer task: send queued frames until the socket closes; what queued up while the
         previous write ran leaves as one batch message (one TLS write for a burst)."""
-        queue, ws = self._queue, self._ws
+        frames, ws, loop = self._frames, self._ws, asyncio.get_running_loop()
         while True:
-            frames = [await queue.get()]
-            size = len(frames[0])
-            while not queue.empty() and size < MAX_BATCH_BYTES:
-                frame = queue.get_nowait()
-                frames.append(frame)
-                size += len(frame) + 2
+            if not frames:
+                self._waiter = loop.create_future()
+                await self._waiter
+                continue
+            message = _take_batch(frames)
             if ws.closed:
                 return
             try:
-                await ws.send_bytes(encode_batch(frames))
+                # aiohttp takes any bytes-like message (it checks bytes, bytearray, memoryview).
+                await ws.send_bytes(cast("bytes", message))
             except (ConnectionError, RuntimeError):
                 return
+
+
+def _take_batch(frames: collections.deque[bytes]) -> bytes | bytearray:
+    """Pop frames from the left into one message under MAX_BATCH_BYTES (the wire format of
+    `encode_batch`, built in one buffer); a lone frame is sent as itself."""
+    first = frames.popleft()
+    if not frames or len(first) > MAX_BATCHED_FRAME:
+        return first  # a relay->node frame: never starts with the batch byte
+    message = bytearray(_BATCH_BYTE)
+    message += _LENGTH16(len(first))
+    message += first
+    size, popleft = len(message), frames.popleft
+    while frames and len(frames[0]) <= min(MAX_BATCHED_FRAME, MAX_BATCH_BYTES - size - 2):
+        frame = popleft()
+        message += _LENGTH16(len(frame))
+        message += frame
+        size += len(frame) + 2
+    return message
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
@@ -208,20 +236,14 @@ async def _on_text(
     await ws.send_str(_text({"type": "ok", "expires_at": expires_at.isoformat()}))
 
 
-def _forward_message(
-    service: RelayService,
-    forward: Callable[[Session, bytes | memoryview], bool],
-    session: Session,
-    data: bytes,
-) -> None:
+def _forward_message(service: RelayService, session: Session, data: bytes) -> None:
     """Forward every frame of one binary message (a frame or a batch of them)."""
     try:
         frames = split_batch(data)
     except FrameError:
         service.drop_malformed()
         return
-    for frame in frames:
-        forward(session, frame)
+    service.forward_all(session, frames)
 
 
 def _udp_session_over(app: web.Application, session: Session) -> None:
@@ -257,12 +279,11 @@ async def relay_socket(request: web.Request) -> web.StreamResponse:  # noqa: PLR
             await handle.close_now()
             return ws
         watcher = asyncio.get_running_loop().create_task(_watch_expiry(service, session, handle))
-        forward = service.forward
         while True:
             msg = await ws.receive()
             kind = msg.type
             if kind is WSMsgType.BINARY:
-                _forward_message(service, forward, session, msg.data)
+                _forward_message(service, session, msg.data)
             elif kind is WSMsgType.TEXT:
                 await _on_text(request.app, session, ws, handle, msg.data)
             elif kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):

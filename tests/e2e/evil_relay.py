@@ -80,7 +80,9 @@ class EvilRelayService(relay_service.RelayService):
         self._reporter = asyncio.get_running_loop().create_task(self._report())
         _say(f"armed mode={self.mode} relay={trust.relay_id}")
 
-    def forward(self, session: relay_service.Session, frame: bytes | memoryview) -> bool:
+    def forward(
+        self, session: relay_service.Session, frame: bytes | memoryview, now: float | None = None
+    ) -> bool:
         """Forward `frame` the malicious way; the honest service still enforces its checks."""
         frame = bytes(frame)  # a view into a batch message: keep our own copy to alter/replay
         if session.node_id is not None:
@@ -89,8 +91,8 @@ class EvilRelayService(relay_service.RelayService):
         if self.mode == "tamper":
             altered = tamper(frame)
             self.altered += altered != frame
-            return super().forward(session, altered)
-        forwarded = super().forward(session, frame)
+            return super().forward(session, altered, now)
+        forwarded = super().forward(session, frame, now)
         if forwarded:
             loop = asyncio.get_running_loop()
             loop.call_later(REPLAY_DELAY, self._replay, session, frame)

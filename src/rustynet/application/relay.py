@@ -14,7 +14,7 @@ Per-node state (rate buckets, the session list) lives while the node has a sessi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Final, Protocol
 
@@ -321,8 +321,18 @@ class RelayService:
 
     # --- data path ---------------------------------------------------------------------------
 
-    def forward(self, session: Session, frame: bytes | memoryview) -> bool:  # noqa: PLR0911 - one exit per drop reason
-        """Forward one node→relay frame; False when it was dropped (and counted)."""
+    def forward_all(self, session: Session, frames: Iterable[bytes | memoryview]) -> None:
+        """Forward every frame of one message (a batch), each checked, limited and counted as
+        if sent alone; the clock is read once per message, not once per frame."""
+        now, forward = self._clock.now().timestamp(), self.forward
+        for frame in frames:
+            forward(session, frame, now)
+
+    def forward(  # noqa: PLR0911 - one exit per drop reason
+        self, session: Session, frame: bytes | memoryview, now: float | None = None
+    ) -> bool:
+        """Forward one node→relay frame (at `now`, POSIX seconds: the clock when None); False
+        when it was dropped (and counted)."""
         counters = self.counters
         rate = session.rate
         if rate is None or not session.machine.is_open:
@@ -332,7 +342,9 @@ class RelayService:
         if size > self.limits.max_frame_bytes:
             counters.dropped["oversize"] += 1
             return False
-        if not rate.admit(self._clock.now().timestamp(), size):
+        if now is None:
+            now = self._clock.now().timestamp()
+        if not rate.admit(now, size):
             counters.dropped["rate_limited"] += 1
             return False
         try:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import enum
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -51,6 +52,7 @@ _BATCH_BYTE: Final = bytes((BATCH,))
 """A message carrying several frames: `0x03 | (len16 | frame)*` (one WebSocket + TLS write for
 a burst of packets instead of one per packet; each inner frame is checked and counted alone)."""
 MAX_BATCH_BYTES: Final = 60 * 1024
+_LENGTH16: Final = struct.Struct(">H")
 NONCE_BYTES: Final = 32
 MAX_NODE_ID: Final = 255  # one length byte
 MAX_SIGNING_CERTIFICATES: Final = 8  # control holds at most a few during rotation overlap
@@ -129,10 +131,10 @@ def decode_header(frame: bytes | bytearray | memoryview, frame_type: int) -> tup
     end = 2 + frame[1]
     if frame[1] == 0 or end > size:
         raise FrameError("node id length out of range")
-    raw = bytes(frame[2:end])
-    if not raw.isascii():
-        raise FrameError("node id is not ASCII")
-    return raw.decode("ascii"), end
+    try:
+        return str(frame[2:end], "ascii"), end
+    except UnicodeDecodeError:
+        raise FrameError("node id is not ASCII") from None
 
 
 def encode_batch(frames: list[bytes]) -> bytes:
@@ -144,11 +146,12 @@ def encode_batch(frames: list[bytes]) -> bytes:
         raise LocalProtocolError("a frame may not start with the batch type")
     if len(frames) == 1:
         return frames[0]
-    parts = [bytes((BATCH,))]
+    parts = [_BATCH_BYTE]
+    pack = _LENGTH16.pack
     for frame in frames:
         if not 0 < len(frame) < 0x10000:
             raise LocalProtocolError("a frame in a batch is 1-65535 bytes")
-        parts.append(len(frame).to_bytes(2, "big"))
+        parts.append(pack(len(frame)))
         parts.append(frame)
     return b"".join(parts)
 
@@ -160,11 +163,11 @@ def split_batch(message: bytes | bytearray | memoryview) -> list[memoryview]:
     if len(view) == 0 or view[0] != BATCH:
         return [view]
     frames: list[memoryview] = []
-    at, size = 1, len(view)
+    at, size, length_at = 1, len(view), _LENGTH16.unpack_from
     while at < size:
         if at + 2 > size:
             raise FrameError("batch entry length cut off")
-        length = int.from_bytes(view[at : at + 2], "big")
+        (length,) = length_at(view, at)
         at += 2
         if length == 0 or at + length > size:
             raise FrameError("batch entry length out of range")
