@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+import struct
 from collections.abc import Callable, Iterator
 from typing import Final
 
@@ -48,6 +49,10 @@ SOCKET_BUFFER: Final = 4 * 1024 * 1024
 BATCH_BYTES: Final = 48 * 1024  # well under the relay protocol's MAX_BATCH_BYTES (60 KiB)
 FRAME_OVERHEAD: Final = 2 + 2 + 255  # batch length + type/length bytes + the longest node id
 MAX_PACKET: Final = 0xFFFF - 2 - 255  # a frame (type, length, node id, packet) in a batch
+UDP_SEGMENT: Final = 103  # setsockopt/cmsg SOL_UDP: GSO segment size (Linux >= 4.18)
+GSO_SEGMENTS: Final = 64  # the kernel's UDP_MAX_SEGMENTS on older kernels
+GSO_BYTES: Final = 65000  # one GSO send is one UDP datagram of at most 65507 bytes of payload
+_SEGMENT: Final = struct.Struct("=H").pack
 SO_SNDBUFFORCE: Final = getattr(socket, "SO_SNDBUFFORCE", 32)
 SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
 
@@ -102,6 +107,8 @@ class RelayBridge:
         self._tunnel_port = tunnel_port
         self._sockets: dict[str, _PeerSocket] = {}
         self._outbound: list[tuple[str, bytes]] = []
+        self._inbound: list[tuple[_PeerSocket, bytes]] = []
+        self._gso = True
         self._wake = asyncio.Event()
         self.allowed: Callable[[str], bool] = lambda _node: False
         self.to_relay = 0
@@ -168,27 +175,67 @@ class RelayBridge:
     async def run(self, session: RelaySession) -> None:
         """Splice the sockets onto `session` until it ends (its error propagates)."""
         writer = asyncio.create_task(self._write(session), name="relay-bridge-writer")
-        sockets, address = self._sockets, (LOOPBACK, 0)
+        loop, sockets, inbound = asyncio.get_running_loop(), self._sockets, self._inbound
         try:
             while True:
                 node_id, packet = await session.receive()
                 peer = sockets.get(node_id) or await self._deliver_new(node_id)
-                port = self._tunnel_port()
-                if peer is None or port is None:
+                if peer is None:
                     self.dropped += 1
                     continue
-                if address[1] != port:
-                    address = (LOOPBACK, port)
-                try:
-                    peer.sock.sendto(packet, address)
-                except OSError:  # BlockingIOError: the tunnel's buffer is full
-                    self.dropped += 1
-                    continue
-                self.from_relay += 1
+                if not inbound:  # the first of a run: flush once the session's queue is empty
+                    loop.call_soon(self._flush)
+                elif len(inbound) >= QUEUE_PACKETS:
+                    self._flush()
+                inbound.append((peer, packet))
         finally:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
+
+    def _flush(self) -> None:
+        """Hand the tunnel what the relay delivered: consecutive datagrams of one peer and one
+        size leave in one `sendmsg` with UDP GSO (the kernel splits them back into the same
+        datagrams), the rest one `sendto` each; a full buffer drops and counts."""
+        inbound, port = self._inbound, self._tunnel_port()
+        items = inbound[:]
+        inbound.clear()
+        if port is None:
+            self.dropped += len(items)
+            return
+        address, at, count = (LOOPBACK, port), 0, len(items)
+        while at < count:
+            peer, packet = items[at]
+            size, end = len(packet), at + 1
+            if self._gso and size:
+                last = min(count, at + GSO_SEGMENTS, at + GSO_BYTES // max(size, 1))
+                while end < last and items[end][0] is peer and len(items[end][1]) == size:
+                    end += 1
+            self._send(peer.sock, [item[1] for item in items[at:end]], size, address)
+            at = end
+
+    def _send(
+        self, sock: socket.socket, packets: list[bytes], size: int, address: tuple[str, int]
+    ) -> None:
+        """Send `packets` (one, or several of `size` bytes as one GSO run) to the tunnel."""
+        try:
+            if len(packets) == 1:
+                sock.sendto(packets[0], address)
+            else:
+                sock.sendmsg(packets, [(socket.SOL_UDP, UDP_SEGMENT, _SEGMENT(size))], 0, address)
+        except BlockingIOError:  # the tunnel's buffer is full
+            self.dropped += len(packets)
+            return
+        except OSError:
+            if len(packets) == 1:
+                self.dropped += 1
+                return
+            self._gso = False  # a kernel without UDP GSO: one datagram per call from now on
+            _log.info("relay.bridge_gso_unavailable")
+            for packet in packets:
+                self._send(sock, [packet], size, address)
+            return
+        self.from_relay += len(packets)
 
     async def _write(self, session: RelaySession) -> None:
         """Send what the tunnel queued since the last write; a burst leaves as one message."""
