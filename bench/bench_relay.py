@@ -112,16 +112,32 @@ def udp_counters(node: Node) -> dict[str, int]:
     return {n: int(v) for n, v in zip(names, values, strict=True)}
 
 
+def socket_drops(node: Node) -> dict[str, int]:
+    """Drops per UDP socket of the node's namespace (/proc/net/udp `drops`), keyed by the
+    socket's local address:port: which socket overflowed (wireguard-go's or a bridge's)."""
+    out: dict[str, int] = {}
+    for line in run_in(node.ns, "cat", "/proc/net/udp").stdout.splitlines()[1:]:
+        fields = line.split()
+        address, port = fields[1].split(":")
+        ip = ".".join(str(b) for b in reversed(bytes.fromhex(address)))
+        out[f"{ip}:{int(port, 16)}"] = int(fields[-1])
+    return out
+
+
 @contextmanager
 def udp_window(nodes: Sequence[Node]) -> Iterator[dict[str, dict[str, int]]]:
-    """UDP error counters that moved in each node's namespace while the block runs."""
+    """UDP error counters that moved in each node's namespace while the block runs, and the
+    drops per socket (`drops:ADDRESS:PORT`)."""
     out: dict[str, dict[str, int]] = {}
     before = {n.name: udp_counters(n) for n in nodes}
+    drops_before = {n.name: socket_drops(n) for n in nodes}
     yield out
     for node in nodes:
         after = udp_counters(node)
         moved = {k: v - before[node.name][k] for k, v in after.items() if "Errors" in k}
-        out[node.name] = {k: v for k, v in moved.items() if v}
+        old = drops_before[node.name]
+        drops = {f"drops:{k}": v - old.get(k, 0) for k, v in socket_drops(node).items()}
+        out[node.name] = {k: v for k, v in (moved | drops).items() if v}
 
 
 # --- the relay's own counters --------------------------------------------------------------------
@@ -330,6 +346,11 @@ def derive(results: dict[str, Any]) -> None:
             "cpu_s_per_gbit": round(cpu["relay_cpu_s"] / gbit, 2),
             "percent_of_a_core": round(100 * cpu["relay_cpu_s"] / cpu["wall_s"], 1),
         }
+        # The daemons' own Python (rustynetd, not its wireguard-go): the bridges on both ends.
+        for side in ("a", "b"):
+            used = cpu.get(f"daemon_{side}_cpu_s", {})
+            own = sum(v for k, v in used.items() if k.startswith("rustynetd["))
+            results["relay_cpu"][f"daemon_{side}_cpu_s_per_gbit"] = round(own / gbit, 2)
 
 
 def verdicts(results: dict[str, Any], budgets: dict[str, float]) -> dict[str, str]:
@@ -344,6 +365,10 @@ def verdicts(results: dict[str, Any], budgets: dict[str, float]) -> dict[str, st
     return {
         "relay_throughput_ratio": check(
             results.get("relay_direct_ratio"), lambda v: v >= budgets["relay_throughput_ratio_min"]
+        ),
+        "relay_cpu_per_gbit": check(
+            results.get("relay_cpu", {}).get("cpu_s_per_gbit"),
+            lambda v: v <= budgets["relay_cpu_s_per_gbit_max"],
         ),
         "failover": check(failover.get("max_s"), lambda v: v <= budgets["failover_max_s"]),
         "failback": check(
@@ -379,8 +404,19 @@ def table(results: dict[str, Any], budgets: dict[str, float], verdict: dict[str,
             verdict["relay_throughput_ratio"],
         ),
         (
-            "relay CPU per Gbit moved",
-            f"{cpu['cpu_s_per_gbit']:.1f} CPU-s/Gbit" if cpu else "—",
+            "relay CPU per Gbit moved (WSS)",
+            f"{cpu['cpu_s_per_gbit']:.2f} CPU-s/Gbit" if cpu else "—",
+            f"≤ {budgets['relay_cpu_s_per_gbit_max']} CPU-s/Gbit",
+            verdict["relay_cpu_per_gbit"],
+        ),
+        (
+            "rustynetd CPU per Gbit moved, sender / receiver (the bridges)",
+            (
+                f"{cpu['daemon_a_cpu_s_per_gbit']:.2f} / {cpu['daemon_b_cpu_s_per_gbit']:.2f}"
+                " CPU-s/Gbit"
+            )
+            if cpu
+            else "—",
             "report",
             "",
         ),
