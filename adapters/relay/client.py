@@ -20,9 +20,10 @@ import collections
 import contextlib
 import json
 import ssl
+import struct
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Final, TypeVar, cast
+from typing import Final, TypeVar
 
 import aiohttp
 
@@ -58,6 +59,7 @@ DEFAULT_RECEIVE_QUEUE: Final = 1024
 MAX_MESSAGE: Final = 128 * 1024
 HEARTBEAT: Final = 30.0
 _BATCH_BYTE: Final = bytes((BATCH,))
+_LENGTH16: Final = struct.Struct(">H").pack
 PinnedContextFactory = Callable[[SpkiPin], ssl.SSLContext]
 
 
@@ -98,8 +100,9 @@ class WebSocketRelaySession:
         self._expires_at = expires_at
         self._limit = receive_queue
         self._timeout = timeout
-        # Unbounded type, bounded by hand in `_read`, so the end-of-session marker always fits.
-        self._incoming: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+        # Bounded by hand in `_read`; one waiter (the receiver), woken once per message.
+        self._incoming: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._renewal: asyncio.Future[datetime] | None = None
         self._udp_asks: collections.deque[asyncio.Future[object]] = collections.deque()
         self._headers: dict[str, bytes] = {}
@@ -134,10 +137,11 @@ class WebSocketRelaySession:
                         except FrameError:
                             self.dropped += 1
                             continue
-                        if incoming.qsize() >= limit:
+                        if len(incoming) >= limit:
                             self.dropped += 1
                             continue
-                        incoming.put_nowait((source, bytes(data[offset:])))
+                        incoming.append((source, bytes(data[offset:])))
+                    self._wake()
                 elif msg.type is aiohttp.WSMsgType.TEXT:
                     self._on_text(msg.data)
                 else:
@@ -146,6 +150,11 @@ class WebSocketRelaySession:
             pass
         finally:
             self._finish()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _on_text(self, data: str) -> None:
         message = _json(data)
@@ -167,7 +176,7 @@ class WebSocketRelaySession:
         if self._done:
             return
         self._done = True
-        self._incoming.put_nowait(None)
+        self._wake()
         while self._udp_asks:
             asked = self._udp_asks.popleft()
             if not asked.done():
@@ -187,22 +196,21 @@ class WebSocketRelaySession:
                 self._headers[destination_node_id] = header
         return header
 
-    def _encode(self, items: Sequence[tuple[str, bytes]]) -> bytes | bytearray:
-        """One message for `items`: a lone frame as itself, else a batch built in one buffer
-        (the wire format of `encode_batch`, without a copy per frame)."""
+    def _encode(self, items: Sequence[tuple[str, bytes]]) -> bytes:
+        """One message for `items`: a lone frame as itself, else a batch joined in one copy
+        (the wire format of `encode_batch`, without building each frame first)."""
         if len(items) == 1:
             destination, packet = items[0]
             return encode_batch([self._header(destination) + packet])
-        message = bytearray(_BATCH_BYTE)
+        parts, header_of = [_BATCH_BYTE], self._header
+        extend = parts.extend
         for destination, packet in items:
-            header = self._header(destination)
+            header = header_of(destination)
             size = len(header) + len(packet)
             if size >= 0x10000:
                 raise LocalProtocolError("a frame in a batch is 1-65535 bytes")
-            message += size.to_bytes(2, "big")
-            message += header
-            message += packet
-        return message
+            extend((_LENGTH16(size), header, packet))
+        return b"".join(parts)
 
     async def send(self, destination_node_id: str, packet: bytes) -> None:
         """Send `packet` to `destination_node_id` through the relay (best effort)."""
@@ -214,19 +222,20 @@ class WebSocketRelaySession:
             raise RelayClosed("the relay session ended")
         message = self._encode(items)
         try:
-            # aiohttp takes any bytes-like message (it checks bytes, bytearray, memoryview).
-            await self._ws.send_bytes(cast("bytes", message))
+            await self._ws.send_bytes(message)
         except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
             self._finish()
             raise RelayClosed("the relay session ended") from exc
 
     async def receive(self) -> tuple[str, bytes]:
         """Next (source node id, packet); `RelayClosed` once the session is over."""
-        item = await self._incoming.get()
-        if item is None:
-            self._incoming.put_nowait(None)  # every later call sees the end too
-            raise RelayClosed("the relay session ended")
-        return item
+        incoming = self._incoming
+        while not incoming:
+            if self._done:  # what arrived before the end is still delivered first
+                raise RelayClosed("the relay session ended")
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return incoming.popleft()
 
     async def _request(self, message: dict[str, str], waiter: asyncio.Future[_T], what: str) -> _T:
         """Send a text message and wait (bounded) for the answer `waiter` receives."""

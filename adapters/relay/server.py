@@ -27,7 +27,7 @@ import contextlib
 import json
 import struct
 from collections.abc import Callable, Sequence
-from typing import Final, cast
+from typing import Final
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -114,28 +114,24 @@ class _WebSocketHandle:
             if ws.closed:
                 return
             try:
-                # aiohttp takes any bytes-like message (it checks bytes, bytearray, memoryview).
-                await ws.send_bytes(cast("bytes", message))
+                await ws.send_bytes(message)
             except (ConnectionError, RuntimeError):
                 return
 
 
-def _take_batch(frames: collections.deque[bytes]) -> bytes | bytearray:
+def _take_batch(frames: collections.deque[bytes]) -> bytes:
     """Pop frames from the left into one message under MAX_BATCH_BYTES (the wire format of
-    `encode_batch`, built in one buffer); a lone frame is sent as itself."""
+    `encode_batch`, joined in one copy); a lone frame is sent as itself."""
     first = frames.popleft()
     if not frames or len(first) > MAX_BATCHED_FRAME:
         return first  # a relay->node frame: never starts with the batch byte
-    message = bytearray(_BATCH_BYTE)
-    message += _LENGTH16(len(first))
-    message += first
-    size, popleft = len(message), frames.popleft
+    parts = [_BATCH_BYTE, _LENGTH16(len(first)), first]
+    size, popleft, extend = 3 + len(first), frames.popleft, parts.extend
     while frames and len(frames[0]) <= min(MAX_BATCHED_FRAME, MAX_BATCH_BYTES - size - 2):
         frame = popleft()
-        message += _LENGTH16(len(frame))
-        message += frame
+        extend((_LENGTH16(len(frame)), frame))
         size += len(frame) + 2
-    return message
+    return b"".join(parts)
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
