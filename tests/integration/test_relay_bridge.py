@@ -67,21 +67,31 @@ def _udp() -> socket.socket:
     return sock
 
 
-@pytest_asyncio.fixture
-async def wired() -> AsyncIterator[tuple[RelayBridge, QueueSession, socket.socket]]:
-    tunnel = _udp()  # stands in for wireguard-go's UDP socket
+@contextlib.asynccontextmanager
+async def _running(
+    session: QueueSession, allowed: frozenset[str] = frozenset({PEER})
+) -> AsyncIterator[tuple[RelayBridge, socket.socket]]:
+    """A bridge spliced onto `session` and the socket standing in for wireguard-go's."""
+    tunnel = _udp()
+    tunnel.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)  # whole bursts
     bridge = RelayBridge(lambda: int(tunnel.getsockname()[1]))
-    bridge.allowed = lambda node_id: node_id == PEER
-    session = QueueSession()
+    bridge.allowed = lambda node_id: node_id in allowed
     task = asyncio.create_task(bridge.run(session))
     try:
-        yield bridge, session, tunnel
+        yield bridge, tunnel
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         bridge.close()
         tunnel.close()
+
+
+@pytest_asyncio.fixture
+async def wired() -> AsyncIterator[tuple[RelayBridge, QueueSession, socket.socket]]:
+    session = QueueSession()
+    async with _running(session) as (bridge, tunnel):
+        yield bridge, session, tunnel
 
 
 async def test_datagrams_cross_the_bridge_unchanged_both_ways(
@@ -139,11 +149,6 @@ class CountingSession(QueueSession):
         await super().send_many(items)
 
 
-def _big_buffer(sock: socket.socket) -> socket.socket:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-    return sock
-
-
 async def _received(tunnel: socket.socket, count: int) -> list[tuple[bytes, tuple[str, int]]]:
     loop = asyncio.get_running_loop()
     return [await loop.run_in_executor(None, tunnel.recvfrom, 65535) for _ in range(count)]
@@ -153,46 +158,34 @@ async def test_a_burst_from_the_tunnel_reaches_the_relay_complete_in_order_and_b
     """BURST datagrams sent back to back by the tunnel arrive at the session complete and in
     order, in a few relay messages (runs per wake-up), not one message per datagram; a
     stranger's datagram in the middle of the burst is dropped and counted."""
-    tunnel = _udp()
-    bridge = RelayBridge(lambda: int(tunnel.getsockname()[1]))
     session = CountingSession()
-    task = asyncio.create_task(bridge.run(session))
-    stranger = _udp()
-    try:
-        endpoint = await bridge.endpoint_for(PEER)
-        where = (str(endpoint.address), endpoint.port)
-        outgoing = [os.urandom(64 + (i * 37) % 1400) + i.to_bytes(2, "big") for i in range(BURST)]
-        for i, packet in enumerate(outgoing):
-            tunnel.sendto(packet, where)
-            if i == BURST // 2:
-                stranger.sendto(b"injected", where)
-        got = [await asyncio.wait_for(session.sent.get(), 2.0) for _ in outgoing]
-        assert got == [(PEER, packet) for packet in outgoing]
-        await asyncio.sleep(0.05)
-        assert session.sent.empty()
-        assert bridge.dropped == 1
-        assert bridge.to_relay == BURST
-        assert session.messages <= BURST // 20  # ~48 KiB per message: about 40 here
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        bridge.close()
-        tunnel.close()
-        stranger.close()
+    with contextlib.closing(_udp()) as stranger:
+        async with _running(session) as (bridge, tunnel):
+            endpoint = await bridge.endpoint_for(PEER)
+            where = (str(endpoint.address), endpoint.port)
+            outgoing = [
+                os.urandom(64 + (i * 37) % 1400) + i.to_bytes(2, "big") for i in range(BURST)
+            ]
+            for i, packet in enumerate(outgoing):
+                tunnel.sendto(packet, where)
+                if i == BURST // 2:
+                    stranger.sendto(b"injected", where)
+            got = [await asyncio.wait_for(session.sent.get(), 2.0) for _ in outgoing]
+            assert got == [(PEER, packet) for packet in outgoing]
+            await asyncio.sleep(0.05)
+            assert session.sent.empty()
+            assert bridge.dropped == 1
+            assert bridge.to_relay == BURST
+            assert session.messages <= BURST // 20  # ~48 KiB per message: about a dozen here
 
 
 async def test_a_burst_from_the_relay_reaches_the_tunnel_complete_in_order_per_peer() -> None:
     """Runs of equal-size datagrams (sent with UDP GSO), odd sizes and an empty datagram,
     interleaved between two peers: the tunnel gets every datagram unchanged, in order, from
     the right peer's endpoint; a node not allowed gets nothing delivered."""
-    tunnel = _big_buffer(_udp())
     other = "node_BBBBBBBBBBBBBBBB"
-    bridge = RelayBridge(lambda: int(tunnel.getsockname()[1]))
-    bridge.allowed = lambda node_id: node_id in {PEER, other}
     session = QueueSession()
-    task = asyncio.create_task(bridge.run(session))
-    try:
+    async with _running(session, frozenset({PEER, other})) as (bridge, tunnel):
         sizes = [1452] * 150 + [148, 0, 1452, 1452, 92] + [1200] * 70 + [32]
         incoming = [(PEER if i % 40 < 30 else other, os.urandom(n)) for i, n in enumerate(sizes)]
         for i, item in enumerate(incoming):
@@ -200,21 +193,9 @@ async def test_a_burst_from_the_relay_reaches_the_tunnel_complete_in_order_per_p
             if i == 100:
                 session.incoming.put_nowait(("node_NOTALLOWED00000", b"x" * 1452))
         got = await asyncio.wait_for(_received(tunnel, len(incoming)), 10.0)
-        ports = {
-            PEER: (await bridge.endpoint_for(PEER)).port,
-            other: (await bridge.endpoint_for(other)).port,
-        }
-        by_source = {
-            node: [data for data, source in got if source[1] == port]
-            for node, port in ports.items()
-        }
-        for node in (PEER, other):
-            assert by_source[node] == [packet for n, packet in incoming if n == node]
+        ports = {node: (await bridge.endpoint_for(node)).port for node in (PEER, other)}
+        for node, port in ports.items():
+            from_node = [data for data, source in got if source[1] == port]
+            assert from_node == [packet for n, packet in incoming if n == node]
         assert bridge.from_relay == len(incoming)
         assert bridge.dropped == 1
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        bridge.close()
-        tunnel.close()
