@@ -19,7 +19,9 @@ daemons in network namespaces on one bridge; everything removed at the end, even
    out and both report `relay`. The same iperf3 run over the relay path. CPU seconds of the
    `rustynet-relay` process (utime + stime from /proc/PID/stat) during that run / Gbit moved
    (iperf3's received bytes) = CPU-seconds per Gbit; / wall seconds = % of a core. The daemons'
-   process trees (rustynetd + wireguard-go) are measured too: the relay path runs through them.
+   process trees (rustynetd + wireguard-go) are measured too: the relay path runs through them
+   (rustynetd's CPU per Gbit on each end is reported: the bridges), and so are the UDP drops
+   of each socket in both namespaces (/proc/net/udp: which socket overflowed).
 3. Fail back: the block is removed; time until both report `direct` and A pings B (polled up to
    --failback-timeout; "not achieved" is reported, not raised).
 4. Fall over: fresh node pairs joined with their direct UDP already blocked; time from both
