@@ -99,6 +99,12 @@ async def test_a_lost_host_address_drops_the_control_connections(
         ns.ip("addr", "add", "198.51.100.34/28", "dev", up0)
         await asyncio.sleep(agent.settings.change_debounce + 1.0)
         assert control.reconnects == 0
+        # A link-local address that goes (a container's veth, an expired one) is no connection's.
+        ns.ip("addr", "add", "fe80::1234/64", "dev", up0)
+        await asyncio.sleep(agent.settings.change_debounce + 1.0)
+        ns.ip("addr", "del", "fe80::1234/64", "dev", up0)
+        await asyncio.sleep(agent.settings.change_debounce + 1.0)
+        assert control.reconnects == 0
         # The address the connections were made from goes away: they are dropped, once.
         ns.ip("addr", "del", "198.51.100.33/28", "dev", up0)
         await _until("a reconnect", lambda: control.reconnects == 1, 5.0)

@@ -217,7 +217,10 @@ def test_a_peers_nat_class_travels_in_the_map_and_an_older_map_without_it_reads_
     peers = payload["peers"]
     assert isinstance(peers, list)
     first = dict(peers[0])
-    assert first["nat"] is None
+    assert "nat" not in first  # unclassified: left out, so a map stays readable by older nodes
+    first["nat"] = None
+    payload["peers"] = [first]
+    assert PeerMap.from_payload(payload).peers[0].nat is None
     first["nat"] = "hard"
     payload["peers"] = [first]
     assert PeerMap.from_payload(payload).peers[0].nat is NatClass.HARD

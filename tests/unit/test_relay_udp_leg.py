@@ -89,21 +89,53 @@ def test_no_evidence_in_the_trial_rests_on_the_bridge_and_retries_with_backoff()
     assert not leg.points_at_relay
     assert leg.retry == POLICY.retry_first
     assert leg.due(POLICY) == at(11.0)
+    assert not leg.retry_due(at(10.9))
     leg, effects = observe(POLICY, leg, at(11.0), Read(at_relay=False, rx=0))
+    # The retry asks the relay again (the caller's part: the allocation may be a new one).
+    assert (leg.phase, effects) == (LegPhase.RESTING, ())
+    assert leg.retry_due(at(11.0))
+    leg = regranted(leg, at(11.0))
     assert leg.phase is LegPhase.TRYING
-    assert effects == (Bind(leg.counter), Nudge())
     leg, _ = observe(POLICY, leg, at(12.0), Read(at_relay=True, rx=0))
     assert leg.retry == 2 * POLICY.retry_first
     for _ in range(10):
-        leg = attrs_evolve_resting(leg)
+        leg = one_more_failed_trial(leg)
     assert leg.retry == POLICY.retry_max
 
 
-def attrs_evolve_resting(leg: UdpLeg) -> UdpLeg:
-    """One more failed trial."""
-    leg, _ = observe(POLICY, leg, leg.since + (leg.retry or timedelta(0)), None)
+def regranted(leg: UdpLeg, now: datetime) -> UdpLeg:
+    """The caller's re-ask at a due retry, answered at once (the backoff carries over)."""
+    asking = attrs.evolve(UdpLeg.asking(now), retry=leg.retry)
+    tried, effects = granted(POLICY, asking, RELAY, now)
+    assert effects == (Bind(tried.counter), Nudge())
+    return tried
+
+
+def one_more_failed_trial(leg: UdpLeg) -> UdpLeg:
+    """A due retry, re-asked and granted, whose trial sees nothing."""
+    leg = regranted(leg, leg.since + (leg.retry or timedelta(0)))
     leg, _ = observe(POLICY, leg, leg.since + POLICY.trial, None)
     return leg
+
+
+def test_an_up_leg_rests_at_once_when_the_peers_packets_come_through_the_bridge() -> None:
+    """The peer went back to the WebSocket (its relay session, and the allocation, may be
+    gone): its packets move our tunnel to the bridge although the plan pointed at the UDP port.
+    Rest at once instead of sending into the old port until the evidence goes stale."""
+    leg = trying()
+    leg, _ = observe(POLICY, leg, at(0.2), Read(at_relay=True, rx=0))
+    leg, _ = observe(POLICY, leg, at(0.5), Read(at_relay=True, rx=10))
+    assert leg.phase is LegPhase.UP
+    leg, _ = observe(POLICY, leg, at(1.5), Read(at_relay=False, rx=60, at_bridge=True))
+    assert leg.phase is LegPhase.RESTING
+    assert not leg.points_at_relay
+    assert leg.retry == POLICY.retry_first
+    # A read elsewhere without new packets (a probe window's candidate) changes nothing.
+    up = trying()
+    up, _ = observe(POLICY, up, at(0.2), Read(at_relay=True, rx=0))
+    up, _ = observe(POLICY, up, at(0.5), Read(at_relay=True, rx=10))
+    up, _ = observe(POLICY, up, at(1.5), Read(at_relay=False, rx=60, at_bridge=False))
+    assert up.phase is LegPhase.UP
 
 
 def test_while_resting_the_tunnel_moving_to_the_relay_by_itself_is_evidence() -> None:

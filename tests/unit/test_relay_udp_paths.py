@@ -189,3 +189,45 @@ async def test_a_relay_without_udp_sessions_is_asked_once_per_session_and_the_br
         assert plan.endpoints[KEY_B] == BRIDGE
     assert session.asked == 1
     assert keeper.transport("node_b") == "wss"
+
+
+class Hostile:
+    """A relay session whose grants are unusable: first another peer's, then a loopback
+    address, then a good one."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def allocate_udp(self, peer: str) -> UdpGrant:
+        self.asked += 1
+        if self.asked == 1:
+            return UdpGrant("node_x", bytes(16), str(RELAY.address), RELAY.port, bytes(32), T0)
+        address = "127.0.0.1" if self.asked == 2 else str(RELAY.address)
+        return UdpGrant(peer, bytes(16), address, RELAY.port, bytes(32), T0)
+
+
+async def test_unusable_grants_are_refused_and_asked_again_after_the_backoff() -> None:
+    clock = FakeClock(T0)
+    session, sender = Hostile(), Sender()
+    keeper = PathKeeper(
+        tunnel=MemoryTunnelBackend({Capability.RELAY_ENDPOINTS, Capability.ROAMING}),
+        bridge=Bridge(),
+        clock=clock,
+        settings=AgentSettings(interface="rn0"),
+        current_map=peer_map,
+        relay_up=lambda: True,
+        puncher=sender,
+        relay_session=lambda: session,  # type: ignore[arg-type,return-value]
+        own_nat=lambda: NatClass.HARD,
+    )
+    pointed = []
+    for tenth in range(1, 400, 5):
+        clock.current = T0 + timedelta(seconds=tenth / 10)
+        handshake = clock.now() - timedelta(seconds=0.05)  # the session runs through the bridge
+        plan = await keeper.endpoints(clock.now(), read(BRIDGE, tenth, handshake))
+        await asyncio.sleep(0)
+        if KEY_B in plan.endpoints:
+            pointed.append(plan.endpoints[KEY_B])
+    assert session.asked == 3  # refused twice, each time asked again after the backoff
+    assert {target for target, _ in sender.binds} == {RELAY}  # never a bind elsewhere
+    assert set(pointed) == {BRIDGE, RELAY}  # never the other peer's or the loopback grant

@@ -23,8 +23,9 @@ prefixes, underlay endpoints), the tunnel adapter translates. The top-level `rel
 the same for every node of a mesh (docs/relay-protocol.md): a node's home relay is the first
 one, so two nodes that need a relay meet on the same one; each relay is pinned by its TLS key,
 and the list is signed with the rest of the map. A peer's `relays` names relay ids from it;
-its `nat` is the class of its NAT (`rustynet.domain.nat.NatClass`, null: not classified; a
-map without the field is read as null).
+its `nat` is the class of its NAT (`rustynet.domain.nat.NatClass`; absent or null: not
+classified). A node from before this field refuses a map that carries it (peers are parsed
+strictly), so upgrade the nodes before the control plane.
 `stun` is the mesh's STUN servers (the control host's and the relays', as control.toml
 `[stun].advertise` lists them), IP-literal endpoints checked by `rustynet.domain.stun`.
 """
@@ -198,7 +199,7 @@ class PeerEntry:
             "tunnel_key_expires_at": texts[1],
             "candidates": [c.to_json() for c in self.candidates],
             "relays": list(self.relays),
-            "nat": None if self.nat is None else self.nat.value,
+            **({} if self.nat is None else {"nat": self.nat.value}),
         }
 
     @property

@@ -388,19 +388,30 @@ class NodeAgent:
                 now = await self._host_addresses()
                 if known is None or now is None or known - now:
                     await self._reconnect()
-                known = now
+                known = now if now is not None else known
                 self.candidates.wake.set()
                 await self._nudge_peers()
         finally:
             await changes.close()
 
     async def _host_addresses(self) -> frozenset[str] | None:
-        """The host's addresses outside the tunnel (None: this node cannot read them)."""
+        """The host's addresses outside the tunnel that a connection to control or a relay
+        can come from: no loopback or link-local ones (None: this node cannot read them)."""
         if self._interfaces is None:
             return None
-        found = await self._interfaces.addresses()
+        try:
+            found = await self._interfaces.addresses()
+        except (TunnelError, OSError) as exc:
+            _log.warning("interfaces.read_failed", error=str(exc)[:200])
+            return None
         tunnel = self.settings.interface
-        return frozenset(str(a) for name, addrs in found.items() if name != tunnel for a in addrs)
+        return frozenset(
+            str(a)
+            for name, addrs in found.items()
+            if name != tunnel
+            for a in addrs
+            if not (a.is_loopback or a.is_link_local)
+        )
 
     async def _reconnect(self) -> None:
         """An address of this host went away: connections to control and to the relay made

@@ -99,6 +99,7 @@ class PathKeeper:
             relay_session,
             self.punching.nudge,
             clock.now,
+            own_nat=own_nat,
         )
         self.state = PathState()
 

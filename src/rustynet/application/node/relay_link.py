@@ -108,8 +108,9 @@ class RelayLink:
         self.changed.set()
 
     async def reconnect(self) -> None:
-        """End the current session (if any); `run` connects again at once from wherever this
-        host is now (its address changed: the old connection is dead)."""
+        """End the current session (if any); `run` connects again after its first backoff
+        (0.5 s) from wherever this host is now (its address changed: the old connection is
+        dead). A connect still in flight is left to its own timeout."""
         session = self.session
         if session is not None:
             await session.close()

@@ -26,13 +26,15 @@ from typing import Final
 import attrs
 import structlog
 
+from rustynet.domain.errors import DecodeError, RustynetError
+from rustynet.domain.nat import NatClass
 from rustynet.domain.netmap import PeerEntry
 from rustynet.domain.path import relay_udp as legs
 from rustynet.domain.path.view import RelayTransport
 from rustynet.domain.tunnel import PeerStats, UnderlayEndpoint
 from rustynet.domain.udp_relay import AllocationRefusedError, UdpGrant
 from rustynet.ports.punch import PrePunchPort
-from rustynet.ports.relay import RelayError, RelaySession
+from rustynet.ports.relay import RelaySession
 
 _log = structlog.get_logger(__name__)
 
@@ -47,6 +49,8 @@ class LegState:
     legs: dict[str, legs.UdpLeg] = attrs.Factory(dict)
     grants: dict[str, UdpGrant] = attrs.Factory(dict)
     asks: dict[str, asyncio.Task[None]] = attrs.Factory(dict)
+    pending: dict[str, tuple[UdpGrant, UnderlayEndpoint]] = attrs.Factory(dict)
+    """Grants that arrived since the last plan (the next plan starts their trials)."""
     granted: dict[UnderlayEndpoint, None] = attrs.Factory(dict)
     """Every relay address granted so far (insertion-ordered, bounded): still a relay endpoint,
     never a direct one, after its leg is forgotten (a tunnel may point there until the next
@@ -66,14 +70,17 @@ class UdpRelayLegs:
         session: Callable[[], RelaySession | None],
         nudge: Callable[[PeerEntry, datetime], None],
         now: Callable[[], datetime],
+        *,
+        own_nat: Callable[[], NatClass | None] = lambda: None,
     ) -> None:
         self.policy, self.puncher = policy, puncher
         self._session, self._nudge, self._now = session, nudge, now
+        self._own_nat = own_nat
         self.state = LegState()
 
     def transport(self, peer_id: str) -> RelayTransport:
         """How a relayed peer's packets go: `udp` once the leg is up (proven), else `wss`
-        (a trial's two seconds on the UDP port show as `wss`, as a direct attempt shows as
+        (a trial's second on the UDP port shows as `wss`, as a direct attempt shows as
         `trying`)."""
         leg = self.state.legs.get(peer_id)
         return "udp" if leg is not None and leg.phase is legs.LegPhase.UP else "wss"
@@ -98,9 +105,10 @@ class UdpRelayLegs:
         if session is not s.session:
             relayed = set()
             s.session, s.unavailable = session, False  # `granted` stays: see there
-        for gone in [k for k in (*s.legs, *s.asks) if k not in relayed]:
+        for gone in [k for k in (*s.legs, *s.asks, *s.pending) if k not in relayed]:
             s.legs.pop(gone, None)
             s.grants.pop(gone, None)
+            s.pending.pop(gone, None)
             task = s.asks.pop(gone, None)
             if task is not None:
                 task.cancel()
@@ -121,34 +129,40 @@ class UdpRelayLegs:
         confirmed: bool,
     ) -> UnderlayEndpoint:
         """Where a relayed peer's tunnel sends now: the relay's UDP address (trying or up) or
-        the bridge; asks, binds and nudges on the way. Nothing is asked before a handshake
-        through the bridge `confirmed` the relay path: the first packets go the way that works
-        wherever the relay's TCP port does, and the session they start then moves to the UDP
-        port without a new handshake (a trial on a network that blocks UDP would hold them)."""
+        the bridge; asks, binds and nudges on the way. A peer's first ask waits for a
+        handshake through the bridge that `confirmed` the relay path: the first packets go the
+        way that works wherever the relay's TCP port does, and the session they start then
+        moves to the UDP port without a new handshake (a trial on a network that blocks UDP
+        would hold them). Nothing is tried while our own NAT class is `udp-blocked`."""
         s = self.state
         session = s.session
         if session is None or s.unavailable or (not confirmed and peer.id not in s.legs):
             return bridge
+        if self._own_nat() is NatClass.UDP_BLOCKED:
+            return bridge  # no UDP leaves this network: a trial would only hold packets
         leg = s.legs.get(peer.id)
-        if leg is None or (
-            leg.endpoint is None
-            and leg.phase is legs.LegPhase.RESTING
-            and leg.retry is not None
-            and now - leg.since >= leg.retry
-        ):
+        if leg is None or leg.retry_due(now):
             self._ask(peer, session, now, leg)
             return bridge
+        effects: tuple[legs.LegEffect, ...] = ()
+        pending = s.pending.pop(peer.id, None)
+        if pending is not None and leg.phase is legs.LegPhase.ASKING:
+            # The trial starts at this plan (a grant arrives between plans: started there, its
+            # first second would mostly pass before any plan pointed the tunnel at it).
+            s.grants[peer.id] = pending[0]
+            leg, effects = legs.granted(self.policy, leg, pending[1], now)
+            _log.info("relay.udp_granted", peer=peer.name, relay=pending[1].to_text())
         grant = s.grants.get(peer.id)
         read = None
         if seen is not None:
             at_relay = leg.endpoint is not None and seen.underlay_endpoint == leg.endpoint
-            read = legs.Read(at_relay, seen.rx_bytes)
+            read = legs.Read(at_relay, seen.rx_bytes, at_bridge=seen.underlay_endpoint == bridge)
         before = leg.phase
-        leg, effects = legs.observe(self.policy, leg, now, read)
+        leg, more = legs.observe(self.policy, leg, now, read)
         s.legs[peer.id] = leg
         if leg.phase is not before and legs.LegPhase.ASKING not in (before, leg.phase):
             _log.info("relay.udp_leg", peer=peer.name, phase=leg.phase.value, was=before.value)
-        await self._carry_out(peer, leg, grant, effects, now)
+        await self._carry_out(peer, leg, grant, (*effects, *more), now)
         return leg.endpoint if leg.points_at_relay and leg.endpoint is not None else bridge
 
     async def _carry_out(
@@ -175,38 +189,56 @@ class UdpRelayLegs:
         s.legs[peer.id] = asking if leg is None else attrs.evolve(asking, retry=leg.retry)
         task = asyncio.create_task(self._allocate(peer, session), name=f"udp-ask-{peer.name}")
         s.asks[peer.id] = task
-        task.add_done_callback(lambda _: s.asks.pop(peer.id, None))
+
+        def done(finished: asyncio.Task[None], key: str = peer.id) -> None:
+            if s.asks.get(key) is finished:  # not a newer ask for the same peer
+                del s.asks[key]
+
+        task.add_done_callback(done)
 
     async def _allocate(self, peer: PeerEntry, session: RelaySession) -> None:
         s = self.state
         try:
             grant = await session.allocate_udp(peer.id)
-            endpoint = UnderlayEndpoint(ipaddress.ip_address(grant.relay_address), grant.relay_port)
+            endpoint = granted_endpoint(grant, peer.id)
         except AllocationRefusedError as exc:
             _log.info("relay.udp_refused", peer=peer.name, reason=exc.reason)
             s.unavailable = s.unavailable or exc.reason == "unavailable"
             self._refused(peer.id)
             return
-        except (RelayError, ValueError) as exc:
-            _log.info("relay.udp_ask_failed", peer=peer.name, error=type(exc).__name__)
+        except (RustynetError, ValueError) as exc:
+            _log.info("relay.udp_ask_failed", peer=peer.name, error=str(exc)[:120])
             self._refused(peer.id)
             return
-        leg = s.legs.get(peer.id)
-        if leg is None or s.session is not session or grant.peer != peer.id:
-            return  # forgotten meanwhile (left the relay path, new session), or not ours
-        now = self._now()
-        s.grants[peer.id] = grant
+        if peer.id not in s.legs or s.session is not session:
+            return  # forgotten meanwhile (left the relay path, new session)
+        s.pending[peer.id] = (grant, endpoint)
         s.granted[endpoint] = None
         while len(s.granted) > MAX_REMEMBERED:
             del s.granted[next(iter(s.granted))]
-        s.legs[peer.id], effects = legs.granted(self.policy, leg, endpoint, now)
-        _log.info("relay.udp_granted", peer=peer.name, relay=endpoint.to_text())
-        await self._carry_out(peer, s.legs[peer.id], grant, effects, now)
 
     def _refused(self, peer_id: str) -> None:
+        self.state.pending.pop(peer_id, None)
         leg = self.state.legs.get(peer_id)
         if leg is not None:
             self.state.legs[peer_id] = legs.refused(self.policy, leg, self._now())
 
 
-__all__ = ["LegState", "UdpRelayLegs"]
+def granted_endpoint(grant: UdpGrant, peer_id: str) -> UnderlayEndpoint:
+    """The relay address a grant points the tunnel at, checked: the grant is for this peer and
+    the address is a unicast one a relay can serve (never loopback, link-local, multicast or
+    unspecified). Raises `RustynetError` (`DecodeError`) or `ValueError` otherwise."""
+    if grant.peer != peer_id:
+        raise DecodeError("the relay granted an allocation for another peer")
+    address = ipaddress.ip_address(grant.relay_address)
+    if (
+        address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_unspecified
+    ):
+        raise DecodeError("the relay granted an address no relay serves")
+    return UnderlayEndpoint(address, grant.relay_port)
+
+
+__all__ = ["LegState", "UdpRelayLegs", "granted_endpoint"]

@@ -21,10 +21,14 @@ Theory of operation, per relayed peer (`UdpLeg`; pure, fed by
   later. Evidence → UP; none by the end → RESTING.
 * UP: stays while evidence keeps coming (at most `stale` apart: keepalives are evidence);
   re-binds every `rebind_every` (a NAT that rebinds the tunnel's mapping gets the new source
-  bound); no evidence for `stale` → RESTING.
-* RESTING: the tunnel goes through the WebSocket session; after `retry` (doubling from
-  `retry_first` to `retry_max`) → TRYING again. Evidence while resting (the peer's packets
-  arrived through the UDP port and the tunnel moved there itself) → UP at once.
+  bound); no evidence for `stale`, or the peer's packets arriving through the WebSocket bridge
+  while the plan pointed at the UDP port (the peer went back to the WebSocket: its relay
+  session, and with it the pair's allocation, may be gone) → RESTING.
+* RESTING: the tunnel goes through the WebSocket session; evidence while resting (the peer's
+  packets arrived through the UDP port and the tunnel moved there by itself) → UP at once.
+  After `retry` (doubling from `retry_first` to `retry_max`) the caller asks the relay again
+  (ASKING: the allocation may have been replaced; asking again for a live one costs nothing)
+  and a grant starts a new trial.
 """
 
 from __future__ import annotations
@@ -94,10 +98,12 @@ LegEffect: TypeAlias = Bind | Nudge
 
 @attrs.frozen
 class Read:
-    """One read of the tunnel for the peer: its endpoint is the relay address, its counter."""
+    """One read of the tunnel for the peer: its endpoint is the relay address (or the bridge's),
+    its receive counter."""
 
     at_relay: bool
     rx: int
+    at_bridge: bool = False
 
 
 @attrs.frozen
@@ -129,6 +135,14 @@ class UdpLeg:
         """The tunnel should send to the relay address now (TRYING or UP)."""
         return self.endpoint is not None and self.phase in (LegPhase.TRYING, LegPhase.UP)
 
+    def retry_due(self, now: datetime) -> bool:
+        """A resting leg whose retry time came: ask the relay again."""
+        return (
+            self.phase is LegPhase.RESTING
+            and self.retry is not None
+            and now - self.since >= self.retry
+        )
+
     def due(self, policy: UdpLegPolicy) -> datetime | None:
         """When this leg next needs a plan sooner than the regular tick (None: no hurry)."""
         if self.phase is LegPhase.TRYING:
@@ -148,9 +162,10 @@ def _counter(leg: UdpLeg, now: datetime) -> int:
 def granted(
     policy: UdpLegPolicy, leg: UdpLeg, endpoint: UnderlayEndpoint, now: datetime
 ) -> tuple[UdpLeg, tuple[LegEffect, ...]]:
-    """The relay granted our side at `endpoint`: start trying it."""
+    """The relay granted our side at `endpoint`: start trying it (the backoff of earlier
+    failed trials carries over; only evidence resets it)."""
     del policy
-    return _try(attrs.evolve(leg, endpoint=endpoint, retry=None), now)
+    return _try(attrs.evolve(leg, endpoint=endpoint), now)
 
 
 def refused(policy: UdpLegPolicy, leg: UdpLeg, now: datetime) -> UdpLeg:
@@ -178,6 +193,18 @@ def _rest(policy: UdpLegPolicy, leg: UdpLeg, now: datetime) -> UdpLeg:
     return attrs.evolve(leg, phase=LegPhase.RESTING, since=now, retry=retry, pointed=False)
 
 
+def _went_elsewhere(leg: UdpLeg, read: Read) -> bool:
+    """Up, pointed at the UDP port, and the peer's packets came through the bridge since."""
+    before = leg.read
+    return (
+        leg.phase is LegPhase.UP
+        and leg.pointed
+        and read.at_bridge
+        and before is not None
+        and read.rx > before.rx
+    )
+
+
 def _evidence(leg: UdpLeg, read: Read) -> bool:
     before = leg.read
     if before is None or not read.at_relay or read.rx <= before.rx:
@@ -190,6 +217,8 @@ def observe(
 ) -> tuple[UdpLeg, tuple[LegEffect, ...]]:
     """One tick with the tunnel's read for the peer (None: the tunnel has no such peer)."""
     effects: list[LegEffect] = []
+    if read is not None and _went_elsewhere(leg, read):
+        leg = _rest(policy, attrs.evolve(leg, read=read), now)
     if read is not None and leg.endpoint is not None and _evidence(leg, read):
         if leg.phase is not LegPhase.UP:
             leg = attrs.evolve(leg, phase=LegPhase.UP, since=now, retry=None)
@@ -214,14 +243,6 @@ def observe(
             counter = _counter(leg, now)
             leg = attrs.evolve(leg, counter=counter, bound=now)
             effects.append(Bind(counter))
-    elif (
-        leg.phase is LegPhase.RESTING
-        and leg.endpoint is not None
-        and leg.retry is not None
-        and now - leg.since >= leg.retry
-    ):
-        leg, started = _try(leg, now)
-        effects.extend(started)
     return attrs.evolve(leg, pointed=leg.points_at_relay), tuple(effects)
 
 
