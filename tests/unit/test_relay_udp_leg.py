@@ -124,9 +124,13 @@ def test_an_up_leg_rests_at_once_when_the_peers_packets_come_through_the_bridge(
     Rest at once instead of sending into the old port until the evidence goes stale."""
     leg = trying()
     leg, _ = observe(POLICY, leg, at(0.2), Read(at_relay=True, rx=0))
-    leg, _ = observe(POLICY, leg, at(0.5), Read(at_relay=True, rx=10))
+    leg, effects = observe(POLICY, leg, at(0.5), Read(at_relay=True, rx=10))
     assert leg.phase is LegPhase.UP
+    assert Nudge() in effects  # our next packet through the port brings a late peer over
+    # A moment after the evidence: the peer may be about to follow; stay.
     leg, _ = observe(POLICY, leg, at(1.5), Read(at_relay=False, rx=60, at_bridge=True))
+    assert leg.phase is LegPhase.UP
+    leg, _ = observe(POLICY, leg, at(7.5), Read(at_relay=False, rx=90, at_bridge=True))
     assert leg.phase is LegPhase.RESTING
     assert not leg.points_at_relay
     assert leg.retry == POLICY.retry_first
@@ -134,7 +138,7 @@ def test_an_up_leg_rests_at_once_when_the_peers_packets_come_through_the_bridge(
     up = trying()
     up, _ = observe(POLICY, up, at(0.2), Read(at_relay=True, rx=0))
     up, _ = observe(POLICY, up, at(0.5), Read(at_relay=True, rx=10))
-    up, _ = observe(POLICY, up, at(1.5), Read(at_relay=False, rx=60, at_bridge=False))
+    up, _ = observe(POLICY, up, at(7.5), Read(at_relay=False, rx=60, at_bridge=False))
     assert up.phase is LegPhase.UP
 
 

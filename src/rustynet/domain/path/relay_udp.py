@@ -22,8 +22,10 @@ Theory of operation, per relayed peer (`UdpLeg`; pure, fed by
 * UP: stays while evidence keeps coming (at most `stale` apart: keepalives are evidence);
   re-binds every `rebind_every` (a NAT that rebinds the tunnel's mapping gets the new source
   bound); no evidence for `stale`, or the peer's packets arriving through the WebSocket bridge
-  while the plan pointed at the UDP port (the peer went back to the WebSocket: its relay
-  session, and with it the pair's allocation, may be gone) → RESTING.
+  while the plan pointed at the UDP port with no evidence for `elsewhere` (the peer went back
+  to the WebSocket: its relay session, and with it the pair's allocation, may be gone) →
+  RESTING. Entering UP nudges the tunnel: our next packet through the UDP port is what brings
+  a peer whose own trial ended a moment early over to it.
 * RESTING: the tunnel goes through the WebSocket session; evidence while resting (the peer's
   packets arrived through the UDP port and the tunnel moved there by itself) → UP at once.
   After `retry` (doubling from `retry_first` to `retry_max`) the caller asks the relay again
@@ -54,6 +56,12 @@ DEFAULT_BIND_AT: Final = (0 * _MS, 300 * _MS, 600 * _MS)
 DEFAULT_NUDGE_AT: Final = (0 * _MS, 300 * _MS, 600 * _MS)
 DEFAULT_RETRY_FIRST: Final = timedelta(seconds=10)
 DEFAULT_RETRY_MAX: Final = timedelta(seconds=120)
+DEFAULT_ELSEWHERE: Final = timedelta(seconds=7)
+"""An up leg whose peer's packets come through the bridge, with nothing through the UDP port
+for this long (over one keepalive interval), rests: the peer went back to the WebSocket. Shorter
+would also end a leg whose peer is about to follow (its trial ended a moment early; our next
+packet through the UDP port, a nudge at the latest, brings it over)."""
+
 DEFAULT_REBIND_EVERY: Final = timedelta(seconds=25)
 """Under the 30 s UDP timeout of common NATs: a rebinding NAT's new mapping is bound before a
 peer's traffic to the old one is lost for long."""
@@ -79,6 +87,7 @@ class UdpLegPolicy:
     retry_first: timedelta = DEFAULT_RETRY_FIRST
     retry_max: timedelta = DEFAULT_RETRY_MAX
     rebind_every: timedelta = DEFAULT_REBIND_EVERY
+    elsewhere: timedelta = DEFAULT_ELSEWHERE
 
 
 @attrs.frozen
@@ -193,8 +202,9 @@ def _rest(policy: UdpLegPolicy, leg: UdpLeg, now: datetime) -> UdpLeg:
     return attrs.evolve(leg, phase=LegPhase.RESTING, since=now, retry=retry, pointed=False)
 
 
-def _went_elsewhere(leg: UdpLeg, read: Read) -> bool:
-    """Up, pointed at the UDP port, and the peer's packets came through the bridge since."""
+def _went_elsewhere(policy: UdpLegPolicy, leg: UdpLeg, read: Read, now: datetime) -> bool:
+    """Up, pointed at the UDP port, the peer's packets came through the bridge since, and
+    nothing came through the UDP port for `policy.elsewhere`."""
     before = leg.read
     return (
         leg.phase is LegPhase.UP
@@ -202,6 +212,7 @@ def _went_elsewhere(leg: UdpLeg, read: Read) -> bool:
         and read.at_bridge
         and before is not None
         and read.rx > before.rx
+        and (leg.evidence is None or now - leg.evidence >= policy.elsewhere)
     )
 
 
@@ -217,11 +228,12 @@ def observe(
 ) -> tuple[UdpLeg, tuple[LegEffect, ...]]:
     """One tick with the tunnel's read for the peer (None: the tunnel has no such peer)."""
     effects: list[LegEffect] = []
-    if read is not None and _went_elsewhere(leg, read):
+    if read is not None and _went_elsewhere(policy, leg, read, now):
         leg = _rest(policy, attrs.evolve(leg, read=read), now)
     if read is not None and leg.endpoint is not None and _evidence(leg, read):
         if leg.phase is not LegPhase.UP:
             leg = attrs.evolve(leg, phase=LegPhase.UP, since=now, retry=None)
+            effects.append(Nudge())
         leg = attrs.evolve(leg, evidence=now)
     leg = attrs.evolve(leg, read=read)
     if leg.phase is LegPhase.TRYING:
