@@ -96,6 +96,21 @@ def peer_map() -> PeerMap:
     )
 
 
+def make_keeper(clock: FakeClock, sender: Sender, session: Callable[[], object]) -> PathKeeper:
+    """A paths keeper over the fakes above: one hard-NAT peer, a relay that is up."""
+    return PathKeeper(
+        tunnel=MemoryTunnelBackend({Capability.RELAY_ENDPOINTS, Capability.ROAMING}),
+        bridge=Bridge(),
+        clock=clock,
+        settings=AgentSettings(interface="rn0"),
+        current_map=peer_map,
+        relay_up=lambda: True,
+        puncher=sender,
+        relay_session=session,  # type: ignore[arg-type]
+        own_nat=lambda: NatClass.HARD,
+    )
+
+
 def read(
     endpoint: UnderlayEndpoint, rx: int, handshake: datetime | None
 ) -> Mapping[TunnelKey, PeerStats]:
@@ -108,17 +123,7 @@ async def test_a_relayed_pair_moves_to_the_granted_udp_port_only_on_the_tunnels_
     clock = FakeClock(T0)
     session, sender = Session(), Sender()
     current: list[Session | None] = [session]
-    keeper = PathKeeper(
-        tunnel=MemoryTunnelBackend({Capability.RELAY_ENDPOINTS, Capability.ROAMING}),
-        bridge=Bridge(),
-        clock=clock,
-        settings=AgentSettings(interface="rn0"),
-        current_map=peer_map,
-        relay_up=lambda: True,
-        puncher=sender,
-        relay_session=lambda: current[0],  # type: ignore[arg-type,return-value]
-        own_nat=lambda: NatClass.HARD,
-    )
+    keeper = make_keeper(clock, sender, lambda: current[0])
 
     async def plan(seconds: float, stats: Mapping[TunnelKey, PeerStats]) -> Plan:
         clock.current = T0 + timedelta(seconds=seconds)
@@ -170,17 +175,7 @@ async def test_a_relay_without_udp_sessions_is_asked_once_per_session_and_the_br
 ):
     clock = FakeClock(T0)
     session = Refusing()
-    keeper = PathKeeper(
-        tunnel=MemoryTunnelBackend({Capability.RELAY_ENDPOINTS, Capability.ROAMING}),
-        bridge=Bridge(),
-        clock=clock,
-        settings=AgentSettings(interface="rn0"),
-        current_map=peer_map,
-        relay_up=lambda: True,
-        puncher=Sender(),
-        relay_session=lambda: session,  # type: ignore[arg-type,return-value]
-        own_nat=lambda: NatClass.HARD,
-    )
+    keeper = make_keeper(clock, Sender(), lambda: session)
     for tenth in range(1, 400, 7):  # 40 s: several retry intervals
         clock.current = T0 + timedelta(seconds=tenth / 10)
         handshake = T0 + timedelta(seconds=0.2)
@@ -209,17 +204,7 @@ class Hostile:
 async def test_unusable_grants_are_refused_and_asked_again_after_the_backoff() -> None:
     clock = FakeClock(T0)
     session, sender = Hostile(), Sender()
-    keeper = PathKeeper(
-        tunnel=MemoryTunnelBackend({Capability.RELAY_ENDPOINTS, Capability.ROAMING}),
-        bridge=Bridge(),
-        clock=clock,
-        settings=AgentSettings(interface="rn0"),
-        current_map=peer_map,
-        relay_up=lambda: True,
-        puncher=sender,
-        relay_session=lambda: session,  # type: ignore[arg-type,return-value]
-        own_nat=lambda: NatClass.HARD,
-    )
+    keeper = make_keeper(clock, sender, lambda: session)
     pointed = []
     for tenth in range(1, 400, 5):
         clock.current = T0 + timedelta(seconds=tenth / 10)

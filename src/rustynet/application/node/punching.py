@@ -211,7 +211,7 @@ class Punching:
         if last is not None and now - last < keepalive:
             return
         s.nudged[peer.id] = now
-        s.quiet[peer.tunnel_key] = now + NUDGE_DELAY
+        self.nudge(peer, now)
 
     def nudge(self, peer: PeerEntry, now: datetime) -> None:
         """Make the tunnel send `peer` a keepalive now (its keepalive off for one plan)."""
@@ -220,7 +220,7 @@ class Punching:
     def nudge_all(self, peer_map: PeerMap | None, now: datetime) -> None:
         """Nudge every peer of `peer_map` (our host's addresses changed)."""
         for peer in () if peer_map is None else peer_map.peers:
-            self.state.quiet[peer.tunnel_key] = now + NUDGE_DELAY
+            self.nudge(peer, now)
 
     def own_candidates_changed(self, peers: tuple[PeerEntry, ...], now: datetime) -> None:
         """Our own candidates changed (an address came or went): nudge every peer, so each
@@ -231,7 +231,7 @@ class Punching:
             return
         _log.info("path.own_address_changed", peers=len(peers))
         for peer in peers:
-            self.state.quiet[peer.tunnel_key] = now + NUDGE_DELAY
+            self.nudge(peer, now)
 
     def alive(self, peer_id: str, now: datetime) -> bool:
         """The tunnel took packets from the peer on a direct endpoint within the window."""
@@ -297,7 +297,7 @@ class Punching:
         s.windows[peer.id] = Window(order[count % len(order)], deadline, now + NUDGE_DELAY)
         s.pointed[peer.id] = now
         await self.puncher.punch(order, policy.punch_packets)
-        s.quiet[peer.tunnel_key] = now + NUDGE_DELAY
+        self.nudge(peer, now)
 
     def relayed_endpoint(
         self, peer: PeerEntry, bridge: UnderlayEndpoint, now: datetime
@@ -339,7 +339,7 @@ class Punching:
         s = self.state
         s.windows.pop(peer.id, None)
         s.pointed.pop(peer.id, None)
-        s.quiet[peer.tunnel_key] = now + NUDGE_DELAY
+        self.nudge(peer, now)
 
     def quiet_now(self, now: datetime) -> frozenset[TunnelKey]:
         """Peers whose keepalive is off in this plan (a nudge lasts until its time)."""
